@@ -1,0 +1,6 @@
+/* Umbrella header: every public arkernels C API. */
+#ifndef ARKERNELS_ARKERNELS_H
+#define ARKERNELS_ARKERNELS_H
+#include "arkernels/status.h"
+#include "arkernels/linear_scan.h"
+#endif

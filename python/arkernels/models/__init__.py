@@ -1,0 +1,1 @@
+"""Model assemblies built on arkernels ops (added with the ops they need)."""

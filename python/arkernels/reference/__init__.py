@@ -1,0 +1,4 @@
+"""Pure-PyTorch definitions of every arkernels op (float32 math; float64 when given float64)."""
+from arkernels.reference.linear_scan import linear_scan_ref, linear_scan_ref_logdepth
+
+__all__ = ["linear_scan_ref", "linear_scan_ref_logdepth"]
