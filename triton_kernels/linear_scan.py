@@ -13,6 +13,10 @@ import triton.language as tl
 
 from arkernels._outputs import new_output
 
+# Launches go through wrap_triton so that torch.compile and the fake-tensor tracing of the
+# triton_op in ops/linear_scan.py see the kernel instead of calling it on fake tensors.
+wrap_triton = torch.library.wrap_triton
+
 
 @triton.jit
 def _compose(a_prev, b_prev, a_next, b_next):
@@ -131,7 +135,7 @@ def linear_scan_fwd(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None, r
         return h, h_last
     block_r, block_t, warps = _blocks(T)
     grid = (triton.cdiv(rows, block_r),)
-    _linear_scan_fwd_kernel[grid](
+    wrap_triton(_linear_scan_fwd_kernel)[grid](
         a, b, h0 if h0 is not None else h_last, h, h_last,
         rows, T, _row_stride(a), _row_stride(b), T,
         HAS_H0=h0 is not None, REVERSE=reverse, BLOCK_R=block_r, BLOCK_T=block_t, num_warps=warps,
@@ -150,7 +154,7 @@ def linear_scan_bwd(a, h, g, h0, g_last, reverse: bool):
         return da, db, dh0
     block_r, block_t, warps = _blocks(T)
     grid = (triton.cdiv(rows, block_r),)
-    _linear_scan_bwd_kernel[grid](
+    wrap_triton(_linear_scan_bwd_kernel)[grid](
         a, h, g, h0 if h0 is not None else dh0, g_last if g_last is not None else dh0, da, db, dh0,
         rows, T, _row_stride(a), _row_stride(h), _row_stride(g),
         HAS_H0=h0 is not None, HAS_G_LAST=g_last is not None, REVERSE=reverse, STEP=-1 if reverse else 1,

@@ -10,8 +10,8 @@ namespace {
 
 void check_inputs(const at::Tensor& gates, const at::Tensor& tokens, const std::optional<at::Tensor>& h0) {
   TORCH_CHECK_VALUE(gates.dim() >= 1, "gates: expected a tensor of shape (..., T), got a 0-d tensor");
-  TORCH_CHECK_VALUE(gates.sizes() == tokens.sizes(), "tokens: expected the shape of gates ", gates.sizes(),
-                    ", got ", tokens.sizes());
+  TORCH_CHECK_VALUE(gates.sizes() == tokens.sizes(), "tokens: expected the shape of gates ",
+                    shape_str(gates.sizes()), ", got ", shape_str(tokens.sizes()));
   TORCH_CHECK_TYPE(gates.scalar_type() == tokens.scalar_type(), "tokens: expected the dtype of gates (",
                    gates.scalar_type(), "), got ", tokens.scalar_type());
   TORCH_CHECK_VALUE(gates.device() == tokens.device(), "tokens: expected device ", gates.device(), " like gates, got ",
@@ -19,8 +19,8 @@ void check_inputs(const at::Tensor& gates, const at::Tensor& tokens, const std::
   to_ark_dtype(gates, "gates");
   if (h0) {
     const auto state_shape = gates.sizes().slice(0, gates.dim() - 1);
-    TORCH_CHECK_VALUE(h0->sizes() == state_shape, "initial_state: expected shape ", state_shape, ", got ",
-                      h0->sizes());
+    TORCH_CHECK_VALUE(h0->sizes() == state_shape, "initial_state: expected shape ", shape_str(state_shape),
+                      ", got ", shape_str(h0->sizes()));
     TORCH_CHECK_VALUE(h0->device() == gates.device(), "initial_state: expected device ", gates.device(), ", got ",
                       h0->device());
     TORCH_CHECK_TYPE(at::isFloatingType(h0->scalar_type()), "initial_state: expected a floating dtype, got ",
@@ -67,8 +67,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_scan_backward(
   at::Tensor grad_h0 = new_output(state_shape, gates.options().dtype(at::kFloat));
   const at::Tensor h0 = state_f32(initial_state), g_last = state_f32(grad_final_state);
   if (g_last.defined())
-    TORCH_CHECK_VALUE(g_last.sizes() == state_shape, "grad_final_state: expected shape ", state_shape, ", got ",
-                      g_last.sizes());
+    TORCH_CHECK_VALUE(g_last.sizes() == state_shape, "grad_final_state: expected shape ",
+                      shape_str(state_shape), ", got ", shape_str(g_last.sizes()));
   const at::Tensor a = as_rows(gates), h = as_rows(out), g = as_rows(grad_out);
   const ark_status st = ark_linear_scan_bwd(
       a.data_ptr(), h.data_ptr(), g.data_ptr(), h0.defined() ? h0.data_ptr<float>() : nullptr,

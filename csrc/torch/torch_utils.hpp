@@ -4,6 +4,7 @@
 #include <ATen/ATen.h>
 
 #include <limits>
+#include <string>
 #include <c10/util/Exception.h>
 #include <c10/util/accumulate.h>
 
@@ -15,6 +16,14 @@
 #endif
 
 namespace ark_torch {
+
+// "[2, 7]" for error messages, formatted here: streaming an IntArrayRef into TORCH_CHECK's message
+// crashed the process with torch 2.11 (tests/ops/test_linear_scan.py, torch-op bad-input cases).
+inline std::string shape_str(at::IntArrayRef shape) {
+  std::string out = "[";
+  for (size_t i = 0; i < shape.size(); ++i) out += (i ? ", " : "") + std::to_string(shape[i]);
+  return out + "]";
+}
 
 inline ark_dtype to_ark_dtype(const at::Tensor& t, const char* name) {
   switch (t.scalar_type()) {

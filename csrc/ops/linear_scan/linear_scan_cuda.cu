@@ -1,15 +1,17 @@
-// linear_scan on CUDA: one warp per row, the row walked in chunks of 32 * K elements.
+// linear_scan on CUDA: W warps per row, the row walked in chunks of U sub-chunks of 32 * W vectors.
 //
-// Per chunk each lane loads K consecutive elements (two 16-byte vectors per array), reduces them
-// to one affine map (A, B), the warp scans those maps with shuffles, and each lane replays its K
-// elements from the carry-in. The chunk's last state is the carry into the next chunk. Loads and
-// stores are 16-byte wide and coalesced; all arithmetic is fp32. The kernel is bandwidth-bound:
-// it moves each input once and writes each output once. Design notes: docs/ops/linear_scan.md.
+// Per sub-chunk each lane holds one 16-byte vector per array, reduces it to one affine map (A, B),
+// the warp scans those maps with shuffles, the W warps combine their totals in shared memory, and
+// each lane replays its elements from its carry-in. The sub-chunk's last state is the carry into the
+// next. The next chunk's loads are in flight while the current one is scanned. Loads and stores are
+// 16-byte wide and coalesced; all arithmetic is fp32. The kernel is bandwidth-bound: it moves each
+// input once and writes each output once. Design notes: docs/ops/linear_scan.md, bench/NOTES.md.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <type_traits>
 
 #include "common/status.hpp"
 #include "ops/linear_scan/linear_scan.cuh"
@@ -19,6 +21,8 @@ namespace {
 
 constexpr unsigned kFullMask = 0xffffffffu;
 constexpr int kWarpsPerBlock = 4;
+// Warps of a block: rows shorter than a block share it (W = 1), longer rows get W warps each.
+constexpr int block_warps(int W) { return W > kWarpsPerBlock ? W : kWarpsPerBlock; }
 
 __device__ __forceinline__ float to_f32(float v) { return v; }
 __device__ __forceinline__ float to_f32(__half v) { return __half2float(v); }
@@ -28,54 +32,78 @@ template <> __device__ __forceinline__ float from_f32<float>(float v) { return v
 template <> __device__ __forceinline__ __half from_f32<__half>(float v) { return __float2half_rn(v); }
 template <> __device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
 
-// Elements per lane per chunk: 32 bytes of each array, i.e. two 16-byte vectors.
-template <typename T> struct Tile {
-  static constexpr int kVec = 16 / sizeof(T);  // elements per 16-byte vector
-  static constexpr int K = 2 * kVec;           // elements per lane
-  static constexpr int kChunk = 32 * K;        // elements per warp step
-};
+// Each lane moves one 16-byte vector per array per sub-chunk, so one warp-wide load instruction
+// covers 512 contiguous bytes (fully coalesced). Wider per-lane runs (2 or 4 vectors) measured
+// slower: each instruction then spans 1-2 KB with gaps (bench/NOTES.md).
+template <typename T> constexpr int kVec = 16 / sizeof(T);
 
-// Elements a 16-byte aligned origin lies before `p` (so every lane's K elements start aligned).
+// Elements a 16-byte aligned origin lies before `p` (so every lane's vectors start aligned).
 template <typename T> __device__ __forceinline__ int misalignment(const void* p) {
   return int((reinterpret_cast<uintptr_t>(p) & 15u) / sizeof(T));
 }
 
-// Loads x[i0 .. i0+K) as fp32; positions outside [0, T) read as `identity`.
-// `vec_ok` says the 16-byte grid of x matches the chunk grid (same misalignment as the origin).
-template <typename T, int K>
-__device__ __forceinline__ void load_lane(const T* __restrict__ x, int64_t i0, int64_t T_len, bool vec_ok,
-                                          float identity, float (&out)[K]) {
-  constexpr int V = Tile<T>::kVec;
-  if (vec_ok && i0 >= 0 && i0 + K <= T_len) {
-#pragma unroll
-    for (int v = 0; v < K / V; ++v) {
-      const uint4 raw = __ldcs(reinterpret_cast<const uint4*>(x + i0 + v * V));
-      const T* e = reinterpret_cast<const T*>(&raw);
-#pragma unroll
-      for (int j = 0; j < V; ++j) out[v * V + j] = to_f32(e[j]);
-    }
+// One 16-byte vector kept as raw bits until it is used. The next chunk's loads are issued before
+// the current chunk is scanned; converting them at load time would make the thread wait for them.
+__device__ __forceinline__ uint32_t word(const uint4& v, int i) {
+  return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w;
+}
+__device__ __forceinline__ void set_word(uint4& v, int i, uint32_t w) {
+  if (i == 0) v.x = w; else if (i == 1) v.y = w; else if (i == 2) v.z = w; else v.w = w;
+}
+__device__ __forceinline__ uint32_t bits16(__half x) { return __half_as_ushort(x); }
+__device__ __forceinline__ uint32_t bits16(__nv_bfloat16 x) { return __bfloat16_as_ushort(x); }
+
+// Element k (a compile-time constant after unrolling) of a raw vector, as fp32.
+template <typename T> __device__ __forceinline__ float element(const uint4& v, int k) {
+  if constexpr (sizeof(T) == 4) {
+    return __uint_as_float(word(v, k));
   } else {
-#pragma unroll
-    for (int k = 0; k < K; ++k) {
-      const int64_t i = i0 + k;
-      out[k] = (i >= 0 && i < T_len) ? to_f32(x[i]) : identity;
-    }
+    const uint32_t w = word(v, k / 2), h = (k & 1) ? (w >> 16) : (w & 0xffffu);
+    if constexpr (std::is_same_v<T, __nv_bfloat16>) return __uint_as_float(h << 16);
+    else return __half2float(__ushort_as_half(static_cast<unsigned short>(h)));
   }
+}
+template <typename T> __device__ __forceinline__ void set_element(uint4& v, int k, T x) {
+  if constexpr (sizeof(T) == 4) {
+    set_word(v, k, __float_as_uint(x));
+  } else {
+    const uint32_t w = word(v, k / 2);
+    set_word(v, k / 2, (k & 1) ? ((w & 0xffffu) | (bits16(x) << 16)) : ((w & 0xffff0000u) | bits16(x)));
+  }
+}
+
+// Loads x[i0 .. i0+V) raw; positions outside [0, T) read as `identity`. `vec_ok` says x's 16-byte
+// grid matches the chunk grid (same misalignment as the row's origin).
+// Plain cached loads and stores: streaming hints (__ldcs / __stcs) measured 2-4% slower (bench/NOTES.md).
+template <typename T>
+__device__ __forceinline__ uint4 load_raw(const T* __restrict__ x, int64_t i0, int64_t T_len, bool vec_ok, T identity) {
+  constexpr int V = kVec<T>;
+  if (vec_ok && i0 >= 0 && i0 + V <= T_len) return __ldg(reinterpret_cast<const uint4*>(x + i0));
+  uint4 v = make_uint4(0, 0, 0, 0);
+#pragma unroll
+  for (int k = 0; k < V; ++k) {
+    const int64_t i = i0 + k;
+    set_element<T>(v, k, (i >= 0 && i < T_len) ? x[i] : identity);
+  }
+  return v;
+}
+
+template <typename T>
+__device__ __forceinline__ void unpack(const uint4& v, float (&out)[kVec<T>]) {
+#pragma unroll
+  for (int k = 0; k < kVec<T>; ++k) out[k] = element<T>(v, k);
 }
 
 template <typename T, int K>
 __device__ __forceinline__ void store_lane(T* __restrict__ x, int64_t i0, int64_t T_len, bool vec_ok,
                                            const float (&in)[K]) {
-  constexpr int V = Tile<T>::kVec;
+  constexpr int V = kVec<T>;
+  static_assert(K == V, "one vector per lane and sub-chunk");
   if (vec_ok && i0 >= 0 && i0 + K <= T_len) {
+    uint4 raw;
 #pragma unroll
-    for (int v = 0; v < K / V; ++v) {
-      uint4 raw;
-      T* e = reinterpret_cast<T*>(&raw);
-#pragma unroll
-      for (int j = 0; j < V; ++j) e[j] = from_f32<T>(in[v * V + j]);
-      __stcs(reinterpret_cast<uint4*>(x + i0 + v * V), raw);
-    }
+    for (int k = 0; k < V; ++k) set_element<T>(raw, k, from_f32<T>(in[k]));
+    *reinterpret_cast<uint4*>(x + i0) = raw;
   } else {
 #pragma unroll
     for (int k = 0; k < K; ++k) {
@@ -85,13 +113,27 @@ __device__ __forceinline__ void store_lane(T* __restrict__ x, int64_t i0, int64_
   }
 }
 
-// Scans one chunk held by the warp: state_k = gate_k * state_{k-1} + token_k, starting from `carry`,
-// in ascending memory order, or descending when DESC (lane 31 and element K-1 come first).
-// Writes every state to `states` and returns the chunk's last state (the same value on all lanes).
-template <bool DESC, int K>
-__device__ __forceinline__ float warp_chunk_scan(const float (&gate)[K], const float (&token)[K], float carry,
-                                                 float (&states)[K]) {
-  // 1. Each lane composes its K affine maps into one: state -> A * state + B.
+// Affine maps state -> A * state + B, composed "earlier first": (A1, B1) then (A2, B2) gives
+// (A2 * A1, A2 * B1 + B2).
+struct Affine {
+  float A, B;
+};
+
+// Warps of a block that share one row exchange their chunk maps here; two buffers so that one
+// barrier per chunk suffices (a warp can only reuse a buffer after every warp passed the next barrier).
+template <int W> struct RowExchange {
+  Affine maps[2][W];
+};
+template <> struct RowExchange<1> {};
+
+// Scans one chunk of a row held by W warps (lane-major: warp `sub`, lane l own elements
+// [(sub * 32 + l) * K, +K) of the chunk): state_k = gate_k * state_{k-1} + token_k from `carry`, in
+// ascending memory order, or descending when DESC. Writes every state to `states`; returns the
+// chunk's last state (the same value on every thread of the row).
+template <bool DESC, int K, int W>
+__device__ __forceinline__ float chunk_scan(const float (&gate)[K], const float (&token)[K], float carry,
+                                           float (&states)[K], RowExchange<W>& xchg, int sub, int parity) {
+  // 1. Each lane composes its K maps into one.
   float A = 1.0f, B = 0.0f;
 #pragma unroll
   for (int i = 0; i < K; ++i) {
@@ -99,186 +141,307 @@ __device__ __forceinline__ float warp_chunk_scan(const float (&gate)[K], const f
     B = gate[k] * B + token[k];
     A = gate[k] * A;
   }
-  // 2. Inclusive scan of the maps over lanes in scan order (Kogge-Stone, 5 shuffle rounds).
+  // 2. Inclusive scan of the lane maps in scan order (Kogge-Stone, 5 shuffle rounds).
   const int lane = threadIdx.x & 31;
   const int order = DESC ? 31 - lane : lane;  // position of this lane in scan order
 #pragma unroll
   for (int d = 1; d < 32; d <<= 1) {
     const float A_prev = DESC ? __shfl_down_sync(kFullMask, A, d) : __shfl_up_sync(kFullMask, A, d);
     const float B_prev = DESC ? __shfl_down_sync(kFullMask, B, d) : __shfl_up_sync(kFullMask, B, d);
-    if (order >= d) {  // compose: earlier map first, then this lane's
+    if (order >= d) {
       B = A * B_prev + B;
       A = A * A_prev;
     }
   }
-  // 3. This lane's carry-in is the previous lane's inclusive map applied to the chunk carry.
+  // 3. Carry into this warp: the maps of the warps before it (in scan order) applied to `carry`.
+  float carry_in = carry, carry_out;
+  const int last_lane = DESC ? 0 : 31;
+  if constexpr (W == 1) {
+    (void)xchg; (void)sub; (void)parity;
+  } else {
+    const float A_warp = __shfl_sync(kFullMask, A, last_lane), B_warp = __shfl_sync(kFullMask, B, last_lane);
+    if (lane == 0) xchg.maps[parity][sub] = Affine{A_warp, B_warp};
+    __syncthreads();
+    carry_out = carry;
+#pragma unroll
+    for (int i = 0; i < W; ++i) {
+      const int s = DESC ? W - 1 - i : i;
+      const Affine m = xchg.maps[parity][s];
+      if (i == (DESC ? W - 1 - sub : sub)) carry_in = carry_out;  // before this warp's own map
+      carry_out = m.A * carry_out + m.B;
+    }
+  }
+  // 4. The lane's carry-in is the previous lane's inclusive map applied to the warp's carry-in.
   float A_excl = DESC ? __shfl_down_sync(kFullMask, A, 1) : __shfl_up_sync(kFullMask, A, 1);
   float B_excl = DESC ? __shfl_down_sync(kFullMask, B, 1) : __shfl_up_sync(kFullMask, B, 1);
   if (order == 0) {
     A_excl = 1.0f;
     B_excl = 0.0f;
   }
-  float state = A_excl * carry + B_excl;
-  // 4. Replay the lane's elements from its carry-in.
+  float state = A_excl * carry_in + B_excl;
+  // 5. Replay the lane's elements from its carry-in.
 #pragma unroll
   for (int i = 0; i < K; ++i) {
     const int k = DESC ? K - 1 - i : i;
     state = gate[k] * state + token[k];
     states[k] = state;
   }
-  return __shfl_sync(kFullMask, state, DESC ? 0 : 31);
+  if constexpr (W == 1) return __shfl_sync(kFullMask, state, last_lane);
+  else return carry_out;
 }
 
-// Chunk j of a row covers [j * kChunk - origin, (j + 1) * kChunk - origin): the origin shift puts
-// the chunk grid on 16-byte boundaries of the first array, so whole vectors never straddle chunks.
-struct ChunkGrid {
-  int64_t origin;  // elements of the first (aligned) chunk that lie before the row start
-  int64_t chunks;
-  __device__ ChunkGrid(int64_t origin_, int64_t T_len, int chunk)
-      : origin(origin_), chunks(T_len == 0 ? 0 : (T_len + origin_ + chunk - 1) / chunk) {}
+// Where a thread's work lies. A block holds (4 / W) rows of W warps each. A row is walked in chunks
+// of U sub-chunks; sub-chunk u of chunk j covers W * 32 vectors of V elements, lane-major (warp
+// `sub`, lane l own vector sub * 32 + l). All U sub-chunks of a chunk are loaded before the first
+// is scanned, so U * 512 bytes per array and warp are in flight. The grid starts `origin` elements
+// before the row so that vectors sit on 16-byte boundaries of the first array.
+template <int V, int W, int U>
+struct RowTiling {
+  static constexpr int kSub = W * 32 * V;
+  static constexpr int kChunk = U * kSub;
+  int64_t row;
+  int sub;  // this warp's position within the row's warps (memory order)
+  int lane;
+  __device__ RowTiling() {
+    const int warp = threadIdx.x / 32;
+    row = int64_t(blockIdx.x) * (block_warps(W) / W) + warp / W;
+    sub = warp % W;
+    lane = threadIdx.x & 31;
+  }
+  __device__ int64_t chunks(int64_t T_len, int origin) const {
+    return T_len == 0 ? 0 : (T_len + origin + kChunk - 1) / kChunk;
+  }
+  // First element of this lane's vector in sub-chunk u of chunk j.
+  __device__ int64_t lane_start(int64_t j, int u, int origin) const {
+    return j * kChunk + u * kSub - origin + int64_t(sub * 32 + lane) * V;
+  }
 };
 
-template <typename T, bool REV>
-__global__ void __launch_bounds__(32 * kWarpsPerBlock)
+template <typename T, bool REV, int W, int U>
+__global__ void __launch_bounds__(32 * block_warps(W))
     linear_scan_fwd_kernel(const LinearScanFwdParams p) {
-  constexpr int K = Tile<T>::K;
-  constexpr int kChunk = Tile<T>::kChunk;
-  const int64_t row = int64_t(blockIdx.x) * kWarpsPerBlock + threadIdx.x / 32;
-  if (row >= p.rows) return;  // whole warps leave together
-  const int lane = threadIdx.x & 31;
-  const T* a = static_cast<const T*>(p.a) + row * p.a_row_stride;
-  const T* b = static_cast<const T*>(p.b) + row * p.b_row_stride;
-  T* h = static_cast<T*>(p.h) + row * p.h_row_stride;
+  constexpr int V = kVec<T>;
+  using Tiling = RowTiling<V, W, U>;
+  __shared__ RowExchange<W> xchg;
+  const Tiling tile;
+  if (tile.row >= p.rows) return;  // whole rows (all their warps) leave together
+  const T* a = static_cast<const T*>(p.a) + tile.row * p.a_row_stride;
+  const T* b = static_cast<const T*>(p.b) + tile.row * p.b_row_stride;
+  T* h = static_cast<T*>(p.h) + tile.row * p.h_row_stride;
 
   const int origin = misalignment<T>(a);
   const bool b_vec = misalignment<T>(b) == origin;
   const bool h_vec = misalignment<T>(h) == origin;
-  const ChunkGrid grid(origin, p.T, kChunk);
+  const int64_t chunks = tile.chunks(p.T, origin);
+  const T one = from_f32<T>(1.0f), zero = from_f32<T>(0.0f);
+  // Raw gates and tokens of chunk j (identity maps outside the row).
+  const auto load_chunk = [&](int64_t j, uint4 (&gates)[U], uint4 (&tokens)[U]) {
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int64_t i0 = tile.lane_start(j, u, origin);
+      gates[u] = load_raw<T>(a, i0, p.T, true, one);
+      tokens[u] = load_raw<T>(b, i0, p.T, b_vec, zero);
+    }
+  };
 
-  float carry = p.h0 ? p.h0[row] : 0.0f;
-  for (int64_t c = 0; c < grid.chunks; ++c) {
-    const int64_t j = REV ? grid.chunks - 1 - c : c;
-    const int64_t i0 = j * kChunk - grid.origin + int64_t(lane) * K;
-    float gate[K], token[K], states[K];
-    load_lane<T, K>(a, i0, p.T, true, 1.0f, gate);
-    load_lane<T, K>(b, i0, p.T, b_vec, 0.0f, token);
-    carry = warp_chunk_scan<REV, K>(gate, token, carry, states);
-    store_lane<T, K>(h, i0, p.T, h_vec, states);
+  float carry = p.h0 ? p.h0[tile.row] : 0.0f;
+  int parity = 0;
+  uint4 gates[U], tokens[U];
+  if (chunks > 0) load_chunk(REV ? chunks - 1 : 0, gates, tokens);
+  for (int64_t c = 0; c < chunks; ++c) {
+    const int64_t j = REV ? chunks - 1 - c : c;
+    uint4 next_gates[U] = {}, next_tokens[U] = {};
+    if (c + 1 < chunks) load_chunk(REV ? j - 1 : j + 1, next_gates, next_tokens);  // in flight during the scan
+#pragma unroll
+    for (int s = 0; s < U; ++s) {
+      const int u = REV ? U - 1 - s : s;
+      float gate[V], token[V], states[V];
+      unpack<T>(gates[u], gate);
+      unpack<T>(tokens[u], token);
+      carry = chunk_scan<REV, V, W>(gate, token, carry, states, xchg, tile.sub, parity);
+      parity ^= 1;
+      store_lane<T, V>(h, tile.lane_start(j, u, origin), p.T, h_vec, states);
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      gates[u] = next_gates[u];
+      tokens[u] = next_tokens[u];
+    }
   }
-  if (p.h_last && lane == 0) p.h_last[row] = carry;
+  if (p.h_last && tile.sub == 0 && tile.lane == 0) p.h_last[tile.row] = carry;
 }
 
+// Raw inputs of one backward chunk: g, a, h vectors, and per sub-chunk the two neighbours across
+// the lane's edge that the shuffles cannot supply (the next step's a, the previous step's h).
+template <typename T, int U>
+struct BwdChunk {
+  uint4 g[U], a[U], h[U];
+  T a_edge[U], h_edge[U];
+};
+
 // Backward: dh[t] = g[t] + a[t+1] dh[t+1] is a scan against the forward direction whose gate at t
-// is the NEXT step's a (in forward order); da[t] = h[t-1] dh[t] needs the PREVIOUS step's h. Both
-// neighbours come from the adjacent lane by shuffle, or across chunk edges from a register carried
-// over (a) or one scalar load (h).
-template <typename T, bool REV>
-__global__ void __launch_bounds__(32 * kWarpsPerBlock)
+// is the NEXT forward step's a; da[t] = h[t-1] dh[t] needs the PREVIOUS forward step's h. Both
+// neighbours come from the adjacent lane by shuffle, or, at a warp's edge, from memory (a cache hit:
+// the neighbouring warp or sub-chunk loads the same line).
+template <typename T, bool REV, int W, int U>
+__global__ void __launch_bounds__(32 * block_warps(W))
     linear_scan_bwd_kernel(const LinearScanBwdParams p) {
-  constexpr int K = Tile<T>::K;
-  constexpr int kChunk = Tile<T>::kChunk;
+  constexpr int V = kVec<T>;
+  using Tiling = RowTiling<V, W, U>;
   constexpr bool DESC = !REV;  // the gradient scan runs against the forward scan
-  const int64_t row = int64_t(blockIdx.x) * kWarpsPerBlock + threadIdx.x / 32;
-  if (row >= p.rows) return;
-  const int lane = threadIdx.x & 31;
+  // In memory the next forward step of t is t + kStep, the previous one t - kStep.
+  constexpr int kStep = REV ? -1 : 1;
+  // The lane whose next-step gate / previous-step state lies outside its vector and its warp.
+  constexpr int kNextLane = REV ? 0 : 31, kPrevLane = REV ? 31 : 0;
+  __shared__ RowExchange<W> xchg;
+  const Tiling tile;
+  if (tile.row >= p.rows) return;
+  const int lane = tile.lane;
   const int64_t T_len = p.T;
-  const T* a = static_cast<const T*>(p.a) + row * p.a_row_stride;
-  const T* h = static_cast<const T*>(p.h) + row * p.h_row_stride;
-  const T* g = static_cast<const T*>(p.g) + row * p.g_row_stride;
-  T* da = static_cast<T*>(p.da) + row * T_len;
-  T* db = static_cast<T*>(p.db) + row * T_len;
+  const T* a = static_cast<const T*>(p.a) + tile.row * p.a_row_stride;
+  const T* h = static_cast<const T*>(p.h) + tile.row * p.h_row_stride;
+  const T* g = static_cast<const T*>(p.g) + tile.row * p.g_row_stride;
+  T* da = static_cast<T*>(p.da) + tile.row * T_len;
+  T* db = static_cast<T*>(p.db) + tile.row * T_len;
 
   const int origin = misalignment<T>(g);
   const bool a_vec = misalignment<T>(a) == origin;
   const bool h_vec = misalignment<T>(h) == origin;
   const bool d_vec = misalignment<T>(da) == origin && misalignment<T>(db) == origin;
-  const ChunkGrid grid(origin, T_len, kChunk);
+  const int64_t chunks = tile.chunks(T_len, origin);
   const int64_t first_t = REV ? T_len - 1 : 0;  // memory position of the first forward step
-  const float h0 = p.h0 ? p.h0[row] : 0.0f;
-
-  float carry = p.g_last ? p.g_last[row] : 0.0f;
-  // a of the forward step just beyond the chunk being processed (in gradient-scan order it was
-  // loaded with the previous chunk); 1 past the end of the sequence.
-  float a_beyond = 1.0f;
-  for (int64_t c = 0; c < grid.chunks; ++c) {
-    const int64_t j = DESC ? grid.chunks - 1 - c : c;
-    const int64_t i0 = j * kChunk - grid.origin + int64_t(lane) * K;
-    float a_raw[K], g_raw[K], h_raw[K];
-    load_lane<T, K>(g, i0, T_len, true, 0.0f, g_raw);
-    load_lane<T, K>(a, i0, T_len, a_vec, 1.0f, a_raw);
-    load_lane<T, K>(h, i0, T_len, h_vec, 0.0f, h_raw);
-
-    // gate[k] = a of the next forward step: shift the lane's a by one, the edge from the neighbour lane.
-    float gate[K], h_prev[K];
-    if (!REV) {
-      const float from_next_lane = __shfl_down_sync(kFullMask, a_raw[0], 1);
+  const float h0 = p.h0 ? p.h0[tile.row] : 0.0f;
+  const T one = from_f32<T>(1.0f), zero = from_f32<T>(0.0f);
+  const auto load_chunk = [&](int64_t j, BwdChunk<T, U>& ch) {
 #pragma unroll
-      for (int k = 0; k < K - 1; ++k) gate[k] = a_raw[k + 1];
-      gate[K - 1] = lane == 31 ? a_beyond : from_next_lane;
-      a_beyond = __shfl_sync(kFullMask, a_raw[0], 0);
-      const float from_prev_lane = __shfl_up_sync(kFullMask, h_raw[K - 1], 1);
-#pragma unroll
-      for (int k = 1; k < K; ++k) h_prev[k] = h_raw[k - 1];
-      h_prev[0] = lane == 0 ? (i0 >= 1 ? to_f32(h[i0 - 1]) : h0) : from_prev_lane;
-    } else {
-      const float from_prev_lane = __shfl_up_sync(kFullMask, a_raw[K - 1], 1);
-#pragma unroll
-      for (int k = 1; k < K; ++k) gate[k] = a_raw[k - 1];
-      gate[0] = lane == 0 ? a_beyond : from_prev_lane;
-      a_beyond = __shfl_sync(kFullMask, a_raw[K - 1], 31);
-      const float from_next_lane = __shfl_down_sync(kFullMask, h_raw[0], 1);
-#pragma unroll
-      for (int k = 0; k < K - 1; ++k) h_prev[k] = h_raw[k + 1];
-      h_prev[K - 1] = lane == 31 ? (i0 + K < T_len ? to_f32(h[i0 + K]) : h0) : from_next_lane;
+    for (int u = 0; u < U; ++u) {
+      const int64_t i0 = tile.lane_start(j, u, origin);
+      ch.g[u] = load_raw<T>(g, i0, T_len, true, zero);
+      ch.a[u] = load_raw<T>(a, i0, T_len, a_vec, one);
+      ch.h[u] = load_raw<T>(h, i0, T_len, h_vec, zero);
+      // Outside the row the next gate is the identity; the previous state of the first step is
+      // replaced by h0 below, so its fallback value is never used.
+      const int64_t i_next = REV ? i0 - 1 : i0 + V, i_prev = REV ? i0 + V : i0 - 1;
+      ch.a_edge[u] = lane == kNextLane && i_next >= 0 && i_next < T_len ? a[i_next] : one;
+      ch.h_edge[u] = lane == kPrevLane && i_prev >= 0 && i_prev < T_len ? h[i_prev] : zero;
     }
-    // The first forward step has no previous h in memory: it reads h0.
-#pragma unroll
-    for (int k = 0; k < K; ++k)
-      if (i0 + k == first_t) h_prev[k] = h0;
+  };
 
-    float dh[K], da_v[K];
-    carry = warp_chunk_scan<DESC, K>(gate, g_raw, carry, dh);
+  float carry = p.g_last ? p.g_last[tile.row] : 0.0f;
+  int parity = 0;
+  BwdChunk<T, U> cur;
+  if (chunks > 0) load_chunk(DESC ? chunks - 1 : 0, cur);
+  for (int64_t c = 0; c < chunks; ++c) {
+    const int64_t j = DESC ? chunks - 1 - c : c;
+    BwdChunk<T, U> next{};
+    if (c + 1 < chunks) load_chunk(DESC ? j - 1 : j + 1, next);  // in flight during the scan
 #pragma unroll
-    for (int k = 0; k < K; ++k) da_v[k] = h_prev[k] * dh[k];
-    store_lane<T, K>(da, i0, T_len, d_vec, da_v);
-    store_lane<T, K>(db, i0, T_len, d_vec, dh);
-    if (p.dh0) {
+    for (int s = 0; s < U; ++s) {
+      const int u = DESC ? U - 1 - s : s;
+      const int64_t i0 = tile.lane_start(j, u, origin);
+      float a_in[V], g_in[V], h_in[V], gate[V], h_prev[V];
+      unpack<T>(cur.a[u], a_in);
+      unpack<T>(cur.g[u], g_in);
+      unpack<T>(cur.h[u], h_in);
+      // Shift a one step back and h one step forward (in forward-scan order) across the warp.
+      constexpr int kFirst = REV ? V - 1 : 0, kLast = REV ? 0 : V - 1;
+      float a_nb = REV ? __shfl_up_sync(kFullMask, a_in[kFirst], 1) : __shfl_down_sync(kFullMask, a_in[kFirst], 1);
+      float h_nb = REV ? __shfl_down_sync(kFullMask, h_in[kLast], 1) : __shfl_up_sync(kFullMask, h_in[kLast], 1);
+      if (lane == kNextLane) a_nb = to_f32(cur.a_edge[u]);
+      if (lane == kPrevLane) h_nb = to_f32(cur.h_edge[u]);
 #pragma unroll
-      for (int k = 0; k < K; ++k)
-        if (i0 + k == first_t) p.dh0[row] = a_raw[k] * dh[k];
+      for (int k = 0; k < V; ++k) {
+        const int k_next = k + kStep, k_prev = k - kStep;
+        gate[k] = (k_next >= 0 && k_next < V) ? a_in[k_next] : a_nb;
+        h_prev[k] = (k_prev >= 0 && k_prev < V) ? h_in[k_prev] : h_nb;
+        if (i0 + k == first_t) h_prev[k] = h0;  // the first forward step started from h0
+      }
+      float dh[V], da_v[V];
+      carry = chunk_scan<DESC, V, W>(gate, g_in, carry, dh, xchg, tile.sub, parity);
+      parity ^= 1;
+#pragma unroll
+      for (int k = 0; k < V; ++k) da_v[k] = h_prev[k] * dh[k];
+      store_lane<T, V>(da, i0, T_len, d_vec, da_v);
+      store_lane<T, V>(db, i0, T_len, d_vec, dh);
+      if (p.dh0) {
+#pragma unroll
+        for (int k = 0; k < V; ++k)
+          if (i0 + k == first_t) p.dh0[tile.row] = a_in[k] * dh[k];  // h0 entered through a[first]
+      }
     }
+    cur = next;
   }
-  if (p.dh0 && T_len == 0 && lane == 0) p.dh0[row] = carry;
+  if (p.dh0 && T_len == 0 && tile.sub == 0 && lane == 0) p.dh0[tile.row] = carry;
 }
+
+template <typename Params>
+ark_status check_grid(const Params& p, int rows_per_block, int64_t* blocks) {
+  *blocks = (p.rows + rows_per_block - 1) / rows_per_block;
+  if (*blocks > 0x7fffffffLL)
+    return fail(ARK_ERROR_INVALID_ARGUMENT, "rows: expected at most %lld rows on CUDA, got %lld",
+                0x7fffffffLL * rows_per_block, (long long)p.rows);
+  return ARK_SUCCESS;
+}
+
+ark_status launch_status(const char* what) {
+  const cudaError_t err = cudaGetLastError();
+  if (err != cudaSuccess) return fail(ARK_ERROR_CUDA, "linear_scan %s launch failed: %s", what, cudaGetErrorString(err));
+  return ARK_SUCCESS;
+}
+
+// One launch shape: W warps per row, U sub-chunks (one 16-byte vector per lane each) per chunk.
+struct Shape {
+  int W, U;
+};
+
+// Rows that one warp walks in at most two sub-chunks gain nothing from more warps; rows shorter
+// than a tuned chunk are split over 4 warps, one vector per lane. Longer rows take the shape
+// measured fastest on the H100 at (8, 2048, 4096) (bench/NOTES.md).
+template <typename T>
+Shape pick_shape(int64_t T_len, Shape tuned) {
+  constexpr int64_t V = kVec<T>;
+  if (T_len <= 2 * 32 * V) return {1, 1};
+  if (T_len < int64_t(tuned.W) * tuned.U * 32 * V) return {4, 1};
+  return tuned;
+}
+
+// Maps a run-time shape onto the compiled kernels.
+template <template <typename, bool, int, int> class Kernel, typename T, bool REV, typename Params>
+ark_status launch_shape(const Params& p, Shape shape, cudaStream_t stream, const char* what) {
+  const auto go = [&](auto kernel, int W) {
+    const int warps = block_warps(W);
+    int64_t blocks;
+    if (const ark_status s = check_grid(p, warps / W, &blocks)) return s;
+    kernel<<<unsigned(blocks), 32 * warps, 0, stream>>>(p);
+    return launch_status(what);
+  };
+  if (shape.W == 1) return go(Kernel<T, REV, 1, 1>::fn, 1);
+  if (shape.W == 4 && shape.U == 1) return go(Kernel<T, REV, 4, 1>::fn, 4);
+  if (shape.W == 4 && shape.U == 2) return go(Kernel<T, REV, 4, 2>::fn, 4);
+  if (shape.W == 4 && shape.U == 4) return go(Kernel<T, REV, 4, 4>::fn, 4);
+  if (shape.W == 8 && shape.U == 2) return go(Kernel<T, REV, 8, 2>::fn, 8);
+  return fail(ARK_ERROR_INTERNAL, "linear_scan %s: no kernel for %d warps x %d sub-chunks", what, shape.W, shape.U);
+}
+
+template <typename T, bool REV, int W, int U> struct FwdKernel {
+  static constexpr auto fn = linear_scan_fwd_kernel<T, REV, W, U>;
+};
+template <typename T, bool REV, int W, int U> struct BwdKernel {
+  static constexpr auto fn = linear_scan_bwd_kernel<T, REV, W, U>;
+};
 
 template <typename T>
 ark_status launch_fwd(const LinearScanFwdParams& p, cudaStream_t stream) {
-  const int64_t blocks = (p.rows + kWarpsPerBlock - 1) / kWarpsPerBlock;
-  if (blocks > 0x7fffffffLL)
-    return fail(ARK_ERROR_INVALID_ARGUMENT, "rows: expected at most %lld rows on CUDA, got %lld",
-                0x7fffffffLL * kWarpsPerBlock, (long long)p.rows);
-  if (p.reverse)
-    linear_scan_fwd_kernel<T, true><<<unsigned(blocks), 32 * kWarpsPerBlock, 0, stream>>>(p);
-  else
-    linear_scan_fwd_kernel<T, false><<<unsigned(blocks), 32 * kWarpsPerBlock, 0, stream>>>(p);
-  const cudaError_t err = cudaGetLastError();
-  if (err != cudaSuccess) return fail(ARK_ERROR_CUDA, "linear_scan forward launch failed: %s", cudaGetErrorString(err));
-  return ARK_SUCCESS;
+  const Shape shape = pick_shape<T>(p.T, sizeof(T) == 4 ? Shape{8, 2} : Shape{4, 4});
+  return p.reverse ? launch_shape<FwdKernel, T, true>(p, shape, stream, "forward")
+                   : launch_shape<FwdKernel, T, false>(p, shape, stream, "forward");
 }
 
 template <typename T>
 ark_status launch_bwd(const LinearScanBwdParams& p, cudaStream_t stream) {
-  const int64_t blocks = (p.rows + kWarpsPerBlock - 1) / kWarpsPerBlock;
-  if (blocks > 0x7fffffffLL)
-    return fail(ARK_ERROR_INVALID_ARGUMENT, "rows: expected at most %lld rows on CUDA, got %lld",
-                0x7fffffffLL * kWarpsPerBlock, (long long)p.rows);
-  if (p.reverse)
-    linear_scan_bwd_kernel<T, true><<<unsigned(blocks), 32 * kWarpsPerBlock, 0, stream>>>(p);
-  else
-    linear_scan_bwd_kernel<T, false><<<unsigned(blocks), 32 * kWarpsPerBlock, 0, stream>>>(p);
-  const cudaError_t err = cudaGetLastError();
-  if (err != cudaSuccess) return fail(ARK_ERROR_CUDA, "linear_scan backward launch failed: %s", cudaGetErrorString(err));
-  return ARK_SUCCESS;
+  const Shape shape = pick_shape<T>(p.T, sizeof(T) == 4 ? Shape{8, 2} : Shape{4, 2});
+  return p.reverse ? launch_shape<BwdKernel, T, true>(p, shape, stream, "backward")
+                   : launch_shape<BwdKernel, T, false>(p, shape, stream, "backward");
 }
 
 }  // namespace

@@ -48,6 +48,10 @@ def unavailable_reason(op: str, backend: str, device: torch.device) -> str | Non
     return f"unknown backend {backend!r}"
 
 
+# Under torch.compile the choice is made once while tracing and baked into the graph: it depends only
+# on what this build registered and on the device, not on tensor values (dynamo cannot trace the
+# dispatcher queries inside).
+@torch.compiler.assume_constant_result
 def resolve(op: str, backend: str, device: torch.device, preference: tuple[str, ...]) -> str:
     """The backend to run: `backend` itself when it can run, else ValueError; for "auto" the first
     of `preference` (fastest first, as measured per device in bench/results) that can run."""

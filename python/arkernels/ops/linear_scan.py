@@ -66,7 +66,8 @@ def linear_scan(gates, tokens, initial_state=None, *, reverse=False, return_fina
 
 # ---- fake kernels and autograd, shared by the native and the Triton op ----
 
-def _fake_forward(gates, tokens, initial_state, reverse):
+def _fake_forward(gates, tokens, initial_state=None, reverse=False):
+    # Defaults as in the schema: the dispatcher drops arguments that are at their default.
     return gates.new_empty(gates.shape), gates.new_empty(gates.shape[:-1], dtype=torch.float32)
 
 

@@ -57,6 +57,6 @@ def linear_scan_ref_logdepth(gates, tokens, initial_state=None, *, reverse=False
         a, b = a * a_prev, a * b_prev + b
         shift *= 2
     out = b.flip(-1) if reverse else b
-    final = (out[..., 0] if reverse else out[..., -1]) if out.shape[-1] > 0 else h0
+    final = (out[..., 0] if reverse else out[..., -1]) if out.shape[-1] > 0 else h0.clone()  # never alias the input
     out = out.to(gates.dtype)
     return (out, final) if return_final_state else out

@@ -1,0 +1,1 @@
+"""One benchmark module per op (bench_<op>.py), registered in bench/registry.py."""

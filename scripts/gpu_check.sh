@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# On the GPU machine (no package registry): build arkernels from this checkout with its python3
+# (torch preinstalled), run the GPU tests, compute-sanitizer memcheck over the CUDA tests, and the
+# benchmark report. Logs and results land under $OUT (default ./gpu_out):
+#   summary.txt   pytest summary, sanitizer summaries, benchmark table
+#   logs.tgz      every log of the run
+#   bench/        the report (.md, .json, .png)
+# Usage: scripts/gpu_check.sh [stages...]   stages: build test capi sanitize sweep bench (default: all but sweep)
+# Peers: wheels in .whl/ (e.g. accelerated-scan) are installed to /tmp/peers first.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-$PWD/gpu_out}
+LOG=$OUT/logs
+mkdir -p "$LOG"
+stages=${*:-build test capi sanitize bench}
+py=${PYTHON:-python3}
+export PYTHONUNBUFFERED=1 ARKERNELS_CUDA_ARCHS=${ARKERNELS_CUDA_ARCHS:-90a} CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-16}
+summary=$OUT/summary.txt
+: >"$summary"
+note() { echo "$*" | tee -a "$summary"; }
+
+note "== $(date -u +%FT%TZ) $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null)"
+note "== python $("$py" -c 'import sys, torch; print(sys.version.split()[0], "torch", torch.__version__)' 2>&1)"
+
+if ls .whl/*.whl >/dev/null 2>&1; then
+  "$py" -m pip install -q --no-index --no-deps --target /tmp/peers .whl/*.whl >"$LOG/peers.log" 2>&1 \
+    && export PYTHONPATH=/tmp/peers${PYTHONPATH:+:$PYTHONPATH}
+fi
+
+for stage in $stages; do
+  t0=$(date +%s)
+  case $stage in
+    build)
+      "$py" -m pip install --no-index --no-build-isolation --no-deps -v -e . >"$LOG/build.log" 2>&1
+      rc=$?; note "build: rc=$rc ($(grep -m1 'arkernels: CUDA' "$LOG/build.log" | sed 's/^ *//'))"
+      [ $rc -eq 0 ] || { tail -30 "$LOG/build.log"; break; } ;;
+    test)
+      timeout 420 "$py" -m pytest tests -q -ra -p no:cacheprovider >"$LOG/pytest.log" 2>&1
+      note "pytest: rc=$? :: $(tail -1 "$LOG/pytest.log")"
+      grep -E '^(FAILED|ERROR)' "$LOG/pytest.log" | head -20 | tee -a "$summary" ;;
+    capi)
+      { cmake -S . -B build/capi -G Ninja -DARKERNELS_BUILD_TORCH=OFF -DARKERNELS_CUDA_ARCHS="$ARKERNELS_CUDA_ARCHS" && cmake --build build/capi \
+          && (cd build/capi && ctest --output-on-failure); } >"$LOG/capi.log" 2>&1
+      note "capi ctest: rc=$? :: $(grep -E 'tests passed|tests failed' "$LOG/capi.log" | tail -1)" ;;
+    sanitize)
+      compute-sanitizer --tool memcheck --error-exitcode 99 build/capi/tests/capi/test_linear_scan_capi \
+        >"$LOG/sanitizer_capi.log" 2>&1
+      note "memcheck C API test: rc=$? :: $(grep -E 'ERROR SUMMARY' "$LOG/sanitizer_capi.log" | tail -1)"
+      timeout 300 compute-sanitizer --tool memcheck --error-exitcode 99 "$py" -m pytest tests/ops/test_linear_scan.py \
+        -q -x -p no:cacheprovider -m "not slow" -k "cuda and not huge and not 65537" >"$LOG/sanitizer_pytest.log" 2>&1
+      note "memcheck pytest (cuda backend): rc=$? :: $(grep -E 'ERROR SUMMARY' "$LOG/sanitizer_pytest.log" | tail -1) :: $(grep -E 'passed|failed' "$LOG/sanitizer_pytest.log" | tail -1)" ;;
+    sweep)
+      ARK_SWEEP=${ARK_SWEEP:-} timeout 300 "$py" scripts/quick_timing.py ${SWEEP_SHAPES:-} >"$LOG/sweep.log" 2>&1
+      note "sweep: rc=$?"; cat "$LOG/sweep.log" >>"$summary" ;;
+    bench)
+      timeout 540 "$py" -m bench.report --out "$OUT/bench" ${BENCH_ARGS:-} >"$LOG/bench.log" 2>&1
+      note "bench: rc=$?"
+      md=$(ls "$OUT"/bench/*.md 2>/dev/null | head -1)
+      [ -n "$md" ] && cat "$md" >>"$summary" || tail -30 "$LOG/bench.log" | tee -a "$summary" ;;
+    *) note "unknown stage $stage" ;;
+  esac
+  note "   ($stage took $(( $(date +%s) - t0 )) s)"
+done
+tar -czf "$OUT/logs.tgz" -C "$OUT" logs && rm -rf "$LOG"
+cat "$summary"
