@@ -355,13 +355,19 @@ def main(argv=None) -> int:
                 t0 = time.monotonic()
                 case_rows = mod.run(case, names)
                 rows.extend(case_rows)
-                gc.collect()
-                if device.type == "cuda":
-                    torch.cuda.empty_cache()
                 summary = ", ".join(f"{r.provider}=" + (f"{r.time_ms:.3f}ms" if r.time_ms else r.status)
                                     + (" FAILED" if r.status == "FAILED" else "") for r in case_rows)
                 _log(f"[{mod.OP} {i}/{len(cases)}] {case.mode} {case.dtype_name} {case.shape_name}: {summary} "
                      f"({time.monotonic() - t0:.1f} s)")
+                gc.collect()
+                if device.type == "cuda":
+                    try:
+                        torch.cuda.synchronize()
+                        torch.cuda.empty_cache()
+                    except Exception as err:  # noqa: BLE001  (a broken CUDA context: no later case can run)
+                        errors = "; ".join(f"{r.provider}: {r.note}" for r in case_rows if r.status == "error")
+                        raise _Stop(f"CUDA error in {mod.OP} {case.mode} {case.dtype_name} {case.shape_name} "
+                                    f"({errors or type(err).__name__ + ': ' + str(err).splitlines()[0]})") from err
     except (_Stop, KeyboardInterrupt) as stop:
         notes.append(f"stopped early ({stop or 'interrupt'}): the rows above are the cases finished before")
         _log(f"stopped: {stop!r}; writing what was measured")

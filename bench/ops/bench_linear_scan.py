@@ -126,7 +126,16 @@ def _compiled_reference(dtype, mode):
     return _compiled[key]
 
 
+# Seen on the H100 (torch 2.11, triton 3.6): accelerated-scan's backward at T=256 ended in an illegal
+# memory access that breaks the CUDA context for the rest of the process, in two report runs (fp32
+# once, bf16 once; a single call in isolation passed). Not run there, so that the report finishes.
+PEER_BWD_MIN_T = 1024
+
+
 def _skip_reason(name: str, case: Case) -> str | None:
+    if name == PEER and case.mode != "fwd" and case.shape[-1] < PEER_BWD_MIN_T and case.device.startswith("cuda"):
+        return (f"not run: its backward crashed the CUDA context (illegal memory access) at T=256 in 2 of 2 "
+                f"earlier runs (bench/NOTES.md)")
     if name == "reference":
         estimate = _reference_seconds(case)
         if estimate > REFERENCE_MAX_S:
@@ -291,11 +300,12 @@ def run(case: Case, providers: list[str]) -> list[Row]:
         row = Row.for_case(case, name)
         try:
             _run_provider(name, case, sets, oracle, row)
+            if dev.type == "cuda":
+                torch.cuda.synchronize()  # an asynchronous kernel error belongs to this provider's row
+                torch.cuda.empty_cache()
         except Exception as err:  # noqa: BLE001  (recorded in the row, never fatal)
             row.status, row.note = "error", _error_text(err)
         rows.append(row)
-        if dev.type == "cuda":
-            torch.cuda.empty_cache()
     _flag_low_precision_error(rows, case)
     return rows
 

@@ -81,6 +81,9 @@ def _setup_context(ctx, inputs, output):
     out, _final = output
     ctx.save_for_backward(gates, out, initial_state)
     ctx.reverse = reverse
+    # An unused final state (the common case) then reaches the backward as None, not as a zero-filled
+    # tensor that costs an allocation and a kernel launch per call.
+    ctx.set_materialize_grads(False)
 
 
 def _make_backward(backward_op):
