@@ -57,7 +57,7 @@ for stage in $stages; do
         >"$LOG/sanitizer_pytest.log" 2>&1
       note "memcheck pytest (cuda backend): rc=$? :: $(grep -E 'ERROR SUMMARY' "$LOG/sanitizer_pytest.log" | tail -1) :: $(grep -E 'passed|failed' "$LOG/sanitizer_pytest.log" | tail -1)" ;;
     sweep)
-      ARK_SWEEP=${ARK_SWEEP:-} timeout 300 "$py" scripts/quick_timing.py ${SWEEP_SHAPES:-} >"$LOG/sweep.log" 2>&1
+      timeout 300 "$py" scripts/quick_timing.py ${SWEEP_SHAPES:-} >"$LOG/sweep.log" 2>&1
       note "sweep: rc=$?"; cat "$LOG/sweep.log" >>"$summary" ;;
     bench)
       timeout 540 "$py" -m bench.report --out "$OUT/bench" ${BENCH_ARGS:-} >"$LOG/bench.log" 2>&1

@@ -1,12 +1,11 @@
 """Quick timing of linear_scan on the GPU machine, for iterating on kernels (the full report is
-`python -m bench.report`). Checks each variant against a float64 reference (forward and gradients)
+`python -m bench.report`). Checks each provider against a float64 reference (forward and gradients)
 before timing it, and times accelerated-scan (if installed) in the same run.
 
 Usage: python scripts/quick_timing.py [B C T] ...   (default: the issue's headline shape 8 2048 4096)
-ARK_SWEEP="4x2s,4x4n" times CUDA launch variants (warps per row x sub-chunks per chunk, streaming
-or normal cache hints) through the launcher's ARK_LS_VARIANT knob, where the build still has it.
+To compare kernel variants, build them behind a temporary knob in the launcher and add one provider
+per variant below (bench/NOTES.md records how the current launch shapes were chosen that way).
 """
-import os
 import sys
 
 import torch
@@ -49,29 +48,22 @@ def main(shapes):
     copy_gbps = 2 * x.numel() * 4 / copy_ms / 1e6
     print(f"copy 1 GiB: {copy_ms:.3f} ms = {copy_gbps:.0f} GB/s")
     del x
-    variants = [v for v in os.environ.get("ARK_SWEEP", "").split(",") if v] or ["default"]
     for B, C, T in shapes:
         for dtype in (torch.float32, torch.bfloat16):
             a = (torch.rand(B, C, T, device="cuda") * 0.5 + 0.5).to(dtype).requires_grad_()
             b = torch.randn(B, C, T, device="cuda").to(dtype).requires_grad_()
             g = torch.randn(B, C, T, device="cuda").to(dtype)
-            providers = {}
-            for v in variants:
-                providers[f"cuda[{v}]"] = (v, lambda a, b: arkernels.linear_scan(a, b, backend="cuda"))
-            providers["triton"] = ("default", lambda a, b: arkernels.linear_scan(a, b, backend="triton"))
+            providers = {"cuda": lambda a, b: arkernels.linear_scan(a, b, backend="cuda"),
+                         "triton": lambda a, b: arkernels.linear_scan(a, b, backend="triton")}
             if peer_scan is not None:
-                providers["accelerated-scan"] = ("default", peer_scan)
+                providers["accelerated-scan"] = peer_scan
             nbytes = a.numel() * a.element_size()
-            for name, (variant, fn) in providers.items():
-                if variant != "default":
-                    os.environ["ARK_LS_VARIANT"] = variant
-                else:
-                    os.environ.pop("ARK_LS_VARIANT", None)
+            for name, fn in providers.items():
                 try:
                     errs = check(fn, a, b, g)
                     fwd = timed(lambda: fn(a, b))
                     fb = timed(lambda: torch.autograd.grad(fn(a, b), (a, b), g))
-                except Exception as e:  # a broken variant must not hide the others
+                except Exception as e:  # a broken provider must not hide the others
                     print(f"({B},{C},{T}) {str(dtype):15s} {name:17s} ERROR {type(e).__name__}: {e}")
                     continue
                 print(f"({B},{C},{T}) {str(dtype)[6:]:8s} {name:17s} fwd {fwd:.3f} ms "

@@ -389,40 +389,6 @@ ark_status launch_status(const char* what) {
   return ARK_SUCCESS;
 }
 
-// One launch shape: W warps per row, U sub-chunks (one 16-byte vector per lane each) per chunk.
-struct Shape {
-  int W, U;
-};
-
-// Rows that one warp walks in at most two sub-chunks gain nothing from more warps; rows shorter
-// than a tuned chunk are split over 4 warps, one vector per lane. Longer rows take the shape
-// measured fastest on the H100 at (8, 2048, 4096) (bench/NOTES.md).
-template <typename T>
-Shape pick_shape(int64_t T_len, Shape tuned) {
-  constexpr int64_t V = kVec<T>;
-  if (T_len <= 2 * 32 * V) return {1, 1};
-  if (T_len < int64_t(tuned.W) * tuned.U * 32 * V) return {4, 1};
-  return tuned;
-}
-
-// Maps a run-time shape onto the compiled kernels.
-template <template <typename, bool, int, int> class Kernel, typename T, bool REV, typename Params>
-ark_status launch_shape(const Params& p, Shape shape, cudaStream_t stream, const char* what) {
-  const auto go = [&](auto kernel, int W) {
-    const int warps = block_warps(W);
-    int64_t blocks;
-    if (const ark_status s = check_grid(p, warps / W, &blocks)) return s;
-    kernel<<<unsigned(blocks), 32 * warps, 0, stream>>>(p);
-    return launch_status(what);
-  };
-  if (shape.W == 1) return go(Kernel<T, REV, 1, 1>::fn, 1);
-  if (shape.W == 4 && shape.U == 1) return go(Kernel<T, REV, 4, 1>::fn, 4);
-  if (shape.W == 4 && shape.U == 2) return go(Kernel<T, REV, 4, 2>::fn, 4);
-  if (shape.W == 4 && shape.U == 4) return go(Kernel<T, REV, 4, 4>::fn, 4);
-  if (shape.W == 8 && shape.U == 2) return go(Kernel<T, REV, 8, 2>::fn, 8);
-  return fail(ARK_ERROR_INTERNAL, "linear_scan %s: no kernel for %d warps x %d sub-chunks", what, shape.W, shape.U);
-}
-
 template <typename T, bool REV, int W, int U> struct FwdKernel {
   static constexpr auto fn = linear_scan_fwd_kernel<T, REV, W, U>;
 };
@@ -430,18 +396,37 @@ template <typename T, bool REV, int W, int U> struct BwdKernel {
   static constexpr auto fn = linear_scan_bwd_kernel<T, REV, W, U>;
 };
 
+// Launches the kernel for a row length: rows that one warp walks in at most two sub-chunks gain
+// nothing from more warps (1 warp); rows shorter than the tuned chunk are split over 4 warps, one
+// vector per lane; longer rows take the tuned shape TW warps x TU sub-chunks, measured fastest on
+// the H100 at (8, 2048, 4096) (bench/NOTES.md). Only these three shapes are compiled.
+template <template <typename, bool, int, int> class Kernel, typename T, bool REV, int TW, int TU, typename Params>
+ark_status launch_for_length(const Params& p, cudaStream_t stream, const char* what) {
+  const auto go = [&](auto kernel, int W) {
+    const int warps = block_warps(W);
+    int64_t blocks;
+    if (const ark_status s = check_grid(p, warps / W, &blocks)) return s;
+    kernel<<<unsigned(blocks), 32 * warps, 0, stream>>>(p);
+    return launch_status(what);
+  };
+  constexpr int64_t V = kVec<T>;
+  if (p.T <= 2 * 32 * V) return go(Kernel<T, REV, 1, 1>::fn, 1);
+  if (p.T < TW * TU * 32 * V) return go(Kernel<T, REV, 4, 1>::fn, 4);
+  return go(Kernel<T, REV, TW, TU>::fn, TW);
+}
+
 template <typename T>
 ark_status launch_fwd(const LinearScanFwdParams& p, cudaStream_t stream) {
-  const Shape shape = pick_shape<T>(p.T, sizeof(T) == 4 ? Shape{8, 2} : Shape{4, 4});
-  return p.reverse ? launch_shape<FwdKernel, T, true>(p, shape, stream, "forward")
-                   : launch_shape<FwdKernel, T, false>(p, shape, stream, "forward");
+  constexpr int TW = sizeof(T) == 4 ? 8 : 4, TU = sizeof(T) == 4 ? 2 : 4;
+  return p.reverse ? launch_for_length<FwdKernel, T, true, TW, TU>(p, stream, "forward")
+                   : launch_for_length<FwdKernel, T, false, TW, TU>(p, stream, "forward");
 }
 
 template <typename T>
 ark_status launch_bwd(const LinearScanBwdParams& p, cudaStream_t stream) {
-  const Shape shape = pick_shape<T>(p.T, sizeof(T) == 4 ? Shape{8, 2} : Shape{4, 2});
-  return p.reverse ? launch_shape<BwdKernel, T, true>(p, shape, stream, "backward")
-                   : launch_shape<BwdKernel, T, false>(p, shape, stream, "backward");
+  constexpr int TW = sizeof(T) == 4 ? 8 : 4, TU = 2;
+  return p.reverse ? launch_for_length<BwdKernel, T, true, TW, TU>(p, stream, "backward")
+                   : launch_for_length<BwdKernel, T, false, TW, TU>(p, stream, "backward");
 }
 
 }  // namespace
