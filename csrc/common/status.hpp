@@ -33,3 +33,10 @@ inline const char* dtype_name(ark_dtype d) {
   do {                                                                           \
     if (!(cond)) return ::ark::fail(ARK_ERROR_INVALID_ARGUMENT, __VA_ARGS__);    \
   } while (0)
+
+// Returns early from a C API function when a check (which returns an ark_status) fails.
+#define ARK_TRY(expr)                          \
+  do {                                         \
+    const ark_status s_ = (expr);              \
+    if (s_ != ARK_SUCCESS) return s_;          \
+  } while (0)

@@ -32,12 +32,6 @@ ark_status check_strides(const char* name, int64_t stride, int64_t rows, int64_t
   return ARK_SUCCESS;
 }
 
-#define ARK_TRY(expr)                          \
-  do {                                         \
-    const ark_status s_ = (expr);              \
-    if (s_ != ARK_SUCCESS) return s_;          \
-  } while (0)
-
 }  // namespace
 
 extern "C" ark_status ark_linear_scan_fwd(const void* a, const void* b, const float* h0, void* h, float* h_last,

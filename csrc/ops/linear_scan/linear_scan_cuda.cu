@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "common/device_math.cuh"
 #include "common/status.hpp"
 #include "ops/linear_scan/linear_scan.cuh"
 
@@ -23,14 +24,6 @@ constexpr unsigned kFullMask = 0xffffffffu;
 constexpr int kWarpsPerBlock = 4;
 // Warps of a block: rows shorter than a block share it (W = 1), longer rows get W warps each.
 constexpr int block_warps(int W) { return W > kWarpsPerBlock ? W : kWarpsPerBlock; }
-
-__device__ __forceinline__ float to_f32(float v) { return v; }
-__device__ __forceinline__ float to_f32(__half v) { return __half2float(v); }
-__device__ __forceinline__ float to_f32(__nv_bfloat16 v) { return __bfloat162float(v); }
-template <typename T> __device__ __forceinline__ T from_f32(float v);
-template <> __device__ __forceinline__ float from_f32<float>(float v) { return v; }
-template <> __device__ __forceinline__ __half from_f32<__half>(float v) { return __float2half_rn(v); }
-template <> __device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
 
 // Each lane moves one 16-byte vector per array per sub-chunk, so one warp-wide load instruction
 // covers 512 contiguous bytes (fully coalesced). Wider per-lane runs (2 or 4 vectors) measured
@@ -383,11 +376,7 @@ ark_status check_grid(const Params& p, int rows_per_block, int64_t* blocks) {
   return ARK_SUCCESS;
 }
 
-ark_status launch_status(const char* what) {
-  const cudaError_t err = cudaGetLastError();
-  if (err != cudaSuccess) return fail(ARK_ERROR_CUDA, "linear_scan %s launch failed: %s", what, cudaGetErrorString(err));
-  return ARK_SUCCESS;
-}
+ark_status launch_status(const char* what) { return cuda_launch_status("linear_scan", what); }
 
 template <typename T, bool REV, int W, int U> struct FwdKernel {
   static constexpr auto fn = linear_scan_fwd_kernel<T, REV, W, U>;
