@@ -1,4 +1,5 @@
 """Public ops: validation, backend choice, autograd and fake registrations."""
 from arkernels.ops.linear_scan import linear_scan
+from arkernels.ops.selective_scan import selective_scan
 
-__all__ = ["linear_scan"]
+__all__ = ["linear_scan", "selective_scan"]

@@ -1,0 +1,741 @@
+// selective_scan on CUDA: one thread per (channel, K states), walking time in order.
+//
+// A block holds ROWS channels of one (batch row, group) and R lanes per channel; lane l owns states
+// [l*K, l*K + K). Time is staged in tiles of TT steps through shared memory: delta (bias, softplus)
+// and delta*u per channel, B/C per step (shared by every channel of the group). Each thread then runs
+// the recurrence for its K states with one ex2 per state and step, and accumulates its share of
+// y[t] = sum_n C h. The R lanes of a channel combine their shares for R steps at once with a
+// reduce-scatter (R-1 shuffles per R steps per lane), so each lane ends up owning one step's sum.
+// Why this shape: the scan is bound by the exponentials (B*D*L*N of them), and this layout spends
+// about 4 FP32 instructions and one MUFU.EX2 per (step, state) with no block-wide scan per state
+// (mamba-ssm runs a CUB block scan per state and step chunk). The sequential dependency per thread
+// is one FMA per step; independent states and unrolled steps keep the pipes busy.
+//
+// Backward: same thread layout, time reversed in tiles of kScanCheckpoint steps. The forward stored
+// the state at every tile end; the backward recomputes the tile's states from there (in sub-tiles
+// held in registers), runs the adjoint recurrence dh[t] = C[t] dy[t] + a[t+1] dh[t+1], and writes
+// per-step sums over states through shared memory. Sums over channels (dB, dC) and over the batch
+// (dA, dD, ddelta_bias, constant dB/dC) go to a workspace and are reduced in a fixed order.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <cstdlib>
+
+#include "common/device_math.cuh"
+#include "common/status.hpp"
+#include "ops/selective_scan/selective_scan.cuh"
+
+namespace ark {
+namespace {
+
+constexpr int kThreads = 128;
+constexpr int kCk = int(kScanCheckpoint);
+constexpr float kLog2e = 1.4426950408889634f;
+
+__device__ __forceinline__ float ex2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+
+template <typename T> __device__ __forceinline__ float ld(const void* p, int64_t i) {
+  return to_f32(static_cast<const T*>(p)[i]);
+}
+template <typename T> __device__ __forceinline__ void st(void* p, int64_t i, float v) {
+  static_cast<T*>(p)[i] = from_f32<T>(v);
+}
+
+// Compile-time shape of a launch: K states per lane, R lanes per channel.
+template <int K_, int R_> struct Shape {
+  static constexpr int K = K_, R = R_, ROWS = kThreads / R_, NP = K_ * R_;
+  static constexpr int NPP = NP + 4;                 // padded B/C row: 16-byte aligned, fewer bank conflicts
+  static constexpr int TT = NP >= 128 ? 32 : 64;     // forward time tile (a multiple of kCk)
+  static constexpr int TS = 32 / K_;                 // backward sub-tile held in registers
+};
+
+__host__ __device__ constexpr int align4(int n) { return (n + 3) & ~3; }
+
+// Which block of channels this block owns.
+struct BlockPos {
+  int64_t b, g, rb, d_first;  // batch row, group, row block, first channel
+  int rows_valid;
+};
+__device__ __forceinline__ BlockPos block_pos(const ark_selective_scan_args& a, int rows) {
+  const int64_t per_group = a.dim / a.ngroups, nrb = (per_group + rows - 1) / rows;
+  int64_t blk = blockIdx.x;
+  BlockPos p;
+  p.rb = blk % nrb;
+  blk /= nrb;
+  p.g = blk % a.ngroups;
+  p.b = blk / a.ngroups;
+  p.d_first = p.g * per_group + p.rb * rows;
+  const int64_t left = per_group - p.rb * rows;
+  p.rows_valid = int(left < rows ? left : rows);
+  return p;
+}
+
+// Sequence boundaries of packed inputs: for each step of the tile, the index of the sequence that
+// starts / ends there, or -1.
+__device__ void stage_seq_flags(const ark_selective_scan_args& a, int64_t t0, int tile, int* s_start, int* s_end) {
+  for (int t = threadIdx.x; t < tile; t += blockDim.x) {
+    const int64_t tg = t0 + t;
+    int st = -1, en = -1;
+    if (tg < a.seqlen) {
+      int64_t lo = 0, hi = a.num_seqs;  // largest s with cu[s] <= tg; cu[s+1] > tg then
+      while (hi - lo > 1) {
+        const int64_t mid = (lo + hi) / 2;
+        if (a.cu_seqlens[mid] <= tg) lo = mid; else hi = mid;
+      }
+      if (a.cu_seqlens[lo] == tg) st = int(lo);
+      if (a.cu_seqlens[lo + 1] - 1 == tg) en = int(lo);
+    }
+    s_start[t] = st;
+    s_end[t] = en;
+  }
+}
+
+// Constant B or C: the block's channels' rows, once.
+template <class S>
+__device__ void stage_const_bc(const ark_selective_scan_args& a, const float* src, const BlockPos& bp, float* dst) {
+  for (int e = threadIdx.x; e < S::ROWS * S::NP; e += kThreads) {
+    const int r = e / S::NP, n = e % S::NP;
+    dst[r * S::NPP + n] = (r < bp.rows_valid && n < a.dstate) ? src[(bp.d_first + r) * a.dstate + n] : 0.f;
+  }
+}
+
+// Variable B or C for steps [t0, t0 + tile): stored transposed, (step, state).
+template <typename T, class S>
+__device__ void stage_var_bc(const ark_selective_scan_args& a, const void* src, const BlockPos& bp, int64_t t0,
+                             int tile, float* dst) {
+  const int64_t base = (bp.b * a.ngroups + bp.g) * a.dstate * a.seqlen;
+  for (int e = threadIdx.x; e < S::NP * tile; e += kThreads) {
+    const int n = e / tile, t = e % tile;
+    const int64_t tg = t0 + t;
+    dst[t * S::NPP + n] = (n < a.dstate && tg < a.seqlen) ? ld<T>(src, base + n * a.seqlen + tg) : 0.f;
+  }
+}
+
+// R values per lane -> lane l holds the sum over the R lanes of value l, in v[0].
+template <int R> __device__ __forceinline__ void reduce_scatter(float (&v)[R], int lane) {
+#pragma unroll
+  for (int o = R / 2; o >= 1; o /= 2) {
+    const bool upper = lane & o;
+#pragma unroll
+    for (int i = 0; i < o; ++i) {
+      const float send = upper ? v[i] : v[i + o];
+      const float keep = upper ? v[i + o] : v[i];
+      v[i] = keep + __shfl_xor_sync(0xffffffffu, send, o);
+    }
+  }
+}
+
+template <int K> __device__ __forceinline__ void load_vec(const float* p, float (&v)[K]) {
+  if constexpr (K == 4) {
+    const float4 x = *reinterpret_cast<const float4*>(p);
+    v[0] = x.x; v[1] = x.y; v[2] = x.z; v[3] = x.w;
+  } else if constexpr (K == 2) {
+    const float2 x = *reinterpret_cast<const float2*>(p);
+    v[0] = x.x; v[1] = x.y;
+  } else {
+#pragma unroll
+    for (int k = 0; k < K; k += 4) {
+      const float4 x = *reinterpret_cast<const float4*>(p + k);
+      v[k] = x.x; v[k + 1] = x.y; v[k + 2] = x.z; v[k + 3] = x.w;
+    }
+  }
+}
+
+// Per-thread state loads/stores of K consecutive states of one (sequence, channel) row.
+template <int K> __device__ __forceinline__ void load_state(const float* src, int64_t row, int64_t N, int n0, bool ok,
+                                                             float (&h)[K]) {
+#pragma unroll
+  for (int k = 0; k < K; ++k) h[k] = (ok && src && n0 + k < N) ? src[row * N + n0 + k] : 0.f;
+}
+template <int K> __device__ __forceinline__ void store_state(float* dst, int64_t row, int64_t N, int n0, bool ok,
+                                                              const float (&h)[K]) {
+  if (!ok || !dst) return;
+#pragma unroll
+  for (int k = 0; k < K; ++k)
+    if (n0 + k < N) dst[row * N + n0 + k] = h[k];
+}
+
+// ---------------------------------------------------------------- forward
+
+template <class S> struct FwdSmem {
+  float2* dd;  // (ROWS, TT+1): (delta, delta*u)
+  float* y;    // (ROWS, TT+1): D*u, then + sum_n C h
+  float* B;    // (TT, NPP) variable or (ROWS, NPP) constant
+  float* C;
+  int* start;  // (TT)
+  int* end;
+  static constexpr int floats() {
+    return 2 * align4(S::ROWS * (S::TT + 1)) + align4(S::ROWS * (S::TT + 1)) +
+           2 * align4((S::TT > S::ROWS ? S::TT : S::ROWS) * S::NPP) + 2 * S::TT;
+  }
+  __device__ explicit FwdSmem(float* base) {
+    dd = reinterpret_cast<float2*>(base);
+    y = base + 2 * align4(S::ROWS * (S::TT + 1));
+    B = y + align4(S::ROWS * (S::TT + 1));
+    C = B + align4((S::TT > S::ROWS ? S::TT : S::ROWS) * S::NPP);
+    start = reinterpret_cast<int*>(C + align4((S::TT > S::ROWS ? S::TT : S::ROWS) * S::NPP));
+    end = start + S::TT;
+  }
+};
+
+template <typename T, class S>
+__device__ void stage_fwd(const ark_selective_scan_args& a, const BlockPos& bp, int64_t t0, FwdSmem<S>& sm) {
+  for (int e = threadIdx.x; e < S::ROWS * S::TT; e += kThreads) {
+    const int r = e / S::TT, t = e % S::TT;
+    const int64_t tg = t0 + t;
+    float dl = 0.f, du = 0.f, y = 0.f;
+    if (r < bp.rows_valid && tg < a.seqlen) {
+      const int64_t d = bp.d_first + r, i = (bp.b * a.dim + d) * a.seqlen + tg;
+      const float u = ld<T>(a.u, i);
+      dl = ld<T>(a.delta, i);
+      if (a.delta_bias) dl += a.delta_bias[d];
+      if (a.delta_softplus) dl = softplus_f32(dl);
+      du = dl * u;
+      if (a.D) y = a.D[d] * u;
+    }
+    sm.dd[r * (S::TT + 1) + t] = make_float2(dl, du);
+    sm.y[r * (S::TT + 1) + t] = y;
+  }
+  if (a.B_variable) stage_var_bc<T, S>(a, a.B, bp, t0, S::TT, sm.B);
+  if (a.C_variable) stage_var_bc<T, S>(a, a.C, bp, t0, S::TT, sm.C);
+}
+
+template <typename T, class S>
+__device__ void write_fwd(const ark_selective_scan_args& a, const BlockPos& bp, int64_t t0, const FwdSmem<S>& sm) {
+  for (int e = threadIdx.x; e < S::ROWS * S::TT; e += kThreads) {
+    const int r = e / S::TT, t = e % S::TT;
+    const int64_t tg = t0 + t;
+    if (r >= bp.rows_valid || tg >= a.seqlen) continue;
+    const int64_t i = (bp.b * a.dim + bp.d_first + r) * a.seqlen + tg;
+    float y = sm.y[r * (S::TT + 1) + t];
+    if (a.z) {
+      if (a.y_pre) st<T>(a.y_pre, i, y);
+      y *= silu_f32(ld<T>(a.z, i));
+    }
+    st<T>(a.out, i, y);
+  }
+}
+
+template <class S, bool VARLEN>
+__global__ void __launch_bounds__(kThreads) selective_scan_fwd_kernel(const ark_selective_scan_args a) {
+  constexpr int K = S::K, R = S::R, TT = S::TT;
+  extern __shared__ float4 smem_f4[];
+  FwdSmem<S> sm(reinterpret_cast<float*>(smem_f4));
+  const BlockPos bp = block_pos(a, S::ROWS);
+  const int row = threadIdx.x / R, lane = threadIdx.x % R, n0 = lane * K;
+  const bool row_ok = row < bp.rows_valid;
+  const int64_t d = bp.d_first + (row_ok ? row : 0);
+  const int64_t N = a.dstate, L = a.seqlen, nck = ceil_div(L, kCk);
+
+  float A2[K], h[K];
+#pragma unroll
+  for (int k = 0; k < K; ++k) A2[k] = (row_ok && n0 + k < N) ? a.A[d * N + n0 + k] * kLog2e : 0.f;
+  if (VARLEN) {
+#pragma unroll
+    for (int k = 0; k < K; ++k) h[k] = 0.f;
+  } else {
+    load_state<K>(a.initial_state, bp.b * a.dim + d, N, n0, row_ok, h);
+  }
+  if (!a.B_variable) stage_const_bc<S>(a, static_cast<const float*>(a.B), bp, sm.B);
+  if (!a.C_variable) stage_const_bc<S>(a, static_cast<const float*>(a.C), bp, sm.C);
+  // Variable B/C: indexed by step; constant: by channel.
+  const float* Bp = a.B_variable ? sm.B + n0 : sm.B + row * S::NPP + n0;
+  const float* Cp = a.C_variable ? sm.C + n0 : sm.C + row * S::NPP + n0;
+  const int b_step = a.B_variable ? S::NPP : 0, c_step = a.C_variable ? S::NPP : 0;
+
+  for (int64_t t0 = 0; t0 < L; t0 += TT) {
+    __syncthreads();
+    switch (a.dtype) {
+      case ARK_FLOAT32: stage_fwd<float, S>(a, bp, t0, sm); break;
+      case ARK_FLOAT16: stage_fwd<__half, S>(a, bp, t0, sm); break;
+      default: stage_fwd<__nv_bfloat16, S>(a, bp, t0, sm); break;
+    }
+    if (VARLEN) stage_seq_flags(a, t0, TT, sm.start, sm.end);
+    __syncthreads();
+#pragma unroll 1
+    for (int tt = 0; tt < TT; tt += R) {
+      float acc[R];
+#pragma unroll
+      for (int j = 0; j < R; ++j) {
+        const int t = tt + j;
+        if (VARLEN) {
+          const int s = sm.start[t];
+          if (s >= 0) load_state<K>(a.initial_state, s * a.dim + d, N, n0, row_ok, h);
+        }
+        const float2 dd = sm.dd[row * (TT + 1) + t];
+        float bv[K], cv[K];
+        load_vec<K>(Bp + t * b_step, bv);
+        load_vec<K>(Cp + t * c_step, cv);
+        float sum = 0.f;
+#pragma unroll
+        for (int k = 0; k < K; ++k) {
+          h[k] = fmaf(ex2(dd.x * A2[k]), h[k], dd.y * bv[k]);
+          sum = fmaf(cv[k], h[k], sum);
+        }
+        acc[j] = sum;
+        if (VARLEN) {
+          const int s = sm.end[t];
+          if (s >= 0) store_state<K>(a.last_state, s * a.dim + d, N, n0, row_ok, h);
+        }
+      }
+      reduce_scatter<R>(acc, lane);
+      sm.y[row * (TT + 1) + tt + lane] += acc[0];
+      if (a.checkpoints && (tt + R) % kCk == 0) {
+        const int64_t c = (t0 + tt + R) / kCk - 1;
+        if (c < nck) store_state<K>(a.checkpoints, (bp.b * a.dim + d) * nck + c, N, n0, row_ok, h);
+      }
+    }
+    __syncthreads();
+    switch (a.dtype) {
+      case ARK_FLOAT32: write_fwd<float, S>(a, bp, t0, sm); break;
+      case ARK_FLOAT16: write_fwd<__half, S>(a, bp, t0, sm); break;
+      default: write_fwd<__nv_bfloat16, S>(a, bp, t0, sm); break;
+    }
+  }
+  if (!VARLEN) {
+    store_state<K>(a.last_state, bp.b * a.dim + d, N, n0, row_ok, h);
+  } else if (a.last_state) {
+    // Empty sequences have no step that writes their last state: it is their initial state.
+    for (int64_t s = 0; s < a.num_seqs; ++s) {
+      if (a.cu_seqlens[s] != a.cu_seqlens[s + 1]) continue;
+      load_state<K>(a.initial_state, s * a.dim + d, N, n0, row_ok, h);
+      store_state<K>(a.last_state, s * a.dim + d, N, n0, row_ok, h);
+    }
+  }
+}
+
+// ---------------------------------------------------------------- backward
+
+template <class S> struct BwdSmem {
+  static constexpr int TT = kCk, TS = S::TS, P = TT + 1;
+  float2* dd;   // (ROWS, P): (delta, delta*u)
+  float* u;     // (ROWS, P)
+  float* dy;    // (ROWS, P): dout * silu(z)
+  float* sg;    // (ROWS, P): d delta / d raw delta (softplus slope or 1)
+  float* B;     // (TT, NPP) variable or (ROWS, NPP) constant
+  float* C;
+  float* pB;    // (ROWS, TS, NPP): per-channel dB terms of a sub-tile
+  float* pC;
+  float* p1;    // (ROWS * R, TS + 1): per-lane sum_n dh B
+  float* p2;    // (ROWS * R, TS + 1): per-lane sum_n dh h[t-1] a A
+  int* start;
+  int* end;
+  static constexpr int bc() { return align4((TT > S::ROWS ? TT : S::ROWS) * S::NPP); }
+  static constexpr int floats() {
+    return 2 * align4(S::ROWS * P) + 3 * align4(S::ROWS * P) + 2 * bc() + 2 * align4(S::ROWS * TS * S::NPP) +
+           2 * align4(S::ROWS * S::R * (TS + 1)) + 2 * TT;
+  }
+  __device__ explicit BwdSmem(float* base) {
+    dd = reinterpret_cast<float2*>(base);
+    u = base + 2 * align4(S::ROWS * P);
+    dy = u + align4(S::ROWS * P);
+    sg = dy + align4(S::ROWS * P);
+    B = sg + align4(S::ROWS * P);
+    C = B + bc();
+    pB = C + bc();
+    pC = pB + align4(S::ROWS * TS * S::NPP);
+    p1 = pC + align4(S::ROWS * TS * S::NPP);
+    p2 = p1 + align4(S::ROWS * S::R * (TS + 1));
+    start = reinterpret_cast<int*>(p2 + align4(S::ROWS * S::R * (TS + 1)));
+    end = start + TT;
+  }
+};
+
+template <typename T, class S>
+__device__ void stage_bwd(const ark_selective_scan_args& a, const BlockPos& bp, int64_t t0, BwdSmem<S>& sm) {
+  constexpr int TT = kCk, P = TT + 1;
+  for (int e = threadIdx.x; e < S::ROWS * TT; e += kThreads) {
+    const int r = e / TT, t = e % TT;
+    const int64_t tg = t0 + t;
+    float dl = 0.f, u = 0.f, dy = 0.f, sg = 0.f;
+    if (r < bp.rows_valid && tg < a.seqlen) {
+      const int64_t d = bp.d_first + r, i = (bp.b * a.dim + d) * a.seqlen + tg;
+      u = ld<T>(a.u, i);
+      dl = ld<T>(a.delta, i);
+      if (a.delta_bias) dl += a.delta_bias[d];
+      sg = 1.f;
+      if (a.delta_softplus) {
+        sg = softplus_grad_f32(dl);
+        dl = softplus_f32(dl);
+      }
+      dy = ld<T>(a.dout, i);
+      if (a.z) {
+        const float zv = ld<T>(a.z, i);
+        st<T>(a.dz, i, dy * ld<T>(a.y_pre, i) * silu_grad_f32(zv));
+        dy *= silu_f32(zv);
+      }
+    }
+    sm.dd[r * P + t] = make_float2(dl, dl * u);
+    sm.u[r * P + t] = u;
+    sm.dy[r * P + t] = dy;
+    sm.sg[r * P + t] = sg;
+  }
+  if (a.B_variable) stage_var_bc<T, S>(a, a.B, bp, t0, TT, sm.B);
+  if (a.C_variable) stage_var_bc<T, S>(a, a.C, bp, t0, TT, sm.C);
+}
+
+// du and ddelta of the sub-tile's steps, from the per-lane sums; dD and ddelta_bias partial sums.
+template <typename T, class S, int M>
+__device__ void write_bwd_steps(const ark_selective_scan_args& a, const BlockPos& bp, int64_t t0, int s,
+                                const BwdSmem<S>& sm, float (&accD)[M], float (&accBias)[M]) {
+  constexpr int TT = kCk, P = TT + 1, TS = S::TS;
+#pragma unroll
+  for (int m = 0; m < M; ++m) {
+    const int e = threadIdx.x + m * kThreads;
+    if (e >= S::ROWS * TS) continue;
+    const int r = e / TS, j = e % TS, t = s * TS + j;
+    const int64_t tg = t0 + t;
+    if (r >= bp.rows_valid || tg >= a.seqlen) continue;
+    float p1 = 0.f, p2 = 0.f;
+#pragma unroll
+    for (int l = 0; l < S::R; ++l) {
+      p1 += sm.p1[(r * S::R + l) * (TS + 1) + j];
+      p2 += sm.p2[(r * S::R + l) * (TS + 1) + j];
+    }
+    const int64_t d = bp.d_first + r, i = (bp.b * a.dim + d) * a.seqlen + tg;
+    const float2 dd = sm.dd[r * P + t];
+    const float u = sm.u[r * P + t], dy = sm.dy[r * P + t];
+    const float ddelta = (u * p1 + p2) * sm.sg[r * P + t];
+    st<T>(a.du, i, dd.x * p1 + (a.D ? a.D[d] * dy : 0.f));
+    st<T>(a.ddelta, i, ddelta);
+    accD[m] = fmaf(dy, u, accD[m]);
+    accBias[m] += ddelta;
+  }
+}
+
+// Variable dB / dC of the sub-tile: the block's channels summed in order, one slice per row block.
+template <class S>
+__device__ void write_bwd_bc(const ark_selective_scan_args& a, const BlockPos& bp, int64_t t0, int s,
+                             const float* part, float* ws_rows, int64_t row_blocks) {
+  constexpr int TS = S::TS;
+  const int64_t base = ((bp.b * a.ngroups + bp.g) * row_blocks + bp.rb) * a.dstate;
+  for (int e = threadIdx.x; e < TS * S::NP; e += kThreads) {
+    const int j = e % TS, n = e / TS;
+    const int64_t tg = t0 + s * TS + j;
+    if (n >= a.dstate || tg >= a.seqlen) continue;
+    float sum = 0.f;
+    for (int r = 0; r < bp.rows_valid; ++r) sum += part[(r * TS + j) * S::NPP + n];
+    ws_rows[(base + n) * a.seqlen + tg] = sum;
+  }
+}
+
+template <class S, bool VARLEN>
+__global__ void __launch_bounds__(kThreads) selective_scan_bwd_kernel(const ark_selective_scan_args a, float* ws,
+                                                                      ScanWorkspace w) {
+  constexpr int K = S::K, R = S::R, TT = kCk, TS = S::TS, NS = TT / TS, P = TT + 1;
+  constexpr int M = (S::ROWS * TS + kThreads - 1) / kThreads;
+  extern __shared__ float4 smem_f4[];
+  BwdSmem<S> sm(reinterpret_cast<float*>(smem_f4));
+  const BlockPos bp = block_pos(a, S::ROWS);
+  const int row = threadIdx.x / R, lane = threadIdx.x % R, n0 = lane * K;
+  const bool row_ok = row < bp.rows_valid;
+  const int64_t d = bp.d_first + (row_ok ? row : 0);
+  const int64_t N = a.dstate, L = a.seqlen, nck = ceil_div(L, kCk);
+  const int64_t state_row = bp.b * a.dim + d;
+
+  float A2[K], Af[K], g[K], dA[K], dBc[K], dCc[K];
+#pragma unroll
+  for (int k = 0; k < K; ++k) {
+    Af[k] = (row_ok && n0 + k < N) ? a.A[d * N + n0 + k] : 0.f;
+    A2[k] = Af[k] * kLog2e;
+    dA[k] = dBc[k] = dCc[k] = 0.f;
+    g[k] = 0.f;
+  }
+  if (!VARLEN) load_state<K>(a.dlast_state, state_row, N, n0, row_ok, g);
+  float accD[M], accBias[M];
+#pragma unroll
+  for (int m = 0; m < M; ++m) accD[m] = accBias[m] = 0.f;
+  if (!a.B_variable) stage_const_bc<S>(a, static_cast<const float*>(a.B), bp, sm.B);
+  if (!a.C_variable) stage_const_bc<S>(a, static_cast<const float*>(a.C), bp, sm.C);
+  const float* Bp = a.B_variable ? sm.B + n0 : sm.B + row * S::NPP + n0;
+  const float* Cp = a.C_variable ? sm.C + n0 : sm.C + row * S::NPP + n0;
+  const int b_step = a.B_variable ? S::NPP : 0, c_step = a.C_variable ? S::NPP : 0;
+
+  for (int64_t c = nck - 1; c >= 0; --c) {
+    const int64_t t0 = c * TT;
+    __syncthreads();
+    switch (a.dtype) {
+      case ARK_FLOAT32: stage_bwd<float, S>(a, bp, t0, sm); break;
+      case ARK_FLOAT16: stage_bwd<__half, S>(a, bp, t0, sm); break;
+      default: stage_bwd<__nv_bfloat16, S>(a, bp, t0, sm); break;
+    }
+    if (VARLEN) stage_seq_flags(a, t0, TT, sm.start, sm.end);
+    __syncthreads();
+
+    // States at the start of each sub-tile, from the state the forward stored before this tile.
+    float hb[NS][K], h[K];
+    if (c > 0) {
+      load_state<K>(a.checkpoints, state_row * nck + c - 1, N, n0, row_ok, h);
+    } else if (VARLEN) {
+#pragma unroll
+      for (int k = 0; k < K; ++k) h[k] = 0.f;
+    } else {
+      load_state<K>(a.initial_state, state_row, N, n0, row_ok, h);
+    }
+#pragma unroll
+    for (int s = 0; s < NS; ++s) {
+#pragma unroll
+      for (int k = 0; k < K; ++k) hb[s][k] = h[k];
+#pragma unroll
+      for (int j = 0; j < TS; ++j) {
+        const int t = s * TS + j;
+        if (VARLEN) {
+          const int q = sm.start[t];
+          if (q >= 0) load_state<K>(a.initial_state, q * a.dim + d, N, n0, row_ok, h);
+        }
+        const float2 dd = sm.dd[row * P + t];
+        float bv[K];
+        load_vec<K>(Bp + t * b_step, bv);
+#pragma unroll
+        for (int k = 0; k < K; ++k) h[k] = fmaf(ex2(dd.x * A2[k]), h[k], dd.y * bv[k]);
+      }
+    }
+
+#pragma unroll
+    for (int s = NS - 1; s >= 0; --s) {
+      // Recompute the sub-tile's states and decays.
+      float hh[TS][K], aa[TS][K];
+#pragma unroll
+      for (int k = 0; k < K; ++k) h[k] = hb[s][k];
+#pragma unroll
+      for (int j = 0; j < TS; ++j) {
+        const int t = s * TS + j;
+        if (VARLEN) {
+          const int q = sm.start[t];
+          if (q >= 0) load_state<K>(a.initial_state, q * a.dim + d, N, n0, row_ok, h);
+        }
+        const float2 dd = sm.dd[row * P + t];
+        float bv[K];
+        load_vec<K>(Bp + t * b_step, bv);
+#pragma unroll
+        for (int k = 0; k < K; ++k) {
+          aa[j][k] = ex2(dd.x * A2[k]);
+          h[k] = fmaf(aa[j][k], h[k], dd.y * bv[k]);
+          hh[j][k] = h[k];
+        }
+      }
+      // Adjoint recurrence, newest step first.
+#pragma unroll
+      for (int j = TS - 1; j >= 0; --j) {
+        const int t = s * TS + j;
+        if (VARLEN) {
+          const int q = sm.end[t];
+          if (q >= 0) load_state<K>(a.dlast_state, q * a.dim + d, N, n0, row_ok, g);
+        }
+        float hp[K];
+#pragma unroll
+        for (int k = 0; k < K; ++k) hp[k] = j > 0 ? hh[j > 0 ? j - 1 : 0][k] : hb[s][k];
+        int q_start = -1;
+        if (VARLEN) {
+          q_start = sm.start[t];
+          if (q_start >= 0) load_state<K>(a.initial_state, q_start * a.dim + d, N, n0, row_ok, hp);
+        }
+        const float2 dd = sm.dd[row * P + t];
+        const float dy = sm.dy[row * P + t];
+        float bv[K], cv[K];
+        load_vec<K>(Bp + t * b_step, bv);
+        load_vec<K>(Cp + t * c_step, cv);
+        float p1 = 0.f, p2 = 0.f, pb[K], pc[K];
+#pragma unroll
+        for (int k = 0; k < K; ++k) {
+          const float dh = fmaf(cv[k], dy, g[k]);
+          pb[k] = dh * dd.y;
+          pc[k] = dy * hh[j][k];
+          p1 = fmaf(dh, bv[k], p1);
+          const float wgt = dh * hp[k] * aa[j][k];
+          p2 = fmaf(wgt, Af[k], p2);
+          dA[k] = fmaf(wgt, dd.x, dA[k]);
+          g[k] = aa[j][k] * dh;
+        }
+        if (a.B_variable) {
+#pragma unroll
+          for (int k = 0; k < K; ++k) sm.pB[(row * TS + j) * S::NPP + n0 + k] = pb[k];
+        } else {
+#pragma unroll
+          for (int k = 0; k < K; ++k) dBc[k] += pb[k];
+        }
+        if (a.C_variable) {
+#pragma unroll
+          for (int k = 0; k < K; ++k) sm.pC[(row * TS + j) * S::NPP + n0 + k] = pc[k];
+        } else {
+#pragma unroll
+          for (int k = 0; k < K; ++k) dCc[k] += pc[k];
+        }
+        sm.p1[(row * R + lane) * (TS + 1) + j] = p1;
+        sm.p2[(row * R + lane) * (TS + 1) + j] = p2;
+        if (VARLEN && q_start >= 0) store_state<K>(a.dinitial_state, q_start * a.dim + d, N, n0, row_ok, g);
+      }
+      __syncthreads();
+      switch (a.dtype) {
+        case ARK_FLOAT32: write_bwd_steps<float, S, M>(a, bp, t0, s, sm, accD, accBias); break;
+        case ARK_FLOAT16: write_bwd_steps<__half, S, M>(a, bp, t0, s, sm, accD, accBias); break;
+        default: write_bwd_steps<__nv_bfloat16, S, M>(a, bp, t0, s, sm, accD, accBias); break;
+      }
+      if (a.B_variable) write_bwd_bc<S>(a, bp, t0, s, sm.pB, ws + w.dB_rows, w.row_blocks);
+      if (a.C_variable) write_bwd_bc<S>(a, bp, t0, s, sm.pC, ws + w.dC_rows, w.row_blocks);
+      __syncthreads();
+    }
+  }
+
+  if (!VARLEN) {
+    store_state<K>(a.dinitial_state, state_row, N, n0, row_ok, g);
+  } else if (a.dinitial_state) {
+    for (int64_t q = 0; q < a.num_seqs; ++q) {  // empty sequences pass the final-state gradient through
+      if (a.cu_seqlens[q] != a.cu_seqlens[q + 1]) continue;
+      load_state<K>(a.dlast_state, q * a.dim + d, N, n0, row_ok, g);
+      store_state<K>(a.dinitial_state, q * a.dim + d, N, n0, row_ok, g);
+    }
+  }
+  store_state<K>(ws + w.dA, state_row, N, n0, row_ok, dA);
+  if (!a.B_variable) store_state<K>(ws + w.dB_const, state_row, N, n0, row_ok, dBc);
+  if (!a.C_variable) store_state<K>(ws + w.dC_const, state_row, N, n0, row_ok, dCc);
+  // dD / ddelta_bias: the TS consecutive threads that share a channel add their sums.
+#pragma unroll
+  for (int m = 0; m < M; ++m) {
+#pragma unroll
+    for (int o = TS / 2; o >= 1; o /= 2) {
+      accD[m] += __shfl_xor_sync(0xffffffffu, accD[m], o);
+      accBias[m] += __shfl_xor_sync(0xffffffffu, accBias[m], o);
+    }
+    const int e = threadIdx.x + m * kThreads, r = e / TS;
+    if (e % TS == 0 && e < S::ROWS * TS && r < bp.rows_valid) {
+      ws[w.dD + bp.b * a.dim + bp.d_first + r] = accD[m];
+      ws[w.ddelta_bias + bp.b * a.dim + bp.d_first + r] = accBias[m];
+    }
+  }
+}
+
+// out[o, i] = sum_m part[o, m, i], in order (deterministic).
+template <typename T>
+__global__ void sum_middle_kernel(const float* __restrict__ part, T* __restrict__ out, int64_t O, int64_t M, int64_t I) {
+  const int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (idx >= O * I) return;
+  const int64_t o = idx / I, i = idx % I;
+  float s = 0.f;
+  for (int64_t m = 0; m < M; ++m) s += part[(o * M + m) * I + i];
+  out[idx] = from_f32<T>(s);
+}
+
+ark_status sum_middle(const float* part, void* out, ark_dtype dtype, int64_t O, int64_t M, int64_t I, cudaStream_t st) {
+  const int64_t n = O * I;
+  if (n == 0) return ARK_SUCCESS;
+  const int64_t blocks = (n + 255) / 256;
+  switch (dtype) {
+    case ARK_FLOAT32: sum_middle_kernel<float><<<blocks, 256, 0, st>>>(part, static_cast<float*>(out), O, M, I); break;
+    case ARK_FLOAT16: sum_middle_kernel<__half><<<blocks, 256, 0, st>>>(part, static_cast<__half*>(out), O, M, I); break;
+    default: sum_middle_kernel<__nv_bfloat16><<<blocks, 256, 0, st>>>(part, static_cast<__nv_bfloat16*>(out), O, M, I); break;
+  }
+  return cuda_launch_status("selective_scan", "reduction");
+}
+
+// ---------------------------------------------------------------- launch
+
+// Lanes per channel: states padded to K*R, K = 4 normally; K = 2 doubles the threads when the
+// problem has too few channels to fill the GPU (fewer than ~16 warps per SM at K = 4).
+struct LaunchShape {
+  int K, R;
+};
+LaunchShape pick_shape(const ark_selective_scan_args& a) {
+  const int64_t N = a.dstate;
+  const int np = N <= 4 ? 4 : N <= 8 ? 8 : N <= 16 ? 16 : N <= 32 ? 32 : N <= 64 ? 64 : N <= 128 ? 128 : 256;
+  if (np == 256) return {8, 32};
+  int K = 4;
+  if (const char* env = std::getenv("ARKERNELS_SELECTIVE_SCAN_K")) K = std::atoi(env);  // tuning only
+  else if (np >= 16 && np <= 64 && a.batch * a.dim * (np / 4) < 132LL * 16 * 32) K = 2;
+  if (K != 2 && K != 4) K = 4;
+  if (np == 4 || np == 8 || np == 128) K = 4;
+  return {K, np / K};
+}
+
+template <class S> int64_t grid_blocks(const ark_selective_scan_args& a) {
+  return a.batch * a.ngroups * ceil_div(a.dim / a.ngroups, S::ROWS);
+}
+
+template <class S>
+ark_status launch_fwd(const ark_selective_scan_args& a, cudaStream_t st) {
+  const size_t smem = size_t(FwdSmem<S>::floats()) * sizeof(float);
+  const int64_t blocks = grid_blocks<S>(a);
+  if (blocks > 0x7fffffffLL) return fail(ARK_ERROR_INVALID_ARGUMENT, "batch * dim: too large for one launch");
+  auto kernel = a.cu_seqlens ? selective_scan_fwd_kernel<S, true> : selective_scan_fwd_kernel<S, false>;
+  if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)) != cudaSuccess)
+    return cuda_launch_status("selective_scan", "forward (shared memory attribute)");
+  kernel<<<unsigned(blocks), kThreads, smem, st>>>(a);
+  return cuda_launch_status("selective_scan", "forward");
+}
+
+template <class S>
+ark_status launch_bwd(const ark_selective_scan_args& a, float* ws, cudaStream_t st) {
+  const ScanWorkspace w = scan_workspace(a, S::ROWS);
+  const size_t smem = size_t(BwdSmem<S>::floats()) * sizeof(float);
+  const int64_t blocks = grid_blocks<S>(a);
+  if (blocks > 0x7fffffffLL) return fail(ARK_ERROR_INVALID_ARGUMENT, "batch * dim: too large for one launch");
+  auto kernel = a.cu_seqlens ? selective_scan_bwd_kernel<S, true> : selective_scan_bwd_kernel<S, false>;
+  if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)) != cudaSuccess)
+    return cuda_launch_status("selective_scan", "backward (shared memory attribute)");
+  kernel<<<unsigned(blocks), kThreads, smem, st>>>(a, ws, w);
+  ARK_TRY(cuda_launch_status("selective_scan", "backward"));
+  const int64_t per_group = a.batch * a.ngroups;
+  if (a.B_variable) ARK_TRY(sum_middle(ws + w.dB_rows, a.dB, a.dtype, per_group, w.row_blocks, a.dstate * a.seqlen, st));
+  else ARK_TRY(sum_middle(ws + w.dB_const, a.dB, ARK_FLOAT32, 1, a.batch, a.dim * a.dstate, st));
+  if (a.C_variable) ARK_TRY(sum_middle(ws + w.dC_rows, a.dC, a.dtype, per_group, w.row_blocks, a.dstate * a.seqlen, st));
+  else ARK_TRY(sum_middle(ws + w.dC_const, a.dC, ARK_FLOAT32, 1, a.batch, a.dim * a.dstate, st));
+  ARK_TRY(sum_middle(ws + w.dA, a.dA, ARK_FLOAT32, 1, a.batch, a.dim * a.dstate, st));
+  if (a.D) ARK_TRY(sum_middle(ws + w.dD, a.dD, ARK_FLOAT32, 1, a.batch, a.dim, st));
+  if (a.delta_bias) ARK_TRY(sum_middle(ws + w.ddelta_bias, a.ddelta_bias, ARK_FLOAT32, 1, a.batch, a.dim, st));
+  return ARK_SUCCESS;
+}
+
+struct FwdLauncher {
+  const ark_selective_scan_args& a;
+  cudaStream_t st;
+  template <class S> ark_status run() const { return launch_fwd<S>(a, st); }
+};
+struct BwdLauncher {
+  const ark_selective_scan_args& a;
+  float* ws;
+  cudaStream_t st;
+  template <class S> ark_status run() const { return launch_bwd<S>(a, ws, st); }
+};
+
+// Calls f.run<Shape<K, R>>() for the shape picked for these sizes.
+template <class F> ark_status with_shape(const ark_selective_scan_args& a, const F& f) {
+  const LaunchShape s = pick_shape(a);
+  switch (s.K * 100 + s.R) {
+    case 401: return f.template run<Shape<4, 1>>();
+    case 402: return f.template run<Shape<4, 2>>();
+    case 404: return f.template run<Shape<4, 4>>();
+    case 208: return f.template run<Shape<2, 8>>();
+    case 408: return f.template run<Shape<4, 8>>();
+    case 216: return f.template run<Shape<2, 16>>();
+    case 416: return f.template run<Shape<4, 16>>();
+    case 232: return f.template run<Shape<2, 32>>();
+    case 432: return f.template run<Shape<4, 32>>();
+    case 832: return f.template run<Shape<8, 32>>();
+    default: break;
+  }
+  return fail(ARK_ERROR_INTERNAL, "selective_scan: no kernel for K=%d R=%d", s.K, s.R);
+}
+
+}  // namespace
+
+int64_t selective_scan_cuda_rows_per_block(const ark_selective_scan_args& a) {
+  return kThreads / pick_shape(a).R;
+}
+
+ark_status selective_scan_fwd_cuda(const ark_selective_scan_args& a, void* stream) {
+  const auto st = static_cast<cudaStream_t>(stream);
+  return with_shape(a, FwdLauncher{a, st});
+}
+
+ark_status selective_scan_bwd_cuda(const ark_selective_scan_args& a, float* workspace, void* stream) {
+  const auto st = static_cast<cudaStream_t>(stream);
+  return with_shape(a, BwdLauncher{a, workspace, st});
+}
+
+}  // namespace ark
