@@ -6,8 +6,11 @@
 #   logs.tgz      every log of the run
 #   bench/        the report (.md, .json, .png)
 # Usage: scripts/gpu_check.sh [stages...]   stages: build test capi sanitize (= sanitize-capi + sanitize-pytest)
-#   sweep bench (default: all but sweep)
-# Peers: wheels in .whl/ (e.g. accelerated-scan) are installed to /tmp/peers first.
+#   sweep bench (default: all but sweep), mamba-peer (starts building mamba-ssm's CUDA scan in the
+#   background: later stages that need it wait), sscan (selective_scan quick timing vs that peer)
+# Peers: wheels in .whl/ (e.g. accelerated-scan) are installed to /tmp/peers first; mamba-ssm's sdist
+# and the build script (../shared/peers/build_mamba_scan.py) are expected in .whl/ too.
+# TEST_PATHS (default tests) limits the test stage; TEST_K adds a -k filter.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu_out}
@@ -35,8 +38,19 @@ for stage in $stages; do
       "$py" -m pip install --no-index --no-build-isolation --no-deps -v -e . >"$LOG/build.log" 2>&1
       rc=$?; note "build: rc=$rc ($(grep -m1 'arkernels: CUDA' "$LOG/build.log" | sed 's/^ *//'))"
       [ $rc -eq 0 ] || { tail -30 "$LOG/build.log"; break; } ;;
+    mamba-peer)
+      ( MAX_JOBS=${PEER_JOBS:-8} "$py" .whl/build_mamba_scan.py .whl/mamba_ssm-*.tar.gz /tmp/mamba_peer \
+          >"$LOG/peer_mamba.log" 2>&1; echo "rc=$?" >>"$LOG/peer_mamba.log" ) &
+      peer_pid=$!
+      note "mamba-peer: building in the background (pid $peer_pid)" ;;
+    sscan)
+      [ -n "${peer_pid:-}" ] && wait "$peer_pid"
+      note "mamba-peer build: $(tail -1 "$LOG/peer_mamba.log" 2>/dev/null)"
+      peer_arg=; [ -d /tmp/mamba_peer/src ] && grep -q rc=0 "$LOG/peer_mamba.log" 2>/dev/null && peer_arg="--peer-build /tmp/mamba_peer"
+      timeout 300 "$py" scripts/selective_scan_timing.py $peer_arg ${SSCAN_ARGS:-} >"$LOG/sscan.log" 2>&1
+      note "sscan: rc=$?"; cat "$LOG/sscan.log" | grep -v Warning >>"$summary" ;;
     test)
-      timeout ${TEST_TIMEOUT:-420} "$py" -m pytest tests -q -ra -p no:cacheprovider --durations=10 >"$LOG/pytest.log" 2>&1
+      timeout ${TEST_TIMEOUT:-420} "$py" -m pytest ${TEST_PATHS:-tests} ${TEST_K:+-k "$TEST_K"} -q -ra -p no:cacheprovider --durations=10 >"$LOG/pytest.log" 2>&1
       note "pytest: rc=$? :: $(tail -1 "$LOG/pytest.log")"
       grep -E '^(FAILED|ERROR)' "$LOG/pytest.log" | head -20 | tee -a "$summary" ;;
     capi)

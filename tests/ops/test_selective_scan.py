@@ -350,12 +350,13 @@ cases = {
 }
 out = {}
 for name, fn in cases.items():
+    print("start", name, flush=True)
     try:
         fn()
         out[name] = None
     except Exception as err:
         out[name] = type(err).__name__ + ": " + str(err)
-print(json.dumps(out))
+print(json.dumps(out), flush=True)
 """
 
 BAD_OP_EXPECT = {
@@ -369,7 +370,8 @@ BAD_OP_EXPECT = {
 
 def test_selective_scan_torch_op_bad_input_raises():
     proc = subprocess.run([sys.executable, "-c", _BAD_OP_CHILD], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, f"child crashed (rc {proc.returncode}):\n{proc.stderr[-3000:]}"
+    assert proc.returncode == 0, (f"child crashed (rc {proc.returncode}) after:\n{proc.stdout[-2000:]}\n"
+                                  f"{proc.stderr[-3000:]}")
     results = json.loads(proc.stdout.strip().splitlines()[-1])
     import re
     for name, pattern in BAD_OP_EXPECT.items():

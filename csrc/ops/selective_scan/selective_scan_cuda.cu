@@ -48,11 +48,16 @@ template <typename T> __device__ __forceinline__ void st(void* p, int64_t i, flo
 }
 
 // Compile-time shape of a launch: K states per lane, R lanes per channel.
-template <int K_, int R_> struct Shape {
-  static constexpr int K = K_, R = R_, ROWS = kThreads / R_, NP = K_ * R_;
+template <int K_, int R_, int THREADS_ = kThreads> struct Shape {
+  static constexpr int K = K_, R = R_, THREADS = THREADS_, ROWS = THREADS_ / R_, NP = K_ * R_;
   static constexpr int NPP = NP + 4;                 // padded B/C row: 16-byte aligned, fewer bank conflicts
   static constexpr int TT = NP >= 128 ? 32 : 64;     // forward time tile (a multiple of kCk)
   static constexpr int TS = 32 / K_;                 // backward sub-tile held in registers
+  // Forward staging through 16-byte chunks prefetched in registers: chunks per thread per tensor
+  // (sized for fp32); used where that stays within a few registers.
+  static constexpr int NV_ROWS = (ROWS * TT * 4 / 16 + THREADS - 1) / THREADS;
+  static constexpr int NV_BC = (NP * TT * 4 / 16 + THREADS - 1) / THREADS;
+  static constexpr bool VEC = NV_ROWS <= 4 && NV_BC <= 4;
 };
 
 __host__ __device__ constexpr int align4(int n) { return (n + 3) & ~3; }
@@ -74,6 +79,15 @@ __device__ __forceinline__ BlockPos block_pos(const ark_selective_scan_args& a, 
   const int64_t left = per_group - p.rb * rows;
   p.rows_valid = int(left < rows ? left : rows);
   return p;
+}
+
+// 16-byte chunks line up with rows: every itype row starts 16-byte aligned.
+__device__ __forceinline__ bool vec_ok(const ark_selective_scan_args& a) {
+  const int esize = a.dtype == ARK_FLOAT32 ? 4 : 2;
+  auto aligned = [](const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; };
+  return (a.seqlen * esize) % 16 == 0 && aligned(a.u) && aligned(a.delta) && aligned(a.out) &&
+         (!a.z || (aligned(a.z) && (!a.y_pre || aligned(a.y_pre)))) && (!a.B_variable || aligned(a.B)) &&
+         (!a.C_variable || aligned(a.C));
 }
 
 // Sequence boundaries of packed inputs: for each step of the tile, the index of the sequence that
@@ -99,7 +113,7 @@ __device__ void stage_seq_flags(const ark_selective_scan_args& a, int64_t t0, in
 // Constant B or C: the block's channels' rows, once.
 template <class S>
 __device__ void stage_const_bc(const ark_selective_scan_args& a, const float* src, const BlockPos& bp, float* dst) {
-  for (int e = threadIdx.x; e < S::ROWS * S::NP; e += kThreads) {
+  for (int e = threadIdx.x; e < S::ROWS * S::NP; e += S::THREADS) {
     const int r = e / S::NP, n = e % S::NP;
     dst[r * S::NPP + n] = (r < bp.rows_valid && n < a.dstate) ? src[(bp.d_first + r) * a.dstate + n] : 0.f;
   }
@@ -110,7 +124,7 @@ template <typename T, class S>
 __device__ void stage_var_bc(const ark_selective_scan_args& a, const void* src, const BlockPos& bp, int64_t t0,
                              int tile, float* dst) {
   const int64_t base = (bp.b * a.ngroups + bp.g) * a.dstate * a.seqlen;
-  for (int e = threadIdx.x; e < S::NP * tile; e += kThreads) {
+  for (int e = threadIdx.x; e < S::NP * tile; e += S::THREADS) {
     const int n = e / tile, t = e % tile;
     const int64_t tg = t0 + t;
     dst[t * S::NPP + n] = (n < a.dstate && tg < a.seqlen) ? ld<T>(src, base + n * a.seqlen + tg) : 0.f;
@@ -161,6 +175,79 @@ template <int K> __device__ __forceinline__ void store_state(float* dst, int64_t
     if (n0 + k < N) dst[row * N + n0 + k] = h[k];
 }
 
+
+// ---- 16-byte chunks: the forward's staging when rows are 16-byte aligned ----
+
+template <int NV> struct Chunks {
+  uint4 v[NV];
+};
+
+__device__ __forceinline__ int chunk_elems(ark_dtype dt) { return dt == ARK_FLOAT32 ? 4 : 8; }
+
+// The chunk's elements as fp32 (4 for fp32, 8 for 16-bit types).
+__device__ __forceinline__ void unpack(const uint4& v, ark_dtype dt, float (&x)[8]) {
+  const uint32_t w[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    if (dt == ARK_FLOAT32) {
+      x[i] = __uint_as_float(w[i]);
+    } else if (dt == ARK_BFLOAT16) {
+      x[2 * i] = __uint_as_float(w[i] << 16);
+      x[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
+    } else {
+      x[2 * i] = __half2float(__ushort_as_half(static_cast<unsigned short>(w[i] & 0xffffu)));
+      x[2 * i + 1] = __half2float(__ushort_as_half(static_cast<unsigned short>(w[i] >> 16)));
+    }
+  }
+}
+
+__device__ __forceinline__ uint4 pack(const float (&x)[8], ark_dtype dt) {
+  uint32_t w[4];
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    if (dt == ARK_FLOAT32) {
+      w[i] = __float_as_uint(x[i]);
+    } else if (dt == ARK_BFLOAT16) {
+      w[i] = uint32_t(__bfloat16_as_ushort(__float2bfloat16_rn(x[2 * i]))) |
+             (uint32_t(__bfloat16_as_ushort(__float2bfloat16_rn(x[2 * i + 1]))) << 16);
+    } else {
+      w[i] = uint32_t(__half_as_ushort(__float2half_rn(x[2 * i]))) |
+             (uint32_t(__half_as_ushort(__float2half_rn(x[2 * i + 1]))) << 16);
+    }
+  }
+  return make_uint4(w[0], w[1], w[2], w[3]);
+}
+
+// Chunk k of this thread in a (rows x tile) tile: tile row r, chunk j of the row.
+template <int THREADS> struct ChunkPos {
+  int r, j;
+  bool in_tile;
+  __device__ ChunkPos(int k, int rows, int chunks_per_row) {
+    const int e = threadIdx.x + k * THREADS;
+    in_tile = e < rows * chunks_per_row;
+    r = e / chunks_per_row;
+    j = e % chunks_per_row;
+  }
+};
+
+// Loads this thread's chunks of steps [t0, t0 + tile) of rows first_row + r (r < rows_valid) of a
+// (.., L) tensor; chunks outside the tensor read as zeros. Needs L and the base 16-byte aligned.
+template <int NV, int THREADS>
+__device__ __forceinline__ void load_chunks(Chunks<NV>& c, const void* src, int64_t first_row, int rows,
+                                            int rows_valid, int64_t t0, int tile, int64_t L, ark_dtype dt) {
+  const int epc = chunk_elems(dt), cpr = tile / epc;
+#pragma unroll
+  for (int k = 0; k < NV; ++k) {
+    const ChunkPos<THREADS> p(k, rows, cpr);
+    const int64_t t = t0 + int64_t(p.j) * epc;
+    c.v[k] = make_uint4(0u, 0u, 0u, 0u);
+    if (p.in_tile && p.r < rows_valid && t < L) {
+      const int64_t elem = (first_row + p.r) * L + t;
+      c.v[k] = __ldg(reinterpret_cast<const uint4*>(static_cast<const char*>(src) + elem * (dt == ARK_FLOAT32 ? 4 : 2)));
+    }
+  }
+}
+
 // ---------------------------------------------------------------- forward
 
 template <class S> struct FwdSmem {
@@ -186,7 +273,7 @@ template <class S> struct FwdSmem {
 
 template <typename T, class S>
 __device__ void stage_fwd(const ark_selective_scan_args& a, const BlockPos& bp, int64_t t0, FwdSmem<S>& sm) {
-  for (int e = threadIdx.x; e < S::ROWS * S::TT; e += kThreads) {
+  for (int e = threadIdx.x; e < S::ROWS * S::TT; e += S::THREADS) {
     const int r = e / S::TT, t = e % S::TT;
     const int64_t tg = t0 + t;
     float dl = 0.f, du = 0.f, y = 0.f;
@@ -208,7 +295,7 @@ __device__ void stage_fwd(const ark_selective_scan_args& a, const BlockPos& bp, 
 
 template <typename T, class S>
 __device__ void write_fwd(const ark_selective_scan_args& a, const BlockPos& bp, int64_t t0, const FwdSmem<S>& sm) {
-  for (int e = threadIdx.x; e < S::ROWS * S::TT; e += kThreads) {
+  for (int e = threadIdx.x; e < S::ROWS * S::TT; e += S::THREADS) {
     const int r = e / S::TT, t = e % S::TT;
     const int64_t tg = t0 + t;
     if (r >= bp.rows_valid || tg >= a.seqlen) continue;
@@ -222,8 +309,79 @@ __device__ void write_fwd(const ark_selective_scan_args& a, const BlockPos& bp, 
   }
 }
 
+
+// Vector staging: u/delta chunks -> (delta, delta*u) and D*u; B/C chunks -> (step, state) layout.
+template <class S>
+__device__ void store_staged(const ark_selective_scan_args& a, const BlockPos& bp, int64_t t0, FwdSmem<S>& sm,
+                             const Chunks<S::NV_ROWS>& cu, const Chunks<S::NV_ROWS>& cd,
+                             const Chunks<S::NV_BC>& cb, const Chunks<S::NV_BC>& cc) {
+  const int epc = chunk_elems(a.dtype), cpr = S::TT / epc;
+#pragma unroll
+  for (int k = 0; k < S::NV_ROWS; ++k) {
+    const ChunkPos<S::THREADS> p(k, S::ROWS, cpr);
+    if (!p.in_tile) continue;
+    float u[8], dl[8];
+    unpack(cu.v[k], a.dtype, u);
+    unpack(cd.v[k], a.dtype, dl);
+    const bool row_ok = p.r < bp.rows_valid;
+    const int64_t d = bp.d_first + (row_ok ? p.r : 0);
+    const float bias = a.delta_bias ? a.delta_bias[d] : 0.f, Dd = a.D ? a.D[d] : 0.f;
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {  // constant indices keep u/dl in registers
+      if (i >= epc) break;
+      const int t = p.j * epc + i;
+      float x = dl[i] + bias;
+      if (a.delta_softplus) x = softplus_f32(x);
+      if (!row_ok || t0 + t >= a.seqlen) x = 0.f;  // padding steps are the identity
+      sm.dd[p.r * (S::TT + 1) + t] = make_float2(x, x * u[i]);
+      sm.y[p.r * (S::TT + 1) + t] = Dd * u[i];
+    }
+  }
+#pragma unroll
+  for (int k = 0; k < S::NV_BC; ++k) {
+    const ChunkPos<S::THREADS> p(k, S::NP, cpr);
+    if (!p.in_tile) continue;
+    float b[8], c[8];
+    unpack(cb.v[k], a.dtype, b);
+    unpack(cc.v[k], a.dtype, c);
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+      if (i >= epc) break;
+      const int t = p.j * epc + i;
+      if (a.B_variable) sm.B[t * S::NPP + p.r] = b[i];
+      if (a.C_variable) sm.C[t * S::NPP + p.r] = c[i];
+    }
+  }
+}
+
+template <class S>
+__device__ void write_fwd_vec(const ark_selective_scan_args& a, const BlockPos& bp, int64_t t0, const FwdSmem<S>& sm,
+                              const Chunks<S::NV_ROWS>& cz) {
+  const int epc = chunk_elems(a.dtype), cpr = S::TT / epc, esize = a.dtype == ARK_FLOAT32 ? 4 : 2;
+#pragma unroll
+  for (int k = 0; k < S::NV_ROWS; ++k) {
+    const ChunkPos<S::THREADS> p(k, S::ROWS, cpr);
+    const int64_t t = t0 + int64_t(p.j) * epc;
+    if (!p.in_tile || p.r >= bp.rows_valid || t >= a.seqlen) continue;
+    float y[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+    for (int i = 0; i < 8; ++i)
+      if (i < epc) y[i] = sm.y[p.r * (S::TT + 1) + p.j * epc + i];
+    const int64_t byte = ((bp.b * a.dim + bp.d_first + p.r) * a.seqlen + t) * esize;
+    if (a.z) {
+      if (a.y_pre) *reinterpret_cast<uint4*>(static_cast<char*>(a.y_pre) + byte) = pack(y, a.dtype);
+      float z[8];
+      unpack(cz.v[k], a.dtype, z);
+#pragma unroll
+      for (int i = 0; i < 8; ++i)
+        if (i < epc) y[i] *= silu_f32(z[i]);
+    }
+    *reinterpret_cast<uint4*>(static_cast<char*>(a.out) + byte) = pack(y, a.dtype);
+  }
+}
+
 template <class S, bool VARLEN>
-__global__ void __launch_bounds__(kThreads) selective_scan_fwd_kernel(const ark_selective_scan_args a) {
+__global__ void __launch_bounds__(S::THREADS) selective_scan_fwd_kernel(const ark_selective_scan_args a) {
   constexpr int K = S::K, R = S::R, TT = S::TT;
   extern __shared__ float4 smem_f4[];
   FwdSmem<S> sm(reinterpret_cast<float*>(smem_f4));
@@ -249,15 +407,36 @@ __global__ void __launch_bounds__(kThreads) selective_scan_fwd_kernel(const ark_
   const float* Cp = a.C_variable ? sm.C + n0 : sm.C + row * S::NPP + n0;
   const int b_step = a.B_variable ? S::NPP : 0, c_step = a.C_variable ? S::NPP : 0;
 
+  // Vector path: the next tile's chunks are loaded into registers while this tile is computed.
+  const bool vec = S::VEC && vec_ok(a);
+  Chunks<S::NV_ROWS> cu, cd, cz;
+  Chunks<S::NV_BC> cb, cc;
+  const int64_t row0 = bp.b * a.dim + bp.d_first, bc_row0 = (bp.b * a.ngroups + bp.g) * N;
+  auto prefetch = [&](int64_t t) {
+    load_chunks<S::NV_ROWS, S::THREADS>(cu, a.u, row0, S::ROWS, bp.rows_valid, t, TT, L, a.dtype);
+    load_chunks<S::NV_ROWS, S::THREADS>(cd, a.delta, row0, S::ROWS, bp.rows_valid, t, TT, L, a.dtype);
+    if (a.B_variable) load_chunks<S::NV_BC, S::THREADS>(cb, a.B, bc_row0, S::NP, int(N), t, TT, L, a.dtype);
+    if (a.C_variable) load_chunks<S::NV_BC, S::THREADS>(cc, a.C, bc_row0, S::NP, int(N), t, TT, L, a.dtype);
+  };
+  if (vec) prefetch(0);
+
   for (int64_t t0 = 0; t0 < L; t0 += TT) {
     __syncthreads();
-    switch (a.dtype) {
-      case ARK_FLOAT32: stage_fwd<float, S>(a, bp, t0, sm); break;
-      case ARK_FLOAT16: stage_fwd<__half, S>(a, bp, t0, sm); break;
-      default: stage_fwd<__nv_bfloat16, S>(a, bp, t0, sm); break;
+    if (vec) {
+      store_staged<S>(a, bp, t0, sm, cu, cd, cb, cc);
+    } else {
+      switch (a.dtype) {
+        case ARK_FLOAT32: stage_fwd<float, S>(a, bp, t0, sm); break;
+        case ARK_FLOAT16: stage_fwd<__half, S>(a, bp, t0, sm); break;
+        default: stage_fwd<__nv_bfloat16, S>(a, bp, t0, sm); break;
+      }
     }
     if (VARLEN) stage_seq_flags(a, t0, TT, sm.start, sm.end);
     __syncthreads();
+    if (vec) {
+      if (t0 + TT < L) prefetch(t0 + TT);
+      if (a.z) load_chunks<S::NV_ROWS, S::THREADS>(cz, a.z, row0, S::ROWS, bp.rows_valid, t0, TT, L, a.dtype);
+    }
 #pragma unroll 1
     for (int tt = 0; tt < TT; tt += R) {
       float acc[R];
@@ -292,10 +471,14 @@ __global__ void __launch_bounds__(kThreads) selective_scan_fwd_kernel(const ark_
       }
     }
     __syncthreads();
-    switch (a.dtype) {
-      case ARK_FLOAT32: write_fwd<float, S>(a, bp, t0, sm); break;
-      case ARK_FLOAT16: write_fwd<__half, S>(a, bp, t0, sm); break;
-      default: write_fwd<__nv_bfloat16, S>(a, bp, t0, sm); break;
+    if (vec) {
+      write_fwd_vec<S>(a, bp, t0, sm, cz);
+    } else {
+      switch (a.dtype) {
+        case ARK_FLOAT32: write_fwd<float, S>(a, bp, t0, sm); break;
+        case ARK_FLOAT16: write_fwd<__half, S>(a, bp, t0, sm); break;
+        default: write_fwd<__nv_bfloat16, S>(a, bp, t0, sm); break;
+      }
     }
   }
   if (!VARLEN) {
@@ -350,7 +533,7 @@ template <class S> struct BwdSmem {
 template <typename T, class S>
 __device__ void stage_bwd(const ark_selective_scan_args& a, const BlockPos& bp, int64_t t0, BwdSmem<S>& sm) {
   constexpr int TT = kCk, P = TT + 1;
-  for (int e = threadIdx.x; e < S::ROWS * TT; e += kThreads) {
+  for (int e = threadIdx.x; e < S::ROWS * TT; e += S::THREADS) {
     const int r = e / TT, t = e % TT;
     const int64_t tg = t0 + t;
     float dl = 0.f, u = 0.f, dy = 0.f, sg = 0.f;
@@ -387,7 +570,7 @@ __device__ void write_bwd_steps(const ark_selective_scan_args& a, const BlockPos
   constexpr int TT = kCk, P = TT + 1, TS = S::TS;
 #pragma unroll
   for (int m = 0; m < M; ++m) {
-    const int e = threadIdx.x + m * kThreads;
+    const int e = threadIdx.x + m * S::THREADS;
     if (e >= S::ROWS * TS) continue;
     const int r = e / TS, j = e % TS, t = s * TS + j;
     const int64_t tg = t0 + t;
@@ -415,7 +598,7 @@ __device__ void write_bwd_bc(const ark_selective_scan_args& a, const BlockPos& b
                              const float* part, float* ws_rows, int64_t row_blocks) {
   constexpr int TS = S::TS;
   const int64_t base = ((bp.b * a.ngroups + bp.g) * row_blocks + bp.rb) * a.dstate;
-  for (int e = threadIdx.x; e < TS * S::NP; e += kThreads) {
+  for (int e = threadIdx.x; e < TS * S::NP; e += S::THREADS) {
     const int j = e % TS, n = e / TS;
     const int64_t tg = t0 + s * TS + j;
     if (n >= a.dstate || tg >= a.seqlen) continue;
@@ -426,10 +609,10 @@ __device__ void write_bwd_bc(const ark_selective_scan_args& a, const BlockPos& b
 }
 
 template <class S, bool VARLEN>
-__global__ void __launch_bounds__(kThreads) selective_scan_bwd_kernel(const ark_selective_scan_args a, float* ws,
+__global__ void __launch_bounds__(S::THREADS) selective_scan_bwd_kernel(const ark_selective_scan_args a, float* ws,
                                                                       ScanWorkspace w) {
   constexpr int K = S::K, R = S::R, TT = kCk, TS = S::TS, NS = TT / TS, P = TT + 1;
-  constexpr int M = (S::ROWS * TS + kThreads - 1) / kThreads;
+  constexpr int M = (S::ROWS * TS + S::THREADS - 1) / S::THREADS;
   extern __shared__ float4 smem_f4[];
   BwdSmem<S> sm(reinterpret_cast<float*>(smem_f4));
   const BlockPos bp = block_pos(a, S::ROWS);
@@ -603,7 +786,7 @@ __global__ void __launch_bounds__(kThreads) selective_scan_bwd_kernel(const ark_
       accD[m] += __shfl_xor_sync(0xffffffffu, accD[m], o);
       accBias[m] += __shfl_xor_sync(0xffffffffu, accBias[m], o);
     }
-    const int e = threadIdx.x + m * kThreads, r = e / TS;
+    const int e = threadIdx.x + m * S::THREADS, r = e / TS;
     if (e % TS == 0 && e < S::ROWS * TS && r < bp.rows_valid) {
       ws[w.dD + bp.b * a.dim + bp.d_first + r] = accD[m];
       ws[w.ddelta_bias + bp.b * a.dim + bp.d_first + r] = accBias[m];
@@ -637,20 +820,29 @@ ark_status sum_middle(const float* part, void* out, ark_dtype dtype, int64_t O, 
 // ---------------------------------------------------------------- launch
 
 // Lanes per channel: states padded to K*R, K = 4 normally; K = 2 doubles the threads when the
-// problem has too few channels to fill the GPU (fewer than ~16 warps per SM at K = 4).
+// problem has too few channels to fill the GPU (fewer than ~16 warps per SM at K = 4). The forward
+// uses 256-thread blocks (B/C staged once per more channels) when that still gives >= 2 blocks per SM.
+// The backward always uses 128 threads (its workspace layout follows its rows per block).
 struct LaunchShape {
-  int K, R;
+  int K, R, threads;
 };
-LaunchShape pick_shape(const ark_selective_scan_args& a) {
+LaunchShape pick_shape(const ark_selective_scan_args& a, bool backward) {
   const int64_t N = a.dstate;
   const int np = N <= 4 ? 4 : N <= 8 ? 8 : N <= 16 ? 16 : N <= 32 ? 32 : N <= 64 ? 64 : N <= 128 ? 128 : 256;
-  if (np == 256) return {8, 32};
+  if (np == 256) return {8, 32, kThreads};
   int K = 4;
   if (const char* env = std::getenv("ARKERNELS_SELECTIVE_SCAN_K")) K = std::atoi(env);  // tuning only
   else if (np >= 16 && np <= 64 && a.batch * a.dim * (np / 4) < 132LL * 16 * 32) K = 2;
   if (K != 2 && K != 4) K = 4;
   if (np == 4 || np == 8 || np == 128) K = 4;
-  return {K, np / K};
+  const int R = np / K;
+  int threads = kThreads;
+  if (!backward && (np == 16 || (np == 32 && K == 2))) {
+    const int64_t blocks256 = a.batch * a.dim / (256 / R);
+    threads = blocks256 >= 2 * 132 ? 256 : kThreads;
+    if (const char* env = std::getenv("ARKERNELS_SELECTIVE_SCAN_THREADS")) threads = std::atoi(env) == 256 ? 256 : kThreads;
+  }
+  return {K, R, threads};
 }
 
 template <class S> int64_t grid_blocks(const ark_selective_scan_args& a) {
@@ -665,7 +857,7 @@ ark_status launch_fwd(const ark_selective_scan_args& a, cudaStream_t st) {
   auto kernel = a.cu_seqlens ? selective_scan_fwd_kernel<S, true> : selective_scan_fwd_kernel<S, false>;
   if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)) != cudaSuccess)
     return cuda_launch_status("selective_scan", "forward (shared memory attribute)");
-  kernel<<<unsigned(blocks), kThreads, smem, st>>>(a);
+  kernel<<<unsigned(blocks), S::THREADS, smem, st>>>(a);
   return cuda_launch_status("selective_scan", "forward");
 }
 
@@ -678,7 +870,7 @@ ark_status launch_bwd(const ark_selective_scan_args& a, float* ws, cudaStream_t 
   auto kernel = a.cu_seqlens ? selective_scan_bwd_kernel<S, true> : selective_scan_bwd_kernel<S, false>;
   if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)) != cudaSuccess)
     return cuda_launch_status("selective_scan", "backward (shared memory attribute)");
-  kernel<<<unsigned(blocks), kThreads, smem, st>>>(a, ws, w);
+  kernel<<<unsigned(blocks), S::THREADS, smem, st>>>(a, ws, w);
   ARK_TRY(cuda_launch_status("selective_scan", "backward"));
   const int64_t per_group = a.batch * a.ngroups;
   if (a.B_variable) ARK_TRY(sum_middle(ws + w.dB_rows, a.dB, a.dtype, per_group, w.row_blocks, a.dstate * a.seqlen, st));
@@ -700,12 +892,21 @@ struct BwdLauncher {
   const ark_selective_scan_args& a;
   float* ws;
   cudaStream_t st;
-  template <class S> ark_status run() const { return launch_bwd<S>(a, ws, st); }
+  // The backward always runs 128-thread blocks (pick_shape), so no 256-thread backward is compiled.
+  template <class S> ark_status run() const { return launch_bwd<Shape<S::K, S::R>>(a, ws, st); }
 };
 
-// Calls f.run<Shape<K, R>>() for the shape picked for these sizes.
-template <class F> ark_status with_shape(const ark_selective_scan_args& a, const F& f) {
-  const LaunchShape s = pick_shape(a);
+// Calls f.run<Shape<K, R, threads>>() for the shape picked for these sizes.
+template <class F> ark_status with_shape(const ark_selective_scan_args& a, const F& f, bool backward) {
+  const LaunchShape s = pick_shape(a, backward);
+  if (s.threads == 256) {
+    switch (s.K * 100 + s.R) {
+      case 404: return f.template run<Shape<4, 4, 256>>();
+      case 208: return f.template run<Shape<2, 8, 256>>();
+      case 216: return f.template run<Shape<2, 16, 256>>();
+      default: break;
+    }
+  }
   switch (s.K * 100 + s.R) {
     case 401: return f.template run<Shape<4, 1>>();
     case 402: return f.template run<Shape<4, 2>>();
@@ -725,17 +926,17 @@ template <class F> ark_status with_shape(const ark_selective_scan_args& a, const
 }  // namespace
 
 int64_t selective_scan_cuda_rows_per_block(const ark_selective_scan_args& a) {
-  return kThreads / pick_shape(a).R;
+  return kThreads / pick_shape(a, true).R;
 }
 
 ark_status selective_scan_fwd_cuda(const ark_selective_scan_args& a, void* stream) {
   const auto st = static_cast<cudaStream_t>(stream);
-  return with_shape(a, FwdLauncher{a, st});
+  return with_shape(a, FwdLauncher{a, st}, false);
 }
 
 ark_status selective_scan_bwd_cuda(const ark_selective_scan_args& a, float* workspace, void* stream) {
   const auto st = static_cast<cudaStream_t>(stream);
-  return with_shape(a, BwdLauncher{a, workspace, st});
+  return with_shape(a, BwdLauncher{a, workspace, st}, true);
 }
 
 }  // namespace ark
