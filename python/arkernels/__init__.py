@@ -10,6 +10,7 @@ import os as _os
 import torch  # noqa: F401  (loads libtorch before the bindings)
 
 from arkernels import _library
+from arkernels.ops import causal_conv1d, causal_conv1d_update
 from arkernels.ops import linear_scan
 
 __version__ = "0.1.0"
@@ -35,3 +36,4 @@ def cmake_prefix_path() -> str:
 
 
 __all__ = ["linear_scan", "native_available", "cuda_kernels_available", "cmake_prefix_path"]
+__all__ += ["causal_conv1d", "causal_conv1d_update"]
