@@ -32,6 +32,16 @@ __device__ __forceinline__ float silu_grad_f32(float x) {
   return s * (1.f + x * (1.f - s));
 }
 
+// Element i of a float32 / float16 / bfloat16 array whose dtype is known only at run time (small
+// per-channel arrays such as weights, biases and states: no conversion kernel on the caller's side).
+__device__ __forceinline__ float load_f32(const void* p, int64_t i, ark_dtype dtype) {
+  switch (dtype) {
+    case ARK_FLOAT16: return __half2float(static_cast<const __half*>(p)[i]);
+    case ARK_BFLOAT16: return __bfloat162float(static_cast<const __nv_bfloat16*>(p)[i]);
+    default: return static_cast<const float*>(p)[i];
+  }
+}
+
 // ARK_SUCCESS, or ARK_ERROR_CUDA naming the op and kernel when the last launch failed.
 inline ark_status cuda_launch_status(const char* op, const char* what) {
   const cudaError_t err = cudaGetLastError();

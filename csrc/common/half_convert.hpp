@@ -6,6 +6,8 @@
 #include <cstdint>
 #include <cstring>
 
+#include "arkernels/status.h"
+
 namespace ark {
 
 struct bf16_bits { uint16_t x; };
@@ -56,6 +58,16 @@ template <> inline fp16_bits from_float<fp16_bits>(float f) {
   const float frac = scaled - float(q);
   if (frac > 0.5f || (frac == 0.5f && (q & 1u))) ++q;
   return {uint16_t(sign | q)};
+}
+
+// Element i of a float32 / float16 / bfloat16 array whose dtype is known only at run time (small
+// per-channel arrays such as weights, biases and states, read in whatever dtype the caller has).
+inline float load_float(const void* p, int64_t i, ark_dtype dtype) {
+  switch (dtype) {
+    case ARK_FLOAT16: return to_float(static_cast<const fp16_bits*>(p)[i]);
+    case ARK_BFLOAT16: return to_float(static_cast<const bf16_bits*>(p)[i]);
+    default: return static_cast<const float*>(p)[i];
+  }
 }
 
 }  // namespace ark

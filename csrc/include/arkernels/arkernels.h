@@ -4,4 +4,5 @@
 #include "arkernels/status.h"
 #include "arkernels/linear_scan.h"
 #include "arkernels/selective_scan.h"
+#include "arkernels/causal_conv1d.h"
 #endif

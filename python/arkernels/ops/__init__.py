@@ -1,5 +1,6 @@
 """Public ops: validation, backend choice, autograd and fake registrations."""
+from arkernels.ops.causal_conv1d import causal_conv1d, causal_conv1d_update
 from arkernels.ops.linear_scan import linear_scan
 from arkernels.ops.selective_scan import selective_scan
 
-__all__ = ["linear_scan", "selective_scan"]
+__all__ = ["linear_scan", "selective_scan", "causal_conv1d", "causal_conv1d_update"]

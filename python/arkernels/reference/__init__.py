@@ -1,5 +1,6 @@
 """Pure-PyTorch definitions of every arkernels op (float32 math; float64 when given float64)."""
+from arkernels.reference.causal_conv1d import causal_conv1d_ref, causal_conv1d_update_ref
 from arkernels.reference.linear_scan import linear_scan_ref, linear_scan_ref_logdepth
 from arkernels.reference.selective_scan import selective_scan_ref
 
-__all__ = ["linear_scan_ref", "linear_scan_ref_logdepth", "selective_scan_ref"]
+__all__ = ["linear_scan_ref", "linear_scan_ref_logdepth", "selective_scan_ref", "causal_conv1d_ref", "causal_conv1d_update_ref"]
