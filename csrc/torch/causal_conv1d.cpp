@@ -14,14 +14,14 @@ void check_same_device(const at::Tensor& x, const at::Tensor& t, const char* nam
 
 // weight (dim, width) and bias (dim,) of a depthwise convolution over `dim` channels. Returns the width.
 int check_params(const at::Tensor& x, int64_t dim, const at::Tensor& weight, const std::optional<at::Tensor>& bias) {
-  TORCH_CHECK_VALUE(weight.dim() == 2 && weight.size(0) == dim, "weight: expected shape [", dim, ", width], got ",
+  TORCH_CHECK_VALUE(weight.dim() == 2 && weight.size(0) == dim, "weight: expected shape [", num_str(dim), ", width], got ",
                     shape_str(weight.sizes()));
   const int64_t width = weight.size(1);
-  TORCH_CHECK_VALUE(width >= 2 && width <= 4, "weight: expected width 2, 3 or 4, got ", width);
+  TORCH_CHECK_VALUE(width >= 2 && width <= 4, "weight: expected width 2, 3 or 4, got ", num_str(width));
   to_ark_dtype(weight, "weight");
   check_same_device(x, weight, "weight");
   if (bias) {
-    TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == dim, "bias: expected shape [", dim, "], got ",
+    TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == dim, "bias: expected shape [", num_str(dim), "], got ",
                       shape_str(bias->sizes()));
     to_ark_dtype(*bias, "bias");
     check_same_device(x, *bias, "bias");
@@ -125,7 +125,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> causal_conv1d_backwar
 void check_index_vector(const at::Tensor& x, const std::optional<at::Tensor>& t, const char* name) {
   if (!t) return;
   TORCH_CHECK_TYPE(t->scalar_type() == at::kInt, name, ": expected dtype int32, got ", t->scalar_type());
-  TORCH_CHECK_VALUE(t->dim() == 1 && t->size(0) == x.size(0), name, ": expected shape [", x.size(0), "], got ",
+  TORCH_CHECK_VALUE(t->dim() == 1 && t->size(0) == x.size(0), name, ": expected shape [", num_str(x.size(0)), "], got ",
                     shape_str(t->sizes()));
   check_same_device(x, *t, name);
 }
@@ -137,10 +137,10 @@ at::Tensor causal_conv1d_update(const at::Tensor& x, at::Tensor& conv_state, con
   check_x(x);
   const int width = check_params(x, x.size(1), weight_in, bias);
   TORCH_CHECK_VALUE(conv_state.dim() == 3 && conv_state.size(1) == x.size(1) && conv_state.size(2) >= width - 1,
-                    "conv_state: expected shape [batch, ", x.size(1), ", state_len >= ", width - 1, "], got ",
+                    "conv_state: expected shape [batch, ", num_str(x.size(1)), ", state_len >= ", num_str(width - 1), "], got ",
                     shape_str(conv_state.sizes()));
-  TORCH_CHECK_VALUE(conv_state_indices || conv_state.size(0) == x.size(0), "conv_state: expected ", x.size(0),
-                    " rows (the batch of x) without conv_state_indices, got ", conv_state.size(0));
+  TORCH_CHECK_VALUE(conv_state_indices || conv_state.size(0) == x.size(0), "conv_state: expected ", num_str(x.size(0)),
+                    " rows (the batch of x) without conv_state_indices, got ", num_str(conv_state.size(0)));
   TORCH_CHECK_TYPE(conv_state.scalar_type() == x.scalar_type(), "conv_state: expected the dtype of x (",
                    x.scalar_type(), "), got ", conv_state.scalar_type());
   check_same_device(x, conv_state, "conv_state");

@@ -34,7 +34,7 @@ Inputs prepare(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A
                const OptT& initial_state, const OptT& cu_seqlens) {
   TORCH_CHECK_VALUE(u.dim() == 3, "u: expected shape (batch, dim, seqlen), got ", shape_str(u.sizes()));
   const int64_t batch = u.size(0), dim = u.size(1), L = u.size(2);
-  TORCH_CHECK_VALUE(A.dim() == 2 && A.size(0) == dim, "A: expected shape (dim, dstate) with dim = ", dim, ", got ",
+  TORCH_CHECK_VALUE(A.dim() == 2 && A.size(0) == dim, "A: expected shape (dim, dstate) with dim = ", num_str(dim), ", got ",
                     shape_str(A.sizes()));
   const int64_t N = A.size(1);
   Inputs in;
@@ -59,17 +59,17 @@ Inputs prepare(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A
                      " (u's) when input-dependent, got ", x.scalar_type());
     dst = (x.dim() == 3 ? x.unsqueeze(1) : x).contiguous();
     const int64_t g = dst.size(1);
-    TORCH_CHECK_VALUE(g >= 1 && dim % g == 0, name, ": expected a group count dividing dim = ", dim, ", got ", g);
+    TORCH_CHECK_VALUE(g >= 1 && dim % g == 0, name, ": expected a group count dividing dim = ", num_str(dim), ", got ", num_str(g));
     check_shape(dst, {batch, g, N, L}, name);
     if (groups != 1 && g != groups)
-      TORCH_CHECK_VALUE(false, name, ": expected ", groups, " groups like B, got ", g);
+      TORCH_CHECK_VALUE(false, name, ": expected ", num_str(groups), " groups like B, got ", num_str(g));
     groups = g;
     return true;
   };
   const bool b_var = bc(B, "B", in.B);
   const bool c_var = bc(C, "C", in.C);
   if (b_var && c_var)
-    TORCH_CHECK_VALUE(in.B.size(1) == in.C.size(1), "C: expected ", in.B.size(1), " groups like B, got ", in.C.size(1));
+    TORCH_CHECK_VALUE(in.B.size(1) == in.C.size(1), "C: expected ", num_str(in.B.size(1)), " groups like B, got ", num_str(in.C.size(1)));
   auto vec = [&](const OptT& x, const char* name) {
     if (!x) return at::Tensor();
     check_device(*x, u, name);
@@ -90,16 +90,16 @@ Inputs prepare(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A
     check_device(*cu_seqlens, u, "cu_seqlens");
     TORCH_CHECK_VALUE(cu_seqlens->dim() == 1 && cu_seqlens->size(0) >= 2,
                       "cu_seqlens: expected shape (num_seqs + 1,) with num_seqs >= 1, got ", shape_str(cu_seqlens->sizes()));
-    TORCH_CHECK_VALUE(batch == 1, "cu_seqlens: packed sequences need batch == 1, got batch ", batch);
+    TORCH_CHECK_VALUE(batch == 1, "cu_seqlens: packed sequences need batch == 1, got batch ", num_str(batch));
     in.cu = cu_seqlens->to(at::kLong).contiguous();
     num_seqs = in.cu.size(0) - 1;
     // Out-of-range boundaries would make the kernels index outside u: check them (one device sync).
     const at::Tensor c = in.cu.cpu();
     const int64_t* p = c.data_ptr<int64_t>();
-    TORCH_CHECK_VALUE(p[0] == 0 && p[num_seqs] == L, "cu_seqlens: expected to start at 0 and end at seqlen = ", L,
-                      ", got ", p[0], " ... ", p[num_seqs]);
+    TORCH_CHECK_VALUE(p[0] == 0 && p[num_seqs] == L, "cu_seqlens: expected to start at 0 and end at seqlen = ", num_str(L),
+                      ", got ", num_str(p[0]), " ... ", num_str(p[num_seqs]));
     for (int64_t i = 0; i < num_seqs; ++i)
-      TORCH_CHECK_VALUE(p[i] <= p[i + 1], "cu_seqlens: expected non-decreasing values, got ", p[i], " before ", p[i + 1]);
+      TORCH_CHECK_VALUE(p[i] <= p[i + 1], "cu_seqlens: expected non-decreasing values, got ", num_str(p[i]), " before ", num_str(p[i + 1]));
   }
   if (initial_state) {
     check_device(*initial_state, u, "initial_state");

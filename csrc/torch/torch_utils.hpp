@@ -17,8 +17,12 @@
 
 namespace ark_torch {
 
-// "[2, 7]" for error messages, formatted here: streaming an IntArrayRef into TORCH_CHECK's message
-// crashed the process with torch 2.11 (tests/ops/test_linear_scan.py, torch-op bad-input cases).
+// "[2, 7]" for error messages, formatted here: streaming an IntArrayRef, or any integer, into
+// TORCH_CHECK's message crashed the process with torch 2.11 (the torch-op bad-input tests of
+// linear_scan, selective_scan and causal_conv1d). Messages therefore carry integers as strings
+// (num_str, shape_str); strings, ScalarType and Device stream safely.
+inline std::string num_str(int64_t v) { return std::to_string(v); }
+
 inline std::string shape_str(at::IntArrayRef shape) {
   std::string out = "[";
   for (size_t i = 0; i < shape.size(); ++i) out += (i ? ", " : "") + std::to_string(shape[i]);

@@ -437,12 +437,16 @@ __global__ void __launch_bounds__(S::THREADS) selective_scan_fwd_kernel(const ar
       if (t0 + TT < L) prefetch(t0 + TT);
       if (a.z) load_chunks<S::NV_ROWS, S::THREADS>(cz, a.z, row0, S::ROWS, bp.rows_valid, t0, TT, L, a.dtype);
     }
-#pragma unroll 1
-    for (int tt = 0; tt < TT; tt += R) {
+    // The whole tile is unrolled and stores nothing until its end: with no store in between, the
+    // compiler may issue every step's shared-memory loads and exponentials ahead of the recurrence.
+    constexpr int G = TT / R, NCK = TT / kCk;
+    float ysum[G], snap[NCK][K];
+#pragma unroll
+    for (int gi = 0; gi < G; ++gi) {
       float acc[R];
 #pragma unroll
       for (int j = 0; j < R; ++j) {
-        const int t = tt + j;
+        const int t = gi * R + j;
         if (VARLEN) {
           const int s = sm.start[t];
           if (s >= 0) load_state<K>(a.initial_state, s * a.dim + d, N, n0, row_ok, h);
@@ -464,10 +468,19 @@ __global__ void __launch_bounds__(S::THREADS) selective_scan_fwd_kernel(const ar
         }
       }
       reduce_scatter<R>(acc, lane);
-      sm.y[row * (TT + 1) + tt + lane] += acc[0];
-      if (a.checkpoints && (tt + R) % kCk == 0) {
-        const int64_t c = (t0 + tt + R) / kCk - 1;
-        if (c < nck) store_state<K>(a.checkpoints, (bp.b * a.dim + d) * nck + c, N, n0, row_ok, h);
+      ysum[gi] = acc[0];
+      if ((gi * R + R) % kCk == 0) {
+#pragma unroll
+        for (int k = 0; k < K; ++k) snap[(gi * R + R) / kCk - 1][k] = h[k];
+      }
+    }
+#pragma unroll
+    for (int gi = 0; gi < G; ++gi) sm.y[row * (TT + 1) + gi * R + lane] += ysum[gi];
+    if (a.checkpoints) {
+#pragma unroll
+      for (int c = 0; c < NCK; ++c) {
+        const int64_t ck = t0 / kCk + c;
+        if (ck < nck) store_state<K>(a.checkpoints, (bp.b * a.dim + d) * nck + ck, N, n0, row_ok, snap[c]);
       }
     }
     __syncthreads();
