@@ -3,4 +3,5 @@
 #define ARKERNELS_ARKERNELS_H
 #include "arkernels/status.h"
 #include "arkernels/linear_scan.h"
+#include "arkernels/selective_state_update.h"
 #endif
