@@ -11,6 +11,7 @@ import torch  # noqa: F401  (loads libtorch before the bindings)
 
 from arkernels import _library
 from arkernels.ops import linear_scan
+from arkernels.ops import selective_state_update, selective_state_update_tokens
 
 __version__ = "0.1.0"
 
@@ -35,3 +36,4 @@ def cmake_prefix_path() -> str:
 
 
 __all__ = ["linear_scan", "native_available", "cuda_kernels_available", "cmake_prefix_path"]
+__all__ += ["selective_state_update", "selective_state_update_tokens"]
