@@ -218,13 +218,15 @@ ark_status run_cpu(const Problem& p, ark_dtype dtype, Buffers& h) {
   return ark_selective_state_update(&a, ARK_DEVICE_CPU, nullptr);
 }
 
-// (b, k, H, P, N, G, a_broadcast, extras, indices): Mamba-1 (H = 1), Mamba-2, long rows (chunks),
-// more tokens than a chunked row's token group (40 > 32), N = 0 and N = 1.
+// (b, k, H, P, N, G, a_broadcast, extras, indices): Mamba-1 (H = 1), Mamba-2, long rows (chunks; on
+// CUDA N = 300 takes the VEC kernel, N = 301 the general one), more tokens than a chunked row's token
+// group (35, 40 > 32), N = 0 and N = 1.
 struct Shape { int64_t b, k, H, P, N, G; bool a_broadcast, extras, indices; };
 const Shape kShapes[] = {
     {3, 1, 1, 37, 16, 1, false, true, false},  {4, 3, 1, 39, 16, 3, false, true, true},
     {3, 2, 4, 5, 128, 2, true, true, true},     {2, 8, 4, 5, 64, 4, true, false, false},
-    {2, 3, 2, 3, 300, 1, false, true, true},    {2, 40, 1, 3, 300, 1, true, true, false},
+    {2, 3, 2, 3, 301, 1, false, true, true},    {2, 40, 1, 3, 300, 1, true, true, false},
+    {2, 35, 2, 2, 301, 2, false, true, true},
     {2, 2, 1, 7, 1, 1, false, true, false},     {2, 2, 2, 3, 0, 1, false, true, true},
     {5, 1, 3, 4, 256, 3, true, true, true},
 };
