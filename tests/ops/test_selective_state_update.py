@@ -398,8 +398,6 @@ def test_tokens_equals_repeated_one_token_op(backend, device, layout, x_dtype, r
     for t in range(4):
         step = {key: (v[:, t] if key in ("x", "dt", "B", "C", "z") else v) for key, v in one.items()}
         outs.append(run_op(backend, step, tokens=False))
-        for i, r in _rows(args):
-            assert torch.equal(one["state"][r], one["state"][r])  # (no NaN)
     out = run_op(backend, args, tokens=True)
     assert torch.equal(out, torch.stack(outs, dim=1))
     assert torch.equal(args["state"], one["state"])
@@ -415,7 +413,7 @@ def test_tokens_equals_repeated_one_token_op(backend, device, layout, x_dtype, r
 
 # ---- layouts: strided, sliced and transposed tensors ----
 
-def _strided(args, *, channel, N):
+def _strided(args, *, N):
     """The same values in other layouts: the state a slice of a wider cache (rows not contiguous along n
     for the rest of the cache, which must stay untouched), x/dt/z/B/C and A transposed copies."""
     out = dict(args)
@@ -442,7 +440,7 @@ def test_strided_layouts(backend, device, layout, rng):
     the state slice is not touched."""
     channel, N = LAYOUTS[layout], 16
     args = make_inputs(rng, channel=channel, N=N, groups=1, indices="perm", device=device)
-    strided = _strided(args, channel=channel, N=N)
+    strided = _strided(args, N=N)
     wide = strided.pop("_wide")
     assert not strided["state"].is_contiguous() and not strided["x"].is_contiguous()
     check_case(backend, strided, tokens=False)
@@ -453,7 +451,7 @@ def test_strided_layouts(backend, device, layout, rng):
 def test_strided_tokens_with_intermediate_states(backend, device, rng):
     """The multi-token op with a sliced state and a sliced intermediate_states buffer."""
     args = make_inputs(rng, channel=(3, 4), N=12, k=3, groups=3, indices="perm", inter=True, device=device)
-    strided = _strided(args, channel=(3, 4), N=12)
+    strided = _strided(args, N=12)
     strided.pop("_wide")
     wide_inter = torch.full(args["intermediate_states"].shape[:-1] + (20,), float("nan"),
                             dtype=args["intermediate_states"].dtype, device=device)
