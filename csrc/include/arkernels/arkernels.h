@@ -5,4 +5,5 @@
 #include "arkernels/linear_scan.h"
 #include "arkernels/selective_scan.h"
 #include "arkernels/causal_conv1d.h"
+#include "arkernels/selective_state_update.h"
 #endif

@@ -2,5 +2,6 @@
 from arkernels.reference.causal_conv1d import causal_conv1d_ref, causal_conv1d_update_ref
 from arkernels.reference.linear_scan import linear_scan_ref, linear_scan_ref_logdepth
 from arkernels.reference.selective_scan import selective_scan_ref
+from arkernels.reference.selective_state_update import selective_state_update_ref, selective_state_update_tokens_ref
 
-__all__ = ["linear_scan_ref", "linear_scan_ref_logdepth", "selective_scan_ref", "causal_conv1d_ref", "causal_conv1d_update_ref"]
+__all__ = ["linear_scan_ref", "linear_scan_ref_logdepth", "selective_scan_ref", "causal_conv1d_ref", "causal_conv1d_update_ref", "selective_state_update_ref", "selective_state_update_tokens_ref"]

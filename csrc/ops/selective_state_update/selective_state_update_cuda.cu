@@ -1,0 +1,322 @@
+// selective_state_update on CUDA. The op is memory-bound: the state cache is the big tensor (read
+// once, written once per call whatever the number of tokens k); everything else is small or shared by
+// many rows and stays in cache.
+//
+// Work split: a group of L lanes (L a power of two, 1..32, within one warp) owns one (b, h, p) row of
+// the state, whose N elements are contiguous in the usual layout. Each lane holds V = 4 consecutive
+// elements (one 16-byte access of an fp32 state, 8 bytes of a 16-bit one), so a warp-wide access covers
+// 32 * 16 contiguous bytes of an fp32 state when L * V = N (Mamba-1 N = 16: L = 4, 8 rows per warp;
+// Mamba-2 N = 128: L = 32, one row per warp). The row's output is a sum over N, reduced across the L
+// lanes with xor shuffles. The state is carried in registers, in fp32, across the k tokens.
+// Rows longer than 32 * V elements are walked in chunks of 32 * V; each chunk is loaded, advanced over
+// the tokens and stored. With several chunks a token's output sum is completed across chunks, so the
+// partial sums of token t0 + l are kept by lane l and the tokens are taken 32 at a time (the state of
+// such long rows is then read and written ceil(k / 32) times).
+//
+// Grid: x over the H * P channels, (y, z) over the batch. Two kernels per dtype pair: VEC, when every
+// row read or written along N is contiguous and aligned and N % 4 == 0 (the layout models use: 16-byte
+// accesses, no bounds per element), and a general one (any strides, any N). VEC has a variant for A
+// constant along N (Mamba-2 passes A broadcast over (p, n)): one exp per row and token instead of N.
+// All offsets are 64-bit; the state is read with plain loads (this kernel writes it), the read-only
+// inputs through the non-coherent cache. Design notes: docs/ops/selective_state_update.md.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "common/device_math.cuh"
+#include "common/status.hpp"
+#include "common/vector_io.cuh"
+#include "ops/selective_state_update/selective_state_update.cuh"
+
+namespace ark {
+namespace {
+
+constexpr int kThreads = 256;
+// State elements per lane and access: 16 bytes of an fp32 state, 8 of a 16-bit one. 8 elements per
+// lane for 16-bit states would double the registers a lane holds (state, A, B, C) and cost occupancy.
+constexpr int kVec = 4;
+// Blocks per SM the kernels are compiled for: 4 x 256 threads = 64 registers per thread, half the
+// SM's threads resident, enough 16-byte loads in flight to saturate HBM (the op is memory-bound; the
+// VEC kernels fit without spilling). The general kernel (strided rows) may take 80 registers.
+constexpr int kMinBlocksVec = 4;
+constexpr int kMinBlocksGeneral = 3;
+constexpr int64_t kMaxGridYZ = 65535;
+
+// q = a / b, r = a % b for a, b >= 0: 32-bit division when both fit (the usual case; the 64-bit
+// division routine costs several times more).
+__device__ __forceinline__ void divmod(int64_t a, int64_t b, int64_t& q, int64_t& r) {
+  if (((a | b) >> 31) == 0) {
+    const uint32_t q32 = uint32_t(a) / uint32_t(b);
+    q = q32;
+    r = a - int64_t(q32) * b;
+  } else {
+    q = a / b;
+    r = a - q * b;
+  }
+}
+
+// One element of A, D or dt_bias, whose dtype (fp32 or the input dtype) is a run-time value.
+__device__ __forceinline__ float load_param(const void* base, int64_t off, ark_dtype dtype) {
+  switch (dtype) {
+    case ARK_FLOAT16: return to_f32(__ldg(static_cast<const __half*>(base) + off));
+    case ARK_BFLOAT16: return to_f32(__ldg(static_cast<const __nv_bfloat16*>(base) + off));
+    case ARK_FLOAT32: break;
+  }
+  return __ldg(static_cast<const float*>(base) + off);
+}
+
+template <typename X>
+__device__ __forceinline__ float ld(const X* p) {
+  return to_f32(__ldg(p));
+}
+
+// Sum over the `lanes` lanes of a group (`mask` = exactly those lanes); every lane gets the sum.
+__device__ __forceinline__ float group_sum(float v, unsigned mask, int lanes) {
+  for (int off = lanes >> 1; off > 0; off >>= 1) v += __shfl_xor_sync(mask, v, off, lanes);
+  return v;
+}
+
+// Token 0 of a (b, k, H, P) tensor.
+__device__ __forceinline__ int64_t token0(const int64_t* s, int64_t b, int64_t h, int64_t p) {
+  return b * s[0] + h * s[2] + p * s[3];
+}
+
+// How a lane reads and writes its V elements n0 .. n0 + V - 1 of a row of N (N < 2^31, checked by
+// the C API). VEC (chosen on the host, vec_layout below): every row of every tensor read or written
+// along N is contiguous and aligned for whole-vector accesses, and N is a multiple of V, so a lane's
+// vector lies entirely inside the row (n0 < N) or entirely outside it. Otherwise element accesses with
+// strides and a bound (slower; odd N, strided views).
+template <bool VEC, int V>
+struct LaneIO {
+  int n0, N;
+  __device__ __forceinline__ bool inside(int k) const { return VEC ? n0 < N : n0 + k < N; }
+  template <typename T, bool NC>
+  __device__ __forceinline__ void load(const T* row, int64_t stride, float (&out)[V]) const {
+    if constexpr (VEC) {
+      if (n0 < N) {
+        load_vec<T, V, NC>(row + n0, out);
+      } else {
+#pragma unroll
+        for (int k = 0; k < V; ++k) out[k] = 0.f;
+      }
+    } else {
+      load_row<T, V, NC>(row, n0, N, stride, stride == 1 && vec_aligned<T, V>(row), out);
+    }
+  }
+  template <typename T>
+  __device__ __forceinline__ void store(T* row, int64_t stride, const float (&in)[V]) const {
+    if constexpr (VEC) {
+      if (n0 < N) store_vec<T, V>(row + n0, in);
+    } else {
+      store_row<T, V>(row, n0, N, stride, stride == 1 && vec_aligned<T, V>(row), in);
+    }
+  }
+  // A row of A (run-time dtype: fp32 or the input dtype).
+  __device__ __forceinline__ void load_A(const void* base, int64_t stride, ark_dtype dtype, float (&out)[V]) const {
+    switch (dtype) {
+      case ARK_FLOAT16: return load<__half, true>(static_cast<const __half*>(base), stride, out);
+      case ARK_BFLOAT16: return load<__nv_bfloat16, true>(static_cast<const __nv_bfloat16*>(base), stride, out);
+      case ARK_FLOAT32: break;
+    }
+    load<float, true>(static_cast<const float*>(base), stride, out);
+  }
+};
+
+// A lane group owns one row (b, h, p) of the state; see the top of this file. A_CONST: A is constant
+// along N (p.a_const_n), one exp per row and token.
+template <typename S, typename X, bool VEC, bool A_CONST>
+__global__ void __launch_bounds__(kThreads, VEC ? kMinBlocksVec : kMinBlocksGeneral)
+    selective_state_update_kernel(const SsuParams p, int log2_lanes) {
+  constexpr int V = kVec;
+  const ark_selective_state_update_args& a = p.a;
+  const int lanes = 1 << log2_lanes;
+  const int lane = int(threadIdx.x) & (lanes - 1);
+  const int64_t c = int64_t(blockIdx.x) * (kThreads >> log2_lanes) + (threadIdx.x >> log2_lanes);  // channel
+  const int64_t b = int64_t(blockIdx.z) * gridDim.y + blockIdx.y;
+  if (c >= a.heads * a.head_dim || b >= a.batch) return;  // whole lane groups leave together
+  // The lanes of this row's group (other groups of the warp may take other branches).
+  const unsigned mask =
+      lanes == 32 ? 0xffffffffu : ((1u << lanes) - 1u) << ((threadIdx.x & 31u) & ~unsigned(lanes - 1));
+  int64_t h, pp, g, unused;
+  divmod(c, a.head_dim, h, pp);
+  divmod(c, p.channels_per_group, g, unused);
+  const int K = int(a.tokens), N = int(a.dstate);  // < 2^31 (C API)
+
+  const X* x0 = static_cast<const X*>(a.x) + token0(a.x_strides, b, h, pp);
+  X* out0 = static_cast<X*>(a.out) + token0(a.out_strides, b, h, pp);
+  int64_t srow = b;
+  if (a.state_batch_indices) {
+    const int64_t off = b * a.state_batch_indices_stride;
+    srow = a.state_batch_indices_int64 ? __ldg(static_cast<const long long*>(a.state_batch_indices) + off)
+                                       : __ldg(static_cast<const int*>(a.state_batch_indices) + off);
+  }
+  if (srow < 0 || srow >= a.state_batch) {
+    // Padding (negative index): outputs 0, state untouched. An index >= Bc cannot be checked on the
+    // host without a device sync: the row is skipped and its outputs are NaN so that the error shows.
+    const X fill = from_f32<X>(srow < 0 ? 0.f : __int_as_float(0x7fc00000));
+#pragma unroll 1
+    for (int t = lane; t < K; t += lanes) out0[t * a.out_strides[1]] = fill;
+    return;
+  }
+  const X* dt0 = static_cast<const X*>(a.dt) + token0(a.dt_strides, b, h, pp);
+  const X* z0 = a.z ? static_cast<const X*>(a.z) + token0(a.z_strides, b, h, pp) : nullptr;
+  S* st = static_cast<S*>(a.state) + srow * a.state_strides[0] + h * a.state_strides[1] + pp * a.state_strides[2];
+  const X* B0 = static_cast<const X*>(a.B) + b * a.B_strides[0] + g * a.B_strides[2];
+  const X* C0 = static_cast<const X*>(a.C) + b * a.C_strides[0] + g * a.C_strides[2];
+  const int64_t* is = a.intermediate_states_strides;
+  S* it0 = a.intermediate_states
+               ? static_cast<S*>(a.intermediate_states) + b * is[0] + h * is[2] + pp * is[3]
+               : nullptr;
+  const float d = a.D ? load_param(a.D, h * a.D_strides[0] + pp * a.D_strides[1], a.D_dtype) : 0.f;
+  const float bias =
+      a.dt_bias ? load_param(a.dt_bias, h * a.dt_bias_strides[0] + pp * a.dt_bias_strides[1], a.dt_bias_dtype) : 0.f;
+  const int64_t a_off = h * a.A_strides[0] + pp * a.A_strides[1];
+  const float a_row = A_CONST && N > 0 ? load_param(a.A, a_off, a.A_dtype) : 0.f;
+  // The token's output from its sum over N.
+  const auto finish = [&](int t, float sum) {
+    float y = sum + d * ld(x0 + t * a.x_strides[1]);
+    if (z0) y *= silu_f32(ld(z0 + t * a.z_strides[1]));
+    out0[t * a.out_strides[1]] = from_f32<X>(y);
+  };
+
+  const int span = lanes * V;  // elements of a row per chunk
+  const int chunks = N <= span ? 1 : (N - 1) / span + 1;
+  // Tokens whose sums are completed together: all of them with one chunk; with several chunks the
+  // sum of token t0 + l is accumulated by lane l, so 32 at a time.
+  const int token_group = chunks == 1 ? K : lanes;
+#pragma unroll 1
+  for (int t0 = 0; t0 < K; t0 += token_group) {
+    const int t1 = K - t0 > token_group ? t0 + token_group : K;
+    float acc = 0.f;  // several chunks: the sum of token t0 + lane
+#pragma unroll 1
+    for (int chunk = 0; chunk < chunks; ++chunk) {
+      const LaneIO<VEC, V> io{chunk * span + lane * V, N};
+      float s[V], A[V];
+      io.template load<S, false>(st, a.state_strides[3], s);  // plain loads: this kernel writes the state
+      if constexpr (!A_CONST) io.load_A(static_cast<const char*>(a.A) + a_off * (a.A_dtype == ARK_FLOAT32 ? 4 : 2),
+                                        a.A_strides[2], a.A_dtype, A);
+#pragma unroll 1
+      for (int t = t0; t < t1; ++t) {
+        float dtv = ld(dt0 + t * a.dt_strides[1]) + bias;
+        if (a.dt_softplus) dtv = softplus_f32(dtv);
+        const float dtx = dtv * ld(x0 + t * a.x_strides[1]);
+        float Bv[V], Cv[V];
+        io.template load<X, true>(B0 + t * a.B_strides[1], a.B_strides[3], Bv);
+        io.template load<X, true>(C0 + t * a.C_strides[1], a.C_strides[3], Cv);
+        float part = 0.f;
+        if constexpr (A_CONST) {
+          const float dA = __expf(dtv * a_row);  // one exp per row and token (A broadcast over N)
+#pragma unroll
+          for (int k = 0; k < V; ++k) {
+            s[k] = s[k] * dA + Bv[k] * dtx;
+            if (io.inside(k)) part += s[k] * Cv[k];
+          }
+        } else {
+#pragma unroll
+          for (int k = 0; k < V; ++k) {
+            s[k] = s[k] * __expf(dtv * A[k]) + Bv[k] * dtx;
+            if (io.inside(k)) part += s[k] * Cv[k];
+          }
+        }
+        if (it0) io.store(it0 + t * is[1], is[4], s);
+        part = group_sum(part, mask, lanes);
+        if (chunks == 1) {
+          if (lane == 0) finish(t, part);
+        } else if (lane == t - t0) {
+          acc += part;
+        }
+      }
+      io.store(st, a.state_strides[3], s);
+    }
+    if (chunks > 1 && t0 + lane < t1) finish(t0 + lane, acc);
+  }
+}
+
+// True when rows of a tensor along its last axis (extent N, stride `inner`) start at addresses aligned
+// to `align` bytes for every index of the other axes (sizes[i], strides[i], i < rank) and are contiguous.
+bool rows_aligned(const void* base, const int64_t* sizes, const int64_t* strides, int rank, int64_t inner,
+                  int elem_bytes, int align) {
+  if (inner != 1 || reinterpret_cast<uintptr_t>(base) % uintptr_t(align) != 0) return false;
+  for (int i = 0; i < rank; ++i)
+    if (sizes[i] > 1 && (strides[i] * elem_bytes) % align != 0) return false;
+  return true;
+}
+
+int dtype_bytes(ark_dtype d) { return d == ARK_FLOAT32 ? 4 : 2; }
+
+// Whether the VEC kernel applies (see LaneIO): N a multiple of V and every row read or written along N
+// contiguous and aligned for V-element accesses.
+template <typename S, typename X>
+bool vec_layout(const SsuParams& p) {
+  constexpr int V = kVec;
+  const ark_selective_state_update_args& a = p.a;
+  if (a.dstate == 0 || a.dstate % V != 0) return false;
+  const int64_t state_sizes[3] = {a.state_batch, a.heads, a.head_dim};
+  const int64_t bc_sizes[3] = {a.batch, a.tokens, a.groups};
+  const int64_t inter_sizes[4] = {a.batch, a.tokens, a.heads, a.head_dim};
+  const int64_t a_sizes[2] = {a.heads, a.head_dim};
+  const int x_align = V * int(sizeof(X)) < 16 ? V * int(sizeof(X)) : 16;
+  const int a_bytes = dtype_bytes(a.A_dtype), a_align = V * a_bytes < 16 ? V * a_bytes : 16;
+  const int s_align = V * int(sizeof(S));
+  return rows_aligned(a.state, state_sizes, a.state_strides, 3, a.state_strides[3], int(sizeof(S)), s_align) &&
+         rows_aligned(a.B, bc_sizes, a.B_strides, 3, a.B_strides[3], int(sizeof(X)), x_align) &&
+         rows_aligned(a.C, bc_sizes, a.C_strides, 3, a.C_strides[3], int(sizeof(X)), x_align) &&
+         (p.a_const_n || rows_aligned(a.A, a_sizes, a.A_strides, 2, a.A_strides[2], a_bytes, a_align)) &&
+         (!a.intermediate_states || rows_aligned(a.intermediate_states, inter_sizes, a.intermediate_states_strides,
+                                                 4, a.intermediate_states_strides[4], int(sizeof(S)), s_align));
+}
+
+template <typename S, typename X>
+ark_status launch(const SsuParams& p, cudaStream_t stream) {
+  constexpr int V = kVec;
+  const ark_selective_state_update_args& a = p.a;
+  // Lanes per row: enough for one V-element access per lane over the row, at most a warp.
+  int log2_lanes = 0;
+  while (log2_lanes < 5 && (int64_t(1) << log2_lanes) * V < a.dstate) ++log2_lanes;
+  const int64_t rows_per_block = kThreads >> log2_lanes;
+  const int64_t channels = a.heads * a.head_dim;
+  const int64_t grid_x = (channels + rows_per_block - 1) / rows_per_block;
+  if (grid_x > 0x7fffffffLL)
+    return fail(ARK_ERROR_INVALID_ARGUMENT, "heads * head_dim: expected at most %lld channels on CUDA, got %lld",
+                0x7fffffffLL * rows_per_block, (long long)channels);
+  // Batch element b = blockIdx.z * gridDim.y + blockIdx.y.
+  const int64_t grid_y = a.batch < kMaxGridYZ ? a.batch : kMaxGridYZ;
+  const int64_t grid_z = (a.batch + grid_y - 1) / grid_y;
+  if (grid_z > kMaxGridYZ)
+    return fail(ARK_ERROR_INVALID_ARGUMENT, "batch: expected at most %lld on CUDA, got %lld", kMaxGridYZ * kMaxGridYZ,
+                (long long)a.batch);
+  const dim3 grid{unsigned(grid_x), unsigned(grid_y), unsigned(grid_z)};
+  if (!vec_layout<S, X>(p))
+    selective_state_update_kernel<S, X, false, false><<<grid, kThreads, 0, stream>>>(p, log2_lanes);
+  else if (p.a_const_n)
+    selective_state_update_kernel<S, X, true, true><<<grid, kThreads, 0, stream>>>(p, log2_lanes);
+  else
+    selective_state_update_kernel<S, X, true, false><<<grid, kThreads, 0, stream>>>(p, log2_lanes);
+  return cuda_launch_status("selective_state_update", "kernel");
+}
+
+template <typename S>
+ark_status dispatch_input(const SsuParams& p, cudaStream_t stream) {
+  switch (p.a.input_dtype) {
+    case ARK_FLOAT32: return launch<S, float>(p, stream);
+    case ARK_FLOAT16: return launch<S, __half>(p, stream);
+    case ARK_BFLOAT16: return launch<S, __nv_bfloat16>(p, stream);
+  }
+  return fail(ARK_ERROR_INVALID_ARGUMENT, "input_dtype: unknown value %d", int(p.a.input_dtype));
+}
+
+}  // namespace
+
+ark_status selective_state_update_cuda(const SsuParams& p, void* stream) {
+  const auto s = static_cast<cudaStream_t>(stream);
+  switch (p.a.state_dtype) {
+    case ARK_FLOAT32: return dispatch_input<float>(p, s);
+    case ARK_FLOAT16: return dispatch_input<__half>(p, s);
+    case ARK_BFLOAT16: return dispatch_input<__nv_bfloat16>(p, s);
+  }
+  return fail(ARK_ERROR_INVALID_ARGUMENT, "state_dtype: unknown value %d", int(p.a.state_dtype));
+}
+
+}  // namespace ark
