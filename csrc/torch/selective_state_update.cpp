@@ -90,7 +90,7 @@ Shapes check_inputs(const at::Tensor& state, const at::Tensor& x, const at::Tens
   s.G = B.dim() == s.lead + 2 ? B.size(-2) : 1;
   const int64_t grouped = s.channel_shape[0];  // the axis B/C groups split: H (Mamba-2) or dim (Mamba-1)
   TORCH_CHECK_VALUE(s.G >= 1 && grouped % s.G == 0, "B: expected a number of groups dividing ",
-                    s.mamba2 ? "nheads = " : "dim = ", grouped, ", got ", s.G);
+                    s.mamba2 ? "nheads = " : "dim = ", num_str(grouped), ", got ", num_str(s.G));
   check_same_dtype_as_x("B", B, x);
   check_shape("C", C, shape_str(B.sizes()));
   check_same_dtype_as_x("C", C, x);
@@ -116,8 +116,8 @@ Shapes check_inputs(const at::Tensor& state, const at::Tensor& x, const at::Tens
                      "state_batch_indices: expected dtype int32 or int64, got ", indices->scalar_type());
     check_shape("state_batch_indices", *indices, shape_str({s.b}));
   } else {
-    TORCH_CHECK_VALUE(state.size(0) == s.b, "state: expected ", s.b,
-                      " rows (the batch of x) without state_batch_indices, got ", state.size(0));
+    TORCH_CHECK_VALUE(state.size(0) == s.b, "state: expected ", num_str(s.b),
+                      " rows (the batch of x) without state_batch_indices, got ", num_str(state.size(0)));
   }
   if (inter) {
     check_device("intermediate_states", *inter, state);
