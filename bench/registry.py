@@ -29,6 +29,7 @@ import torch
 
 OPS = [
     "bench.ops.bench_linear_scan",
+    "bench.ops.bench_selective_scan",
     "bench.ops.bench_causal_conv1d",
     "bench.ops.bench_selective_state_update",
 ]

@@ -42,6 +42,8 @@ for stage in $stages; do
       ( MAX_JOBS=${PEER_JOBS:-8} "$py" .whl/build_mamba_scan.py .whl/mamba_ssm-*.tar.gz /tmp/mamba_peer \
           >"$LOG/peer_mamba.log" 2>&1; echo "rc=$?" >>"$LOG/peer_mamba.log" ) &
       peer_pid=$!
+      # The build extracts the sources first; later stages import the extension and mamba_ssm from here.
+      export PYTHONPATH=/tmp/mamba_peer:/tmp/mamba_peer/src/mamba_ssm-2.3.2.post1${PYTHONPATH:+:$PYTHONPATH}
       note "mamba-peer: building in the background (pid $peer_pid)" ;;
     sscan)
       [ -n "${peer_pid:-}" ] && wait "$peer_pid"
@@ -50,6 +52,7 @@ for stage in $stages; do
       timeout 300 "$py" scripts/selective_scan_timing.py $peer_arg ${SSCAN_ARGS:-} >"$LOG/sscan.log" 2>&1
       note "sscan: rc=$?"; cat "$LOG/sscan.log" | grep -v Warning >>"$summary" ;;
     test)
+      [ -n "${peer_pid:-}" ] && wait "$peer_pid"
       timeout ${TEST_TIMEOUT:-420} "$py" -m pytest ${TEST_PATHS:-tests} ${TEST_K:+-k "$TEST_K"} -q -ra -p no:cacheprovider --durations=10 >"$LOG/pytest.log" 2>&1
       note "pytest: rc=$? :: $(tail -1 "$LOG/pytest.log")"
       grep -E '^(FAILED|ERROR)' "$LOG/pytest.log" | head -20 | tee -a "$summary" ;;
@@ -74,6 +77,7 @@ for stage in $stages; do
       timeout 300 "$py" scripts/quick_timing.py ${SWEEP_SHAPES:-} >"$LOG/sweep.log" 2>&1
       note "sweep: rc=$?"; cat "$LOG/sweep.log" >>"$summary" ;;
     bench)
+      [ -n "${peer_pid:-}" ] && wait "$peer_pid"
       timeout 540 "$py" -m bench.report --out "$OUT/bench" ${BENCH_ARGS:-} >"$LOG/bench.log" 2>&1
       note "bench: rc=$?"
       md=$(ls "$OUT"/bench/*.md 2>/dev/null | head -1)

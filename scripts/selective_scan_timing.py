@@ -8,7 +8,6 @@ The full report with ceilings is `python -m bench.report --ops selective_scan`.
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import sys
 
@@ -24,14 +23,14 @@ SHAPES = [(4, 2048, 4096, 16), (2, 1536, 2048, 16)]
 def load_peer(build_dir):
     if not build_dir:
         return None
+    from arkernels.testing.peers import mamba_ssm_selective_scan
+
     src = os.path.join(build_dir, "src")
-    root = os.path.join(src, [d for d in os.listdir(src) if d.startswith("mamba_ssm")][0])
     sys.path.insert(0, build_dir)
-    sys.path.insert(0, root)
-    mod = importlib.import_module("selective_scan_cuda")
-    ssi = importlib.import_module("mamba_ssm.ops.selective_scan_interface")
-    ssi.selective_scan_cuda = mod
-    return ssi.selective_scan_fn
+    sys.path.insert(0, os.path.join(src, [d for d in os.listdir(src) if d.startswith("mamba_ssm")][0]))
+    fn, why = mamba_ssm_selective_scan()
+    print("mamba-ssm selective_scan_fn:", why, flush=True)
+    return fn
 
 
 def inputs(b, d, L, n, dtype=torch.bfloat16, z=False):

@@ -437,16 +437,14 @@ __global__ void __launch_bounds__(S::THREADS) selective_scan_fwd_kernel(const ar
       if (t0 + TT < L) prefetch(t0 + TT);
       if (a.z) load_chunks<S::NV_ROWS, S::THREADS>(cz, a.z, row0, S::ROWS, bp.rows_valid, t0, TT, L, a.dtype);
     }
-    // The whole tile is unrolled and stores nothing until its end: with no store in between, the
-    // compiler may issue every step's shared-memory loads and exponentials ahead of the recurrence.
-    constexpr int G = TT / R, NCK = TT / kCk;
-    float ysum[G], snap[NCK][K];
-#pragma unroll
-    for (int gi = 0; gi < G; ++gi) {
+    // Not unrolled across groups: a fully unrolled tile (stores deferred to its end) measured the
+    // same speed with 234 registers instead of ~100, halving the blocks per SM (bench/NOTES.md).
+#pragma unroll 1
+    for (int tt = 0; tt < TT; tt += R) {
       float acc[R];
 #pragma unroll
       for (int j = 0; j < R; ++j) {
-        const int t = gi * R + j;
+        const int t = tt + j;
         if (VARLEN) {
           const int s = sm.start[t];
           if (s >= 0) load_state<K>(a.initial_state, s * a.dim + d, N, n0, row_ok, h);
@@ -468,19 +466,10 @@ __global__ void __launch_bounds__(S::THREADS) selective_scan_fwd_kernel(const ar
         }
       }
       reduce_scatter<R>(acc, lane);
-      ysum[gi] = acc[0];
-      if ((gi * R + R) % kCk == 0) {
-#pragma unroll
-        for (int k = 0; k < K; ++k) snap[(gi * R + R) / kCk - 1][k] = h[k];
-      }
-    }
-#pragma unroll
-    for (int gi = 0; gi < G; ++gi) sm.y[row * (TT + 1) + gi * R + lane] += ysum[gi];
-    if (a.checkpoints) {
-#pragma unroll
-      for (int c = 0; c < NCK; ++c) {
-        const int64_t ck = t0 / kCk + c;
-        if (ck < nck) store_state<K>(a.checkpoints, (bp.b * a.dim + d) * nck + ck, N, n0, row_ok, snap[c]);
+      sm.y[row * (TT + 1) + tt + lane] += acc[0];
+      if (a.checkpoints && (tt + R) % kCk == 0) {
+        const int64_t c = (t0 + tt + R) / kCk - 1;
+        if (c < nck) store_state<K>(a.checkpoints, (bp.b * a.dim + d) * nck + c, N, n0, row_ok, h);
       }
     }
     __syncthreads();
@@ -833,7 +822,8 @@ ark_status sum_middle(const float* part, void* out, ark_dtype dtype, int64_t O, 
 // ---------------------------------------------------------------- launch
 
 // Lanes per channel: states padded to K*R, K = 4 normally; K = 2 doubles the threads when the
-// problem has too few channels to fill the GPU (fewer than ~16 warps per SM at K = 4). The forward
+// problem has too few channels to fill the GPU (fewer than 1.5 blocks of 128 threads per SM at K = 4;
+// measured on the H100: b4 d2048 n16 K=4 0.46 ms vs K=2 0.64; b2 d1536 K=2 0.149 vs K=4 0.21). The forward
 // uses 256-thread blocks (B/C staged once per more channels) when that still gives >= 2 blocks per SM.
 // The backward always uses 128 threads (its workspace layout follows its rows per block).
 struct LaunchShape {
@@ -845,14 +835,14 @@ LaunchShape pick_shape(const ark_selective_scan_args& a, bool backward) {
   if (np == 256) return {8, 32, kThreads};
   int K = 4;
   if (const char* env = std::getenv("ARKERNELS_SELECTIVE_SCAN_K")) K = std::atoi(env);  // tuning only
-  else if (np >= 16 && np <= 64 && a.batch * a.dim * (np / 4) < 132LL * 16 * 32) K = 2;
+  else if (np >= 16 && np <= 64 && a.batch * a.dim / (kThreads / (np / 4)) < 198) K = 2;
   if (K != 2 && K != 4) K = 4;
   if (np == 4 || np == 8 || np == 128) K = 4;
   const int R = np / K;
   int threads = kThreads;
   if (!backward && (np == 16 || (np == 32 && K == 2))) {
     const int64_t blocks256 = a.batch * a.dim / (256 / R);
-    threads = blocks256 >= 2 * 132 ? 256 : kThreads;
+    threads = blocks256 >= 4 * 132 ? 256 : kThreads;  // 256 measured no faster at either headline shape
     if (const char* env = std::getenv("ARKERNELS_SELECTIVE_SCAN_THREADS")) threads = std::atoi(env) == 256 ? 256 : kThreads;
   }
   return {K, R, threads};

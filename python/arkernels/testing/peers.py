@@ -44,3 +44,25 @@ def mamba_ssm_selective_state_update():
         return fn, f"loaded without mamba_ssm/__init__.py ({first})"
     except Exception as err:  # noqa: BLE001
         return None, f"not importable ({first}; without the package __init__: {type(err).__name__}: {err})"
+
+
+def mamba_ssm_selective_scan():
+    """(mamba-ssm's CUDA ``selective_scan_fn`` or None, why it is missing or how it was loaded).
+
+    The CUDA extension ``selective_scan_cuda`` is opt-in in mamba-ssm 2.3; on the GPU machine
+    ``scripts/gpu_check.sh mamba-peer`` builds it with ../shared/peers/build_mamba_scan.py into
+    /tmp/mamba_peer and puts that folder and the extracted sources on PYTHONPATH."""
+    try:
+        ext = importlib.import_module("selective_scan_cuda")
+    except Exception as err:  # noqa: BLE001
+        return None, f"not importable: its CUDA extension selective_scan_cuda is not built ({type(err).__name__}: {err})"
+    name = "mamba_ssm.ops.selective_scan_interface"
+    try:
+        try:
+            module = importlib.import_module(name)
+        except Exception:  # noqa: BLE001  (the package __init__ pulls optional modules)
+            module = _load_without_package_init("mamba_ssm", name)
+    except Exception as err:  # noqa: BLE001
+        return None, f"not importable ({type(err).__name__}: {err})"
+    module.selective_scan_cuda = ext
+    return module.selective_scan_fn, "imported"
