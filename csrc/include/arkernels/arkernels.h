@@ -3,4 +3,5 @@
 #define ARKERNELS_ARKERNELS_H
 #include "arkernels/status.h"
 #include "arkernels/linear_scan.h"
+#include "arkernels/ssd_chunk_scan.h"
 #endif
