@@ -65,6 +65,9 @@ def ssd_chunk_scan(x, dt, A, B, C, chunk_size=256, D=None, z=None, dt_bias=None,
     """
     b, l, h, p, g, n, num_seqs = _validate(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_idx,
                                            cu_seqlens, dt_softplus, dt_limit, return_final_states, backend)
+    if backend == "cuda":
+        raise ValueError("backend: 'cuda' cannot run ssd_chunk_scan: it has no CUDA C++ kernel; its GPU backend is "
+                         "'triton' (or 'auto')")
     chosen = _backends.resolve("ssd_chunk_scan", backend, x.device, _PREFERENCE.get(x.device.type, ()))
     dt_min, dt_max = float(dt_limit[0]), float(dt_limit[1])
 
