@@ -33,9 +33,12 @@ wrap_triton = torch.library.wrap_triton
 # widened to fp32 there (same products: a bf16 x bf16 product is exact in fp32).
 INTERPRETED: tl.constexpr = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") == "1")
 
-# Internal chunk length (the chunk_size argument is a hint: results do not depend on it beyond
-# rounding). 64 keeps the (Q, Q) and (Q, n) fp32 tiles of the backward in registers.
-BLOCK_Q = 64
+# Internal chunk lengths (the chunk_size argument is a hint: results do not depend on it beyond
+# rounding). The forward's is free; the three backward kernels share theirs (it indexes the per-chunk
+# state buffers). 64 keeps the backward's (Q, Q) and (Q, n) fp32 tiles in registers; a smaller one
+# trades register pressure for larger state buffers (n_chunks x h x p x n each).
+FWD_BLOCK_Q = 64
+BWD_BLOCK_Q = 64
 MAX_N = 256  # the state's n dimension lives in registers whole
 
 
@@ -432,7 +435,7 @@ def check_sizes(N: int) -> None:
                          "(use backend='cpu' or 'reference')")
 
 
-def varlen_chunks(cu_seqlens: torch.Tensor, L: int, Q: int = BLOCK_Q):
+def varlen_chunks(cu_seqlens: torch.Tensor, L: int, Q: int):
     """Chunks that never straddle two sequences of a cu_seqlens batch, computed on the device with
     static sizes (no host sync): returns (table (n_chunks, 2) int64 of [start, end) per chunk id,
     first chunk id of every sequence (num_seqs,) int64, n_chunks). n_chunks is the upper bound
@@ -466,7 +469,8 @@ def _d_strides(D, H):
 
 
 def ssd_fwd(x, dt, A, B, C, D, z, dt_bias, init, seq_idx, cu_seqlens, dt_softplus: bool, dt_min: float,
-            dt_max: float, *, write_out: bool = True, store_states: bool = False, state_dtype=None):
+            dt_max: float, *, write_out: bool = True, store_states: bool = False, state_dtype=None,
+            block_q: int = FWD_BLOCK_Q):
     """Forward. Shapes: x (b, l, h, p), dt (b, l, h), A (h,), B/C (b, l, g, n), D (h,) / (h, p), z like
     x, dt_bias (h,), init fp32 contiguous (num_states, h, p, n), seq_idx (b, l), cu_seqlens (ns+1,)
     (b == 1). Returns (out, final fp32 (num_states, h, p, n), states or None); num_states = b, or ns
@@ -479,11 +483,11 @@ def ssd_fwd(x, dt, A, B, C, D, z, dt_bias, init, seq_idx, cu_seqlens, dt_softplu
     out = new_output(x.shape, dtype=x.dtype, device=x.device) if write_out else None
     final = new_output((n_seq, H, P, N), dtype=torch.float32, device=x.device)
     if varlen:
-        table, coff, n_chunks = varlen_chunks(cu_seqlens, L)
+        _, coff, n_chunks = varlen_chunks(cu_seqlens, L, block_q)
         cu = cu_seqlens.to(torch.int64).contiguous()
     else:
-        table = coff = cu = None
-        n_chunks = bsz * triton.cdiv(L, BLOCK_Q)
+        coff = cu = None
+        n_chunks = bsz * triton.cdiv(L, block_q)
     states = None
     if store_states:
         states = new_output((n_chunks, H, P, N), dtype=state_dtype or x.dtype, device=x.device)
@@ -505,7 +509,7 @@ def ssd_fwd(x, dt, A, B, C, D, z, dt_bias, init, seq_idx, cu_seqlens, dt_softplu
         HAS_D=D is not None, HAS_Z=z is not None, HAS_DTB=dt_bias is not None, HAS_INIT=init is not None,
         HAS_SEQ=seq_idx is not None and not varlen, VARLEN=varlen, SOFTPLUS=dt_softplus,
         WRITE_OUT=write_out, STORE_STATES=store_states, PREC=_prec(x),
-        BLOCK_Q=BLOCK_Q, BLOCK_P=bp, BLOCK_N=bn, num_warps=_warps(bp, bn),
+        BLOCK_Q=block_q, BLOCK_P=bp, BLOCK_N=bn, num_warps=_warps(bp, bn),
     )
     return out, final, states
 
@@ -543,8 +547,9 @@ def ssd_bwd(dout, dfinal, x, dt, A, B, C, D, z, dt_bias, init, seq_idx, cu_seqle
                 None if z is None else torch.zeros_like(z), dinit)
 
     # States before every chunk (recomputed: the forward does not keep them), then dL/dstates.
+    Q = BWD_BLOCK_Q
     _, _, states = ssd_fwd(x, dt, A, B, C, D, z, dt_bias, init, seq_idx, cu_seqlens, dt_softplus, dt_min, dt_max,
-                           write_out=False, store_states=True)
+                           write_out=False, store_states=True, block_q=Q)
     n_chunks = states.shape[0]
     dstates = new_output(states.shape, dtype=states.dtype, device=dev)
     dinit = new_output((n_seq, H, P, N), dtype=torch.float32, device=dev) if init is not None else None
@@ -562,7 +567,7 @@ def ssd_bwd(dout, dfinal, x, dt, A, B, C, D, z, dt_bias, init, seq_idx, cu_seqle
         dB = new_output((split, *B.shape), dtype=torch.float32, device=dev)
         dC = new_output((split, *C.shape), dtype=torch.float32, device=dev)
     if varlen:
-        table, coff, _ = varlen_chunks(cu_seqlens, L)
+        table, coff, _ = varlen_chunks(cu_seqlens, L, Q)
         cu = cu_seqlens.to(torch.int64).contiguous()
     else:
         table = coff = cu = None
@@ -580,7 +585,7 @@ def ssd_bwd(dout, dfinal, x, dt, A, B, C, D, z, dt_bias, init, seq_idx, cu_seqle
         dt_bias.stride(0) if dt_bias is not None else 0,
         HAS_Z=z is not None, HAS_DTB=dt_bias is not None, HAS_DFINAL=dfinal is not None,
         WRITE_DINIT=dinit is not None, HAS_SEQ=has_seq, VARLEN=varlen,
-        SOFTPLUS=dt_softplus, PREC=_prec(x), BLOCK_Q=BLOCK_Q, BLOCK_P=bp, BLOCK_N=bn,
+        SOFTPLUS=dt_softplus, PREC=_prec(x), BLOCK_Q=Q, BLOCK_P=bp, BLOCK_N=bn,
         num_warps=_warps(bp, bn),
     )
     if n_chunks > 0:
@@ -597,7 +602,7 @@ def ssd_bwd(dout, dfinal, x, dt, A, B, C, D, z, dt_bias, init, seq_idx, cu_seqle
             B.numel() if split > 1 else 0,
             HAS_D=D is not None, HAS_Z=z is not None, HAS_DTB=dt_bias is not None, HAS_SEQ=has_seq,
             VARLEN=varlen, SOFTPLUS=dt_softplus, PREC=_prec(x),
-            BLOCK_Q=BLOCK_Q, BLOCK_P=bp_bwd, BLOCK_N=bn, num_warps=8,
+            BLOCK_Q=Q, BLOCK_P=bp_bwd, BLOCK_N=bn, num_warps=8,
         )
     if split > 1:
         dB = dB.sum(0).to(B.dtype)
