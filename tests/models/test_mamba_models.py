@@ -13,10 +13,7 @@ import torch.nn.functional as F
 from arkernels.models import Mamba1Config, Mamba1LMHeadModel
 from arkernels.testing import relative_error
 
-try:
-    from arkernels.models import Mamba2Config, Mamba2LMHeadModel
-except ImportError:  # Mamba-2 needs arkernels.ssd_chunk_scan
-    Mamba2Config = Mamba2LMHeadModel = None
+from arkernels.models import Mamba2Config, Mamba2LMHeadModel
 
 SEQLEN = 37
 VOCAB = 101
@@ -31,8 +28,6 @@ def _config(kind):
 
 
 def _model(kind, device, impl="reference", seed=0):
-    if kind == "mamba2" and Mamba2LMHeadModel is None:
-        pytest.skip("Mamba-2 model not available (needs arkernels.ssd_chunk_scan)")
     torch.manual_seed(seed)
     cls = Mamba1LMHeadModel if kind == "mamba1" else Mamba2LMHeadModel
     return cls(_config(kind), impl=impl).to(device)
@@ -243,11 +238,12 @@ def test_mamba_ssm_state_dict_loads_and_matches_oracle(kind, device):
     assert model.lm_head.weight is model.backbone.embedding.weight  # still tied after loading
     ids = _ids(device)
     oracle = _lm_oracle(sd, cfg, ids.cpu(), _mamba1_mixer_oracle if kind == "mamba1" else _mamba2_mixer_oracle)
+    tol = 1e-5 if device == "cpu" else 5e-5  # cuBLAS fp32 sums in its own order
     with torch.no_grad():
         for impl in ("reference", "fast"):
             logits = model.set_impl(impl)(ids)
             err = relative_error(logits, oracle)
-            assert err < 1e-5, f"{impl}: logits relative error {err:.2e} vs the float64 oracle"
+            assert err < tol, f"{impl}: logits relative error {err:.2e} vs the float64 oracle"
     # Round trip: our state dict has mamba-ssm's keys and loads into a fresh model.
     fresh = _model(kind, device, seed=5)
     fresh.load_state_dict(model.state_dict(), strict=True)

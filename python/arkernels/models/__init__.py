@@ -2,5 +2,7 @@
 mamba-ssm's MambaLMHeadModel (docs/models.md)."""
 from arkernels.models._lm import InferenceCache
 from arkernels.models.mamba1 import Mamba1Config, Mamba1LMHeadModel, Mamba1Mixer
+from arkernels.models.mamba2 import Mamba2Config, Mamba2LMHeadModel, Mamba2Mixer
 
-__all__ = ["InferenceCache", "Mamba1Config", "Mamba1LMHeadModel", "Mamba1Mixer"]
+__all__ = ["InferenceCache", "Mamba1Config", "Mamba1LMHeadModel", "Mamba1Mixer", "Mamba2Config",
+           "Mamba2LMHeadModel", "Mamba2Mixer"]
