@@ -69,8 +69,10 @@ class Mamba1Mixer(nn.Module):
 
     def forward(self, hidden, state: LayerState | None = None):
         """hidden (batch, L, d_model) -> (batch, L, d_model); fills `state` (prefill) when given."""
-        L = hidden.shape[1]
-        xz = self.in_proj(hidden).transpose(1, 2)  # (batch, 2 * d_inner, L)
+        b, L, d = hidden.shape
+        # in_proj computed as (2 * d_inner, batch * L) and viewed as (batch, 2 * d_inner, L): unit stride along
+        # time, which the conv reads in place (a (batch, L, 2 * d_inner) result would need a copy first).
+        xz = torch.matmul(self.in_proj.weight, hidden.reshape(b * L, d).t()).view(-1, b, L).transpose(0, 1)
         x, z = xz.chunk(2, dim=1)
         keep = state is not None
         x = self._k.conv(x, self._conv_weight(), self.conv1d.bias, return_final_states=keep, activation="silu")
@@ -84,7 +86,6 @@ class Mamba1Mixer(nn.Module):
         if keep:
             y, last = y
             state.ssm_state = last.float()
-        assert y.shape[-1] == L
         return self.out_proj(y.transpose(1, 2))
 
     def step(self, hidden, state: LayerState):
