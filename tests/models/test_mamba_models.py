@@ -81,13 +81,14 @@ def test_greedy_decode_equals_full_rerun(kind, impl, device):
     assert torch.equal(got, seq)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("kind", KINDS)
-def test_decode_logits_match_parallel_logits(kind):
+def test_decode_logits_match_parallel_logits(kind, device):
     """Logits of each decode step equal the parallel forward's at that position (not only the argmax)."""
     from arkernels.models import InferenceCache
 
-    model = _model(kind, "cpu", "fast").eval()
-    ids = _ids("cpu", batch=2, L=20)
+    model = _model(kind, device, "fast").eval()
+    ids = _ids(device, batch=2, L=20)
     with torch.no_grad():
         full = model(ids)
         cache = InferenceCache()
