@@ -56,7 +56,7 @@ class LMConfig:
     dt_init_floor: float = 1e-4
     pad_vocab_size_multiple: int = 8
     tie_embeddings: bool = True
-    norm_eps: float = 1e-5
+    norm_epsilon: float = 1e-5
     residual_in_fp32: bool = True
     initializer_range: float = 0.02
 
@@ -134,8 +134,8 @@ class Backbone(nn.Module):
         super().__init__()
         self.embedding = nn.Embedding(cfg.padded_vocab_size, cfg.d_model)
         self.layers = nn.ModuleList(
-            Block(make_mixer(i), cfg.d_model, cfg.norm_eps, cfg.residual_in_fp32) for i in range(cfg.n_layer))
-        self.norm_f = RMSNorm(cfg.d_model, cfg.norm_eps)
+            Block(make_mixer(i), cfg.d_model, cfg.norm_epsilon, cfg.residual_in_fp32) for i in range(cfg.n_layer))
+        self.norm_f = RMSNorm(cfg.d_model, cfg.norm_epsilon)
 
     def forward(self, input_ids, cache: InferenceCache | None = None):
         hidden, residual = self.embedding(input_ids), None

@@ -73,7 +73,7 @@ class Mamba2Mixer(nn.Module):
         lo, hi = cfg.A_init_range
         self.A_log = nn.Parameter(torch.log(torch.empty(H).uniform_(lo, hi)))
         self.D = nn.Parameter(torch.ones(H))
-        self.norm = GatedRMSNorm(di, di // G, cfg.norm_eps)
+        self.norm = GatedRMSNorm(di, di // G, cfg.norm_epsilon)
         self.out_proj = nn.Linear(di, cfg.d_model, bias=False)
         self.set_impl(impl)
 
