@@ -174,9 +174,10 @@ def _build(case: Case, name: str):
     if name == "arkernels":
         model = ours
     else:
-        (cls, config, _note), why = _peer()[0], _peer()[1]
-        if cls is None:
+        loaded, why = _peer()
+        if loaded is None:
             raise RuntimeError(f"{PEER} {why}")
+        cls, config, _ = loaded
         pcfg = config(d_model=m["d_model"], n_layer=m["n_layer"], vocab_size=m["vocab_size"],
                       ssm_cfg={"layer": "Mamba1", "d_state": m["d_state"], "expand": m["expand"], "d_conv": 4},
                       rms_norm=True, residual_in_fp32=True, fused_add_norm=True, pad_vocab_size_multiple=8)
