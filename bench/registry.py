@@ -32,6 +32,8 @@ OPS = [
     "bench.ops.bench_selective_scan",
     "bench.ops.bench_causal_conv1d",
     "bench.ops.bench_selective_state_update",
+    "bench.ops.bench_ssd_chunk_scan",
+    "bench.ops.bench_mamba_lm",
 ]
 
 DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16", torch.float64: "fp64"}

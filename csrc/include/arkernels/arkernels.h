@@ -6,4 +6,5 @@
 #include "arkernels/selective_scan.h"
 #include "arkernels/causal_conv1d.h"
 #include "arkernels/selective_state_update.h"
+#include "arkernels/ssd_chunk_scan.h"
 #endif

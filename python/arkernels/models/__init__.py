@@ -1,1 +1,8 @@
-"""Model assemblies built on arkernels ops (added with the ops they need)."""
+"""Model assemblies built on arkernels ops: Mamba-1 and Mamba-2 language models whose parameter names follow
+mamba-ssm's MambaLMHeadModel (docs/models.md)."""
+from arkernels.models._lm import InferenceCache
+from arkernels.models.mamba1 import Mamba1Config, Mamba1LMHeadModel, Mamba1Mixer
+from arkernels.models.mamba2 import Mamba2Config, Mamba2LMHeadModel, Mamba2Mixer
+
+__all__ = ["InferenceCache", "Mamba1Config", "Mamba1LMHeadModel", "Mamba1Mixer", "Mamba2Config",
+           "Mamba2LMHeadModel", "Mamba2Mixer"]

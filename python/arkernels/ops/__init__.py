@@ -3,5 +3,6 @@ from arkernels.ops.causal_conv1d import causal_conv1d, causal_conv1d_update
 from arkernels.ops.linear_scan import linear_scan
 from arkernels.ops.selective_scan import selective_scan
 from arkernels.ops.selective_state_update import selective_state_update, selective_state_update_tokens
+from arkernels.ops.ssd_chunk_scan import ssd_chunk_scan
 
-__all__ = ["linear_scan", "selective_scan", "causal_conv1d", "causal_conv1d_update", "selective_state_update", "selective_state_update_tokens"]
+__all__ = ["linear_scan", "ssd_chunk_scan", "selective_scan", "causal_conv1d", "causal_conv1d_update", "selective_state_update", "selective_state_update_tokens"]

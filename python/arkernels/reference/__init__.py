@@ -3,5 +3,6 @@ from arkernels.reference.causal_conv1d import causal_conv1d_ref, causal_conv1d_u
 from arkernels.reference.linear_scan import linear_scan_ref, linear_scan_ref_logdepth
 from arkernels.reference.selective_scan import selective_scan_ref
 from arkernels.reference.selective_state_update import selective_state_update_ref, selective_state_update_tokens_ref
+from arkernels.reference.ssd_chunk_scan import ssd_chunk_scan_chunked_ref, ssd_chunk_scan_ref
 
-__all__ = ["linear_scan_ref", "linear_scan_ref_logdepth", "selective_scan_ref", "causal_conv1d_ref", "causal_conv1d_update_ref", "selective_state_update_ref", "selective_state_update_tokens_ref"]
+__all__ = ["ssd_chunk_scan_chunked_ref", "ssd_chunk_scan_ref", "linear_scan_ref", "linear_scan_ref_logdepth", "selective_scan_ref", "causal_conv1d_ref", "causal_conv1d_update_ref", "selective_state_update_ref", "selective_state_update_tokens_ref"]

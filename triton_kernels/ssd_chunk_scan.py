@@ -1,0 +1,612 @@
+"""Triton kernels of ssd_chunk_scan (Mamba-2 SSD): three kernels, derivation in docs/ops/ssd_chunk_scan.md.
+
+Per head the sequence is cut into chunks of BLOCK_Q tokens; inside a chunk the scan is a masked
+attention-like product, across chunks a p x n state is carried.
+
+* ``_ssd_fwd_kernel``: one program per (sequence, head, block of p) walks its chunks in order with
+  the state in registers (fp32): the output of a chunk is (L o C B^T)(dt x) + decay * C S^T (+ D x,
+  * silu(z)), then S <- decay * S + B^T (w x). dt processing and the in-chunk cumsum are fused in;
+  the per-chunk states are never written (the backward recomputes them with STORE_STATES).
+* ``_ssd_bwd_dstate_kernel``: the same walk in reverse carries dL/dS (fp32) and stores it per chunk.
+* ``_ssd_bwd_kernel``: one program per (chunk, group, head split), all chunks in parallel: loops over
+  the heads of its group so that dB and dC (shared by the heads of a group) are summed in registers
+  and written once, deterministically. Everything else (dx, dz, ddt, dA, dD, the decays' gradients)
+  is per head.
+
+Pointer arithmetic is 64-bit: program ids, positions and chunk ids are int64 before any stride
+multiplies them. Tensor-core products take operands in the input dtype with fp32 accumulation
+(``input_precision="ieee"`` for fp32 inputs, so fp32 stays fp32-accurate).
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from arkernels._outputs import new_output
+
+wrap_triton = torch.library.wrap_triton
+
+# Triton 3.8's interpreter multiplies bf16 operands of tl.dot as their raw uint16 bits; operands are
+# widened to fp32 there (same products: a bf16 x bf16 product is exact in fp32).
+INTERPRETED: tl.constexpr = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") == "1")
+
+# Internal chunk lengths (the chunk_size argument is a hint: results do not depend on it beyond
+# rounding). The forward's is free; the three backward kernels share theirs (it indexes the per-chunk
+# state buffers). 64 keeps the backward's (Q, Q) and (Q, n) fp32 tiles in registers; a smaller one
+# trades register pressure for larger state buffers (n_chunks x h x p x n each).
+FWD_BLOCK_Q = 64
+BWD_BLOCK_Q = 64
+MAX_N = 256  # the state's n dimension lives in registers whole
+
+
+@triton.jit
+def _dot(a, b, PREC: tl.constexpr):
+    if INTERPRETED:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32))
+    else:
+        return tl.dot(a, b, input_precision=PREC)
+
+
+@triton.jit
+def _rnd(v, DT: tl.constexpr):
+    """v in dtype DT, rounded to nearest even (the interpreter would truncate fp32 -> bf16 otherwise)."""
+    if v.dtype == DT:
+        return v
+    elif DT == tl.float32:
+        return v.to(tl.float32)
+    elif INTERPRETED and DT == tl.bfloat16:
+        # Round the fp32 bits to the nearest even bf16 first; the truncating cast is then exact.
+        u = v.to(tl.float32).to(tl.uint32, bitcast=True)
+        u = (u + 0x7FFF + ((u >> 16) & 1)) & 0xFFFF0000
+        return u.to(tl.float32, bitcast=True).to(DT)
+    else:
+        return v.to(tl.float32).to(DT)
+
+
+@triton.jit
+def _softplus(u):
+    # log1p(exp(u)) accurate for small exp(u) (the w - 1 trick); callers pass u through above 20.
+    e = tl.exp(u)
+    w = 1.0 + e
+    return tl.where(w == 1.0, e, tl.log(w) * (e / (w - 1.0)))
+
+
+@triton.jit
+def _load_dt(ptrs, p_dtb, hh, m_t, sdtb, dt_min, dt_max, HAS_DTB: tl.constexpr, SOFTPLUS: tl.constexpr):
+    """Processed dt at `ptrs` (one head, a chunk of positions; 0 where masked) and d dt / d dt_raw."""
+    u = tl.load(ptrs, mask=m_t, other=0.0).to(tl.float32)
+    if HAS_DTB:
+        u += tl.load(p_dtb + hh * sdtb).to(tl.float32)
+    s = u
+    grad = tl.full(u.shape, 1.0, tl.float32)
+    if SOFTPLUS:
+        s = tl.where(u <= 20.0, _softplus(u), u)
+        grad = tl.where(u <= 20.0, tl.sigmoid(u), 1.0)
+    grad = tl.where((s >= dt_min) & (s <= dt_max), grad, 0.0)
+    dt = tl.minimum(tl.maximum(s, dt_min), dt_max)
+    return tl.where(m_t, dt, 0.0), grad
+
+
+@triton.jit
+def _segments(p_seq, t, m_t, sseq_l, HAS_SEQ: tl.constexpr, BLOCK_Q: tl.constexpr):
+    """Segment counter inside a chunk (+1 at every token whose seq_idx differs from the previous
+    token's, including the chunk's first token), and the counter of the chunk's last token."""
+    if HAS_SEQ:
+        cur = tl.load(p_seq + t * sseq_l, mask=m_t, other=0)
+        prev = tl.load(p_seq + (t - 1) * sseq_l, mask=m_t & (t > 0), other=0)
+        change = tl.where(m_t & (t > 0) & (cur != prev), 1, 0)
+        cnt = tl.cumsum(change, axis=0)
+        cnt_last = tl.max(cnt, axis=0)  # counters never decrease; padding repeats the last one
+    else:
+        cnt = tl.zeros([BLOCK_Q], dtype=tl.int32)
+        cnt_last = 0
+    return cnt, cnt_last
+
+
+@triton.jit
+def _sequence(p_cu, p_coff, i_s, L, VARLEN: tl.constexpr, BLOCK_Q: tl.constexpr):
+    """(row, first token, end token, first chunk id) of sequence i_s."""
+    if VARLEN:
+        t_begin = tl.load(p_cu + i_s)
+        t_end = tl.load(p_cu + i_s + 1)
+        c_base = tl.load(p_coff + i_s)
+        row = i_s * 0
+    else:
+        t_begin = i_s * 0
+        t_end = i_s * 0 + L
+        c_base = i_s * tl.cdiv(L, BLOCK_Q)
+        row = i_s
+    return row, t_begin, t_end, c_base
+
+
+@triton.jit
+def _ssd_fwd_kernel(
+    p_x, p_dt, p_A, p_B, p_C, p_D, p_z, p_dtb, p_init, p_seq, p_cu, p_coff,
+    p_out, p_final, p_states,
+    L, H, P, N, heads_per_group, dt_min, dt_max,
+    sx_b, sx_l, sx_h, sx_p, sdt_b, sdt_l, sdt_h, sB_b, sB_l, sB_g, sB_n, sC_b, sC_l, sC_g, sC_n,
+    sz_b, sz_l, sz_h, sz_p, so_b, so_l, so_h, so_p, sseq_b, sseq_l, sD_h, sD_p, sdtb,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DTB: tl.constexpr, HAS_INIT: tl.constexpr,
+    HAS_SEQ: tl.constexpr, VARLEN: tl.constexpr, SOFTPLUS: tl.constexpr, WRITE_OUT: tl.constexpr,
+    STORE_STATES: tl.constexpr, PREC: tl.constexpr,
+    BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    i_s = tl.program_id(0).to(tl.int64)
+    hh = tl.program_id(1).to(tl.int64)
+    i_p = tl.program_id(2).to(tl.int64)
+    gg = hh // heads_per_group
+    row, t_begin, t_end, c_base = _sequence(p_cu, p_coff, i_s, L, VARLEN, BLOCK_Q)
+    DT = p_x.dtype.element_ty
+
+    o_q = tl.arange(0, BLOCK_Q).to(tl.int64)
+    o_p = i_p * BLOCK_P + tl.arange(0, BLOCK_P).to(tl.int64)
+    o_n = tl.arange(0, BLOCK_N).to(tl.int64)
+    m_p, m_n = o_p < P, o_n < N
+    causal = o_q[:, None] >= o_q[None, :]
+    A_h = tl.load(p_A + hh).to(tl.float32)
+
+    # The state, (p, n) of this head and block of p, in fp32; offsets of one (p, n) state tile.
+    o_state = ((i_s * H + hh) * P + o_p[:, None]) * N + o_n[None, :]
+    m_state = m_p[:, None] & m_n[None, :]
+    if HAS_INIT:
+        S = tl.load(p_init + o_state, mask=m_state, other=0.0).to(tl.float32)
+    else:
+        S = tl.zeros([BLOCK_P, BLOCK_N], dtype=tl.float32)
+    if HAS_D:
+        Dv = tl.load(p_D + hh * sD_h + o_p * sD_p, mask=m_p, other=0.0).to(tl.float32)
+
+    p_x_row = p_x + row * sx_b + hh * sx_h
+    p_B_row = p_B + row * sB_b + gg * sB_g
+    p_C_row = p_C + row * sC_b + gg * sC_g
+    p_dt_row = p_dt + row * sdt_b
+    n_chunks = tl.cdiv(t_end - t_begin, BLOCK_Q)
+    for i_c in range(0, n_chunks):
+        t = t_begin + i_c * BLOCK_Q + o_q
+        m_t = t < t_end
+        dt, _ = _load_dt(p_dt_row + t * sdt_l + hh * sdt_h, p_dtb, hh, m_t, sdtb, dt_min, dt_max, HAS_DTB,
+                         SOFTPLUS)
+        dA = dt * A_h
+        cs = tl.cumsum(dA, axis=0)
+        cs_last = tl.sum(dA, axis=0)
+        cnt, cnt_last = _segments(p_seq + row * sseq_b, t, m_t, sseq_l, HAS_SEQ, BLOCK_Q)
+
+        m_tp = m_t[:, None] & m_p[None, :]
+        m_tn = m_t[:, None] & m_n[None, :]
+        X = tl.load(p_x_row + t[:, None] * sx_l + o_p[None, :] * sx_p, mask=m_tp, other=0.0)
+        Bt = tl.load(p_B_row + t[:, None] * sB_l + o_n[None, :] * sB_n, mask=m_tn, other=0.0)
+        if WRITE_OUT:
+            Ct = tl.load(p_C_row + t[:, None] * sC_l + o_n[None, :] * sC_n, mask=m_tn, other=0.0)
+            CB = _dot(Ct, tl.trans(Bt), PREC)
+            m_same = causal & (cnt[:, None] == cnt[None, :])
+            decay = tl.where(m_same, tl.exp(cs[:, None] - cs[None, :]), 0.0)
+            Pm = _rnd(CB * decay * dt[None, :], DT)
+            y = _dot(Pm, X, PREC)
+            g = tl.where(cnt == 0, tl.exp(cs), 0.0)
+            y += g[:, None] * _dot(Ct, tl.trans(_rnd(S, DT)), PREC)
+            if HAS_D:
+                y += Dv[None, :] * X.to(tl.float32)
+            if HAS_Z:
+                Z = tl.load(p_z + row * sz_b + hh * sz_h + t[:, None] * sz_l + o_p[None, :] * sz_p,
+                            mask=m_tp, other=0.0).to(tl.float32)
+                y = y * Z * tl.sigmoid(Z)
+            tl.store(p_out + row * so_b + hh * so_h + t[:, None] * so_l + o_p[None, :] * so_p,
+                     _rnd(y, p_out.dtype.element_ty), mask=m_tp)
+        if STORE_STATES:
+            # The state before this chunk, for the backward.
+            o_chunk = (((c_base + i_c) * H + hh) * P + o_p[:, None]) * N + o_n[None, :]
+            tl.store(p_states + o_chunk, _rnd(S, p_states.dtype.element_ty), mask=m_state)
+        w = tl.where(cnt == cnt_last, tl.exp(cs_last - cs) * dt, 0.0)
+        gamma = tl.where(cnt_last == 0, tl.exp(cs_last), 0.0)
+        Xw = _rnd(X.to(tl.float32) * w[:, None], DT)
+        S = gamma * S + _dot(tl.trans(Xw), Bt, PREC)
+    tl.store(p_final + o_state, S, mask=m_state)
+
+
+@triton.jit
+def _ssd_bwd_dstate_kernel(
+    p_dout, p_dt, p_A, p_C, p_z, p_dtb, p_dfinal, p_seq, p_cu, p_coff,
+    p_dstates, p_dinit,
+    L, H, P, N, heads_per_group, dt_min, dt_max,
+    sg_b, sg_l, sg_h, sg_p, sdt_b, sdt_l, sdt_h, sC_b, sC_l, sC_g, sC_n, sz_b, sz_l, sz_h, sz_p,
+    sseq_b, sseq_l, sdtb,
+    HAS_Z: tl.constexpr, HAS_DTB: tl.constexpr, HAS_DFINAL: tl.constexpr, WRITE_DINIT: tl.constexpr,
+    HAS_SEQ: tl.constexpr, VARLEN: tl.constexpr, SOFTPLUS: tl.constexpr, PREC: tl.constexpr,
+    BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """dS_c = dL/d(state after chunk c), walking chunks backwards:
+    dS_{c-1} = gamma_c dS_c + sum_t g_t dy_t C_t^T, seeded with the final state's gradient."""
+    i_s = tl.program_id(0).to(tl.int64)
+    hh = tl.program_id(1).to(tl.int64)
+    i_p = tl.program_id(2).to(tl.int64)
+    gg = hh // heads_per_group
+    row, t_begin, t_end, c_base = _sequence(p_cu, p_coff, i_s, L, VARLEN, BLOCK_Q)
+    DT = p_C.dtype.element_ty
+
+    o_q = tl.arange(0, BLOCK_Q).to(tl.int64)
+    o_p = i_p * BLOCK_P + tl.arange(0, BLOCK_P).to(tl.int64)
+    o_n = tl.arange(0, BLOCK_N).to(tl.int64)
+    m_p, m_n = o_p < P, o_n < N
+    A_h = tl.load(p_A + hh).to(tl.float32)
+    o_state = ((i_s * H + hh) * P + o_p[:, None]) * N + o_n[None, :]
+    m_state = m_p[:, None] & m_n[None, :]
+    if HAS_DFINAL:
+        dS = tl.load(p_dfinal + o_state, mask=m_state, other=0.0).to(tl.float32)
+    else:
+        dS = tl.zeros([BLOCK_P, BLOCK_N], dtype=tl.float32)
+
+    p_dt_row = p_dt + row * sdt_b
+    n_chunks = tl.cdiv(t_end - t_begin, BLOCK_Q)
+    for i in range(0, n_chunks):
+        i_c = n_chunks - 1 - i
+        o_chunk = (((c_base + i_c) * H + hh) * P + o_p[:, None]) * N + o_n[None, :]
+        tl.store(p_dstates + o_chunk, _rnd(dS, p_dstates.dtype.element_ty), mask=m_state)
+        t = t_begin + i_c * BLOCK_Q + o_q
+        m_t = t < t_end
+        dt, _ = _load_dt(p_dt_row + t * sdt_l + hh * sdt_h, p_dtb, hh, m_t, sdtb, dt_min, dt_max, HAS_DTB,
+                         SOFTPLUS)
+        dA = dt * A_h
+        cs = tl.cumsum(dA, axis=0)
+        cs_last = tl.sum(dA, axis=0)
+        cnt, cnt_last = _segments(p_seq + row * sseq_b, t, m_t, sseq_l, HAS_SEQ, BLOCK_Q)
+        m_tp = m_t[:, None] & m_p[None, :]
+        dY = tl.load(p_dout + row * sg_b + hh * sg_h + t[:, None] * sg_l + o_p[None, :] * sg_p,
+                     mask=m_tp, other=0.0).to(tl.float32)
+        if HAS_Z:
+            Z = tl.load(p_z + row * sz_b + hh * sz_h + t[:, None] * sz_l + o_p[None, :] * sz_p,
+                        mask=m_tp, other=0.0).to(tl.float32)
+            dY = dY * Z * tl.sigmoid(Z)
+        Ct = tl.load(p_C + row * sC_b + gg * sC_g + t[:, None] * sC_l + o_n[None, :] * sC_n,
+                     mask=m_t[:, None] & m_n[None, :], other=0.0)
+        g = tl.where(cnt == 0, tl.exp(cs), 0.0)
+        gamma = tl.where(cnt_last == 0, tl.exp(cs_last), 0.0)
+        dYg = _rnd(dY * g[:, None], DT)
+        dS = gamma * dS + _dot(tl.trans(dYg), Ct, PREC)
+    if WRITE_DINIT:
+        tl.store(p_dinit + o_state, dS, mask=m_state)
+
+
+@triton.jit
+def _ssd_bwd_kernel(
+    p_x, p_dt, p_A, p_B, p_C, p_D, p_z, p_dtb, p_seq, p_ctab, p_states, p_dstates, p_dout,
+    p_dx, p_dz, p_ddt, p_dB, p_dC, p_dA_part, p_dD_part,
+    L, H, P, N, heads_per_group, heads_per_prog, dt_min, dt_max,
+    sx_b, sx_l, sx_h, sx_p, sdt_b, sdt_l, sdt_h, sB_b, sB_l, sB_g, sB_n, sC_b, sC_l, sC_g, sC_n,
+    sz_b, sz_l, sz_h, sz_p, sg_b, sg_l, sg_h, sg_p, sseq_b, sseq_l, sD_h, sD_p, sdtb, s_split,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DTB: tl.constexpr, HAS_SEQ: tl.constexpr,
+    VARLEN: tl.constexpr, SOFTPLUS: tl.constexpr, PREC: tl.constexpr,
+    BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    j = tl.program_id(0).to(tl.int64)  # chunk id (index into the state buffers)
+    gg = tl.program_id(1).to(tl.int64)
+    i_split = tl.program_id(2).to(tl.int64)
+    if VARLEN:
+        t0 = tl.load(p_ctab + 2 * j)
+        t1 = tl.load(p_ctab + 2 * j + 1)  # t1 <= t0: a padding entry, every access masked off
+        row = j * 0
+    else:
+        nc = tl.cdiv(L, BLOCK_Q)
+        row = j // nc
+        t0 = (j % nc) * BLOCK_Q
+        t1 = tl.minimum(t0 + BLOCK_Q, L)
+    valid = t1 > t0
+    DT = p_x.dtype.element_ty
+
+    o_q = tl.arange(0, BLOCK_Q).to(tl.int64)
+    o_n = tl.arange(0, BLOCK_N).to(tl.int64)
+    t = t0 + o_q
+    m_t = t < t1
+    m_n = o_n < N
+    m_tn = m_t[:, None] & m_n[None, :]
+    causal = o_q[:, None] >= o_q[None, :]
+
+    Bt = tl.load(p_B + row * sB_b + gg * sB_g + t[:, None] * sB_l + o_n[None, :] * sB_n, mask=m_tn, other=0.0)
+    Ct = tl.load(p_C + row * sC_b + gg * sC_g + t[:, None] * sC_l + o_n[None, :] * sC_n, mask=m_tn, other=0.0)
+    CB = _dot(Ct, tl.trans(Bt), PREC)
+    cnt, cnt_last = _segments(p_seq + row * sseq_b, t, m_t, sseq_l, HAS_SEQ, BLOCK_Q)
+    m_same = causal & (cnt[:, None] == cnt[None, :])
+    first = cnt == 0
+    last = cnt == cnt_last
+
+    dCB = tl.zeros([BLOCK_Q, BLOCK_Q], dtype=tl.float32)
+    dB_acc = tl.zeros([BLOCK_Q, BLOCK_N], dtype=tl.float32)
+    dC_acc = tl.zeros([BLOCK_Q, BLOCK_N], dtype=tl.float32)
+    p_dt_row = p_dt + row * sdt_b
+    for ih in range(0, heads_per_prog):
+        hh = gg * heads_per_group + i_split * heads_per_prog + ih
+        A_h = tl.load(p_A + hh).to(tl.float32)
+        dt, dt_grad = _load_dt(p_dt_row + t * sdt_l + hh * sdt_h, p_dtb, hh, m_t, sdtb, dt_min, dt_max,
+                               HAS_DTB, SOFTPLUS)
+        dA = dt * A_h
+        cs = tl.cumsum(dA, axis=0)
+        cs_last = tl.sum(dA, axis=0)
+        decay = tl.where(m_same, tl.exp(cs[:, None] - cs[None, :]), 0.0)
+        K = CB * decay  # y_intra = (K * dt_s) @ x
+        Pm = _rnd(K * dt[None, :], DT)
+        g = tl.where(first, tl.exp(cs), 0.0)
+        e = tl.where(last, tl.exp(cs_last - cs), 0.0)
+        w = e * dt
+        gamma = tl.where(cnt_last == 0, tl.exp(cs_last), 0.0)
+
+        dP = tl.zeros([BLOCK_Q, BLOCK_Q], dtype=tl.float32)
+        dg = tl.zeros([BLOCK_Q], dtype=tl.float32)
+        dw = tl.zeros([BLOCK_Q], dtype=tl.float32)
+        dgamma = tl.sum(tl.zeros([BLOCK_Q], dtype=tl.float32), axis=0)
+        o_head = (j * H + hh) * P
+        for i_p in range(0, tl.cdiv(P, BLOCK_P)):
+            o_p = i_p * BLOCK_P + tl.arange(0, BLOCK_P).to(tl.int64)
+            m_p = o_p < P
+            m_tp = m_t[:, None] & m_p[None, :]
+            m_state = valid & m_p[:, None] & m_n[None, :]
+            X = tl.load(p_x + row * sx_b + hh * sx_h + t[:, None] * sx_l + o_p[None, :] * sx_p, mask=m_tp, other=0.0)
+            Xf = X.to(tl.float32)
+            dY = tl.load(p_dout + row * sg_b + hh * sg_h + t[:, None] * sg_l + o_p[None, :] * sg_p,
+                         mask=m_tp, other=0.0).to(tl.float32)
+            o_state = (o_head + o_p[:, None]) * N + o_n[None, :]
+            S = tl.load(p_states + o_state, mask=m_state, other=0.0)
+            dS = tl.load(p_dstates + o_state, mask=m_state, other=0.0)
+            CS = _dot(Ct, tl.trans(_rnd(S, DT)), PREC)  # (Q, BLOCK_P): C_t S^T
+            if HAS_D:
+                Dv = tl.load(p_D + hh * sD_h + o_p * sD_p, mask=m_p, other=0.0).to(tl.float32)
+            if HAS_Z:
+                # Recompute y for dz = dout * y * silu'(z).
+                Z = tl.load(p_z + row * sz_b + hh * sz_h + t[:, None] * sz_l + o_p[None, :] * sz_p,
+                            mask=m_tp, other=0.0).to(tl.float32)
+                y = _dot(Pm, X, PREC) + g[:, None] * CS
+                if HAS_D:
+                    y += Dv[None, :] * Xf
+                sig = tl.sigmoid(Z)
+                dz = dY * y * sig * (1.0 + Z * (1.0 - sig))
+                tl.store(p_dz + ((row * L + t[:, None]) * H + hh) * P + o_p[None, :],
+                         _rnd(dz, p_dz.dtype.element_ty), mask=m_tp)
+                dY = dY * Z * sig
+            dYc = _rnd(dY, DT)
+            # intra-chunk: y = Pm @ x
+            dX = _dot(tl.trans(Pm), dYc, PREC)
+            dP += _dot(dYc, tl.trans(X), PREC)
+            # from the state before the chunk: y += g_t C_t S^T
+            dg += tl.sum(dY * CS, axis=1)
+            dC_acc += g[:, None] * _dot(dYc, _rnd(S, DT), PREC)
+            # into the state after the chunk: S' = gamma S + sum_s w_s x_s B_s^T
+            BdS = _dot(Bt, tl.trans(_rnd(dS, DT)), PREC)  # (Q, BLOCK_P)
+            dX += w[:, None] * BdS
+            dw += tl.sum(Xf * BdS, axis=1)
+            dB_acc += w[:, None] * _dot(X, _rnd(dS, DT), PREC)
+            dgamma += tl.sum(tl.sum(dS.to(tl.float32) * S.to(tl.float32), axis=1), axis=0)
+            if HAS_D:
+                dX += Dv[None, :] * dY
+                tl.store(p_dD_part + o_head + o_p, tl.sum(dY * Xf, axis=0), mask=m_p)
+            tl.store(p_dx + ((row * L + t[:, None]) * H + hh) * P + o_p[None, :],
+                     _rnd(dX, p_dx.dtype.element_ty), mask=m_tp)
+
+        # Gradients of the decays and of dt for this head (see the doc for the derivation).
+        dK = dP * dt[None, :]
+        ddt = tl.sum(dP * K, axis=0)
+        dCB += dK * decay
+        # ddA_r = d loss / d(dt_r A). Each term is summed over the pairs it really depends on, never as
+        # a difference of two large sums (cancellation): cs_t - cs_s contains dA_r for s < r <= t,
+        # cs_t for r <= t, cs_last - cs_s for s < r, cs_last for every r.
+        dlog = dK * K  # d loss / d(cs_t - cs_s)
+        before_r = tl.cumsum(dlog, axis=1) - dlog  # [t, r]: sum over s < r
+        ddA = tl.sum(tl.where(causal, before_r, 0.0), axis=0)  # sum over t >= r
+        ddt += dw * e
+        de = dw * dt * e
+        ddA += tl.cumsum(dg * g, axis=0, reverse=True) + (tl.cumsum(de, axis=0) - de) + dgamma * gamma
+        ddt += ddA * A_h
+        tl.store(p_dA_part + j * H + hh, tl.sum(ddA * dt, axis=0))
+        tl.store(p_ddt + (row * L + t) * H + hh, ddt * dt_grad, mask=m_t)
+
+    dCBc = _rnd(dCB, DT)
+    dC_acc += _dot(dCBc, Bt, PREC)
+    dB_acc += _dot(tl.trans(dCBc), Ct, PREC)
+    G = H // heads_per_group
+    o_bc = i_split * s_split + ((row * L + t[:, None]) * G + gg) * N + o_n[None, :]
+    tl.store(p_dB + o_bc, _rnd(dB_acc, p_dB.dtype.element_ty), mask=m_tn)
+    tl.store(p_dC + o_bc, _rnd(dC_acc, p_dC.dtype.element_ty), mask=m_tn)
+
+
+# --------------------------------------------------------------------------- launchers
+
+def _strides4(t, like_shape):
+    return tuple(t.stride()) if t is not None else (0,) * len(like_shape)
+
+
+def _block_p(P: int) -> int:
+    return max(16, min(64, triton.next_power_of_2(P)))
+
+
+def _block_n(N: int) -> int:
+    return max(16, triton.next_power_of_2(N))
+
+
+def _prec(x: torch.Tensor) -> str:
+    return "ieee" if x.dtype == torch.float32 else "tf32"
+
+
+def _warps(block_p: int, block_n: int) -> int:
+    return 8 if block_p * block_n >= 64 * 128 else 4
+
+
+def check_sizes(N: int) -> None:
+    if N > MAX_N:
+        raise ValueError(f"B: the triton backend takes a state size n of at most {MAX_N}, got n={N} "
+                         "(use backend='cpu' or 'reference')")
+
+
+def varlen_chunks(cu_seqlens: torch.Tensor, L: int, Q: int):
+    """Chunks that never straddle two sequences of a cu_seqlens batch, computed on the device with
+    static sizes (no host sync): returns (table (n_chunks, 2) int64 of [start, end) per chunk id,
+    first chunk id of every sequence (num_seqs,) int64, n_chunks). n_chunks is the upper bound
+    floor((L + num_seqs (Q - 1)) / Q); unused entries are empty (start = end = 0)."""
+    cu = cu_seqlens.to(torch.int64)
+    ns = cu.numel() - 1
+    n_chunks = (L + ns * (Q - 1)) // Q
+    lens = cu[1:] - cu[:-1]
+    per_seq = (lens + Q - 1) // Q
+    off_incl = torch.cumsum(per_seq, 0)
+    off_excl = off_incl - per_seq
+    if ns == 0 or n_chunks == 0:
+        return torch.zeros((n_chunks, 2), dtype=torch.int64, device=cu.device), off_excl, n_chunks
+    jj = torch.arange(n_chunks, device=cu.device, dtype=torch.int64)
+    k = torch.searchsorted(off_incl, jj, right=True)
+    valid = k < ns
+    kk = k.clamp(max=ns - 1)
+    start = cu[kk] + (jj - off_excl[kk]) * Q
+    end = torch.minimum(start + Q, cu[kk + 1])
+    zero = torch.zeros_like(start)
+    table = torch.stack([torch.where(valid, start, zero), torch.where(valid, end, zero)], dim=1).contiguous()
+    return table, off_excl.contiguous(), n_chunks
+
+
+def _d_strides(D, H):
+    if D is None:
+        return 0, 0
+    if D.dim() == 1:
+        return D.stride(0), 0
+    return D.stride(0), D.stride(1)
+
+
+def ssd_fwd(x, dt, A, B, C, D, z, dt_bias, init, seq_idx, cu_seqlens, dt_softplus: bool, dt_min: float,
+            dt_max: float, *, write_out: bool = True, store_states: bool = False, state_dtype=None,
+            block_q: int = FWD_BLOCK_Q):
+    """Forward. Shapes: x (b, l, h, p), dt (b, l, h), A (h,), B/C (b, l, g, n), D (h,) / (h, p), z like
+    x, dt_bias (h,), init fp32 contiguous (num_states, h, p, n), seq_idx (b, l), cu_seqlens (ns+1,)
+    (b == 1). Returns (out, final fp32 (num_states, h, p, n), states or None); num_states = b, or ns
+    with cu_seqlens. With store_states, states[chunk id] is the state before that chunk."""
+    bsz, L, H, P = x.shape
+    G, N = B.shape[2], B.shape[3]
+    check_sizes(N)
+    varlen = cu_seqlens is not None
+    n_seq = cu_seqlens.numel() - 1 if varlen else bsz
+    out = new_output(x.shape, dtype=x.dtype, device=x.device) if write_out else None
+    final = new_output((n_seq, H, P, N), dtype=torch.float32, device=x.device)
+    if varlen:
+        _, coff, n_chunks = varlen_chunks(cu_seqlens, L, block_q)
+        cu = cu_seqlens.to(torch.int64).contiguous()
+    else:
+        coff = cu = None
+        n_chunks = bsz * triton.cdiv(L, block_q)
+    states = None
+    if store_states:
+        states = new_output((n_chunks, H, P, N), dtype=state_dtype or x.dtype, device=x.device)
+    if n_seq == 0 or H == 0 or P == 0:
+        return out, final, states
+    bp, bn = _block_p(P), _block_n(N)
+    sD_h, sD_p = _d_strides(D, H)
+    o = out if out is not None else x
+    grid = (n_seq, H, triton.cdiv(P, bp))
+    wrap_triton(_ssd_fwd_kernel)[grid](
+        x, dt, A, B, C, D if D is not None else x, z if z is not None else x,
+        dt_bias if dt_bias is not None else A, init if init is not None else final,
+        seq_idx if seq_idx is not None else dt, cu if cu is not None else A, coff if coff is not None else A,
+        o, final, states if states is not None else final,
+        L, H, P, N, H // G, dt_min, dt_max,
+        *x.stride(), *dt.stride(), *B.stride(), *C.stride(), *_strides4(z, x.shape), *o.stride(),
+        *(seq_idx.stride() if seq_idx is not None else (0, 0)), sD_h, sD_p,
+        dt_bias.stride(0) if dt_bias is not None else 0,
+        HAS_D=D is not None, HAS_Z=z is not None, HAS_DTB=dt_bias is not None, HAS_INIT=init is not None,
+        HAS_SEQ=seq_idx is not None and not varlen, VARLEN=varlen, SOFTPLUS=dt_softplus,
+        WRITE_OUT=write_out, STORE_STATES=store_states, PREC=_prec(x),
+        BLOCK_Q=block_q, BLOCK_P=bp, BLOCK_N=bn, num_warps=_warps(bp, bn),
+    )
+    return out, final, states
+
+
+def _head_split(n_programs: int, heads_per_group: int, device) -> int:
+    """Heads of a group split over this many programs (a divisor of heads_per_group) so that short
+    inputs still fill the GPU; each split writes fp32 partial dB/dC that are summed afterwards."""
+    if device.type != "cuda":
+        return 1 if heads_per_group % 2 else 2  # exercise the partial-sum path in the interpreter
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    split = 1
+    while n_programs * split < 2 * sms and heads_per_group % (split * 2) == 0:
+        split *= 2
+    return split
+
+
+def ssd_bwd(dout, dfinal, x, dt, A, B, C, D, z, dt_bias, init, seq_idx, cu_seqlens, dt_softplus: bool,
+            dt_min: float, dt_max: float):
+    """Gradients of ssd_fwd: (dx, ddt (fp32, w.r.t. the raw dt), dA (fp32, (h,)), dB, dC, dD (fp32,
+    (h, p)) or None, dz or None, dinit (fp32) or None). dfinal: fp32 (num_states, h, p, n) or None."""
+    bsz, L, H, P = x.shape
+    G, N = B.shape[2], B.shape[3]
+    check_sizes(N)
+    varlen = cu_seqlens is not None
+    n_seq = cu_seqlens.numel() - 1 if varlen else bsz
+    dev = x.device
+    if n_seq == 0 or H == 0 or P == 0:
+        # Nothing depends on anything: zero gradients (the initial state's is the final state's).
+        dinit = None
+        if init is not None:
+            dinit = dfinal.clone() if dfinal is not None else torch.zeros_like(init)
+        return (torch.zeros_like(x), torch.zeros(dt.shape, dtype=torch.float32, device=dev),
+                torch.zeros((H,), dtype=torch.float32, device=dev), torch.zeros_like(B), torch.zeros_like(C),
+                None if D is None else torch.zeros((H, P), dtype=torch.float32, device=dev),
+                None if z is None else torch.zeros_like(z), dinit)
+
+    # States before every chunk (recomputed: the forward does not keep them), then dL/dstates.
+    Q = BWD_BLOCK_Q
+    _, _, states = ssd_fwd(x, dt, A, B, C, D, z, dt_bias, init, seq_idx, cu_seqlens, dt_softplus, dt_min, dt_max,
+                           write_out=False, store_states=True, block_q=Q)
+    n_chunks = states.shape[0]
+    dstates = new_output(states.shape, dtype=states.dtype, device=dev)
+    dinit = new_output((n_seq, H, P, N), dtype=torch.float32, device=dev) if init is not None else None
+    dx = new_output(x.shape, dtype=x.dtype, device=dev)
+    dz = new_output(x.shape, dtype=z.dtype, device=dev) if z is not None else None
+    ddt = new_output((bsz, L, H), dtype=torch.float32, device=dev)
+    dA_part = new_output((n_chunks, H), dtype=torch.float32, device=dev)
+    dD_part = new_output((n_chunks, H, P), dtype=torch.float32, device=dev) if D is not None else None
+    heads_per_group = H // G
+    split = _head_split(n_chunks * G, heads_per_group, dev)
+    if split == 1:
+        dB = new_output(B.shape, dtype=B.dtype, device=dev)
+        dC = new_output(C.shape, dtype=C.dtype, device=dev)
+    else:
+        dB = new_output((split, *B.shape), dtype=torch.float32, device=dev)
+        dC = new_output((split, *C.shape), dtype=torch.float32, device=dev)
+    if varlen:
+        table, coff, _ = varlen_chunks(cu_seqlens, L, Q)
+        cu = cu_seqlens.to(torch.int64).contiguous()
+    else:
+        table = coff = cu = None
+    bp, bn = _block_p(P), _block_n(N)
+    sD_h, sD_p = _d_strides(D, H)
+    seq_strides = seq_idx.stride() if seq_idx is not None else (0, 0)
+    has_seq = seq_idx is not None and not varlen
+    wrap_triton(_ssd_bwd_dstate_kernel)[(n_seq, H, triton.cdiv(P, bp))](
+        dout, dt, A, C, z if z is not None else x, dt_bias if dt_bias is not None else A,
+        dfinal if dfinal is not None else dstates,
+        seq_idx if seq_idx is not None else dt, cu if cu is not None else A, coff if coff is not None else A,
+        dstates, dinit if dinit is not None else dstates,
+        L, H, P, N, heads_per_group, dt_min, dt_max,
+        *dout.stride(), *dt.stride(), *C.stride(), *_strides4(z, x.shape), *seq_strides,
+        dt_bias.stride(0) if dt_bias is not None else 0,
+        HAS_Z=z is not None, HAS_DTB=dt_bias is not None, HAS_DFINAL=dfinal is not None,
+        WRITE_DINIT=dinit is not None, HAS_SEQ=has_seq, VARLEN=varlen,
+        SOFTPLUS=dt_softplus, PREC=_prec(x), BLOCK_Q=Q, BLOCK_P=bp, BLOCK_N=bn,
+        num_warps=_warps(bp, bn),
+    )
+    if n_chunks > 0:
+        # The (Q, n) accumulators of dB and dC stay in registers: narrower p tiles for large n.
+        bp_bwd = min(bp, 32) if bn > 128 else bp
+        wrap_triton(_ssd_bwd_kernel)[(n_chunks, G, split)](
+            x, dt, A, B, C, D if D is not None else x, z if z is not None else x,
+            dt_bias if dt_bias is not None else A, seq_idx if seq_idx is not None else dt,
+            table if table is not None else A, states, dstates, dout,
+            dx, dz if dz is not None else dx, ddt, dB, dC, dA_part, dD_part if dD_part is not None else dA_part,
+            L, H, P, N, heads_per_group, heads_per_group // split, dt_min, dt_max,
+            *x.stride(), *dt.stride(), *B.stride(), *C.stride(), *_strides4(z, x.shape), *dout.stride(),
+            *seq_strides, sD_h, sD_p, dt_bias.stride(0) if dt_bias is not None else 0,
+            B.numel() if split > 1 else 0,
+            HAS_D=D is not None, HAS_Z=z is not None, HAS_DTB=dt_bias is not None, HAS_SEQ=has_seq,
+            VARLEN=varlen, SOFTPLUS=dt_softplus, PREC=_prec(x),
+            BLOCK_Q=Q, BLOCK_P=bp_bwd, BLOCK_N=bn, num_warps=8,
+        )
+    if split > 1:
+        dB = dB.sum(0).to(B.dtype)
+        dC = dC.sum(0).to(C.dtype)
+    dA = dA_part.sum(0)
+    dD = dD_part.sum(0) if dD_part is not None else None
+    return dx, ddt, dA, dB, dC, dD, dz, dinit
