@@ -561,10 +561,16 @@ def config(kernel: str, dtype: torch.dtype, P: int, N: int) -> tuple[int, int, i
     return bp, warps, stages
 
 
-def check_sizes(N: int) -> None:
+# Token positions are int32 inside the tiles (64-bit bases carry the rest).
+MAX_L = 2**31 - 4096
+
+
+def check_sizes(N: int, L: int = 0) -> None:
     if N > MAX_N:
         raise ValueError(f"B: the triton backend takes a state size n of at most {MAX_N}, got n={N} "
                          "(use backend='cpu' or 'reference')")
+    if L > MAX_L:
+        raise ValueError(f"x: the triton backend takes sequences of at most {MAX_L} tokens, got l={L}")
 
 
 def varlen_chunks(cu_seqlens: torch.Tensor, L: int, Q: int):
@@ -609,7 +615,7 @@ def ssd_fwd(x, dt, A, B, C, D, z, dt_bias, init, seq_idx, cu_seqlens, dt_softplu
     with cu_seqlens. With store_states, states[chunk id] is the state before that chunk."""
     bsz, L, H, P = x.shape
     G, N = B.shape[2], B.shape[3]
-    check_sizes(N)
+    check_sizes(N, L)
     varlen = cu_seqlens is not None
     n_seq = cu_seqlens.numel() - 1 if varlen else bsz
     out = new_output(x.shape, dtype=x.dtype, device=x.device) if write_out else None
@@ -666,7 +672,7 @@ def ssd_bwd(dout, dfinal, x, dt, A, B, C, D, z, dt_bias, init, seq_idx, cu_seqle
     shape) or None, dz or None, dinit (fp32) or None). dfinal: fp32 (num_states, h, p, n) or None."""
     bsz, L, H, P = x.shape
     G, N = B.shape[2], B.shape[3]
-    check_sizes(N)
+    check_sizes(N, L)
     varlen = cu_seqlens is not None
     n_seq = cu_seqlens.numel() - 1 if varlen else bsz
     dev = x.device
