@@ -119,6 +119,13 @@ def test_triton_interpreted_empty(shape, rng):
     assert out.shape == (b, l, 2, 16) and final.shape == (b, 2, 16, 16)
 
 
+def test_triton_interpreted_varlen_empty_sequences(rng):
+    """cu_seqlens [0, 0, 0]: every chunk-table entry is padding; final states = initial states."""
+    case = Case(b=1, l=0, h=2, p=16, g=1, n=16, init=True, seqlens=(0, 0))
+    _, final = check(_triton, case, rng)
+    assert final.shape == (2, 2, 16, 16)
+
+
 # No opcheck here: under TRITON_INTERPRET=1, torch.library.wrap_triton returns the interpreted kernel
 # unchanged, so a triton_op cannot be traced with fake tensors in the interpreter. opcheck of
 # arkernels::ssd_chunk_scan_triton runs on the GPU (test_ssd_chunk_scan.py).
