@@ -10,7 +10,8 @@
 #   background: later stages that need it wait), sscan (selective_scan quick timing vs that peer)
 # Peers: wheels in .whl/ (e.g. accelerated-scan) are installed to /tmp/peers first; mamba-ssm's sdist
 # and the build script (../shared/peers/build_mamba_scan.py) are expected in .whl/ too.
-# TEST_PATHS (default tests) limits the test stage; TEST_K adds a -k filter.
+# TEST_PATHS (default tests) limits the test stage; TEST_K adds a -k filter; TEST_ARGS adds pytest options.
+# SANITIZE_PATHS / SANITIZE_K pick the memcheck pytest run (default: linear_scan's CUDA backend cases).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu_out}
@@ -53,7 +54,7 @@ for stage in $stages; do
       note "sscan: rc=$?"; cat "$LOG/sscan.log" | grep -v Warning >>"$summary" ;;
     test)
       [ -n "${peer_pid:-}" ] && wait "$peer_pid"
-      timeout ${TEST_TIMEOUT:-420} "$py" -m pytest ${TEST_PATHS:-tests} ${TEST_K:+-k "$TEST_K"} -q -ra -p no:cacheprovider --durations=10 >"$LOG/pytest.log" 2>&1
+      timeout ${TEST_TIMEOUT:-420} "$py" -m pytest ${TEST_PATHS:-tests} ${TEST_K:+-k "$TEST_K"} ${TEST_ARGS:-} -q -ra -p no:cacheprovider --durations=10 >"$LOG/pytest.log" 2>&1
       note "pytest: rc=$? :: $(tail -1 "$LOG/pytest.log")"
       grep -E '^(FAILED|ERROR)' "$LOG/pytest.log" | head -20 | tee -a "$summary" ;;
     capi)
@@ -69,8 +70,8 @@ for stage in $stages; do
       [ "$stage" = sanitize-capi ] && continue
       # The CUDA backend's own tests (every dtype, length, layout, reverse); the C API test above
       # covers padded rows and misaligned starts. Triton and the >2^31 test stay out (time).
-      timeout ${SANITIZE_TIMEOUT:-300} compute-sanitizer --tool memcheck --error-exitcode 99 "$py" -m pytest tests/ops/test_linear_scan.py \
-        -q -p no:cacheprovider -m "not slow" -k "cuda and not triton and not auto and not compile and not opcheck" \
+      timeout ${SANITIZE_TIMEOUT:-300} compute-sanitizer --tool memcheck --error-exitcode 99 "$py" -m pytest ${SANITIZE_PATHS:-tests/ops/test_linear_scan.py} \
+        -q -p no:cacheprovider -m "not slow" -k "${SANITIZE_K:-cuda and not triton and not auto and not compile and not opcheck}" \
         >"$LOG/sanitizer_pytest.log" 2>&1
       note "memcheck pytest (cuda backend): rc=$? :: $(grep -E 'ERROR SUMMARY' "$LOG/sanitizer_pytest.log" | tail -1) :: $(grep -E 'passed|failed' "$LOG/sanitizer_pytest.log" | tail -1)" ;;
     sweep)
@@ -78,7 +79,7 @@ for stage in $stages; do
       note "sweep: rc=$?"; cat "$LOG/sweep.log" >>"$summary" ;;
     bench)
       [ -n "${peer_pid:-}" ] && wait "$peer_pid"
-      timeout 540 "$py" -m bench.report --out "$OUT/bench" ${BENCH_ARGS:-} >"$LOG/bench.log" 2>&1
+      timeout ${BENCH_TIMEOUT:-540} "$py" -m bench.report --out "$OUT/bench" ${BENCH_ARGS:-} >"$LOG/bench.log" 2>&1
       note "bench: rc=$?"
       md=$(ls "$OUT"/bench/*.md 2>/dev/null | head -1)
       [ -n "$md" ] && cat "$md" >>"$summary" || tail -30 "$LOG/bench.log" | tee -a "$summary" ;;

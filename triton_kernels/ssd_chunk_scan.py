@@ -20,6 +20,7 @@ multiplies them. Tensor-core products take operands in the input dtype with fp32
 from __future__ import annotations
 
 import os
+import warnings
 
 import torch
 import triton
@@ -28,6 +29,12 @@ import triton.language as tl
 from arkernels._outputs import new_output
 
 wrap_triton = torch.library.wrap_triton
+
+# Tiles are addressed through block pointers: no per-element 64-bit pointers in registers (measured:
+# fewer spills than pointer tensors), offsets within a tile in int32 and the 64-bit part in the base.
+# Triton 3.8 marks tl.make_block_ptr deprecated in favour of TMA descriptors, which need 16-byte
+# aligned strides that slices of a fused projection do not always have; it is still supported.
+warnings.filterwarnings("ignore", message="tl.make_block_ptr is deprecated")
 
 # Triton 3.8's interpreter multiplies bf16 operands of tl.dot as their raw uint16 bits; operands are
 # widened to fp32 there (same products: a bf16 x bf16 product is exact in fp32).
@@ -51,6 +58,15 @@ def _dot(a, b, PREC: tl.constexpr):
 
 
 @triton.jit
+def _dot_acc(a, b, acc, PREC: tl.constexpr):
+    """acc + a @ b, accumulating in place (one fp32 tile in registers instead of two)."""
+    if INTERPRETED:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), acc=acc)
+    else:
+        return tl.dot(a, b, acc=acc, input_precision=PREC)
+
+
+@triton.jit
 def _rnd(v, DT: tl.constexpr):
     """v in dtype DT, rounded to nearest even (the interpreter would truncate fp32 -> bf16 otherwise)."""
     if v.dtype == DT:
@@ -64,6 +80,31 @@ def _rnd(v, DT: tl.constexpr):
         return u.to(tl.float32, bitcast=True).to(DT)
     else:
         return v.to(tl.float32).to(DT)
+
+
+@triton.jit
+def _tile(base, n_rows, n_cols, s_row, s_col, r0, c0, BR: tl.constexpr, BC: tl.constexpr):
+    """Block pointer to the (BR, BC) tile at (r0, c0) of a (n_rows, n_cols) matrix: no per-element
+    pointers in registers; rows/cols past the end read as zero (boundary_check) and are not stored."""
+    return tl.make_block_ptr(base=base, shape=(n_rows, n_cols), strides=(s_row, s_col),
+                             offsets=(r0.to(tl.int32), c0.to(tl.int32)), block_shape=(BR, BC), order=(1, 0))
+
+
+@triton.jit
+def _load_D(p_D, hh, o_p, m_p, sD_h, sD_p, D_PER_HEAD: tl.constexpr):
+    """D of head hh: a scalar when D is (h,) (fewer registers), else the block o_p of its row."""
+    if D_PER_HEAD:
+        return tl.load(p_D + hh * sD_h).to(tl.float32)
+    else:
+        return tl.load(p_D + hh * sD_h + o_p * sD_p, mask=m_p, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _times_D(v, Dv, D_PER_HEAD: tl.constexpr):
+    if D_PER_HEAD:
+        return v * Dv
+    else:
+        return v * Dv[None, :]
 
 
 @triton.jit
@@ -129,8 +170,8 @@ def _ssd_fwd_kernel(
     L, H, P, N, heads_per_group, dt_min, dt_max,
     sx_b, sx_l, sx_h, sx_p, sdt_b, sdt_l, sdt_h, sB_b, sB_l, sB_g, sB_n, sC_b, sC_l, sC_g, sC_n,
     sz_b, sz_l, sz_h, sz_p, so_b, so_l, so_h, so_p, sseq_b, sseq_l, sD_h, sD_p, sdtb,
-    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DTB: tl.constexpr, HAS_INIT: tl.constexpr,
-    HAS_SEQ: tl.constexpr, VARLEN: tl.constexpr, SOFTPLUS: tl.constexpr, WRITE_OUT: tl.constexpr,
+    HAS_D: tl.constexpr, D_PER_HEAD: tl.constexpr, HAS_Z: tl.constexpr, HAS_DTB: tl.constexpr,
+    HAS_INIT: tl.constexpr, HAS_SEQ: tl.constexpr, VARLEN: tl.constexpr, SOFTPLUS: tl.constexpr, WRITE_OUT: tl.constexpr,
     STORE_STATES: tl.constexpr, PREC: tl.constexpr,
     BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
@@ -143,20 +184,20 @@ def _ssd_fwd_kernel(
 
     o_q = tl.arange(0, BLOCK_Q).to(tl.int64)
     o_p = i_p * BLOCK_P + tl.arange(0, BLOCK_P).to(tl.int64)
-    o_n = tl.arange(0, BLOCK_N).to(tl.int64)
-    m_p, m_n = o_p < P, o_n < N
+    m_p = o_p < P
     causal = o_q[:, None] >= o_q[None, :]
     A_h = tl.load(p_A + hh).to(tl.float32)
 
-    # The state, (p, n) of this head and block of p, in fp32; offsets of one (p, n) state tile.
-    o_state = ((i_s * H + hh) * P + o_p[:, None]) * N + o_n[None, :]
-    m_state = m_p[:, None] & m_n[None, :]
+    # The state, (p, n) of this head and block of p, in fp32; states are dense (n_states, h, p, n).
+    p0 = i_p * BLOCK_P
+    o_state = (i_s * H + hh) * P * N
     if HAS_INIT:
-        S = tl.load(p_init + o_state, mask=m_state, other=0.0).to(tl.float32)
+        S = tl.load(_tile(p_init + o_state, P, N, N, 1, p0, p0 * 0, BLOCK_P, BLOCK_N), boundary_check=(0, 1),
+                    padding_option="zero").to(tl.float32)
     else:
         S = tl.zeros([BLOCK_P, BLOCK_N], dtype=tl.float32)
     if HAS_D:
-        Dv = tl.load(p_D + hh * sD_h + o_p * sD_p, mask=m_p, other=0.0).to(tl.float32)
+        Dv = _load_D(p_D, hh, o_p, m_p, sD_h, sD_p, D_PER_HEAD)
 
     p_x_row = p_x + row * sx_b + hh * sx_h
     p_B_row = p_B + row * sB_b + gg * sB_g
@@ -173,36 +214,39 @@ def _ssd_fwd_kernel(
         cs_last = tl.sum(dA, axis=0)
         cnt, cnt_last = _segments(p_seq + row * sseq_b, t, m_t, sseq_l, HAS_SEQ, BLOCK_Q)
 
-        m_tp = m_t[:, None] & m_p[None, :]
-        m_tn = m_t[:, None] & m_n[None, :]
-        X = tl.load(p_x_row + t[:, None] * sx_l + o_p[None, :] * sx_p, mask=m_tp, other=0.0)
-        Bt = tl.load(p_B_row + t[:, None] * sB_l + o_n[None, :] * sB_n, mask=m_tn, other=0.0)
+        t0 = t_begin + i_c * BLOCK_Q
+        X = tl.load(_tile(p_x_row, t_end, P, sx_l, sx_p, t0, i_p * BLOCK_P, BLOCK_Q, BLOCK_P),
+                    boundary_check=(0, 1), padding_option="zero")
+        Bt = tl.load(_tile(p_B_row, t_end, N, sB_l, sB_n, t0, t0 * 0, BLOCK_Q, BLOCK_N),
+                     boundary_check=(0, 1), padding_option="zero")
         if WRITE_OUT:
-            Ct = tl.load(p_C_row + t[:, None] * sC_l + o_n[None, :] * sC_n, mask=m_tn, other=0.0)
+            Ct = tl.load(_tile(p_C_row, t_end, N, sC_l, sC_n, t0, t0 * 0, BLOCK_Q, BLOCK_N),
+                         boundary_check=(0, 1), padding_option="zero")
             CB = _dot(Ct, tl.trans(Bt), PREC)
             m_same = causal & (cnt[:, None] == cnt[None, :])
             decay = tl.where(m_same, tl.exp(cs[:, None] - cs[None, :]), 0.0)
             Pm = _rnd(CB * decay * dt[None, :], DT)
-            y = _dot(Pm, X, PREC)
             g = tl.where(cnt == 0, tl.exp(cs), 0.0)
-            y += g[:, None] * _dot(Ct, tl.trans(_rnd(S, DT)), PREC)
+            y = _dot(Ct, tl.trans(_rnd(S, DT)), PREC) * g[:, None]
+            y = _dot_acc(Pm, X, y, PREC)
             if HAS_D:
-                y += Dv[None, :] * X.to(tl.float32)
+                y += _times_D(X.to(tl.float32), Dv, D_PER_HEAD)
             if HAS_Z:
-                Z = tl.load(p_z + row * sz_b + hh * sz_h + t[:, None] * sz_l + o_p[None, :] * sz_p,
-                            mask=m_tp, other=0.0).to(tl.float32)
+                Z = tl.load(_tile(p_z + row * sz_b + hh * sz_h, t_end, P, sz_l, sz_p, t0, i_p * BLOCK_P, BLOCK_Q,
+                                  BLOCK_P), boundary_check=(0, 1), padding_option="zero").to(tl.float32)
                 y = y * Z * tl.sigmoid(Z)
-            tl.store(p_out + row * so_b + hh * so_h + t[:, None] * so_l + o_p[None, :] * so_p,
-                     _rnd(y, p_out.dtype.element_ty), mask=m_tp)
+            tl.store(_tile(p_out + row * so_b + hh * so_h, t_end, P, so_l, so_p, t0, i_p * BLOCK_P, BLOCK_Q, BLOCK_P),
+                     _rnd(y, p_out.dtype.element_ty), boundary_check=(0, 1))
         if STORE_STATES:
             # The state before this chunk, for the backward.
-            o_chunk = (((c_base + i_c) * H + hh) * P + o_p[:, None]) * N + o_n[None, :]
-            tl.store(p_states + o_chunk, _rnd(S, p_states.dtype.element_ty), mask=m_state)
+            o_chunk = ((c_base + i_c) * H + hh) * P * N
+            tl.store(_tile(p_states + o_chunk, P, N, N, 1, p0, p0 * 0, BLOCK_P, BLOCK_N),
+                     _rnd(S, p_states.dtype.element_ty), boundary_check=(0, 1))
         w = tl.where(cnt == cnt_last, tl.exp(cs_last - cs) * dt, 0.0)
         gamma = tl.where(cnt_last == 0, tl.exp(cs_last), 0.0)
         Xw = _rnd(X.to(tl.float32) * w[:, None], DT)
-        S = gamma * S + _dot(tl.trans(Xw), Bt, PREC)
-    tl.store(p_final + o_state, S, mask=m_state)
+        S = _dot_acc(tl.trans(Xw), Bt, S * gamma, PREC)
+    tl.store(_tile(p_final + o_state, P, N, N, 1, p0, p0 * 0, BLOCK_P, BLOCK_N), S, boundary_check=(0, 1))
 
 
 @triton.jit
@@ -226,14 +270,12 @@ def _ssd_bwd_dstate_kernel(
     DT = p_C.dtype.element_ty
 
     o_q = tl.arange(0, BLOCK_Q).to(tl.int64)
-    o_p = i_p * BLOCK_P + tl.arange(0, BLOCK_P).to(tl.int64)
-    o_n = tl.arange(0, BLOCK_N).to(tl.int64)
-    m_p, m_n = o_p < P, o_n < N
     A_h = tl.load(p_A + hh).to(tl.float32)
-    o_state = ((i_s * H + hh) * P + o_p[:, None]) * N + o_n[None, :]
-    m_state = m_p[:, None] & m_n[None, :]
+    p0 = i_p * BLOCK_P
+    o_state = (i_s * H + hh) * P * N
     if HAS_DFINAL:
-        dS = tl.load(p_dfinal + o_state, mask=m_state, other=0.0).to(tl.float32)
+        dS = tl.load(_tile(p_dfinal + o_state, P, N, N, 1, p0, p0 * 0, BLOCK_P, BLOCK_N), boundary_check=(0, 1),
+                     padding_option="zero").to(tl.float32)
     else:
         dS = tl.zeros([BLOCK_P, BLOCK_N], dtype=tl.float32)
 
@@ -241,9 +283,11 @@ def _ssd_bwd_dstate_kernel(
     n_chunks = tl.cdiv(t_end - t_begin, BLOCK_Q)
     for i in range(0, n_chunks):
         i_c = n_chunks - 1 - i
-        o_chunk = (((c_base + i_c) * H + hh) * P + o_p[:, None]) * N + o_n[None, :]
-        tl.store(p_dstates + o_chunk, _rnd(dS, p_dstates.dtype.element_ty), mask=m_state)
-        t = t_begin + i_c * BLOCK_Q + o_q
+        o_chunk = ((c_base + i_c) * H + hh) * P * N
+        tl.store(_tile(p_dstates + o_chunk, P, N, N, 1, p0, p0 * 0, BLOCK_P, BLOCK_N),
+                 _rnd(dS, p_dstates.dtype.element_ty), boundary_check=(0, 1))
+        t0 = t_begin + i_c * BLOCK_Q
+        t = t0 + o_q
         m_t = t < t_end
         dt, _ = _load_dt(p_dt_row + t * sdt_l + hh * sdt_h, p_dtb, hh, m_t, sdtb, dt_min, dt_max, HAS_DTB,
                          SOFTPLUS)
@@ -251,160 +295,235 @@ def _ssd_bwd_dstate_kernel(
         cs = tl.cumsum(dA, axis=0)
         cs_last = tl.sum(dA, axis=0)
         cnt, cnt_last = _segments(p_seq + row * sseq_b, t, m_t, sseq_l, HAS_SEQ, BLOCK_Q)
-        m_tp = m_t[:, None] & m_p[None, :]
-        dY = tl.load(p_dout + row * sg_b + hh * sg_h + t[:, None] * sg_l + o_p[None, :] * sg_p,
-                     mask=m_tp, other=0.0).to(tl.float32)
+        dY = tl.load(_tile(p_dout + row * sg_b + hh * sg_h, t_end, P, sg_l, sg_p, t0, p0, BLOCK_Q, BLOCK_P),
+                     boundary_check=(0, 1), padding_option="zero").to(tl.float32)
         if HAS_Z:
-            Z = tl.load(p_z + row * sz_b + hh * sz_h + t[:, None] * sz_l + o_p[None, :] * sz_p,
-                        mask=m_tp, other=0.0).to(tl.float32)
+            Z = tl.load(_tile(p_z + row * sz_b + hh * sz_h, t_end, P, sz_l, sz_p, t0, p0, BLOCK_Q, BLOCK_P),
+                        boundary_check=(0, 1), padding_option="zero").to(tl.float32)
             dY = dY * Z * tl.sigmoid(Z)
-        Ct = tl.load(p_C + row * sC_b + gg * sC_g + t[:, None] * sC_l + o_n[None, :] * sC_n,
-                     mask=m_t[:, None] & m_n[None, :], other=0.0)
+        Ct = tl.load(_tile(p_C + row * sC_b + gg * sC_g, t_end, N, sC_l, sC_n, t0, t0 * 0, BLOCK_Q, BLOCK_N),
+                     boundary_check=(0, 1), padding_option="zero")
         g = tl.where(cnt == 0, tl.exp(cs), 0.0)
         gamma = tl.where(cnt_last == 0, tl.exp(cs_last), 0.0)
         dYg = _rnd(dY * g[:, None], DT)
         dS = gamma * dS + _dot(tl.trans(dYg), Ct, PREC)
     if WRITE_DINIT:
-        tl.store(p_dinit + o_state, dS, mask=m_state)
+        tl.store(_tile(p_dinit + o_state, P, N, N, 1, p0, p0 * 0, BLOCK_P, BLOCK_N), dS, boundary_check=(0, 1))
 
 
 @triton.jit
-def _ssd_bwd_kernel(
-    p_x, p_dt, p_A, p_B, p_C, p_D, p_z, p_dtb, p_seq, p_ctab, p_states, p_dstates, p_dout,
-    p_dx, p_dz, p_ddt, p_dB, p_dC, p_dA_part, p_dD_part,
-    L, H, P, N, heads_per_group, heads_per_prog, dt_min, dt_max,
-    sx_b, sx_l, sx_h, sx_p, sdt_b, sdt_l, sdt_h, sB_b, sB_l, sB_g, sB_n, sC_b, sC_l, sC_g, sC_n,
-    sz_b, sz_l, sz_h, sz_p, sg_b, sg_l, sg_h, sg_p, sseq_b, sseq_l, sD_h, sD_p, sdtb, s_split,
-    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DTB: tl.constexpr, HAS_SEQ: tl.constexpr,
-    VARLEN: tl.constexpr, SOFTPLUS: tl.constexpr, PREC: tl.constexpr,
-    BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
-):
-    j = tl.program_id(0).to(tl.int64)  # chunk id (index into the state buffers)
-    gg = tl.program_id(1).to(tl.int64)
-    i_split = tl.program_id(2).to(tl.int64)
+def _chunk(p_ctab, j, L, VARLEN: tl.constexpr, BLOCK_Q: tl.constexpr):
+    """(row, first token, end token) of chunk id j; end <= first for a padding entry (varlen)."""
     if VARLEN:
         t0 = tl.load(p_ctab + 2 * j)
-        t1 = tl.load(p_ctab + 2 * j + 1)  # t1 <= t0: a padding entry, every access masked off
+        t1 = tl.load(p_ctab + 2 * j + 1)
         row = j * 0
     else:
         nc = tl.cdiv(L, BLOCK_Q)
         row = j // nc
         t0 = (j % nc) * BLOCK_Q
         t1 = tl.minimum(t0 + BLOCK_Q, L)
+    return row, t0, t1
+
+
+@triton.jit
+def _ssd_bwd_dx_kernel(
+    p_x, p_dt, p_A, p_B, p_C, p_D, p_z, p_dtb, p_seq, p_ctab, p_states, p_dstates, p_dout,
+    p_dx, p_dz, p_ddt, p_dA_part, p_dD_part,
+    L, H, P, N, heads_per_group, dt_min, dt_max,
+    sx_b, sx_l, sx_h, sx_p, sdt_b, sdt_l, sdt_h, sB_b, sB_l, sB_g, sB_n, sC_b, sC_l, sC_g, sC_n,
+    sz_b, sz_l, sz_h, sz_p, sg_b, sg_l, sg_h, sg_p, sseq_b, sseq_l, sD_h, sD_p, sdtb,
+    HAS_D: tl.constexpr, D_PER_HEAD: tl.constexpr, HAS_Z: tl.constexpr, HAS_DTB: tl.constexpr,
+    HAS_SEQ: tl.constexpr, VARLEN: tl.constexpr, SOFTPLUS: tl.constexpr, PREC: tl.constexpr,
+    BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """Per (chunk, head), all chunks in parallel: dx, dz, the raw dt's gradient, and per-chunk partial
+    sums of dA and dD, from the states before the chunk (S) and the gradient of the state after it (dS)."""
+    j = tl.program_id(0).to(tl.int64)  # chunk id (index into the state buffers)
+    hh = tl.program_id(1).to(tl.int64)
+    gg = hh // heads_per_group
+    row, t0, t1 = _chunk(p_ctab, j, L, VARLEN, BLOCK_Q)
     valid = t1 > t0
     DT = p_x.dtype.element_ty
 
     o_q = tl.arange(0, BLOCK_Q).to(tl.int64)
-    o_n = tl.arange(0, BLOCK_N).to(tl.int64)
     t = t0 + o_q
     m_t = t < t1
-    m_n = o_n < N
-    m_tn = m_t[:, None] & m_n[None, :]
     causal = o_q[:, None] >= o_q[None, :]
 
-    Bt = tl.load(p_B + row * sB_b + gg * sB_g + t[:, None] * sB_l + o_n[None, :] * sB_n, mask=m_tn, other=0.0)
-    Ct = tl.load(p_C + row * sC_b + gg * sC_g + t[:, None] * sC_l + o_n[None, :] * sC_n, mask=m_tn, other=0.0)
+    Bt = tl.load(_tile(p_B + row * sB_b + gg * sB_g, t1, N, sB_l, sB_n, t0, t0 * 0, BLOCK_Q, BLOCK_N),
+                 boundary_check=(0, 1), padding_option="zero")
+    Ct = tl.load(_tile(p_C + row * sC_b + gg * sC_g, t1, N, sC_l, sC_n, t0, t0 * 0, BLOCK_Q, BLOCK_N),
+                 boundary_check=(0, 1), padding_option="zero")
     CB = _dot(Ct, tl.trans(Bt), PREC)
     cnt, cnt_last = _segments(p_seq + row * sseq_b, t, m_t, sseq_l, HAS_SEQ, BLOCK_Q)
+    A_h = tl.load(p_A + hh).to(tl.float32)
+    dt, dt_grad = _load_dt(p_dt + row * sdt_b + t * sdt_l + hh * sdt_h, p_dtb, hh, m_t, sdtb, dt_min, dt_max,
+                           HAS_DTB, SOFTPLUS)
+    dA = dt * A_h
+    cs = tl.cumsum(dA, axis=0)
+    cs_last = tl.sum(dA, axis=0)
+    decay = tl.where(causal & (cnt[:, None] == cnt[None, :]), tl.exp(cs[:, None] - cs[None, :]), 0.0)
+    K = CB * decay  # y_intra = (K * dt_s) @ x
+    Pm = _rnd(K * dt[None, :], DT)
+    g = tl.where(cnt == 0, tl.exp(cs), 0.0)
+    e = tl.where(cnt == cnt_last, tl.exp(cs_last - cs), 0.0)
+    w = e * dt
+    gamma = tl.where(cnt_last == 0, tl.exp(cs_last), 0.0)
+
+    dP = tl.zeros([BLOCK_Q, BLOCK_Q], dtype=tl.float32)
+    dg = tl.zeros([BLOCK_Q], dtype=tl.float32)
+    dw = tl.zeros([BLOCK_Q], dtype=tl.float32)
+    dgamma = tl.sum(tl.zeros([BLOCK_Q], dtype=tl.float32), axis=0)
+    dD_acc = tl.sum(tl.zeros([BLOCK_Q], dtype=tl.float32), axis=0)
+    o_head = (j * H + hh) * P
+    o_dx = (row * L * H + hh) * P  # dx, dz: dense (b, l, h, p)
+    p_rows = tl.where(valid, P, 0)  # a padding chunk's states were never written: read none
+    for i_p in range(0, tl.cdiv(P, BLOCK_P)):
+        p0 = i_p * BLOCK_P
+        X = tl.load(_tile(p_x + row * sx_b + hh * sx_h, t1, P, sx_l, sx_p, t0, p0, BLOCK_Q, BLOCK_P),
+                    boundary_check=(0, 1), padding_option="zero")
+        Xf = X.to(tl.float32)
+        dY = tl.load(_tile(p_dout + row * sg_b + hh * sg_h, t1, P, sg_l, sg_p, t0, p0, BLOCK_Q, BLOCK_P),
+                     boundary_check=(0, 1), padding_option="zero").to(tl.float32)
+        S = tl.load(_tile(p_states + o_head * N, p_rows, N, N, 1, p0, p0 * 0, BLOCK_P, BLOCK_N),
+                    boundary_check=(0, 1), padding_option="zero")
+        dS = tl.load(_tile(p_dstates + o_head * N, p_rows, N, N, 1, p0, p0 * 0, BLOCK_P, BLOCK_N),
+                     boundary_check=(0, 1), padding_option="zero")
+        CS = _dot(Ct, tl.trans(_rnd(S, DT)), PREC)  # (Q, BLOCK_P): C_t S^T
+        if HAS_D:
+            o_p = p0 + tl.arange(0, BLOCK_P).to(tl.int64)
+            m_p = o_p < P
+            Dv = _load_D(p_D, hh, o_p, m_p, sD_h, sD_p, D_PER_HEAD)
+        if HAS_Z:
+            # Recompute y for dz = dout * y * silu'(z).
+            Z = tl.load(_tile(p_z + row * sz_b + hh * sz_h, t1, P, sz_l, sz_p, t0, p0, BLOCK_Q, BLOCK_P),
+                        boundary_check=(0, 1), padding_option="zero").to(tl.float32)
+            y = _dot_acc(Pm, X, g[:, None] * CS, PREC)
+            if HAS_D:
+                y += _times_D(Xf, Dv, D_PER_HEAD)
+            sig = tl.sigmoid(Z)
+            dz = dY * y * sig * (1.0 + Z * (1.0 - sig))
+            tl.store(_tile(p_dz + o_dx, t1, P, H * P, 1, t0, p0, BLOCK_Q, BLOCK_P), _rnd(dz, p_dz.dtype.element_ty),
+                     boundary_check=(0, 1))
+            dY = dY * Z * sig
+        dYc = _rnd(dY, DT)
+        # intra-chunk: y = Pm @ x
+        dX = _dot(tl.trans(Pm), dYc, PREC)
+        dP = _dot_acc(dYc, tl.trans(X), dP, PREC)
+        # from the state before the chunk: y += g_t C_t S^T
+        dg += tl.sum(dY * CS, axis=1)
+        # into the state after the chunk: S' = gamma S + sum_s w_s x_s B_s^T
+        BdS = _dot(Bt, tl.trans(_rnd(dS, DT)), PREC)  # (Q, BLOCK_P)
+        dX += w[:, None] * BdS
+        dw += tl.sum(Xf * BdS, axis=1)
+        dgamma += tl.sum(tl.sum(dS.to(tl.float32) * S.to(tl.float32), axis=1), axis=0)
+        if HAS_D:
+            dX += _times_D(dY, Dv, D_PER_HEAD)
+            if D_PER_HEAD:
+                dD_acc += tl.sum(tl.sum(dY * Xf, axis=1), axis=0)
+            else:
+                tl.store(p_dD_part + o_head + o_p, tl.sum(dY * Xf, axis=0), mask=m_p)
+        tl.store(_tile(p_dx + o_dx, t1, P, H * P, 1, t0, p0, BLOCK_Q, BLOCK_P), _rnd(dX, p_dx.dtype.element_ty),
+                 boundary_check=(0, 1))
+
+    # Gradients of the decays and of dt (derivation in the doc). ddA_r = d loss / d(dt_r A): each term
+    # is summed over the pairs it really depends on, never as a difference of two large sums
+    # (cancellation): cs_t - cs_s contains dA_r for s < r <= t, cs_t for r <= t, cs_last - cs_s for
+    # s < r, cs_last for every r.
+    ddt = tl.sum(dP * K, axis=0)
+    dlog = dP * dt[None, :] * K  # d loss / d(cs_t - cs_s)
+    before_r = tl.cumsum(dlog, axis=1) - dlog  # [t, r]: sum over s < r
+    ddA = tl.sum(tl.where(causal, before_r, 0.0), axis=0)  # sum over t >= r
+    ddt += dw * e
+    de = dw * dt * e
+    ddA += tl.cumsum(dg * g, axis=0, reverse=True) + (tl.cumsum(de, axis=0) - de) + dgamma * gamma
+    ddt += ddA * A_h
+    tl.store(p_dA_part + j * H + hh, tl.sum(ddA * dt, axis=0))
+    tl.store(p_ddt + (row * L + t) * H + hh, ddt * dt_grad, mask=m_t)
+    if HAS_D:
+        if D_PER_HEAD:
+            tl.store(p_dD_part + j * H + hh, dD_acc)
+
+
+@triton.jit
+def _ssd_bwd_dbc_kernel(
+    p_x, p_dt, p_A, p_B, p_C, p_z, p_dtb, p_seq, p_ctab, p_states, p_dstates, p_dout,
+    p_dB, p_dC,
+    L, H, P, N, heads_per_group, heads_per_prog, dt_min, dt_max,
+    sx_b, sx_l, sx_h, sx_p, sdt_b, sdt_l, sdt_h, sB_b, sB_l, sB_g, sB_n, sC_b, sC_l, sC_g, sC_n,
+    sz_b, sz_l, sz_h, sz_p, sg_b, sg_l, sg_h, sg_p, sseq_b, sseq_l, sdtb, s_split,
+    HAS_Z: tl.constexpr, HAS_DTB: tl.constexpr, HAS_SEQ: tl.constexpr,
+    VARLEN: tl.constexpr, SOFTPLUS: tl.constexpr, PREC: tl.constexpr,
+    BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """Per (chunk, group, split of the group's heads): dB and dC, shared by the heads of a group, summed
+    over the heads in registers and written once (deterministic):
+    dC_t = sum_h [g_t dy_t S^T + sum_s dCB_ts B_s],  dB_s = sum_h [w_s x_s dS] + sum_t dCB_ts C_t,
+    with dCB = sum_h (dy x^T) * dt_s * decay (C B^T's gradient)."""
+    j = tl.program_id(0).to(tl.int64)
+    gg = tl.program_id(1).to(tl.int64)
+    i_split = tl.program_id(2).to(tl.int64)
+    row, t0, t1 = _chunk(p_ctab, j, L, VARLEN, BLOCK_Q)
+    valid = t1 > t0
+    DT = p_x.dtype.element_ty
+
+    o_q = tl.arange(0, BLOCK_Q).to(tl.int64)
+    t = t0 + o_q
+    m_t = t < t1
+    causal = o_q[:, None] >= o_q[None, :]
+    cnt, cnt_last = _segments(p_seq + row * sseq_b, t, m_t, sseq_l, HAS_SEQ, BLOCK_Q)
     m_same = causal & (cnt[:, None] == cnt[None, :])
-    first = cnt == 0
-    last = cnt == cnt_last
+    p_rows = tl.where(valid, P, 0)
 
     dCB = tl.zeros([BLOCK_Q, BLOCK_Q], dtype=tl.float32)
     dB_acc = tl.zeros([BLOCK_Q, BLOCK_N], dtype=tl.float32)
     dC_acc = tl.zeros([BLOCK_Q, BLOCK_N], dtype=tl.float32)
-    p_dt_row = p_dt + row * sdt_b
     for ih in range(0, heads_per_prog):
         hh = gg * heads_per_group + i_split * heads_per_prog + ih
         A_h = tl.load(p_A + hh).to(tl.float32)
-        dt, dt_grad = _load_dt(p_dt_row + t * sdt_l + hh * sdt_h, p_dtb, hh, m_t, sdtb, dt_min, dt_max,
-                               HAS_DTB, SOFTPLUS)
+        dt, _ = _load_dt(p_dt + row * sdt_b + t * sdt_l + hh * sdt_h, p_dtb, hh, m_t, sdtb, dt_min, dt_max,
+                         HAS_DTB, SOFTPLUS)
         dA = dt * A_h
         cs = tl.cumsum(dA, axis=0)
         cs_last = tl.sum(dA, axis=0)
-        decay = tl.where(m_same, tl.exp(cs[:, None] - cs[None, :]), 0.0)
-        K = CB * decay  # y_intra = (K * dt_s) @ x
-        Pm = _rnd(K * dt[None, :], DT)
-        g = tl.where(first, tl.exp(cs), 0.0)
-        e = tl.where(last, tl.exp(cs_last - cs), 0.0)
-        w = e * dt
-        gamma = tl.where(cnt_last == 0, tl.exp(cs_last), 0.0)
-
-        dP = tl.zeros([BLOCK_Q, BLOCK_Q], dtype=tl.float32)
-        dg = tl.zeros([BLOCK_Q], dtype=tl.float32)
-        dw = tl.zeros([BLOCK_Q], dtype=tl.float32)
-        dgamma = tl.sum(tl.zeros([BLOCK_Q], dtype=tl.float32), axis=0)
+        g = tl.where(cnt == 0, tl.exp(cs), 0.0)
+        w = tl.where(cnt == cnt_last, tl.exp(cs_last - cs), 0.0) * dt
         o_head = (j * H + hh) * P
+        dP = tl.zeros([BLOCK_Q, BLOCK_Q], dtype=tl.float32)
         for i_p in range(0, tl.cdiv(P, BLOCK_P)):
-            o_p = i_p * BLOCK_P + tl.arange(0, BLOCK_P).to(tl.int64)
-            m_p = o_p < P
-            m_tp = m_t[:, None] & m_p[None, :]
-            m_state = valid & m_p[:, None] & m_n[None, :]
-            X = tl.load(p_x + row * sx_b + hh * sx_h + t[:, None] * sx_l + o_p[None, :] * sx_p, mask=m_tp, other=0.0)
-            Xf = X.to(tl.float32)
-            dY = tl.load(p_dout + row * sg_b + hh * sg_h + t[:, None] * sg_l + o_p[None, :] * sg_p,
-                         mask=m_tp, other=0.0).to(tl.float32)
-            o_state = (o_head + o_p[:, None]) * N + o_n[None, :]
-            S = tl.load(p_states + o_state, mask=m_state, other=0.0)
-            dS = tl.load(p_dstates + o_state, mask=m_state, other=0.0)
-            CS = _dot(Ct, tl.trans(_rnd(S, DT)), PREC)  # (Q, BLOCK_P): C_t S^T
-            if HAS_D:
-                Dv = tl.load(p_D + hh * sD_h + o_p * sD_p, mask=m_p, other=0.0).to(tl.float32)
+            p0 = i_p * BLOCK_P
+            X = tl.load(_tile(p_x + row * sx_b + hh * sx_h, t1, P, sx_l, sx_p, t0, p0, BLOCK_Q, BLOCK_P),
+                        boundary_check=(0, 1), padding_option="zero")
+            dY = tl.load(_tile(p_dout + row * sg_b + hh * sg_h, t1, P, sg_l, sg_p, t0, p0, BLOCK_Q, BLOCK_P),
+                         boundary_check=(0, 1), padding_option="zero").to(tl.float32)
             if HAS_Z:
-                # Recompute y for dz = dout * y * silu'(z).
-                Z = tl.load(p_z + row * sz_b + hh * sz_h + t[:, None] * sz_l + o_p[None, :] * sz_p,
-                            mask=m_tp, other=0.0).to(tl.float32)
-                y = _dot(Pm, X, PREC) + g[:, None] * CS
-                if HAS_D:
-                    y += Dv[None, :] * Xf
-                sig = tl.sigmoid(Z)
-                dz = dY * y * sig * (1.0 + Z * (1.0 - sig))
-                tl.store(p_dz + ((row * L + t[:, None]) * H + hh) * P + o_p[None, :],
-                         _rnd(dz, p_dz.dtype.element_ty), mask=m_tp)
-                dY = dY * Z * sig
-            dYc = _rnd(dY, DT)
-            # intra-chunk: y = Pm @ x
-            dX = _dot(tl.trans(Pm), dYc, PREC)
-            dP += _dot(dYc, tl.trans(X), PREC)
-            # from the state before the chunk: y += g_t C_t S^T
-            dg += tl.sum(dY * CS, axis=1)
-            dC_acc += g[:, None] * _dot(dYc, _rnd(S, DT), PREC)
-            # into the state after the chunk: S' = gamma S + sum_s w_s x_s B_s^T
-            BdS = _dot(Bt, tl.trans(_rnd(dS, DT)), PREC)  # (Q, BLOCK_P)
-            dX += w[:, None] * BdS
-            dw += tl.sum(Xf * BdS, axis=1)
-            dB_acc += w[:, None] * _dot(X, _rnd(dS, DT), PREC)
-            dgamma += tl.sum(tl.sum(dS.to(tl.float32) * S.to(tl.float32), axis=1), axis=0)
-            if HAS_D:
-                dX += Dv[None, :] * dY
-                tl.store(p_dD_part + o_head + o_p, tl.sum(dY * Xf, axis=0), mask=m_p)
-            tl.store(p_dx + ((row * L + t[:, None]) * H + hh) * P + o_p[None, :],
-                     _rnd(dX, p_dx.dtype.element_ty), mask=m_tp)
+                Z = tl.load(_tile(p_z + row * sz_b + hh * sz_h, t1, P, sz_l, sz_p, t0, p0, BLOCK_Q, BLOCK_P),
+                            boundary_check=(0, 1), padding_option="zero").to(tl.float32)
+                dY = dY * Z * tl.sigmoid(Z)
+            S = tl.load(_tile(p_states + o_head * N, p_rows, N, N, 1, p0, p0 * 0, BLOCK_P, BLOCK_N),
+                        boundary_check=(0, 1), padding_option="zero")
+            dS = tl.load(_tile(p_dstates + o_head * N, p_rows, N, N, 1, p0, p0 * 0, BLOCK_P, BLOCK_N),
+                         boundary_check=(0, 1), padding_option="zero")
+            dC_acc = _dot_acc(_rnd(dY * g[:, None], DT), _rnd(S, DT), dC_acc, PREC)
+            dB_acc = _dot_acc(_rnd(X.to(tl.float32) * w[:, None], DT), _rnd(dS, DT), dB_acc, PREC)
+            dP = _dot_acc(_rnd(dY, DT), tl.trans(X), dP, PREC)
+        decay = tl.where(m_same, tl.exp(cs[:, None] - cs[None, :]), 0.0)
+        dCB += dP * dt[None, :] * decay
 
-        # Gradients of the decays and of dt for this head (see the doc for the derivation).
-        dK = dP * dt[None, :]
-        ddt = tl.sum(dP * K, axis=0)
-        dCB += dK * decay
-        # ddA_r = d loss / d(dt_r A). Each term is summed over the pairs it really depends on, never as
-        # a difference of two large sums (cancellation): cs_t - cs_s contains dA_r for s < r <= t,
-        # cs_t for r <= t, cs_last - cs_s for s < r, cs_last for every r.
-        dlog = dK * K  # d loss / d(cs_t - cs_s)
-        before_r = tl.cumsum(dlog, axis=1) - dlog  # [t, r]: sum over s < r
-        ddA = tl.sum(tl.where(causal, before_r, 0.0), axis=0)  # sum over t >= r
-        ddt += dw * e
-        de = dw * dt * e
-        ddA += tl.cumsum(dg * g, axis=0, reverse=True) + (tl.cumsum(de, axis=0) - de) + dgamma * gamma
-        ddt += ddA * A_h
-        tl.store(p_dA_part + j * H + hh, tl.sum(ddA * dt, axis=0))
-        tl.store(p_ddt + (row * L + t) * H + hh, ddt * dt_grad, mask=m_t)
-
+    Bt = tl.load(_tile(p_B + row * sB_b + gg * sB_g, t1, N, sB_l, sB_n, t0, t0 * 0, BLOCK_Q, BLOCK_N),
+                 boundary_check=(0, 1), padding_option="zero")
+    Ct = tl.load(_tile(p_C + row * sC_b + gg * sC_g, t1, N, sC_l, sC_n, t0, t0 * 0, BLOCK_Q, BLOCK_N),
+                 boundary_check=(0, 1), padding_option="zero")
     dCBc = _rnd(dCB, DT)
-    dC_acc += _dot(dCBc, Bt, PREC)
-    dB_acc += _dot(tl.trans(dCBc), Ct, PREC)
+    dC_acc = _dot_acc(dCBc, Bt, dC_acc, PREC)
+    dB_acc = _dot_acc(tl.trans(dCBc), Ct, dB_acc, PREC)
     G = H // heads_per_group
-    o_bc = i_split * s_split + ((row * L + t[:, None]) * G + gg) * N + o_n[None, :]
-    tl.store(p_dB + o_bc, _rnd(dB_acc, p_dB.dtype.element_ty), mask=m_tn)
-    tl.store(p_dC + o_bc, _rnd(dC_acc, p_dC.dtype.element_ty), mask=m_tn)
+    o_bc = i_split * s_split + (row * L * G + gg) * N  # dB, dC: dense (split, b, l, g, n)
+    tl.store(_tile(p_dB + o_bc, t1, N, G * N, 1, t0, t0 * 0, BLOCK_Q, BLOCK_N), _rnd(dB_acc, p_dB.dtype.element_ty),
+             boundary_check=(0, 1))
+    tl.store(_tile(p_dC + o_bc, t1, N, G * N, 1, t0, t0 * 0, BLOCK_Q, BLOCK_N), _rnd(dC_acc, p_dC.dtype.element_ty),
+             boundary_check=(0, 1))
 
 
 # --------------------------------------------------------------------------- launchers
@@ -413,26 +532,45 @@ def _strides4(t, like_shape):
     return tuple(t.stride()) if t is not None else (0,) * len(like_shape)
 
 
-def _block_p(P: int) -> int:
-    return max(16, min(64, triton.next_power_of_2(P)))
-
-
 def _block_n(N: int) -> int:
     return max(16, triton.next_power_of_2(N))
 
 
 def _prec(x: torch.Tensor) -> str:
+    # fp32 inputs stay fp32-accurate ("tf32" would round operands to 10 bits); bf16/fp16 ignore it.
     return "ieee" if x.dtype == torch.float32 else "tf32"
 
 
-def _warps(block_p: int, block_n: int) -> int:
-    return 8 if block_p * block_n >= 64 * 128 else 4
+def config(kernel: str, dtype: torch.dtype, P: int, N: int) -> tuple[int, int, int]:
+    """(BLOCK_P, num_warps, num_stages) of a kernel ("fwd", "states", "dstate", "dx", "dbc").
+
+    Chosen without a GPU from the compiled resource usage for sm_90 (scripts/ssd_chunk_scan_resources.py:
+    registers, spills, shared memory), to be tuned on the H100: p tiles of 32 halve the fp32 (Q, p)
+    tiles that spill at 64 and double the programs of the sequential kernels; dB/dC accumulate over
+    whole p tiles of up to 64. fp32 (dots with fp32 FMA) takes narrow tiles and no pipelining so that
+    it stays within the 227 KB of shared memory at n = 256."""
+    bn = _block_n(N)
+    bp = 32 if P > 16 else 16
+    if kernel == "dbc":
+        bp = min(64, max(16, triton.next_power_of_2(P)))
+    warps = 8 if bn >= 64 else 4
+    stages = 2
+    if dtype == torch.float32:
+        bp = min(bp, 32 if bn <= 64 else 16)
+        stages = 1
+    return bp, warps, stages
 
 
-def check_sizes(N: int) -> None:
+# Token positions are int32 inside the tiles (64-bit bases carry the rest).
+MAX_L = 2**31 - 4096
+
+
+def check_sizes(N: int, L: int = 0) -> None:
     if N > MAX_N:
         raise ValueError(f"B: the triton backend takes a state size n of at most {MAX_N}, got n={N} "
                          "(use backend='cpu' or 'reference')")
+    if L > MAX_L:
+        raise ValueError(f"x: the triton backend takes sequences of at most {MAX_L} tokens, got l={L}")
 
 
 def varlen_chunks(cu_seqlens: torch.Tensor, L: int, Q: int):
@@ -477,7 +615,7 @@ def ssd_fwd(x, dt, A, B, C, D, z, dt_bias, init, seq_idx, cu_seqlens, dt_softplu
     with cu_seqlens. With store_states, states[chunk id] is the state before that chunk."""
     bsz, L, H, P = x.shape
     G, N = B.shape[2], B.shape[3]
-    check_sizes(N)
+    check_sizes(N, L)
     varlen = cu_seqlens is not None
     n_seq = cu_seqlens.numel() - 1 if varlen else bsz
     out = new_output(x.shape, dtype=x.dtype, device=x.device) if write_out else None
@@ -493,7 +631,8 @@ def ssd_fwd(x, dt, A, B, C, D, z, dt_bias, init, seq_idx, cu_seqlens, dt_softplu
         states = new_output((n_chunks, H, P, N), dtype=state_dtype or x.dtype, device=x.device)
     if n_seq == 0 or H == 0 or P == 0:
         return out, final, states
-    bp, bn = _block_p(P), _block_n(N)
+    bp, warps, stages = config("fwd" if write_out else "states", x.dtype, P, N)
+    bn = _block_n(N)
     sD_h, sD_p = _d_strides(D, H)
     o = out if out is not None else x
     grid = (n_seq, H, triton.cdiv(P, bp))
@@ -506,10 +645,11 @@ def ssd_fwd(x, dt, A, B, C, D, z, dt_bias, init, seq_idx, cu_seqlens, dt_softplu
         *x.stride(), *dt.stride(), *B.stride(), *C.stride(), *_strides4(z, x.shape), *o.stride(),
         *(seq_idx.stride() if seq_idx is not None else (0, 0)), sD_h, sD_p,
         dt_bias.stride(0) if dt_bias is not None else 0,
-        HAS_D=D is not None, HAS_Z=z is not None, HAS_DTB=dt_bias is not None, HAS_INIT=init is not None,
+        HAS_D=D is not None, D_PER_HEAD=D is not None and D.dim() == 1, HAS_Z=z is not None,
+        HAS_DTB=dt_bias is not None, HAS_INIT=init is not None,
         HAS_SEQ=seq_idx is not None and not varlen, VARLEN=varlen, SOFTPLUS=dt_softplus,
         WRITE_OUT=write_out, STORE_STATES=store_states, PREC=_prec(x),
-        BLOCK_Q=block_q, BLOCK_P=bp, BLOCK_N=bn, num_warps=_warps(bp, bn),
+        BLOCK_Q=block_q, BLOCK_P=bp, BLOCK_N=bn, num_warps=warps, num_stages=stages,
     )
     return out, final, states
 
@@ -528,11 +668,11 @@ def _head_split(n_programs: int, heads_per_group: int, device) -> int:
 
 def ssd_bwd(dout, dfinal, x, dt, A, B, C, D, z, dt_bias, init, seq_idx, cu_seqlens, dt_softplus: bool,
             dt_min: float, dt_max: float):
-    """Gradients of ssd_fwd: (dx, ddt (fp32, w.r.t. the raw dt), dA (fp32, (h,)), dB, dC, dD (fp32,
-    (h, p)) or None, dz or None, dinit (fp32) or None). dfinal: fp32 (num_states, h, p, n) or None."""
+    """Gradients of ssd_fwd: (dx, ddt (fp32, w.r.t. the raw dt), dA (fp32, (h,)), dB, dC, dD (fp32, D's
+    shape) or None, dz or None, dinit (fp32) or None). dfinal: fp32 (num_states, h, p, n) or None."""
     bsz, L, H, P = x.shape
     G, N = B.shape[2], B.shape[3]
-    check_sizes(N)
+    check_sizes(N, L)
     varlen = cu_seqlens is not None
     n_seq = cu_seqlens.numel() - 1 if varlen else bsz
     dev = x.device
@@ -543,7 +683,7 @@ def ssd_bwd(dout, dfinal, x, dt, A, B, C, D, z, dt_bias, init, seq_idx, cu_seqle
             dinit = dfinal.clone() if dfinal is not None else torch.zeros_like(init)
         return (torch.zeros_like(x), torch.zeros(dt.shape, dtype=torch.float32, device=dev),
                 torch.zeros((H,), dtype=torch.float32, device=dev), torch.zeros_like(B), torch.zeros_like(C),
-                None if D is None else torch.zeros((H, P), dtype=torch.float32, device=dev),
+                None if D is None else torch.zeros(D.shape, dtype=torch.float32, device=dev),
                 None if z is None else torch.zeros_like(z), dinit)
 
     # States before every chunk (recomputed: the forward does not keep them), then dL/dstates.
@@ -557,7 +697,11 @@ def ssd_bwd(dout, dfinal, x, dt, A, B, C, D, z, dt_bias, init, seq_idx, cu_seqle
     dz = new_output(x.shape, dtype=z.dtype, device=dev) if z is not None else None
     ddt = new_output((bsz, L, H), dtype=torch.float32, device=dev)
     dA_part = new_output((n_chunks, H), dtype=torch.float32, device=dev)
-    dD_part = new_output((n_chunks, H, P), dtype=torch.float32, device=dev) if D is not None else None
+    # dD partial sums per chunk: (n_chunks, h) for a per-head D, (n_chunks, h, p) for D (h, p).
+    d_per_head = D is not None and D.dim() == 1
+    dD_part = None
+    if D is not None:
+        dD_part = new_output((n_chunks, H) if d_per_head else (n_chunks, H, P), dtype=torch.float32, device=dev)
     heads_per_group = H // G
     split = _head_split(n_chunks * G, heads_per_group, dev)
     if split == 1:
@@ -571,7 +715,8 @@ def ssd_bwd(dout, dfinal, x, dt, A, B, C, D, z, dt_bias, init, seq_idx, cu_seqle
         cu = cu_seqlens.to(torch.int64).contiguous()
     else:
         table = coff = cu = None
-    bp, bn = _block_p(P), _block_n(N)
+    bn = _block_n(N)
+    bp, warps, stages = config("dstate", x.dtype, P, N)
     sD_h, sD_p = _d_strides(D, H)
     seq_strides = seq_idx.stride() if seq_idx is not None else (0, 0)
     has_seq = seq_idx is not None and not varlen
@@ -586,23 +731,31 @@ def ssd_bwd(dout, dfinal, x, dt, A, B, C, D, z, dt_bias, init, seq_idx, cu_seqle
         HAS_Z=z is not None, HAS_DTB=dt_bias is not None, HAS_DFINAL=dfinal is not None,
         WRITE_DINIT=dinit is not None, HAS_SEQ=has_seq, VARLEN=varlen,
         SOFTPLUS=dt_softplus, PREC=_prec(x), BLOCK_Q=Q, BLOCK_P=bp, BLOCK_N=bn,
-        num_warps=_warps(bp, bn),
+        num_warps=warps, num_stages=stages,
     )
     if n_chunks > 0:
-        # The (Q, n) accumulators of dB and dC stay in registers: narrower p tiles for large n.
-        bp_bwd = min(bp, 32) if bn > 128 else bp
-        wrap_triton(_ssd_bwd_kernel)[(n_chunks, G, split)](
-            x, dt, A, B, C, D if D is not None else x, z if z is not None else x,
-            dt_bias if dt_bias is not None else A, seq_idx if seq_idx is not None else dt,
-            table if table is not None else A, states, dstates, dout,
-            dx, dz if dz is not None else dx, ddt, dB, dC, dA_part, dD_part if dD_part is not None else dA_part,
-            L, H, P, N, heads_per_group, heads_per_group // split, dt_min, dt_max,
+        cfg = {k: config(k, x.dtype, P, N) for k in ("dx", "dbc")}
+        common = dict(HAS_Z=z is not None, HAS_DTB=dt_bias is not None, HAS_SEQ=has_seq, VARLEN=varlen,
+                      SOFTPLUS=dt_softplus, PREC=_prec(x), BLOCK_Q=Q, BLOCK_N=bn)
+        tab = table if table is not None else A
+        seq = seq_idx if seq_idx is not None else dt
+        zz = z if z is not None else x
+        dtb = dt_bias if dt_bias is not None else A
+        wrap_triton(_ssd_bwd_dx_kernel)[(n_chunks, H)](
+            x, dt, A, B, C, D if D is not None else x, zz, dtb, seq, tab, states, dstates, dout,
+            dx, dz if dz is not None else dx, ddt, dA_part, dD_part if dD_part is not None else dA_part,
+            L, H, P, N, heads_per_group, dt_min, dt_max,
             *x.stride(), *dt.stride(), *B.stride(), *C.stride(), *_strides4(z, x.shape), *dout.stride(),
             *seq_strides, sD_h, sD_p, dt_bias.stride(0) if dt_bias is not None else 0,
-            B.numel() if split > 1 else 0,
-            HAS_D=D is not None, HAS_Z=z is not None, HAS_DTB=dt_bias is not None, HAS_SEQ=has_seq,
-            VARLEN=varlen, SOFTPLUS=dt_softplus, PREC=_prec(x),
-            BLOCK_Q=Q, BLOCK_P=bp_bwd, BLOCK_N=bn, num_warps=8,
+            HAS_D=D is not None, D_PER_HEAD=d_per_head, BLOCK_P=cfg["dx"][0], num_warps=cfg["dx"][1],
+            num_stages=cfg["dx"][2], **common,
+        )
+        wrap_triton(_ssd_bwd_dbc_kernel)[(n_chunks, G, split)](
+            x, dt, A, B, C, zz, dtb, seq, tab, states, dstates, dout, dB, dC,
+            L, H, P, N, heads_per_group, heads_per_group // split, dt_min, dt_max,
+            *x.stride(), *dt.stride(), *B.stride(), *C.stride(), *_strides4(z, x.shape), *dout.stride(),
+            *seq_strides, dt_bias.stride(0) if dt_bias is not None else 0, B.numel() if split > 1 else 0,
+            BLOCK_P=cfg["dbc"][0], num_warps=cfg["dbc"][1], num_stages=cfg["dbc"][2], **common,
         )
     if split > 1:
         dB = dB.sum(0).to(B.dtype)

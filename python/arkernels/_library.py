@@ -33,7 +33,10 @@ def has_kernel(op: str, dispatch_key: str) -> bool:
         return False
     key = (op, dispatch_key)
     if key not in _has_kernel:
-        _has_kernel[key] = torch._C._dispatch_has_kernel_for_dispatch_key(f"arkernels::{op}", dispatch_key)
+        try:
+            _has_kernel[key] = torch._C._dispatch_has_kernel_for_dispatch_key(f"arkernels::{op}", dispatch_key)
+        except RuntimeError:  # the op is not in this build of arkernels._C (e.g. a stale build)
+            _has_kernel[key] = False
     return _has_kernel[key]
 
 

@@ -34,6 +34,8 @@ HAS_CUDA = torch.cuda.is_available()
 gpu = pytest.mark.gpu
 slow = pytest.mark.slow
 FP32, BF16, FP16 = torch.float32, torch.bfloat16, torch.float16
+# The kernels address tiles with tl.make_block_ptr, which Triton 3.8 marks deprecated (see the kernel file).
+pytestmark = pytest.mark.filterwarnings("ignore:tl.make_block_ptr is deprecated")
 
 BACKENDS = [
     pytest.param("cpu", "cpu", id="cpu"),
@@ -558,7 +560,8 @@ def test_ssd_chunk_scan_matches_peer_cuda(dtype, features, rng):
         w = torch.randn(out.shape, generator=torch.Generator("cuda").manual_seed(1), device="cuda")
         (out.float() * w).sum().backward()
         results.append([out.detach(), final.detach()] + [xs[k].grad for k in DIFF_NAMES if xs[k] is not None])
-    tol = 3 * REL_TOL[dtype]
+    # The peer's fp32 dots run in tf32 (10-bit operands): ~1e-3 from float64, where ours are ~1e-6.
+    tol = 5e-3 if dtype == FP32 else 3 * REL_TOL[dtype]
     for i, (ours, theirs) in enumerate(zip(*results)):
         assert_close(ours, theirs, tol, f"result {i} vs mamba_chunk_scan_combined")
 
@@ -624,7 +627,7 @@ def test_ssd_chunk_scan_more_than_2pow31_state_elements_cuda(seed):
         dtr = dt[:, :, sl].double().requires_grad_(True)
         Ar = A[sl].double().requires_grad_(True)
         Br, Cr = B.double().requires_grad_(True), C.double().requires_grad_(True)
-        o, f = ssd_chunk_scan_chunked_ref(xr, dtr, Ar, Br, Cr, 256, return_final_states=True)
+        o, f = ssd_chunk_scan_chunked_ref(xr, dtr, Ar, Br, Cr, 64, return_final_states=True)
         o.backward(g_out[:, :, sl].double())
         assert_close(out.detach()[:, :, sl], o.detach(), tol, f"out heads {sl}")
         assert_close(final[:, sl], f.detach(), tol, f"final heads {sl}")

@@ -234,7 +234,7 @@ def _backward_outputs(x, dt, A, B, C, D, z, dt_bias, init, dx, ddt32, dA32, dB, 
 
     ddt_bias = ddt32.sum((0, 1)).to(dt_bias.dtype) if dt_bias is not None else empty()
     if D is not None:
-        dD = (dD32.sum(1) if D.dim() == 1 else dD32).to(D.dtype)
+        dD = dD32.to(D.dtype)
     else:
         dD = empty()
     return (dx, ddt32.to(dt.dtype), dA32.to(A.dtype), dB, dC, dD, dz if dz is not None else empty(), ddt_bias,

@@ -1,0 +1,117 @@
+"""Compile the ssd_chunk_scan Triton kernels for sm_90 without a GPU and print their resource usage.
+
+    python scripts/ssd_chunk_scan_resources.py [--dtypes bf16,fp16,fp32] [--n 16,64,128,256] [--p 64]
+
+For every kernel and its launch configuration (triton_kernels/ssd_chunk_scan.py: config()), with
+every optional feature on (the heaviest variant), prints registers per thread, spill stack bytes
+and shared memory, and flags shared memory above the H100's 227 KB per block (a launch failure).
+Compilation errors of any variant show here too. Registers come from cuobjdump (shipped with
+Triton) on the cubin. This is how the launch configurations were chosen on a machine without a GPU;
+timings still need the GPU.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import warnings
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+from arkernels.triton_kernels import ssd_chunk_scan as tk
+
+SMEM_LIMIT = 232448  # bytes per block on sm_90 (227 KB)
+TORCH_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+
+
+def _cuobjdump() -> str:
+    return os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+
+
+def _resources(cubin: bytes) -> dict:
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        out = subprocess.run([_cuobjdump(), "-res-usage", f.name], capture_output=True, text=True).stdout
+    line = next((x for x in out.splitlines() if "REG:" in x), "")
+    return dict(kv.split(":") for kv in line.split() if ":" in kv)
+
+
+def _signature(fn, dtype: str, consts: dict) -> tuple[dict, dict]:
+    sig = {}
+    for name in fn.arg_names:
+        if name in consts:
+            sig[name] = "constexpr"
+        elif name in ("p_seq",):
+            sig[name] = "*i32"
+        elif name in ("p_cu", "p_coff", "p_ctab"):
+            sig[name] = "*i64"
+        elif name in ("p_x", "p_B", "p_C", "p_z", "p_out", "p_dt", "p_dout", "p_dx", "p_dz", "p_states",
+                      "p_dstates", "p_dB", "p_dC"):
+            sig[name] = f"*{dtype}"
+        elif name.startswith("p_"):
+            sig[name] = "*fp32"
+        elif name in ("dt_min", "dt_max"):
+            sig[name] = "fp32"
+        else:
+            sig[name] = "i64"
+    return sig, {(fn.arg_names.index(k),): v for k, v in consts.items()}
+
+
+def _variants(dtype: str, block_n: int, P: int):
+    import torch
+
+    tdt = getattr(torch, TORCH_DTYPES[dtype])
+    n = block_n
+    prec = "ieee" if dtype == "fp32" else "tf32"
+    base = dict(HAS_Z=True, HAS_DTB=True, HAS_SEQ=True, VARLEN=False, SOFTPLUS=True, PREC=prec,
+                BLOCK_N=block_n)
+    yield "fwd", tk._ssd_fwd_kernel, dict(base, HAS_D=True, D_PER_HEAD=False, HAS_INIT=True, WRITE_OUT=True,
+                                          STORE_STATES=False, BLOCK_Q=tk.FWD_BLOCK_Q), tk.config("fwd", tdt, P, n)
+    yield "states", tk._ssd_fwd_kernel, dict(base, HAS_D=True, D_PER_HEAD=False, HAS_INIT=True, WRITE_OUT=False,
+                                             STORE_STATES=True, BLOCK_Q=tk.BWD_BLOCK_Q), tk.config("states", tdt, P, n)
+    yield "dstate", tk._ssd_bwd_dstate_kernel, dict(base, HAS_DFINAL=True, WRITE_DINIT=True,
+                                                    BLOCK_Q=tk.BWD_BLOCK_Q), tk.config("dstate", tdt, P, n)
+    yield "dx", tk._ssd_bwd_dx_kernel, dict(base, HAS_D=True, D_PER_HEAD=False, BLOCK_Q=tk.BWD_BLOCK_Q), \
+        tk.config("dx", tdt, P, n)
+    yield "dbc", tk._ssd_bwd_dbc_kernel, dict(base, BLOCK_Q=tk.BWD_BLOCK_Q), tk.config("dbc", tdt, P, n)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dtypes", default="bf16,fp16,fp32")
+    ap.add_argument("--n", default="16,64,128,256")
+    ap.add_argument("--p", type=int, default=64)
+    args = ap.parse_args(argv)
+    warnings.filterwarnings("ignore", message="tl.make_block_ptr is deprecated")
+    target = GPUTarget("cuda", 90, 64)
+    failures = 0
+    print(f"{'kernel':7s} {'dtype':5s} {'n':>4s} {'BLOCK_P':>7s} {'warps':>5s} {'stages':>6s} {'regs':>5s} "
+          f"{'spill B':>7s} {'smem B':>7s}")
+    for dtype in args.dtypes.split(","):
+        for n in (int(v) for v in args.n.split(",")):
+            for name, fn, consts, (bp, warps, stages) in _variants(dtype, max(16, triton.next_power_of_2(n)), args.p):
+                consts = dict(consts, BLOCK_P=bp)
+                sig, cx = _signature(fn, dtype, consts)
+                try:
+                    k = triton.compile(ASTSource(fn, sig, cx), target=target,
+                                       options={"num_warps": warps, "num_stages": stages})
+                except Exception as err:  # noqa: BLE001  (report and go on)
+                    failures += 1
+                    print(f"{name:7s} {dtype:5s} {n:4d}  COMPILE ERROR {type(err).__name__}: {str(err)[:200]}")
+                    continue
+                res = _resources(k.asm["cubin"])
+                smem = k.metadata.shared
+                flag = "  > 227 KB: launch fails" if smem > SMEM_LIMIT else ""
+                failures += bool(flag)
+                print(f"{name:7s} {dtype:5s} {n:4d} {bp:7d} {warps:5d} {stages:6d} {res.get('REG', '?'):>5s} "
+                      f"{res.get('STACK', '?'):>7s} {smem:7d}{flag}")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
