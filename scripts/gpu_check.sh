@@ -63,9 +63,10 @@ for stage in $stages; do
       note "capi ctest: rc=$? :: $(grep -E 'tests passed|tests failed' "$LOG/capi.log" | tail -1)" ;;
     sanitize|sanitize-capi|sanitize-pytest)
       if [ "$stage" != sanitize-pytest ]; then
-      compute-sanitizer --tool memcheck --error-exitcode 99 build/capi/tests/capi/test_linear_scan_capi \
-        >"$LOG/sanitizer_capi.log" 2>&1
-      note "memcheck C API test: rc=$? :: $(grep -E 'ERROR SUMMARY' "$LOG/sanitizer_capi.log" | tail -1)"
+      for t in build/capi/tests/capi/test_*_capi; do
+        compute-sanitizer --tool memcheck --error-exitcode 99 "$t" >"$LOG/sanitizer_$(basename "$t").log" 2>&1
+        note "memcheck $(basename "$t"): rc=$? :: $(grep -E 'ERROR SUMMARY' "$LOG/sanitizer_$(basename "$t").log" | tail -1)"
+      done
       fi
       [ "$stage" = sanitize-capi ] && continue
       # The CUDA backend's own tests (every dtype, length, layout, reverse); the C API test above

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from bench.common import error_text, ms
 from bench.registry import MODES, Case, Row
 from bench.timing import input_sets, rotating, time_ms
 
@@ -282,10 +283,6 @@ def _check(name: str, fn, inp: _Inputs, oracle, case: Case) -> float:
     return max(relative_error(o.detach(), r) for o, r in zip(outs, oracle))
 
 
-def _error_text(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {text[0] if text else ''}"[:300]
-
 
 def run(case: Case, providers: list[str]) -> list[Row]:
     torch.manual_seed(0)
@@ -298,7 +295,7 @@ def run(case: Case, providers: list[str]) -> list[Row]:
     except Exception as err:  # noqa: BLE001  (e.g. out of memory: every provider's row says so)
         for name in providers:
             row = Row.for_case(case, name)
-            row.status, row.note = "error", f"inputs: {_error_text(err)}"
+            row.status, row.note = "error", f"inputs: {error_text(err)}"
             rows.append(row)
         return rows
     for name in providers:
@@ -309,7 +306,7 @@ def run(case: Case, providers: list[str]) -> list[Row]:
                 torch.cuda.synchronize()  # an asynchronous kernel error belongs to this provider's row
                 torch.cuda.empty_cache()
         except Exception as err:  # noqa: BLE001  (recorded in the row, never fatal)
-            row.status, row.note = "error", _error_text(err)
+            row.status, row.note = "error", error_text(err)
         rows.append(row)
     return rows
 
@@ -358,22 +355,14 @@ def headline(rows: list[Row], ceilings) -> list[str]:
             graded = on_gpu and provider.startswith("arkernels-")
             verdict = ("**PASS**" if frac is not None and frac >= TARGETS["fwd_frac_copy"] else "**MISS**") \
                 if graded else "—"
-            lines.append(f"| {shape} | {provider} | {_ms(fwd)} | {_pct(fwd)} | {_ms(fb)} | {_pct(fb)} | "
+            lines.append(f"| {shape} | {provider} | {ms(fwd)} | {_pct(fwd)} | {ms(fb)} | {_pct(fb)} | "
                          f"{_x(fwd)} / {_x(fb)} | {verdict} |")
     upd = [r for r in head if r.mode == UPDATE]
     if upd:
         lines += ["", f"Decode update {upd[0].shape} (B x D, one token, state_len {WIDTH - 1}):", ""]
-        lines += [f"- {r.provider}: {_ms(r)}" + (" ms" if r.time_ms else "")
+        lines += [f"- {r.provider}: {ms(r)}" + (" ms" if r.time_ms else "")
                   + (f", {r.speedup:.2f}x vs {PEER}" if r.speedup else "") for r in upd]
     return lines
-
-
-def _ms(row: Row | None) -> str:
-    if row is None:
-        return "—"
-    if row.time_ms is None:
-        return row.status
-    return f"{row.time_ms:.4f}" + (" (FAILED)" if row.status == "FAILED" else "")
 
 
 def _pct(row: Row | None) -> str:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
+from bench.common import error_text, ms
 from bench.registry import MODES, Case, Row
 
 from bench.timing import input_sets, rotating, time_ms
@@ -279,10 +280,6 @@ def _tolerance(dtype) -> float:
     return REL_TOL[dtype]
 
 
-def _error_text(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {text[0] if text else ''}"[:300]
-
 
 def run(case: Case, providers: list[str]) -> list[Row]:
     torch.manual_seed(0)
@@ -295,7 +292,7 @@ def run(case: Case, providers: list[str]) -> list[Row]:
     except Exception as err:  # noqa: BLE001  (e.g. out of memory: every provider's row says so)
         for name in providers:
             row = Row.for_case(case, name)
-            row.status, row.note = "error", f"inputs: {_error_text(err)}"
+            row.status, row.note = "error", f"inputs: {error_text(err)}"
             rows.append(row)
         return rows
     for name in providers:
@@ -306,7 +303,7 @@ def run(case: Case, providers: list[str]) -> list[Row]:
                 torch.cuda.synchronize()  # an asynchronous kernel error belongs to this provider's row
                 torch.cuda.empty_cache()
         except Exception as err:  # noqa: BLE001  (recorded in the row, never fatal)
-            row.status, row.note = "error", _error_text(err)
+            row.status, row.note = "error", error_text(err)
         rows.append(row)
     _flag_low_precision_error(rows, case)
     return rows
@@ -374,7 +371,7 @@ def headline(rows: list[Row], ceilings) -> list[str]:
     context = []
     for dtype in sorted({r.dtype for r in head}, key=lambda d: (d != "fp32", d)):
         peer_rows = [by.get((dtype, PEER, mode)) for mode in ("fwd", "fwd+bwd", ACC)]
-        peer_txt = " / ".join(_ms(p) for p in peer_rows)
+        peer_txt = " / ".join(ms(p) for p in peer_rows)
         for provider in [p for p in PROVIDERS if p.startswith("arkernels-")]:
             fwd, fb, acc = (by.get((dtype, provider, mode)) for mode in ("fwd", "fwd+bwd", ACC))
             if fwd is None and fb is None:
@@ -390,8 +387,8 @@ def headline(rows: list[Row], ceilings) -> list[str]:
                 verdict = "**PASS**"
             else:
                 verdict = "**MISS**"
-            acc_txt = _ms(acc) + (f" ({acc.speedup:.2f}x)" if acc is not None and acc.speedup else "")
-            lines.append(f"| {dtype} | {provider} | {_ms(fwd)} | {checks[0]} | {checks[1]} | {_ms(fb)} | "
+            acc_txt = ms(acc) + (f" ({acc.speedup:.2f}x)" if acc is not None and acc.speedup else "")
+            lines.append(f"| {dtype} | {provider} | {ms(fwd)} | {checks[0]} | {checks[1]} | {ms(fb)} | "
                          f"{checks[2]} | {acc_txt} | {peer_txt} | {verdict} |")
         peer_fb = peer_rows[1]
         if peer_fb is not None and peer_fb.frac_copy:
@@ -401,14 +398,6 @@ def headline(rows: list[Row], ceilings) -> list[str]:
     if context:
         lines += [""] + context
     return lines
-
-
-def _ms(row: Row | None) -> str:
-    if row is None:
-        return "—"
-    if row.time_ms is None:
-        return row.status
-    return f"{row.time_ms:.3f}" + (" (FAILED)" if row.status == "FAILED" else "")
 
 
 def _judge(row: Row | None, value: float | None, target: float, fmt: str, graded: bool) -> str:

@@ -27,6 +27,7 @@ import types
 import torch
 import torch.nn.functional as F
 
+from bench.common import error_text
 from bench.registry import Case, Row
 from bench.timing import time_ms
 
@@ -218,10 +219,6 @@ def _oracle(case: Case, ids):
     return _models[key]
 
 
-def _error_text(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {text[0] if text else ''}"[:300]
-
 
 def run(case: Case, providers: list[str]) -> list[Row]:
     from arkernels.testing import relative_error
@@ -251,7 +248,7 @@ def run(case: Case, providers: list[str]) -> list[Row]:
                 torch.cuda.synchronize()
                 torch.cuda.empty_cache()
         except Exception as err:  # noqa: BLE001  (recorded in the row, never fatal)
-            row.status, row.note = "error", _error_text(err)
+            row.status, row.note = "error", error_text(err)
         rows.append(row)
     return rows
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
+from bench.common import error_text, ms
 from bench.registry import Case, Row
 from bench.timing import time_ms
 
@@ -151,10 +152,6 @@ def _oracle(x: _Inputs, rows):
     return [out.detach(), *torch.autograd.grad(out, leaves, x.g[:, rows].double())]
 
 
-def _error_text(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {text[0] if text else ''}"[:300]
-
 
 def run(case: Case, providers: list[str]) -> list[Row]:
     from arkernels._outputs import poisoned_outputs
@@ -169,7 +166,7 @@ def run(case: Case, providers: list[str]) -> list[Row]:
     except Exception as err:  # noqa: BLE001
         for name in providers:
             row = Row.for_case(case, name)
-            row.status, row.note = "error", f"inputs: {_error_text(err)}"
+            row.status, row.note = "error", f"inputs: {error_text(err)}"
             rows_out.append(row)
         return rows_out
     for name in providers:
@@ -190,7 +187,7 @@ def run(case: Case, providers: list[str]) -> list[Row]:
             if case.device.startswith("cuda"):
                 torch.cuda.synchronize()
         except Exception as err:  # noqa: BLE001
-            row.status, row.note = "error", _error_text(err)
+            row.status, row.note = "error", error_text(err)
         rows_out.append(row)
     return rows_out
 
@@ -215,12 +212,7 @@ def headline(rows: list[Row], ceilings) -> list[str]:
         target = TARGETS[mode] if "headline" in tags else None
         verdict = "—" if target is None or not on_gpu else ("**PASS**" if sp and sp >= target else "**MISS**")
         lines.append(f"| {shape} | {'Mamba block (z, bias, softplus)' if 'block' in tags else 'plain'} | {mode} | "
-                     f"{_ms(r)} | {_ms(peer)} | {f'{sp:.2f}x' if sp else '—'} | "
+                     f"{ms(r)} | {ms(peer)} | {f'{sp:.2f}x' if sp else '—'} | "
                      f"{(r.tflops or 0):.2f} | {f'{target:.1f}x' if target else '—'} | {verdict} |")
     return lines
 
-
-def _ms(row: Row | None) -> str:
-    if row is None:
-        return "—"
-    return f"{row.time_ms:.3f}" if row.time_ms is not None else row.status

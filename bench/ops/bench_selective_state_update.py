@@ -24,6 +24,7 @@ import math
 
 import torch
 
+from bench.common import error_text
 from bench.registry import Case, Row
 from bench.timing import input_sets, rotating, time_ms
 
@@ -212,10 +213,6 @@ def _check(name: str, fn, args: dict, case: Case) -> float:
     return max(relative_error(out, ref_out), relative_error(run_args["state"][rows], ref_state[rows]))
 
 
-def _error_text(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {text[0] if text else ''}"[:300]
-
 
 def run(case: Case, providers: list[str]) -> list[Row]:
     from arkernels.testing.numerics import REL_TOL
@@ -228,7 +225,7 @@ def run(case: Case, providers: list[str]) -> list[Row]:
     except Exception as err:  # noqa: BLE001  (e.g. out of memory: every provider's row says so)
         for name in providers:
             row = Row.for_case(case, name)
-            row.status, row.note = "error", f"inputs: {_error_text(err)}"
+            row.status, row.note = "error", f"inputs: {error_text(err)}"
             rows.append(row)
         return rows
     for name in providers:
@@ -256,7 +253,7 @@ def run(case: Case, providers: list[str]) -> list[Row]:
             if dev.type == "cuda":
                 torch.cuda.synchronize()  # an asynchronous kernel error belongs to this provider's row
         except Exception as err:  # noqa: BLE001  (recorded in the row, never fatal)
-            row.status, row.note = "error", _error_text(err)
+            row.status, row.note = "error", error_text(err)
         rows.append(row)
     return rows
 

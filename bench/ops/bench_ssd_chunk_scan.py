@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
+from bench.common import error_text, ms
 from bench.registry import MODES, Case, Row
 from bench.timing import input_sets, rotating, time_ms
 
@@ -233,10 +234,6 @@ def _check(name: str, fn, x: _Inputs, oracle) -> float:
     return max(relative_error(o.detach()[:1], r) for o, r in zip(outs, oracle))
 
 
-def _error_text(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {text[0] if text else ''}"[:300]
-
 
 def _skip_reason(name: str, case: Case) -> str | None:
     if name == "reference" and case.device.startswith("cuda") and "headline" not in case.tags \
@@ -258,7 +255,7 @@ def run(case: Case, providers: list[str]) -> list[Row]:
     except Exception as err:  # noqa: BLE001  (e.g. out of memory: every provider's row says so)
         for name in providers:
             row = Row.for_case(case, name)
-            row.status, row.note = "error", f"inputs: {_error_text(err)}"
+            row.status, row.note = "error", f"inputs: {error_text(err)}"
             rows.append(row)
         return rows
     for name in providers:
@@ -279,7 +276,7 @@ def run(case: Case, providers: list[str]) -> list[Row]:
                 torch.cuda.synchronize()
                 torch.cuda.empty_cache()
         except Exception as err:  # noqa: BLE001  (recorded in the row, never fatal)
-            row.status, row.note = "error", _error_text(err)
+            row.status, row.note = "error", error_text(err)
         rows.append(row)
     return rows
 
@@ -310,17 +307,9 @@ def headline(rows: list[Row], ceilings) -> list[str]:
         if provider.startswith("arkernels-") and on_gpu:
             ok = fs is not None and bs is not None and fs >= TARGETS["fwd_speedup"] and bs >= TARGETS["fwdbwd_speedup"]
             verdict = "**PASS**" if ok else "**MISS**"
-        lines.append(f"| {provider} | {_ms(fwd)} | {_num(fwd.tflops if fwd else None)} | {_x(fs)} | {_ms(fb)} | "
+        lines.append(f"| {provider} | {ms(fwd)} | {_num(fwd.tflops if fwd else None)} | {_x(fs)} | {ms(fb)} | "
                      f"{_x(bs)} | {verdict} |")
     return lines
-
-
-def _ms(row: Row | None) -> str:
-    if row is None:
-        return "—"
-    if row.time_ms is None:
-        return row.status
-    return f"{row.time_ms:.3f}" + (" (FAILED)" if row.status == "FAILED" else "")
 
 
 def _num(v) -> str:

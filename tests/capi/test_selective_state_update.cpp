@@ -4,6 +4,8 @@
 // where a GPU is present, the CUDA path against the same loop. Exit code 0 = pass.
 #include <arkernels/arkernels.h>
 
+#include "capi_test_util.hpp"
+
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -16,22 +18,8 @@
 
 namespace {
 
-int g_failures = 0;
 
-#define EXPECT(cond, ...)                              \
-  do {                                                 \
-    if (!(cond)) {                                     \
-      ++g_failures;                                    \
-      std::printf("FAIL %s:%d: ", __FILE__, __LINE__); \
-      std::printf(__VA_ARGS__);                        \
-      std::printf("\n");                               \
-    }                                                  \
-  } while (0)
 
-// bf16 values are the upper half of a float: inputs are made exactly representable by truncation.
-uint16_t bf16_from(float f) { uint32_t u; std::memcpy(&u, &f, 4); return uint16_t(u >> 16); }
-float bf16_to(uint16_t b) { uint32_t u = uint32_t(b) << 16; float f; std::memcpy(&f, &u, 4); return f; }
-float bf16_round(float f) { return bf16_to(bf16_from(f)); }
 
 // One problem in the unified layout: state (Bc, H, P, N), x/dt/z/out (b, k, H, P), A (H, P, N),
 // B/C (b, k, G, N), D/dt_bias (H, P), intermediate (b, k, H, P, N); all dense except A, which is

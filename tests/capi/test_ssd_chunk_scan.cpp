@@ -3,6 +3,8 @@
 // cu_seqlens resets, and the argument checks. Exit code 0 = pass.
 #include <arkernels/arkernels.h>
 
+#include "capi_test_util.hpp"
+
 #include <cmath>
 #include <cstdio>
 #include <functional>
@@ -11,17 +13,7 @@
 
 namespace {
 
-int g_failures = 0;
 
-#define EXPECT(cond, ...)                                  \
-  do {                                                     \
-    if (!(cond)) {                                         \
-      ++g_failures;                                        \
-      std::printf("FAIL %s:%d: ", __FILE__, __LINE__);     \
-      std::printf(__VA_ARGS__);                            \
-      std::printf("\n");                                   \
-    }                                                      \
-  } while (0)
 
 struct Problem {
   int64_t b, l, h, p, g, n, states;

@@ -1,0 +1,253 @@
+// C API test of selective_scan: links only libarkernels (no torch). The CPU forward is checked against
+// a double-precision loop, the CPU backward against central finite differences of that loop, the
+// argument checks against bad arguments, and, where a GPU is present, the CUDA forward and backward
+// against the CPU path. Exit code 0 = pass.
+#include <arkernels/arkernels.h>
+
+#include "capi_test_util.hpp"
+
+#include <cmath>
+#include <random>
+#include <vector>
+
+#ifdef ARKERNELS_TEST_CUDA
+#include <cuda_runtime.h>
+#endif
+
+namespace {
+
+// One fp32 problem with every feature on: input-dependent B/C (2 groups), D, z, delta_bias with
+// softplus, an initial state.
+struct Problem {
+  int64_t batch = 2, dim = 4, L = 45, N = 5, G = 2;
+  std::vector<float> u, delta, A, B, C, D, z, bias, h0, w_out, w_last;
+  explicit Problem(unsigned seed) {
+    std::mt19937 gen(seed);
+    std::normal_distribution<float> nrm(0.f, 1.f);
+    std::uniform_real_distribution<float> uni(0.f, 1.f);
+    auto fill = [&](std::vector<float>& v, size_t n, auto f) { v.resize(n); for (auto& x : v) x = f(); };
+    const size_t bdl = size_t(batch * dim * L);
+    fill(u, bdl, [&] { return nrm(gen); });
+    fill(delta, bdl, [&] { return -4.f + 3.f * uni(gen); });
+    fill(A, size_t(dim * N), [&] { return -0.3f - 1.7f * uni(gen); });
+    fill(B, size_t(batch * G * N * L), [&] { return nrm(gen); });
+    fill(C, size_t(batch * G * N * L), [&] { return nrm(gen); });
+    fill(D, size_t(dim), [&] { return nrm(gen); });
+    fill(z, bdl, [&] { return nrm(gen); });
+    fill(bias, size_t(dim), [&] { return uni(gen) - 0.5f; });
+    fill(h0, size_t(batch * dim * N), [&] { return nrm(gen); });
+    fill(w_out, bdl, [&] { return nrm(gen); });
+    fill(w_last, size_t(batch * dim * N), [&] { return nrm(gen); });
+  }
+};
+
+// The loss <out, w_out> + <last, w_last> of the definition, in double precision.
+double loss(const Problem& p) {
+  double total = 0;
+  const int64_t per_group = p.dim / p.G;
+  for (int64_t b = 0; b < p.batch; ++b)
+    for (int64_t d = 0; d < p.dim; ++d) {
+      std::vector<double> h(p.N);
+      for (int64_t n = 0; n < p.N; ++n) h[n] = p.h0[(b * p.dim + d) * p.N + n];
+      const int64_t g = d / per_group;
+      for (int64_t t = 0; t < p.L; ++t) {
+        const int64_t i = (b * p.dim + d) * p.L + t;
+        double x = double(p.delta[i]) + p.bias[d];
+        const double dl = x <= 20 ? std::log1p(std::exp(x)) : x;
+        double y = double(p.D[d]) * p.u[i];
+        for (int64_t n = 0; n < p.N; ++n) {
+          const int64_t bc = ((b * p.G + g) * p.N + n) * p.L + t;
+          h[n] = std::exp(dl * p.A[d * p.N + n]) * h[n] + dl * p.u[i] * p.B[bc];
+          y += double(p.C[bc]) * h[n];
+        }
+        const double zz = p.z[i];
+        total += p.w_out[i] * y * zz / (1 + std::exp(-zz));
+      }
+      for (int64_t n = 0; n < p.N; ++n) total += p.w_last[(b * p.dim + d) * p.N + n] * h[n];
+    }
+  return total;
+}
+
+struct Outputs {
+  std::vector<float> out, last, ckpt, y_pre;
+  std::vector<float> du, ddelta, dA, dB, dC, dD, dbias, dz, dh0;
+};
+
+// Fills the argument struct with pointers into `p` (inputs) and `o` (outputs), host memory.
+ark_selective_scan_args args_for(Problem& p, Outputs& o) {
+  const size_t bdl = p.u.size(), states = p.h0.size();
+  o.out.assign(bdl, NAN); o.y_pre.assign(bdl, NAN); o.last.assign(states, NAN);
+  o.ckpt.assign(size_t(p.batch * p.dim * ((p.L + 31) / 32) * p.N), NAN);
+  o.du.assign(bdl, NAN); o.ddelta.assign(bdl, NAN); o.dz.assign(bdl, NAN);
+  o.dA.assign(p.A.size(), NAN); o.dB.assign(p.B.size(), NAN); o.dC.assign(p.C.size(), NAN);
+  o.dD.assign(p.D.size(), NAN); o.dbias.assign(p.bias.size(), NAN); o.dh0.assign(states, NAN);
+  ark_selective_scan_args a{};
+  a.batch = p.batch; a.dim = p.dim; a.seqlen = p.L; a.dstate = p.N; a.ngroups = p.G; a.dtype = ARK_FLOAT32;
+  a.B_variable = a.C_variable = 1; a.delta_softplus = 1; a.num_seqs = p.batch;
+  a.u = p.u.data(); a.delta = p.delta.data(); a.A = p.A.data(); a.B = p.B.data(); a.C = p.C.data();
+  a.D = p.D.data(); a.z = p.z.data(); a.delta_bias = p.bias.data(); a.initial_state = p.h0.data();
+  a.out = o.out.data(); a.last_state = o.last.data(); a.checkpoints = o.ckpt.data(); a.y_pre = o.y_pre.data();
+  a.dout = nullptr; a.dlast_state = p.w_last.data();
+  a.du = o.du.data(); a.ddelta = o.ddelta.data(); a.dA = o.dA.data(); a.dB = o.dB.data(); a.dC = o.dC.data();
+  a.dD = o.dD.data(); a.ddelta_bias = o.dbias.data(); a.dz = o.dz.data(); a.dinitial_state = o.dh0.data();
+  return a;
+}
+
+double rel_diff(const std::vector<float>& a, const std::vector<float>& b) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    if (!std::isfinite(a[i]) || !std::isfinite(b[i])) return INFINITY;
+    num += double(a[i] - b[i]) * (a[i] - b[i]);
+    den += double(b[i]) * b[i];
+  }
+  return den > 0 ? std::sqrt(num / den) : std::sqrt(num);
+}
+
+// Runs the CPU forward and backward (dout = w_out) into `o`.
+void run_cpu(Problem& p, Outputs& o) {
+  ark_selective_scan_args a = args_for(p, o);
+  a.dout = p.w_out.data();
+  EXPECT(ark_selective_scan_fwd(&a, ARK_DEVICE_CPU, nullptr) == ARK_SUCCESS, "cpu forward: %s", ark_last_error_message());
+  size_t bytes = 0;
+  EXPECT(ark_selective_scan_bwd_workspace_size(&a, ARK_DEVICE_CPU, &bytes) == ARK_SUCCESS, "workspace size");
+  std::vector<float> ws(bytes / sizeof(float) + 1);
+  EXPECT(ark_selective_scan_bwd(&a, ws.data(), bytes, ARK_DEVICE_CPU, nullptr) == ARK_SUCCESS, "cpu backward: %s",
+         ark_last_error_message());
+}
+
+void test_cpu_matches_definition() {
+  Problem p(7);
+  Outputs o;
+  run_cpu(p, o);
+  // Forward: the loss from the kernel's outputs equals the loss of the double-precision loop.
+  double got = 0;
+  for (size_t i = 0; i < o.out.size(); ++i) got += double(p.w_out[i]) * o.out[i];
+  for (size_t i = 0; i < o.last.size(); ++i) got += double(p.w_last[i]) * o.last[i];
+  const double want = loss(p);
+  EXPECT(std::fabs(got - want) <= 1e-4 * std::fabs(want) + 1e-4, "forward loss %.8g, definition %.8g", got, want);
+  // Backward: a few elements of every gradient against central differences of the definition.
+  struct Grad { const char* name; std::vector<float>* x; const std::vector<float>* g; };
+  const Grad grads[] = {{"u", &p.u, &o.du}, {"delta", &p.delta, &o.ddelta}, {"A", &p.A, &o.dA}, {"B", &p.B, &o.dB},
+                        {"C", &p.C, &o.dC}, {"D", &p.D, &o.dD}, {"delta_bias", &p.bias, &o.dbias},
+                        {"z", &p.z, &o.dz}, {"initial_state", &p.h0, &o.dh0}};
+  for (const Grad& gr : grads) {
+    const size_t n = gr.x->size();
+    for (size_t i : {size_t(0), n / 3, n / 2, n - 1}) {
+      const float keep = (*gr.x)[i];
+      const double step = 1e-3 * std::max(1.0, std::fabs(double(keep)));
+      (*gr.x)[i] = float(keep + step);
+      const double up = loss(p);
+      (*gr.x)[i] = float(keep - step);
+      const double down = loss(p);
+      (*gr.x)[i] = keep;
+      const double fd = (up - down) / (double(float(keep + step)) - double(float(keep - step)));
+      const double g = (*gr.g)[i];
+      EXPECT(std::fabs(g - fd) <= 2e-3 * std::max(1.0, std::fabs(fd)), "d%s[%zu] = %.6g, finite differences %.6g",
+             gr.name, i, g, fd);
+    }
+  }
+}
+
+void test_bad_arguments() {
+  Problem p(3);
+  Outputs o;
+  ark_selective_scan_args a = args_for(p, o);
+  auto expect_invalid = [](ark_selective_scan_args bad, const char* what) {
+    EXPECT(ark_selective_scan_fwd(&bad, ARK_DEVICE_CPU, nullptr) == ARK_ERROR_INVALID_ARGUMENT, "%s accepted", what);
+  };
+  ark_selective_scan_args bad = a;
+  bad.dstate = 257; expect_invalid(bad, "dstate 257");
+  bad = a; bad.dstate = 0; expect_invalid(bad, "dstate 0");
+  bad = a; bad.ngroups = 3; expect_invalid(bad, "ngroups 3 with dim 4");
+  bad = a; bad.num_seqs = 5; expect_invalid(bad, "num_seqs != batch");
+  bad = a; bad.u = nullptr; expect_invalid(bad, "u NULL");
+  bad = a; bad.out = nullptr; expect_invalid(bad, "out NULL");
+  bad = a; bad.dtype = ark_dtype(9); expect_invalid(bad, "dtype 9");
+  const int64_t cu[3] = {0, 20, 45};
+  bad = a; bad.cu_seqlens = cu; bad.num_seqs = 2; expect_invalid(bad, "cu_seqlens with batch 2");
+  EXPECT(ark_selective_scan_fwd(nullptr, ARK_DEVICE_CPU, nullptr) == ARK_ERROR_INVALID_ARGUMENT, "args NULL accepted");
+  a.dout = p.w_out.data();
+  size_t bytes = 0;
+  EXPECT(ark_selective_scan_bwd_workspace_size(&a, ARK_DEVICE_CPU, &bytes) == ARK_SUCCESS && bytes > 0, "workspace");
+  std::vector<float> ws(bytes / sizeof(float) + 1);
+  EXPECT(ark_selective_scan_bwd(&a, ws.data(), bytes - 4, ARK_DEVICE_CPU, nullptr) == ARK_ERROR_INVALID_ARGUMENT,
+         "a workspace 4 bytes short accepted");
+  bad = a; bad.dz = nullptr;
+  EXPECT(ark_selective_scan_bwd(&bad, ws.data(), bytes, ARK_DEVICE_CPU, nullptr) == ARK_ERROR_INVALID_ARGUMENT,
+         "dz NULL with z accepted");
+}
+
+#ifdef ARKERNELS_TEST_CUDA
+// Device copy of a host vector, freed at scope exit.
+struct Dev {
+  float* p = nullptr;
+  size_t n = 0;
+  explicit Dev(const std::vector<float>& h) : n(h.size()) {
+    cudaMalloc(&p, n * sizeof(float));
+    cudaMemcpy(p, h.data(), n * sizeof(float), cudaMemcpyHostToDevice);
+  }
+  std::vector<float> get() const {
+    std::vector<float> h(n);
+    cudaMemcpy(h.data(), p, n * sizeof(float), cudaMemcpyDeviceToHost);
+    return h;
+  }
+  ~Dev() { cudaFree(p); }
+};
+
+void test_cuda_matches_cpu() {
+  int count = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0) {
+    std::printf("no CUDA device: CUDA checks skipped\n");
+    return;
+  }
+  Problem p(11);
+  Outputs cpu;
+  run_cpu(p, cpu);
+  Outputs host;
+  ark_selective_scan_args h = args_for(p, host);
+  Dev u(p.u), delta(p.delta), A(p.A), B(p.B), C(p.C), D(p.D), z(p.z), bias(p.bias), h0(p.h0), w_out(p.w_out),
+      w_last(p.w_last), out(host.out), last(host.last), ckpt(host.ckpt), y_pre(host.y_pre), du(host.du),
+      ddelta(host.ddelta), dA(host.dA), dB(host.dB), dC(host.dC), dD(host.dD), dbias(host.dbias), dz(host.dz),
+      dh0(host.dh0);
+  ark_selective_scan_args a = h;
+  a.u = u.p; a.delta = delta.p; a.A = A.p; a.B = B.p; a.C = C.p; a.D = D.p; a.z = z.p; a.delta_bias = bias.p;
+  a.initial_state = h0.p; a.out = out.p; a.last_state = last.p; a.checkpoints = ckpt.p; a.y_pre = y_pre.p;
+  a.dout = w_out.p; a.dlast_state = w_last.p; a.du = du.p; a.ddelta = ddelta.p; a.dA = dA.p; a.dB = dB.p;
+  a.dC = dC.p; a.dD = dD.p; a.ddelta_bias = dbias.p; a.dz = dz.p; a.dinitial_state = dh0.p;
+  EXPECT(ark_selective_scan_fwd(&a, ARK_DEVICE_CUDA, nullptr) == ARK_SUCCESS, "cuda forward: %s",
+         ark_last_error_message());
+  size_t bytes = 0;
+  EXPECT(ark_selective_scan_bwd_workspace_size(&a, ARK_DEVICE_CUDA, &bytes) == ARK_SUCCESS, "cuda workspace size");
+  void* ws = nullptr;
+  cudaMalloc(&ws, bytes);
+  EXPECT(ark_selective_scan_bwd(&a, ws, bytes, ARK_DEVICE_CUDA, nullptr) == ARK_SUCCESS, "cuda backward: %s",
+         ark_last_error_message());
+  EXPECT(cudaDeviceSynchronize() == cudaSuccess, "cuda kernels failed");
+  cudaFree(ws);
+  const struct { const char* name; const Dev* d; const std::vector<float>* want; double tol; } checks[] = {
+      {"out", &out, &cpu.out, 1e-5}, {"last_state", &last, &cpu.last, 1e-5}, {"du", &du, &cpu.du, 1e-4},
+      {"ddelta", &ddelta, &cpu.ddelta, 1e-4}, {"dA", &dA, &cpu.dA, 1e-4}, {"dB", &dB, &cpu.dB, 1e-4},
+      {"dC", &dC, &cpu.dC, 1e-4}, {"dD", &dD, &cpu.dD, 1e-4}, {"ddelta_bias", &dbias, &cpu.dbias, 1e-4},
+      {"dz", &dz, &cpu.dz, 1e-4}, {"dinitial_state", &dh0, &cpu.dh0, 1e-4}};
+  for (const auto& c : checks) {
+    const double err = rel_diff(c.d->get(), *c.want);
+    EXPECT(err <= c.tol, "cuda %s: relative difference to the CPU path %.3g > %.0e", c.name, err, c.tol);
+  }
+}
+#endif
+
+}  // namespace
+
+int main() {
+  test_cpu_matches_definition();
+  test_bad_arguments();
+#ifdef ARKERNELS_TEST_CUDA
+  test_cuda_matches_cpu();
+#endif
+  if (g_failures) {
+    std::printf("%d check(s) failed\n", g_failures);
+    return 1;
+  }
+  std::printf("all selective_scan C API checks passed\n");
+  return 0;
+}
