@@ -17,3 +17,32 @@ def ms(row: Row | None) -> str:
     if row.time_ms is None:
         return row.status
     return f"{row.time_ms:.3f}" + (" (FAILED)" if row.status == "FAILED" else "")
+
+
+def run_providers(case, providers: list[str], prepare, measure) -> list[Row]:
+    """The rows of one case: ``prepare()`` builds what every provider shares (inputs, float64 oracle;
+    an error there, e.g. out of memory, goes in every row), then ``measure(name, prepared, row)`` fills
+    one provider's row. A provider's exception is recorded in its row, never fatal; on CUDA the device
+    is synchronised after each provider, so that an asynchronous kernel error lands in its own row."""
+    import torch
+
+    rows: list[Row] = []
+    try:
+        prepared = prepare()
+    except Exception as err:  # noqa: BLE001
+        for name in providers:
+            row = Row.for_case(case, name)
+            row.status, row.note = "error", f"inputs: {error_text(err)}"
+            rows.append(row)
+        return rows
+    for name in providers:
+        row = Row.for_case(case, name)
+        try:
+            measure(name, prepared, row)
+            if case.device.startswith("cuda"):
+                torch.cuda.synchronize()
+                torch.cuda.empty_cache()
+        except Exception as err:  # noqa: BLE001
+            row.status, row.note = "error", error_text(err)
+        rows.append(row)
+    return rows

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from bench.common import error_text, ms
+from bench.common import ms, run_providers
 from bench.registry import MODES, Case, Row
 from bench.timing import input_sets, rotating, time_ms
 
@@ -286,29 +286,13 @@ def _check(name: str, fn, inp: _Inputs, oracle, case: Case) -> float:
 
 def run(case: Case, providers: list[str]) -> list[Row]:
     torch.manual_seed(0)
-    dev = torch.device(case.device)
-    rows: list[Row] = []
-    try:
-        n_sets = input_sets(case.bytes, dev)
-        sets = [_make_inputs(case) for _ in range(n_sets)]
-        oracle = _oracle(sets[0], case)
-    except Exception as err:  # noqa: BLE001  (e.g. out of memory: every provider's row says so)
-        for name in providers:
-            row = Row.for_case(case, name)
-            row.status, row.note = "error", f"inputs: {error_text(err)}"
-            rows.append(row)
-        return rows
-    for name in providers:
-        row = Row.for_case(case, name)
-        try:
-            _run_provider(name, case, sets, oracle, row)
-            if dev.type == "cuda":
-                torch.cuda.synchronize()  # an asynchronous kernel error belongs to this provider's row
-                torch.cuda.empty_cache()
-        except Exception as err:  # noqa: BLE001  (recorded in the row, never fatal)
-            row.status, row.note = "error", error_text(err)
-        rows.append(row)
-    return rows
+
+    def prepare():
+        sets = [_make_inputs(case) for _ in range(input_sets(case.bytes, torch.device(case.device)))]
+        return sets, _oracle(sets[0], case)
+
+    return run_providers(case, providers, prepare,
+                         lambda name, prepared, row: _run_provider(name, case, *prepared, row))
 
 
 def _run_provider(name: str, case: Case, sets: list[_Inputs], oracle, row: Row) -> None:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from bench.common import error_text, ms
+from bench.common import ms, run_providers
 from bench.registry import Case, Row
 from bench.timing import time_ms
 
@@ -158,38 +158,28 @@ def run(case: Case, providers: list[str]) -> list[Row]:
     from arkernels.testing import relative_error
     from arkernels.testing.numerics import REL_TOL
 
-    rows_out: list[Row] = []
     channels = [0, case.shape[1] - 1]
-    try:
+
+    def prepare():
         x = _make_inputs(case)
-        oracle = _oracle(x, channels)
-    except Exception as err:  # noqa: BLE001
-        for name in providers:
-            row = Row.for_case(case, name)
-            row.status, row.note = "error", f"inputs: {error_text(err)}"
-            rows_out.append(row)
-        return rows_out
-    for name in providers:
-        row = Row.for_case(case, name)
-        try:
-            b, d, L, n = case.shape
-            if name == "reference" and b * d * L * n > REFERENCE_MAX_ELEMS:
-                row.status, row.note = "skipped", "materialises (B, D, N, L): too large here"
-            else:
-                fn = _fn(name)
-                with poisoned_outputs(name in _BACKEND):
-                    got = _outputs(fn, x, channels)
-                row.tol = 2 * REL_TOL[case.dtype]
-                row.rel_err = max(relative_error(o, r) for o, r in zip(got, oracle))
-                if not row.rel_err <= row.tol:
-                    row.status, row.note = "FAILED", f"rel err {row.rel_err:.2e} > tol {row.tol:.0e}"
-                row.time_ms = time_ms(_call(fn, x), case.device)
-            if case.device.startswith("cuda"):
-                torch.cuda.synchronize()
-        except Exception as err:  # noqa: BLE001
-            row.status, row.note = "error", error_text(err)
-        rows_out.append(row)
-    return rows_out
+        return x, _oracle(x, channels)
+
+    def measure(name, prepared, row):
+        x, oracle = prepared
+        b, d, L, n = case.shape
+        if name == "reference" and b * d * L * n > REFERENCE_MAX_ELEMS:
+            row.status, row.note = "skipped", "materialises (B, D, N, L): too large here"
+            return
+        fn = _fn(name)
+        with poisoned_outputs(name in _BACKEND):
+            got = _outputs(fn, x, channels)
+        row.tol = 2 * REL_TOL[case.dtype]
+        row.rel_err = max(relative_error(o, r) for o, r in zip(got, oracle))
+        if not row.rel_err <= row.tol:
+            row.status, row.note = "FAILED", f"rel err {row.rel_err:.2e} > tol {row.tol:.0e}"
+        row.time_ms = time_ms(_call(fn, x), case.device)
+
+    return run_providers(case, providers, prepare, measure)
 
 
 def headline(rows: list[Row], ceilings) -> list[str]:

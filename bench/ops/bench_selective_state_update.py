@@ -24,7 +24,7 @@ import math
 
 import torch
 
-from bench.common import error_text
+from bench.common import run_providers
 from bench.registry import Case, Row
 from bench.timing import input_sets, rotating, time_ms
 
@@ -218,44 +218,32 @@ def run(case: Case, providers: list[str]) -> list[Row]:
     from arkernels.testing.numerics import REL_TOL
 
     gen = torch.Generator().manual_seed(0)
-    dev = torch.device(case.device)
-    rows: list[Row] = []
-    try:
-        sets = [_make_args(case, gen) for _ in range(input_sets(case.bytes, dev))]
-    except Exception as err:  # noqa: BLE001  (e.g. out of memory: every provider's row says so)
-        for name in providers:
-            row = Row.for_case(case, name)
-            row.status, row.note = "error", f"inputs: {error_text(err)}"
-            rows.append(row)
-        return rows
-    for name in providers:
-        row = Row.for_case(case, name)
-        try:
-            skip = _skip_reason(name, case)
-            if skip is not None:
-                row.status, row.note = "skipped", skip
-            else:
-                fn = _provider_fn(name, case)
-                row.tol = REL_TOL[case.dtype]
-                row.rel_err = _check(name, fn, sets[0], case)
-                if not (row.rel_err <= row.tol):  # NaN fails too
-                    row.status, row.note = "FAILED", f"rel err {row.rel_err:.2e} > tol {row.tol:.0e}"
-                if name == PEER:
-                    row.note = (row.note + "; " if row.note else "") + _peer()[1]
 
-                def call(a, fn=fn):
-                    with torch.no_grad():
-                        return fn(**a)
+    def prepare():
+        return [_make_args(case, gen) for _ in range(input_sets(case.bytes, torch.device(case.device)))]
 
-                # Each call advances its set's state in place (the values stay bounded: exp(dt A) < 1).
-                row.time_ms = time_ms(rotating([lambda a=a: call(a) for a in sets]), case.device)
-                row.input_sets = len(sets)
-            if dev.type == "cuda":
-                torch.cuda.synchronize()  # an asynchronous kernel error belongs to this provider's row
-        except Exception as err:  # noqa: BLE001  (recorded in the row, never fatal)
-            row.status, row.note = "error", error_text(err)
-        rows.append(row)
-    return rows
+    def measure(name, sets, row):
+        skip = _skip_reason(name, case)
+        if skip is not None:
+            row.status, row.note = "skipped", skip
+            return
+        fn = _provider_fn(name, case)
+        row.tol = REL_TOL[case.dtype]
+        row.rel_err = _check(name, fn, sets[0], case)
+        if not (row.rel_err <= row.tol):  # NaN fails too
+            row.status, row.note = "FAILED", f"rel err {row.rel_err:.2e} > tol {row.tol:.0e}"
+        if name == PEER:
+            row.note = (row.note + "; " if row.note else "") + _peer()[1]
+
+        def call(a, fn=fn):
+            with torch.no_grad():
+                return fn(**a)
+
+        # Each call advances its set's state in place (the values stay bounded: exp(dt A) < 1).
+        row.time_ms = time_ms(rotating([lambda a=a: call(a) for a in sets]), case.device)
+        row.input_sets = len(sets)
+
+    return run_providers(case, providers, prepare, measure)
 
 
 # ---------------------------------------------------------------- headline

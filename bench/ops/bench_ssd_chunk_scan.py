@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from bench.common import error_text, ms
+from bench.common import ms, run_providers
 from bench.registry import MODES, Case, Row
 from bench.timing import input_sets, rotating, time_ms
 
@@ -246,39 +246,26 @@ def run(case: Case, providers: list[str]) -> list[Row]:
     from arkernels.testing.numerics import REL_TOL
 
     torch.manual_seed(0)
-    dev = torch.device(case.device)
-    rows: list[Row] = []
-    try:
-        n_sets = input_sets(case.bytes, dev, max_sets=8)
-        sets = [_make_inputs(case) for _ in range(n_sets)]
-        oracle = _oracle(sets[0])
-    except Exception as err:  # noqa: BLE001  (e.g. out of memory: every provider's row says so)
-        for name in providers:
-            row = Row.for_case(case, name)
-            row.status, row.note = "error", f"inputs: {error_text(err)}"
-            rows.append(row)
-        return rows
-    for name in providers:
-        row = Row.for_case(case, name)
-        try:
-            skip = _skip_reason(name, case)
-            if skip is not None:
-                row.status, row.note = "skipped", skip
-            else:
-                fn = _provider_fn(name)
-                row.tol = REL_TOL[case.dtype]
-                row.rel_err = _check(name, fn, sets[0], oracle)
-                if not (row.rel_err <= row.tol):
-                    row.status, row.note = "FAILED", f"rel err {row.rel_err:.2e} > tol {row.tol:.0e}"
-                row.time_ms = time_ms(rotating([_call(fn, x) for x in sets]), case.device)
-                row.input_sets = len(sets)
-            if dev.type == "cuda":
-                torch.cuda.synchronize()
-                torch.cuda.empty_cache()
-        except Exception as err:  # noqa: BLE001  (recorded in the row, never fatal)
-            row.status, row.note = "error", error_text(err)
-        rows.append(row)
-    return rows
+
+    def prepare():
+        sets = [_make_inputs(case) for _ in range(input_sets(case.bytes, torch.device(case.device), max_sets=8))]
+        return sets, _oracle(sets[0])
+
+    def measure(name, prepared, row):
+        sets, oracle = prepared
+        skip = _skip_reason(name, case)
+        if skip is not None:
+            row.status, row.note = "skipped", skip
+            return
+        fn = _provider_fn(name)
+        row.tol = REL_TOL[case.dtype]
+        row.rel_err = _check(name, fn, sets[0], oracle)
+        if not (row.rel_err <= row.tol):
+            row.status, row.note = "FAILED", f"rel err {row.rel_err:.2e} > tol {row.tol:.0e}"
+        row.time_ms = time_ms(rotating([_call(fn, x) for x in sets]), case.device)
+        row.input_sets = len(sets)
+
+    return run_providers(case, providers, prepare, measure)
 
 
 # ---------------------------------------------------------------- headline

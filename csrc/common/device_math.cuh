@@ -49,4 +49,15 @@ inline ark_status cuda_launch_status(const char* op, const char* what) {
   return ARK_SUCCESS;
 }
 
+// Calls f(T{}) with T the storage type of `dtype` (float, __half, __nv_bfloat16): one place that maps
+// the C API's dtype enum onto kernel template arguments.
+template <class F> ark_status dispatch_dtype(ark_dtype dtype, F&& f) {
+  switch (dtype) {
+    case ARK_FLOAT32: return f(float{});
+    case ARK_FLOAT16: return f(__half{});
+    case ARK_BFLOAT16: return f(__nv_bfloat16{});
+  }
+  return fail(ARK_ERROR_INVALID_ARGUMENT, "dtype: unknown value %d", int(dtype));
+}
+
 }  // namespace ark

@@ -532,32 +532,17 @@ size_t causal_conv1d_bwd_workspace_bytes_cuda(int64_t batch, int64_t dim, int64_
 
 ark_status causal_conv1d_fwd_cuda(const CausalConv1dFwdParams& p, ark_dtype dtype, void* stream) {
   const auto s = static_cast<cudaStream_t>(stream);
-  switch (dtype) {
-    case ARK_FLOAT32: return launch_fwd<float>(p, s);
-    case ARK_FLOAT16: return launch_fwd<__half>(p, s);
-    case ARK_BFLOAT16: return launch_fwd<__nv_bfloat16>(p, s);
-  }
-  return fail(ARK_ERROR_INVALID_ARGUMENT, "dtype: unknown value %d", int(dtype));
+  return dispatch_dtype(dtype, [&](auto tag) { return launch_fwd<decltype(tag)>(p, s); });
 }
 
 ark_status causal_conv1d_bwd_cuda(const CausalConv1dBwdParams& p, ark_dtype dtype, void* stream) {
   const auto s = static_cast<cudaStream_t>(stream);
-  switch (dtype) {
-    case ARK_FLOAT32: return launch_bwd<float>(p, s);
-    case ARK_FLOAT16: return launch_bwd<__half>(p, s);
-    case ARK_BFLOAT16: return launch_bwd<__nv_bfloat16>(p, s);
-  }
-  return fail(ARK_ERROR_INVALID_ARGUMENT, "dtype: unknown value %d", int(dtype));
+  return dispatch_dtype(dtype, [&](auto tag) { return launch_bwd<decltype(tag)>(p, s); });
 }
 
 ark_status causal_conv1d_update_cuda(const CausalConv1dUpdateParams& p, ark_dtype dtype, void* stream) {
   const auto s = static_cast<cudaStream_t>(stream);
-  switch (dtype) {
-    case ARK_FLOAT32: return launch_update<float>(p, s);
-    case ARK_FLOAT16: return launch_update<__half>(p, s);
-    case ARK_BFLOAT16: return launch_update<__nv_bfloat16>(p, s);
-  }
-  return fail(ARK_ERROR_INVALID_ARGUMENT, "dtype: unknown value %d", int(dtype));
+  return dispatch_dtype(dtype, [&](auto tag) { return launch_update<decltype(tag)>(p, s); });
 }
 
 }  // namespace ark

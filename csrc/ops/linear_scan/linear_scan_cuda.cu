@@ -422,22 +422,12 @@ ark_status launch_bwd(const LinearScanBwdParams& p, cudaStream_t stream) {
 
 ark_status linear_scan_fwd_cuda(const LinearScanFwdParams& p, ark_dtype dtype, void* stream) {
   const auto s = static_cast<cudaStream_t>(stream);
-  switch (dtype) {
-    case ARK_FLOAT32: return launch_fwd<float>(p, s);
-    case ARK_FLOAT16: return launch_fwd<__half>(p, s);
-    case ARK_BFLOAT16: return launch_fwd<__nv_bfloat16>(p, s);
-  }
-  return fail(ARK_ERROR_INVALID_ARGUMENT, "dtype: unknown value %d", int(dtype));
+  return dispatch_dtype(dtype, [&](auto tag) { return launch_fwd<decltype(tag)>(p, s); });
 }
 
 ark_status linear_scan_bwd_cuda(const LinearScanBwdParams& p, ark_dtype dtype, void* stream) {
   const auto s = static_cast<cudaStream_t>(stream);
-  switch (dtype) {
-    case ARK_FLOAT32: return launch_bwd<float>(p, s);
-    case ARK_FLOAT16: return launch_bwd<__half>(p, s);
-    case ARK_BFLOAT16: return launch_bwd<__nv_bfloat16>(p, s);
-  }
-  return fail(ARK_ERROR_INVALID_ARGUMENT, "dtype: unknown value %d", int(dtype));
+  return dispatch_dtype(dtype, [&](auto tag) { return launch_bwd<decltype(tag)>(p, s); });
 }
 
 }  // namespace ark
