@@ -86,15 +86,6 @@ Expected expected(const Problem& p) {
   return e;
 }
 
-double rel_error(const std::vector<float>& got, const std::vector<double>& want) {
-  double num = 0, den = 0;
-  for (size_t i = 0; i < want.size(); ++i) {
-    if (!std::isfinite(got[i])) return INFINITY;
-    num += (got[i] - want[i]) * (got[i] - want[i]);
-    den += want[i] * want[i];
-  }
-  return den > 0 ? std::sqrt(num / den) : std::sqrt(num);
-}
 
 std::vector<uint16_t> to_bf16(const std::vector<float>& x) {
   std::vector<uint16_t> y(x.size());
@@ -422,10 +413,5 @@ int main() {
 #ifdef ARKERNELS_TEST_CUDA
   test_cuda_matches_definition();
 #endif
-  if (g_failures) {
-    std::printf("%d check(s) failed\n", g_failures);
-    return 1;
-  }
-  std::printf("all causal_conv1d C API checks passed\n");
-  return 0;
+  return finish("causal_conv1d C API");
 }

@@ -98,19 +98,6 @@ Expected expected(const Problem& p) {
 
 // ||got - want|| / ||want|| over the elements where want is not NaN; got must be NaN exactly there
 // (an element that must not be written kept its NaN poison).
-double rel_error(const std::vector<float>& got, const std::vector<double>& want) {
-  double num = 0, den = 0;
-  for (size_t i = 0; i < want.size(); ++i) {
-    if (std::isnan(want[i])) {
-      if (!std::isnan(got[i])) return INFINITY;
-      continue;
-    }
-    if (!std::isfinite(got[i])) return INFINITY;
-    num += (got[i] - want[i]) * (got[i] - want[i]);
-    den += want[i] * want[i];
-  }
-  return den > 0 ? std::sqrt(num / den) : std::sqrt(num);
-}
 
 // Buffers of one run, as raw bytes of the run's dtypes (fp32 or bf16 for state and inputs alike).
 struct Buffers {
@@ -328,10 +315,5 @@ int main() {
 #ifdef ARKERNELS_TEST_CUDA
   test_cuda_matches_definition();
 #endif
-  if (g_failures) {
-    std::printf("%d check(s) failed\n", g_failures);
-    return 1;
-  }
-  std::printf("all selective_state_update C API checks passed\n");
-  return 0;
+  return finish("selective_state_update C API");
 }

@@ -197,6 +197,5 @@ int main() {
   check_problem("seq_idx", make(2, 23, 2, 3, 1, 4, {}, true, 2));
   check_problem("cu_seqlens", make(1, 20, 2, 3, 1, 4, {0, 1, 1, 12, 20}, false, 4));
   check_bad_arguments();
-  if (g_failures == 0) std::printf("test_ssd_chunk_scan_capi: all passed\n");
-  return g_failures == 0 ? 0 : 1;
+  return finish("ssd_chunk_scan C API");
 }
