@@ -52,19 +52,10 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--peer-build", default=None)
     ap.add_argument("--z", action="store_true")
-    ap.add_argument("--sweep", action="store_true", help="also time the launch shapes of the tuning knobs")
     args = ap.parse_args()
     peer = load_peer(args.peer_build)
+    # Launch-shape sweeps: bench/native (native_bench, tuning knobs), which needs no torch build.
     providers = {"arkernels": lambda *a: arkernels.selective_scan(*a, backend="cuda")}
-    if args.sweep:  # the launcher reads these at every call (tuning only)
-        for k, threads in ((2, 128), (2, 256), (4, 128), (4, 256)):
-            def fn(*a, k=k, threads=threads):
-                os.environ["ARKERNELS_SELECTIVE_SCAN_K"], os.environ["ARKERNELS_SELECTIVE_SCAN_THREADS"] = str(k), str(threads)
-                try:
-                    return arkernels.selective_scan(*a, backend="cuda")
-                finally:
-                    del os.environ["ARKERNELS_SELECTIVE_SCAN_K"], os.environ["ARKERNELS_SELECTIVE_SCAN_THREADS"]
-            providers[f"K{k}-T{threads}"] = fn
     if peer is not None:
         providers["mamba-ssm"] = peer
     for (b, d, L, n) in SHAPES:

@@ -24,7 +24,8 @@ template <> __device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(flo
 __device__ __forceinline__ float softplus_f32(float x) { return x <= 20.f ? log1pf(__expf(x)) : x; }
 // d softplus / dx = sigmoid(x); 1 above the passthrough threshold.
 __device__ __forceinline__ float softplus_grad_f32(float x) { return x <= 20.f ? 1.f / (1.f + __expf(-x)) : 1.f; }
-__device__ __forceinline__ float sigmoid_f32(float x) { return 1.f / (1.f + __expf(-x)); }
+// Fast division (MUFU.RCP): an IEEE division costs ~10 instructions and a branch per element.
+__device__ __forceinline__ float sigmoid_f32(float x) { return __fdividef(1.f, 1.f + __expf(-x)); }
 __device__ __forceinline__ float silu_f32(float x) { return x * sigmoid_f32(x); }
 // d silu / dx = sigmoid(x) * (1 + x * (1 - sigmoid(x))).
 __device__ __forceinline__ float silu_grad_f32(float x) {

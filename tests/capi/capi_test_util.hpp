@@ -10,6 +10,10 @@
 
 inline int g_failures = 0;
 
+// Launch-shape knobs of libarkernels (csrc/common/tuning.hpp; exported, not in the public headers):
+// the CUDA checks run every kernel variant a knob can select, not only the default one.
+extern "C" int ark_tuning_set(const char* name, int value);
+
 #define EXPECT(cond, ...)                              \
   do {                                                 \
     if (!(cond)) {                                     \

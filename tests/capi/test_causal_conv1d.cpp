@@ -389,9 +389,14 @@ void test_cuda_matches_definition() {
     return;
   }
   unsigned seed = 100;
+  // Forward tile shapes (vectors per lane, warps per block): each vector count and block size once.
+  const int tiles[][2] = {{1, 4}, {2, 8}, {4, 4}, {8, 8}};
+  for (const auto& tile : tiles)
   for (int W = 2; W <= 4; ++W)
     for (int64_t L : {1, 2, 7, 255, 256, 372, 1001, 4097})
       for (bool silu : {false, true}) {
+        ark_tuning_set("conv1d_fwd_vectors", tile[0]);
+        ark_tuning_set("conv1d_fwd_warps", tile[1]);
         const Problem p = make_problem(3, 7, L, W, silu, seed++);
         std::vector<float> dw_again;
         const Result r32 = run_cuda(p, ARK_FLOAT32, &dw_again);
@@ -400,6 +405,8 @@ void test_cuda_matches_definition() {
                "cuda dweight differs between two runs (L=%lld W=%d)", (long long)L, W);
         check_against_expected("cuda bf16", p, run_cuda(p, ARK_BFLOAT16), 1e-2);
       }
+  ark_tuning_set("conv1d_fwd_vectors", 0);
+  ark_tuning_set("conv1d_fwd_warps", 0);
   test_update(ARK_DEVICE_CUDA, "cuda");
 }
 #endif

@@ -21,7 +21,7 @@ namespace {
 struct Problem {
   int64_t batch = 2, dim = 4, L = 45, N = 5, G = 2;
   std::vector<float> u, delta, A, B, C, D, z, bias, h0, w_out, w_last;
-  explicit Problem(unsigned seed) {
+  explicit Problem(unsigned seed, int64_t states = 5, int64_t length = 45) : L(length), N(states) {
     std::mt19937 gen(seed);
     std::normal_distribution<float> nrm(0.f, 1.f);
     std::uniform_real_distribution<float> uni(0.f, 1.f);
@@ -185,13 +185,16 @@ struct Dev {
   ~Dev() { cudaFree(p); }
 };
 
-void test_cuda_matches_cpu() {
+// `fwd_shape` / `fwd_threads`: the forward's launch shape (tuning knobs; 0 = the default choice).
+void test_cuda_matches_cpu(int64_t N, int64_t L, int fwd_shape, int fwd_threads) {
   int count = 0;
   if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0) {
     std::printf("no CUDA device: CUDA checks skipped\n");
     return;
   }
-  Problem p(11);
+  ark_tuning_set("sscan_fwd_shape", fwd_shape);
+  ark_tuning_set("sscan_fwd_threads", fwd_threads);
+  Problem p(11, N, L);
   Outputs cpu;
   run_cpu(p, cpu);
   Outputs host;
@@ -222,8 +225,11 @@ void test_cuda_matches_cpu() {
       {"dz", &dz, &cpu.dz, 1e-4}, {"dinitial_state", &dh0, &cpu.dh0, 1e-4}};
   for (const auto& c : checks) {
     const double err = rel_error(c.d->get(), *c.want);
-    EXPECT(err <= c.tol, "cuda %s: relative difference to the CPU path %.3g > %.0e", c.name, err, c.tol);
+    EXPECT(err <= c.tol, "cuda %s (N=%lld, forward shape %d/%d): relative difference to the CPU path %.3g > %.0e",
+           c.name, (long long)N, fwd_shape, fwd_threads, err, c.tol);
   }
+  ark_tuning_set("sscan_fwd_shape", 0);
+  ark_tuning_set("sscan_fwd_threads", 0);
 }
 #endif
 
@@ -233,7 +239,10 @@ int main() {
   test_cpu_matches_definition();
   test_bad_arguments();
 #ifdef ARKERNELS_TEST_CUDA
-  test_cuda_matches_cpu();
+  test_cuda_matches_cpu(5, 45, 0, 0);
+  // N = 16 (Mamba-1): every forward launch shape a default build compiles for it.
+  const int shapes[][2] = {{0, 0}, {404, 128}, {404, 256}, {208, 128}, {208, 256}};
+  for (const auto& s : shapes) test_cuda_matches_cpu(16, 300, s[0], s[1]);
 #endif
   return finish("selective_scan C API");
 }

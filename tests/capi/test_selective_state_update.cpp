@@ -286,8 +286,10 @@ void test_cuda_matches_definition() {
     return;
   }
   unsigned seed = 100;
+  for (int rows : {1, 2, 4})  // rows per lane group of the one-chunk kernel
   for (const Shape& s : kShapes)
     for (ark_dtype dtype : {ARK_FLOAT32, ARK_BFLOAT16}) {
+      ark_tuning_set("ssu_rows", rows);
       const Problem p = make_problem(s.b, s.k, s.H, s.P, s.N, s.G, s.a_broadcast, s.extras, s.indices, seed++);
       Buffers h = host_buffers(p, dtype);
       std::vector<char> idx_bytes(p.idx.size() * 4);
@@ -304,6 +306,7 @@ void test_cuda_matches_definition() {
       inter.to_host(h.inter);
       check_result(dtype == ARK_FLOAT32 ? "cuda fp32" : "cuda bf16", p, h, st, dtype == ARK_FLOAT32 ? 1e-5 : 1e-2);
     }
+  ark_tuning_set("ssu_rows", 0);
 }
 #endif
 

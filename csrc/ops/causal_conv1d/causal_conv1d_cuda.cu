@@ -25,6 +25,7 @@
 
 #include "common/device_math.cuh"
 #include "common/status.hpp"
+#include "common/tuning.hpp"
 #include "ops/causal_conv1d/causal_conv1d.cuh"
 
 namespace ark {
@@ -111,8 +112,9 @@ struct WarpTask {
   int64_t row, tile;
   int lane;
 };
+template <int WARPS = kWarpsPerBlock>
 __device__ __forceinline__ WarpTask warp_task(int64_t tiles_per_row) {
-  const int64_t w = int64_t(blockIdx.x) * kWarpsPerBlock + threadIdx.x / 32;
+  const int64_t w = int64_t(blockIdx.x) * WARPS + threadIdx.x / 32;
   WarpTask t;
   t.row = w / tiles_per_row;
   t.tile = w - t.row * tiles_per_row;
@@ -184,12 +186,12 @@ int64_t tiles_per_row(int64_t L, int64_t tile, int64_t origin_pad) {
 
 // ------------------------------------------------------------------------------------------ forward
 
-template <typename T, int W, int NV>
-__global__ void __launch_bounds__(kThreads) causal_conv1d_fwd_kernel(const CausalConv1dFwdParams p,
-                                                                      int64_t tiles) {
+template <typename T, int W, int NV, int WARPS>
+__global__ void __launch_bounds__(32 * WARPS) causal_conv1d_fwd_kernel(const CausalConv1dFwdParams p,
+                                                                        int64_t tiles) {
   constexpr int V = kVec<T>;
   constexpr int kSub = 32 * V;
-  const WarpTask task = warp_task(tiles);
+  const WarpTask task = warp_task<WARPS>(tiles);
   if (task.row >= p.batch * p.dim) return;  // the whole warp leaves together
   const int lane = task.lane;
   const int64_t L = p.L;
@@ -418,7 +420,6 @@ ark_status blocks_for(int64_t work, int64_t per_block, const char* what, unsigne
 }
 
 // Vectors per lane for a row length: one tile of NV vectors per lane when the row fills it, else 1.
-template <typename T> int fwd_nv(int64_t L) { return L >= int64_t(kFwdNV) * 32 * kVec<T> ? kFwdNV : 1; }
 template <typename T> int bwd_nv(int64_t L) { return L >= int64_t(kBwdNV) * 32 * kVec<T> ? kBwdNV : 1; }
 
 // How far past a 16-byte boundary rows of a contiguous (rows, L) output can start: none when the base
@@ -427,18 +428,38 @@ template <typename T> int64_t origin_pad(const void* base, int64_t L) {
   return (reinterpret_cast<uintptr_t>(base) & 15u) == 0 && L % kVec<T> == 0 ? 0 : kVec<T> - 1;
 }
 
-template <typename T, int W, int NV>
+template <typename T, int W, int NV, int WARPS>
 ark_status launch_fwd_nv(const CausalConv1dFwdParams& p, cudaStream_t stream) {
   const int64_t tiles = tiles_per_row(p.L, int64_t(NV) * 32 * kVec<T>, origin_pad<T>(p.out, p.L));
   unsigned blocks;
-  if (const ark_status s = blocks_for(p.batch * p.dim * tiles, kWarpsPerBlock, "forward", &blocks)) return s;
-  causal_conv1d_fwd_kernel<T, W, NV><<<blocks, kThreads, 0, stream>>>(p, tiles);
+  if (const ark_status s = blocks_for(p.batch * p.dim * tiles, WARPS, "forward", &blocks)) return s;
+  causal_conv1d_fwd_kernel<T, W, NV, WARPS><<<blocks, 32 * WARPS, 0, stream>>>(p, tiles);
   return launch_status("forward");
 }
 
+template <typename T, int W, int WARPS>
+ark_status launch_fwd_warps(const CausalConv1dFwdParams& p, int nv, cudaStream_t stream) {
+  switch (nv) {
+    case 1: return launch_fwd_nv<T, W, 1, WARPS>(p, stream);
+    case 2: return launch_fwd_nv<T, W, 2, WARPS>(p, stream);
+    case 4: return launch_fwd_nv<T, W, 4, WARPS>(p, stream);
+    case 8: return launch_fwd_nv<T, W, 8, WARPS>(p, stream);
+  }
+  return fail(ARK_ERROR_INVALID_ARGUMENT, "tuning knob conv1d_fwd_vectors: expected 1, 2, 4 or 8, got %d", nv);
+}
+
+// Tile shape: the tuning knobs (common/tuning.hpp) where set, else kFwdNV vectors and
+// kWarpsPerBlock warps; rows shorter than one tile take one vector per lane.
 template <typename T, int W>
 ark_status launch_fwd_w(const CausalConv1dFwdParams& p, cudaStream_t stream) {
-  return fwd_nv<T>(p.L) == kFwdNV ? launch_fwd_nv<T, W, kFwdNV>(p, stream) : launch_fwd_nv<T, W, 1>(p, stream);
+  int nv = knob(Knob::Conv1dFwdVectors) ? knob(Knob::Conv1dFwdVectors) : kFwdNV;
+  if (p.L < int64_t(nv) * 32 * kVec<T>) nv = 1;
+  const int warps = knob(Knob::Conv1dFwdWarps) ? knob(Knob::Conv1dFwdWarps) : kWarpsPerBlock;
+  switch (warps) {
+    case 4: return launch_fwd_warps<T, W, 4>(p, nv, stream);
+    case 8: return launch_fwd_warps<T, W, 8>(p, nv, stream);
+  }
+  return fail(ARK_ERROR_INVALID_ARGUMENT, "tuning knob conv1d_fwd_warps: expected 4 or 8, got %d", warps);
 }
 
 template <typename T>

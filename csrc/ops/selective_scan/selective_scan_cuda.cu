@@ -21,10 +21,10 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
-#include <cstdlib>
 
 #include "common/device_math.cuh"
 #include "common/status.hpp"
+#include "common/tuning.hpp"
 #include "ops/selective_scan/selective_scan.cuh"
 
 namespace ark {
@@ -51,7 +51,9 @@ template <typename T> __device__ __forceinline__ void st(void* p, int64_t i, flo
 template <int K_, int R_, int THREADS_ = kThreads> struct Shape {
   static constexpr int K = K_, R = R_, THREADS = THREADS_, ROWS = THREADS_ / R_, NP = K_ * R_;
   static constexpr int NPP = NP + 4;                 // padded B/C row: 16-byte aligned, fewer bank conflicts
-  static constexpr int TT = NP >= 128 ? 32 : 64;     // forward time tile (a multiple of kCk)
+  // Forward time tile (a multiple of kCk): 32 steps where 64 would take more than 4 prefetched
+  // chunks per thread (NV_ROWS below) or too much shared memory.
+  static constexpr int TT = (NP >= 128 || R_ < 4) ? 32 : 64;
   static constexpr int TS = 32 / K_;                 // backward sub-tile held in registers
   // Forward staging through 16-byte chunks prefetched in registers: chunks per thread per tensor
   // (sized for fp32); used where that stays within a few registers.
@@ -380,7 +382,7 @@ __device__ void write_fwd_vec(const ark_selective_scan_args& a, const BlockPos& 
   }
 }
 
-template <class S, bool VARLEN>
+template <class S, bool VARLEN, bool PIPELINED = true>
 __global__ void __launch_bounds__(S::THREADS) selective_scan_fwd_kernel(const ark_selective_scan_args a) {
   constexpr int K = S::K, R = S::R, TT = S::TT;
   extern __shared__ float4 smem_f4[];
@@ -439,8 +441,23 @@ __global__ void __launch_bounds__(S::THREADS) selective_scan_fwd_kernel(const ar
     }
     // Not unrolled across groups: a fully unrolled tile (stores deferred to its end) measured the
     // same speed with 234 registers instead of ~100, halving the blocks per SM (bench/NOTES.md).
-#pragma unroll 1
+    // Groups of fewer than 4 steps (R < 4) are unrolled to 4 steps per iteration.
+    // PIPELINED: the reduce-scatter of group g-1 is issued at the start of group g, in the same basic
+    // block as g's arithmetic, so its chain of dependent shuffles (~100 cycles) overlaps g's
+    // exponentials instead of stalling the warp at the end of every group (SASS of the unpipelined
+    // loop: SHFL -> FADD -> FSEL three times, then LDS/FADD/STS, before the branch back).
+    // The first group reduces zeros into the row's padding column TT (never read).
+    constexpr int kGroupUnroll = R >= 4 ? 1 : 4 / R;
+    float prev[R];
+#pragma unroll
+    for (int j = 0; j < R; ++j) prev[j] = 0.f;
+    int prev_slot = TT;  // y column that prev[] belongs to (TT: the padding column)
+#pragma unroll kGroupUnroll
     for (int tt = 0; tt < TT; tt += R) {
+      if constexpr (PIPELINED) {
+        reduce_scatter<R>(prev, lane);
+        sm.y[row * (TT + 1) + prev_slot] += prev[0];
+      }
       float acc[R];
 #pragma unroll
       for (int j = 0; j < R; ++j) {
@@ -465,12 +482,22 @@ __global__ void __launch_bounds__(S::THREADS) selective_scan_fwd_kernel(const ar
           if (s >= 0) store_state<K>(a.last_state, s * a.dim + d, N, n0, row_ok, h);
         }
       }
-      reduce_scatter<R>(acc, lane);
-      sm.y[row * (TT + 1) + tt + lane] += acc[0];
+      if constexpr (PIPELINED) {
+#pragma unroll
+        for (int j = 0; j < R; ++j) prev[j] = acc[j];
+        prev_slot = tt + lane;
+      } else {
+        reduce_scatter<R>(acc, lane);
+        sm.y[row * (TT + 1) + tt + lane] += acc[0];
+      }
       if (a.checkpoints && (tt + R) % kCk == 0) {
         const int64_t c = (t0 + tt + R) / kCk - 1;
         if (c < nck) store_state<K>(a.checkpoints, (bp.b * a.dim + d) * nck + c, N, n0, row_ok, h);
       }
+    }
+    if constexpr (PIPELINED) {
+      reduce_scatter<R>(prev, lane);
+      sm.y[row * (TT + 1) + prev_slot] += prev[0];
     }
     __syncthreads();
     if (vec) {
@@ -834,18 +861,31 @@ LaunchShape pick_shape(const ark_selective_scan_args& a, bool backward) {
   const int np = N <= 4 ? 4 : N <= 8 ? 8 : N <= 16 ? 16 : N <= 32 ? 32 : N <= 64 ? 64 : N <= 128 ? 128 : 256;
   if (np == 256) return {8, 32, kThreads};
   int K = 4;
-  if (const char* env = std::getenv("ARKERNELS_SELECTIVE_SCAN_K")) K = std::atoi(env);  // tuning only
-  else if (np >= 16 && np <= 64 && a.batch * a.dim / (kThreads / (np / 4)) < 198) K = 2;
-  if (K != 2 && K != 4) K = 4;
+  if (np >= 16 && np <= 64 && a.batch * a.dim / (kThreads / (np / 4)) < 198) K = 2;
   if (np == 4 || np == 8 || np == 128) K = 4;
   const int R = np / K;
   int threads = kThreads;
   if (!backward && (np == 16 || (np == 32 && K == 2))) {
     const int64_t blocks256 = a.batch * a.dim / (256 / R);
     threads = blocks256 >= 4 * 132 ? 256 : kThreads;  // 256 measured no faster at either headline shape
-    if (const char* env = std::getenv("ARKERNELS_SELECTIVE_SCAN_THREADS")) threads = std::atoi(env) == 256 ? 256 : kThreads;
   }
   return {K, R, threads};
+}
+
+// The forward's shape: pick_shape, or the tuning knobs (common/tuning.hpp) where set; they must
+// cover the padded state count (K * R) of these sizes.
+ark_status pick_fwd_shape(const ark_selective_scan_args& a, LaunchShape* out) {
+  *out = pick_shape(a, false);
+  if (const int kr = knob(Knob::SscanFwdShape)) {
+    const int K = kr / 100, R = kr % 100;
+    if (K * R != out->K * out->R)
+      return fail(ARK_ERROR_INVALID_ARGUMENT, "tuning knob sscan_fwd_shape: K * R must be %d for N = %lld, got %d",
+                  out->K * out->R, (long long)a.dstate, kr);
+    out->K = K;
+    out->R = R;
+  }
+  if (const int t = knob(Knob::SscanFwdThreads)) out->threads = t;
+  return ARK_SUCCESS;
 }
 
 template <class S> int64_t grid_blocks(const ark_selective_scan_args& a) {
@@ -858,6 +898,9 @@ ark_status launch_fwd(const ark_selective_scan_args& a, cudaStream_t st) {
   const int64_t blocks = grid_blocks<S>(a);
   if (blocks > 0x7fffffffLL) return fail(ARK_ERROR_INVALID_ARGUMENT, "batch * dim: too large for one launch");
   auto kernel = a.cu_seqlens ? selective_scan_fwd_kernel<S, true> : selective_scan_fwd_kernel<S, false>;
+#ifdef ARKERNELS_TUNING_VARIANTS
+  if (knob(Knob::SscanFwdUnpipelined) && !a.cu_seqlens) kernel = selective_scan_fwd_kernel<S, false, false>;
+#endif
   if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)) != cudaSuccess)
     return cuda_launch_status("selective_scan", "forward (shared memory attribute)");
   kernel<<<unsigned(blocks), S::THREADS, smem, st>>>(a);
@@ -899,9 +942,8 @@ struct BwdLauncher {
   template <class S> ark_status run() const { return launch_bwd<Shape<S::K, S::R>>(a, ws, st); }
 };
 
-// Calls f.run<Shape<K, R, threads>>() for the shape picked for these sizes.
-template <class F> ark_status with_shape(const ark_selective_scan_args& a, const F& f, bool backward) {
-  const LaunchShape s = pick_shape(a, backward);
+// Calls f.run<Shape<K, R, threads>>() for shape `s` (backward: 128 threads only).
+template <class F> ark_status with_shape(const LaunchShape& s, const F& f) {
   if (s.threads == 256) {
     switch (s.K * 100 + s.R) {
       case 404: return f.template run<Shape<4, 4, 256>>();
@@ -909,22 +951,38 @@ template <class F> ark_status with_shape(const ark_selective_scan_args& a, const
       case 216: return f.template run<Shape<2, 16, 256>>();
       default: break;
     }
+  } else if (s.threads == kThreads) {
+    switch (s.K * 100 + s.R) {
+      case 401: return f.template run<Shape<4, 1>>();
+      case 402: return f.template run<Shape<4, 2>>();
+      case 404: return f.template run<Shape<4, 4>>();
+      case 208: return f.template run<Shape<2, 8>>();
+      case 408: return f.template run<Shape<4, 8>>();
+      case 216: return f.template run<Shape<2, 16>>();
+      case 416: return f.template run<Shape<4, 16>>();
+      case 232: return f.template run<Shape<2, 32>>();
+      case 432: return f.template run<Shape<4, 32>>();
+      case 832: return f.template run<Shape<8, 32>>();
+      default: break;
+    }
   }
-  switch (s.K * 100 + s.R) {
-    case 401: return f.template run<Shape<4, 1>>();
-    case 402: return f.template run<Shape<4, 2>>();
-    case 404: return f.template run<Shape<4, 4>>();
-    case 208: return f.template run<Shape<2, 8>>();
-    case 408: return f.template run<Shape<4, 8>>();
-    case 216: return f.template run<Shape<2, 16>>();
-    case 416: return f.template run<Shape<4, 16>>();
-    case 232: return f.template run<Shape<2, 32>>();
-    case 432: return f.template run<Shape<4, 32>>();
-    case 832: return f.template run<Shape<8, 32>>();
-    default: break;
-  }
-  return fail(ARK_ERROR_INTERNAL, "selective_scan: no kernel for K=%d R=%d", s.K, s.R);
+  return fail(ARK_ERROR_INVALID_ARGUMENT, "selective_scan: no kernel compiled for K=%d R=%d threads=%d", s.K, s.R,
+              s.threads);
 }
+
+#ifdef ARKERNELS_TUNING_VARIANTS
+// Forward-only shapes for tuning sweeps (bench/native/), compiled only into tuning builds.
+template <class F> ark_status with_tuning_shape(const LaunchShape& s, const F& f) {
+  switch (s.threads * 10000 + s.K * 100 + s.R) {
+    case 64 * 10000 + 404: return f.template run<Shape<4, 4, 64>>();
+    case 64 * 10000 + 208: return f.template run<Shape<2, 8, 64>>();
+    case 64 * 10000 + 802: return f.template run<Shape<8, 2, 64>>();
+    case 128 * 10000 + 802: return f.template run<Shape<8, 2, 128>>();
+    case 256 * 10000 + 802: return f.template run<Shape<8, 2, 256>>();
+    default: return with_shape(s, f);
+  }
+}
+#endif
 
 }  // namespace
 
@@ -934,12 +992,18 @@ int64_t selective_scan_cuda_rows_per_block(const ark_selective_scan_args& a) {
 
 ark_status selective_scan_fwd_cuda(const ark_selective_scan_args& a, void* stream) {
   const auto st = static_cast<cudaStream_t>(stream);
-  return with_shape(a, FwdLauncher{a, st}, false);
+  LaunchShape s;
+  ARK_TRY(pick_fwd_shape(a, &s));
+#ifdef ARKERNELS_TUNING_VARIANTS
+  return with_tuning_shape(s, FwdLauncher{a, st});
+#else
+  return with_shape(s, FwdLauncher{a, st});
+#endif
 }
 
 ark_status selective_scan_bwd_cuda(const ark_selective_scan_args& a, float* workspace, void* stream) {
   const auto st = static_cast<cudaStream_t>(stream);
-  return with_shape(a, BwdLauncher{a, workspace, st}, true);
+  return with_shape(pick_shape(a, true), BwdLauncher{a, workspace, st});
 }
 
 }  // namespace ark

@@ -27,6 +27,7 @@
 
 #include "common/device_math.cuh"
 #include "common/status.hpp"
+#include "common/tuning.hpp"
 #include "common/vector_io.cuh"
 #include "ops/selective_state_update/selective_state_update.cuh"
 
@@ -234,6 +235,128 @@ __global__ void __launch_bounds__(kThreads, VEC ? kMinBlocksVec : kMinBlocksGene
   }
 }
 
+// The common case in one pass with more memory traffic in flight: VEC layout, a whole row in one
+// chunk (N <= 32 * V), so each lane group reads its rows' state once, advances it over the k tokens
+// and writes it once. A lane group owns ROWS rows (channels c0 + r * groups_per_grid_row, coalesced
+// for each r) of one batch element, and issues the state (and A) loads of all of them before any
+// arithmetic: ROWS x 16 bytes of state per lane in flight instead of 16, which is what a memory-bound
+// kernel with one short-lived access per thread lacks (bench/NOTES.md, selective_state_update).
+template <typename S, typename X, bool A_CONST, int ROWS>
+__global__ void __launch_bounds__(kThreads, ROWS == 1 ? kMinBlocksVec : (ROWS == 2 ? 3 : 2))
+    selective_state_update_rows_kernel(const SsuParams p, int log2_lanes) {
+  constexpr int V = kVec;
+  const ark_selective_state_update_args& a = p.a;
+  const int lanes = 1 << log2_lanes;
+  const int lane = int(threadIdx.x) & (lanes - 1);
+  const int64_t groups_per_block = kThreads >> log2_lanes;
+  const int64_t channels = a.heads * a.head_dim;
+  const int64_t c_first = int64_t(blockIdx.x) * groups_per_block * ROWS + (threadIdx.x >> log2_lanes);
+  const int64_t b = int64_t(blockIdx.z) * gridDim.y + blockIdx.y;
+  if (c_first >= channels || b >= a.batch) return;  // whole lane groups leave together
+  const unsigned mask =
+      lanes == 32 ? 0xffffffffu : ((1u << lanes) - 1u) << ((threadIdx.x & 31u) & ~unsigned(lanes - 1));
+  const int K = int(a.tokens), N = int(a.dstate);
+  const int n0 = lane * V;
+  const bool lane_in_row = n0 < N;  // N is a multiple of V (VEC); lanes past the row hold zeros
+
+  int64_t srow = b;
+  if (a.state_batch_indices) {
+    const int64_t off = b * a.state_batch_indices_stride;
+    srow = a.state_batch_indices_int64 ? __ldg(static_cast<const long long*>(a.state_batch_indices) + off)
+                                       : __ldg(static_cast<const int*>(a.state_batch_indices) + off);
+  }
+  const bool skip = srow < 0 || srow >= a.state_batch;  // padding / bad index: see the general kernel
+
+  // Phase 1: every row's state, A and per-row parameters, all loads issued before any is used.
+  int64_t hrow[ROWS], prow[ROWS], grow[ROWS];
+  bool valid[ROWS];
+  float s[ROWS][V], A[ROWS][V], d[ROWS], bias[ROWS], a_row[ROWS];
+#pragma unroll
+  for (int r = 0; r < ROWS; ++r) {
+    const int64_t c = c_first + r * groups_per_block;
+    valid[r] = c < channels;
+    const int64_t cc = valid[r] ? c : c_first;
+    int64_t unused;
+    divmod(cc, a.head_dim, hrow[r], prow[r]);
+    divmod(cc, p.channels_per_group, grow[r], unused);
+    const int64_t h = hrow[r], pp = prow[r];
+#pragma unroll
+    for (int k = 0; k < V; ++k) s[r][k] = A[r][k] = 0.f;
+    if (!skip && valid[r] && lane_in_row) {
+      const S* st = static_cast<const S*>(a.state) + srow * a.state_strides[0] + h * a.state_strides[1] +
+                    pp * a.state_strides[2];
+      load_vec<S, V, false>(st + n0, s[r]);  // plain loads: this kernel writes the state
+      if constexpr (!A_CONST) {
+        const int64_t off = h * a.A_strides[0] + pp * a.A_strides[1] + n0;
+        switch (a.A_dtype) {
+          case ARK_FLOAT16: load_vec<__half, V, true>(static_cast<const __half*>(a.A) + off, A[r]); break;
+          case ARK_BFLOAT16: load_vec<__nv_bfloat16, V, true>(static_cast<const __nv_bfloat16*>(a.A) + off, A[r]); break;
+          default: load_vec<float, V, true>(static_cast<const float*>(a.A) + off, A[r]); break;
+        }
+      }
+    }
+    d[r] = a.D ? load_param(a.D, h * a.D_strides[0] + pp * a.D_strides[1], a.D_dtype) : 0.f;
+    bias[r] = a.dt_bias ? load_param(a.dt_bias, h * a.dt_bias_strides[0] + pp * a.dt_bias_strides[1], a.dt_bias_dtype)
+                        : 0.f;
+    a_row[r] = A_CONST && N > 0 ? load_param(a.A, h * a.A_strides[0] + pp * a.A_strides[1], a.A_dtype) : 0.f;
+  }
+
+  const int64_t* is = a.intermediate_states_strides;
+#pragma unroll 1
+  for (int t = 0; t < K; ++t) {
+#pragma unroll
+    for (int r = 0; r < ROWS; ++r) {
+      if (!valid[r]) continue;
+      const int64_t h = hrow[r], pp = prow[r];
+      X* out = static_cast<X*>(a.out) + token0(a.out_strides, b, h, pp) + t * a.out_strides[1];
+      if (skip) {
+        if (lane == 0) *out = from_f32<X>(srow < 0 ? 0.f : __int_as_float(0x7fc00000));
+        continue;
+      }
+      const float xv = ld(static_cast<const X*>(a.x) + token0(a.x_strides, b, h, pp) + t * a.x_strides[1]);
+      float dtv = ld(static_cast<const X*>(a.dt) + token0(a.dt_strides, b, h, pp) + t * a.dt_strides[1]) + bias[r];
+      if (a.dt_softplus) dtv = softplus_f32(dtv);
+      const float dtx = dtv * xv;
+      float Bv[V], Cv[V];
+      if (lane_in_row) {
+        const int64_t g = grow[r];
+        load_vec<X, V, true>(static_cast<const X*>(a.B) + b * a.B_strides[0] + t * a.B_strides[1] +
+                                 g * a.B_strides[2] + n0, Bv);
+        load_vec<X, V, true>(static_cast<const X*>(a.C) + b * a.C_strides[0] + t * a.C_strides[1] +
+                                 g * a.C_strides[2] + n0, Cv);
+      } else {
+#pragma unroll
+        for (int k = 0; k < V; ++k) Bv[k] = Cv[k] = 0.f;
+      }
+      float part = 0.f;
+      const float dA_row = A_CONST ? __expf(dtv * a_row[r]) : 0.f;  // one exp per row and token
+#pragma unroll
+      for (int k = 0; k < V; ++k) {
+        const float dA = A_CONST ? dA_row : __expf(dtv * A[r][k]);
+        s[r][k] = s[r][k] * dA + Bv[k] * dtx;
+        part += s[r][k] * Cv[k];
+      }
+      if (a.intermediate_states && lane_in_row)
+        store_vec<S, V>(static_cast<S*>(a.intermediate_states) + b * is[0] + t * is[1] + h * is[2] + pp * is[3] + n0,
+                        s[r]);
+      part = group_sum(part, mask, lanes);
+      if (lane == 0) {
+        float y = part + d[r] * xv;
+        if (a.z) y *= silu_f32(ld(static_cast<const X*>(a.z) + token0(a.z_strides, b, h, pp) + t * a.z_strides[1]));
+        *out = from_f32<X>(y);
+      }
+    }
+  }
+  if (skip || !lane_in_row) return;
+#pragma unroll
+  for (int r = 0; r < ROWS; ++r) {
+    if (!valid[r]) continue;
+    S* st = static_cast<S*>(a.state) + srow * a.state_strides[0] + hrow[r] * a.state_strides[1] +
+            prow[r] * a.state_strides[2];
+    store_vec<S, V>(st + n0, s[r]);
+  }
+}
+
 // True when rows of a tensor along its last axis (extent N, stride `inner`) start at addresses aligned
 // to `align` bytes for every index of the other axes (sizes[i], strides[i], i < rank) and are contiguous.
 bool rows_aligned(const void* base, const int64_t* sizes, const int64_t* strides, int rank, int64_t inner,
@@ -268,6 +391,31 @@ bool vec_layout(const SsuParams& p) {
                                                  4, a.intermediate_states_strides[4], int(sizeof(S)), s_align));
 }
 
+// Rows per lane group of the one-chunk kernel: the tuning knob, else ROWS_DEFAULT (bench/NOTES.md).
+constexpr int kRowsDefault = 2;
+
+template <typename S, typename X, int ROWS>
+ark_status launch_rows_n(const SsuParams& p, int log2_lanes, dim3 grid, cudaStream_t stream) {
+  const int64_t per_block = (kThreads >> log2_lanes) * ROWS;
+  grid.x = unsigned((p.a.heads * p.a.head_dim + per_block - 1) / per_block);
+  if (p.a_const_n)
+    selective_state_update_rows_kernel<S, X, true, ROWS><<<grid, kThreads, 0, stream>>>(p, log2_lanes);
+  else
+    selective_state_update_rows_kernel<S, X, false, ROWS><<<grid, kThreads, 0, stream>>>(p, log2_lanes);
+  return cuda_launch_status("selective_state_update", "rows kernel");
+}
+
+template <typename S, typename X>
+ark_status launch_rows(const SsuParams& p, int log2_lanes, dim3 grid, cudaStream_t stream) {
+  const int rows = knob(Knob::SsuRows) ? knob(Knob::SsuRows) : kRowsDefault;
+  switch (rows) {
+    case 1: return launch_rows_n<S, X, 1>(p, log2_lanes, grid, stream);
+    case 2: return launch_rows_n<S, X, 2>(p, log2_lanes, grid, stream);
+    case 4: return launch_rows_n<S, X, 4>(p, log2_lanes, grid, stream);
+  }
+  return fail(ARK_ERROR_INVALID_ARGUMENT, "tuning knob ssu_rows: expected 1, 2 or 4, got %d", rows);
+}
+
 template <typename S, typename X>
 ark_status launch(const SsuParams& p, cudaStream_t stream) {
   constexpr int V = kVec;
@@ -288,7 +436,9 @@ ark_status launch(const SsuParams& p, cudaStream_t stream) {
     return fail(ARK_ERROR_INVALID_ARGUMENT, "batch: expected at most %lld on CUDA, got %lld", kMaxGridYZ * kMaxGridYZ,
                 (long long)a.batch);
   const dim3 grid{unsigned(grid_x), unsigned(grid_y), unsigned(grid_z)};
-  if (!vec_layout<S, X>(p))
+  const bool vec = vec_layout<S, X>(p);
+  if (vec && a.dstate <= 32 * V) return launch_rows<S, X>(p, log2_lanes, grid, stream);
+  if (!vec)
     selective_state_update_kernel<S, X, false, false><<<grid, kThreads, 0, stream>>>(p, log2_lanes);
   else if (p.a_const_n)
     selective_state_update_kernel<S, X, true, true><<<grid, kThreads, 0, stream>>>(p, log2_lanes);

@@ -1,0 +1,406 @@
+// Native variant benchmark: times the CUDA kernels of the Mamba ops through the public C API at the
+// issue's headline shapes, once per launch-shape variant (tuning knobs, csrc/common/tuning.hpp), and
+// checks every variant's output against the CPU kernel on the same inputs. Torch-free, so that a GPU
+// machine can run it without building the torch bindings (it is built where the kernels are built and
+// carried there, see scripts/device_kit.sh). The copy ceiling is measured in the same run.
+//
+// Timing: CUDA events around one call, median over repetitions, a 256 MiB memset before every call to
+// evict the L2 (as triton.testing.do_bench does); the host-side cost of a C API call is a few
+// microseconds, far less than the memset, so the GPU never waits for the host inside the events.
+//
+// Usage: native_bench [results.tsv [case ...]]   prints a table (and writes it as TSV when a path is
+// given) for the named cases, or all of them (names at the end of main).
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "arkernels/arkernels.h"
+
+extern "C" int ark_tuning_set(const char* name, int value);  // csrc/common/tuning.hpp (internal)
+
+namespace {
+
+// ------------------------------------------------------------------ host data
+
+uint64_t g_rng = 0x9e3779b97f4a7c15ull;
+float uniform() {  // [0, 1)
+  g_rng ^= g_rng << 13;
+  g_rng ^= g_rng >> 7;
+  g_rng ^= g_rng << 17;
+  return float(g_rng >> 40) / float(1ull << 24);
+}
+float normal() {
+  const float a = uniform() + 1e-7f, b = uniform();
+  return std::sqrt(-2.f * std::log(a)) * std::cos(6.2831853f * b);
+}
+
+uint16_t to_bf16(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  return uint16_t((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+float from_bf16(uint16_t b) {
+  const uint32_t u = uint32_t(b) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+// A host tensor in fp32 or bf16 storage (bytes), filled by `gen`.
+struct Host {
+  ark_dtype dtype = ARK_FLOAT32;
+  std::vector<char> bytes;
+  size_t n = 0;
+  Host() = default;
+  Host(size_t count, ark_dtype dt, const std::function<float()>& gen) : dtype(dt), n(count) {
+    bytes.resize(count * (dt == ARK_FLOAT32 ? 4 : 2));
+    for (size_t i = 0; i < count; ++i) set(i, gen());
+  }
+  void set(size_t i, float v) {
+    if (dtype == ARK_FLOAT32) std::memcpy(bytes.data() + 4 * i, &v, 4);
+    else { const uint16_t b = to_bf16(v); std::memcpy(bytes.data() + 2 * i, &b, 2); }
+  }
+  float get(size_t i) const {
+    if (dtype == ARK_FLOAT32) { float v; std::memcpy(&v, bytes.data() + 4 * i, 4); return v; }
+    uint16_t b;
+    std::memcpy(&b, bytes.data() + 2 * i, 2);
+    return from_bf16(b);
+  }
+  void* data() { return bytes.data(); }
+};
+
+bool cuda_ok(cudaError_t e, const char* what) {
+  if (e == cudaSuccess) return true;
+  std::printf("CUDA error in %s: %s\n", what, cudaGetErrorString(e));
+  return false;
+}
+
+struct Device {
+  void* ptr = nullptr;
+  size_t size = 0;
+  explicit Device(size_t bytes) : size(bytes) { cuda_ok(cudaMalloc(&ptr, bytes ? bytes : 16), "cudaMalloc"); }
+  explicit Device(const Host& h) : Device(h.bytes.size()) { upload(h); }
+  void upload(const Host& h) { cudaMemcpy(ptr, h.bytes.data(), h.bytes.size(), cudaMemcpyHostToDevice); }
+  void download(Host& h) const { cudaMemcpy(h.bytes.data(), ptr, h.bytes.size(), cudaMemcpyDeviceToHost); }
+  void poison() { cudaMemset(ptr, 0xff, size); }  // all-ones bytes: NaN in fp32 and bf16
+  ~Device() { cudaFree(ptr); }
+  Device(const Device&) = delete;
+  Device& operator=(const Device&) = delete;
+};
+
+// ||got - want|| / ||want||; infinite when got has a non-finite element.
+double rel_error(const Host& got, const Host& want) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < want.n; ++i) {
+    const double g = got.get(i), w = want.get(i);
+    if (!std::isfinite(g)) return INFINITY;
+    num += (g - w) * (g - w);
+    den += w * w;
+  }
+  return den > 0 ? std::sqrt(num / den) : std::sqrt(num);
+}
+
+// ------------------------------------------------------------------ timing
+
+constexpr size_t kFlushBytes = size_t(256) << 20;
+void* g_flush = nullptr;
+cudaEvent_t g_start, g_stop;
+
+// Median ms of f() over repetitions (about 0.25 s of calls, 5..200), L2 evicted before each.
+double time_ms(const std::function<ark_status()>& f) {
+  if (f() != ARK_SUCCESS || !cuda_ok(cudaDeviceSynchronize(), "warm-up")) return NAN;
+  std::vector<float> t;
+  float total = 0.f;
+  while (t.size() < 200 && (t.size() < 5 || total < 250.f)) {
+    cudaMemsetAsync(g_flush, int(t.size() & 0xff), kFlushBytes);
+    cudaEventRecord(g_start);
+    f();
+    cudaEventRecord(g_stop);
+    cudaEventSynchronize(g_stop);
+    float ms = 0.f;
+    cudaEventElapsedTime(&ms, g_start, g_stop);
+    t.push_back(ms);
+    total += ms;
+  }
+  if (!cuda_ok(cudaGetLastError(), "timed calls")) return NAN;
+  std::sort(t.begin(), t.end());
+  return t[t.size() / 2];
+}
+
+double g_copy_gbps = 0;
+
+double copy_ceiling_gbps() {
+  const size_t bytes = size_t(1) << 30;
+  Device a(bytes), b(bytes);
+  cudaMemset(a.ptr, 1, bytes);
+  const double ms = time_ms([&] {
+    return cudaMemcpyAsync(b.ptr, a.ptr, bytes, cudaMemcpyDeviceToDevice) == cudaSuccess ? ARK_SUCCESS
+                                                                                          : ARK_ERROR_CUDA;
+  });
+  return 2.0 * double(bytes) / (ms * 1e-3) / 1e9;
+}
+
+// ------------------------------------------------------------------ report
+
+FILE* g_tsv = nullptr;
+
+void report(const char* op, const char* shape, const std::string& variant, const char* mode, double ms, double bytes,
+            double err, double tol, const char* extra = "") {
+  const double gbps = bytes / (ms * 1e-3) / 1e9;
+  const bool ok = err <= tol && std::isfinite(ms);
+  std::printf("%-22s %-22s %-16s %-8s %9.4f ms %7.0f GB/s %5.1f%% copy  err %.1e  %s %s\n", op, shape, variant.c_str(),
+              mode, ms, gbps, 100.0 * gbps / g_copy_gbps, err, ok ? "ok" : "FAILED", extra);
+  if (g_tsv)
+    std::fprintf(g_tsv, "%s\t%s\t%s\t%s\t%.5f\t%.0f\t%.1f\t%.2e\t%s\t%s\n", op, shape, variant.c_str(), mode, ms, gbps,
+                 100.0 * gbps / g_copy_gbps, err, ok ? "ok" : "FAILED", extra);
+  std::fflush(stdout);
+  if (g_tsv) std::fflush(g_tsv);
+}
+
+void report_error(const char* op, const char* shape, const std::string& variant, ark_status s) {
+  std::printf("%-22s %-22s %-16s error: %s %s\n", op, shape, variant.c_str(), ark_status_name(s), ark_last_error_message());
+  if (g_tsv) std::fprintf(g_tsv, "%s\t%s\t%s\terror\t%s\n", op, shape, variant.c_str(), ark_last_error_message());
+}
+
+// ------------------------------------------------------------------ selective_state_update
+
+// Mamba-1 (H = 1, P = 4096, N = 16, fp32 inputs) or Mamba-2 (H = 64, P = 64, N = 128, bf16 inputs,
+// dt / A / D / dt_bias broadcast over the head as the models pass them); fp32 state, softplus, z, D.
+void bench_ssu(bool mamba2) {
+  const int64_t b = 64, H = mamba2 ? 64 : 1, P = mamba2 ? 64 : 4096, N = mamba2 ? 128 : 16;
+  const ark_dtype xt = mamba2 ? ARK_BFLOAT16 : ARK_FLOAT32;
+  const int64_t rows = b * H * P, xs = mamba2 ? 2 : 4;
+  const char* shape = mamba2 ? "64x64x64x128 bf16" : "64x4096x16 fp32";
+  Host state(size_t(rows * N), ARK_FLOAT32, normal);
+  Host x(size_t(rows), xt, normal), z(size_t(rows), xt, normal);
+  Host dt(size_t(mamba2 ? b * H : rows), xt, [] { return 0.5f * normal() - 1.f; });
+  Host A(size_t(mamba2 ? H : P * N), ARK_FLOAT32, [] { return -(uniform() + 0.1f); });
+  Host D(size_t(mamba2 ? H : P), ARK_FLOAT32, normal), bias(size_t(mamba2 ? H : P), ARK_FLOAT32, [] { return 0.1f * normal(); });
+  Host Bm(size_t(b * N), xt, normal), Cm(size_t(b * N), xt, normal);
+  Host out(size_t(rows), xt, [] { return 0.f; });
+
+  ark_selective_state_update_args a;
+  std::memset(&a, 0, sizeof(a));
+  a.batch = b; a.tokens = 1; a.state_batch = b; a.heads = H; a.head_dim = P; a.dstate = N; a.groups = 1;
+  const int64_t st[4] = {H * P * N, P * N, N, 1}, tok[4] = {H * P, H * P, P, 1};
+  std::memcpy(a.state_strides, st, sizeof(st));
+  std::memcpy(a.x_strides, tok, sizeof(tok));
+  std::memcpy(a.z_strides, tok, sizeof(tok));
+  std::memcpy(a.out_strides, tok, sizeof(tok));
+  if (mamba2) {
+    const int64_t dts[4] = {H, H, 1, 0}, As[3] = {1, 0, 0}, hp[2] = {1, 0};
+    std::memcpy(a.dt_strides, dts, sizeof(dts));
+    std::memcpy(a.A_strides, As, sizeof(As));
+    std::memcpy(a.D_strides, hp, sizeof(hp));
+    std::memcpy(a.dt_bias_strides, hp, sizeof(hp));
+  } else {
+    const int64_t As[3] = {P * N, N, 1}, hp[2] = {P, 1};
+    std::memcpy(a.dt_strides, tok, sizeof(tok));
+    std::memcpy(a.A_strides, As, sizeof(As));
+    std::memcpy(a.D_strides, hp, sizeof(hp));
+    std::memcpy(a.dt_bias_strides, hp, sizeof(hp));
+  }
+  const int64_t bc[4] = {N, N, N, 1};
+  std::memcpy(a.B_strides, bc, sizeof(bc));
+  std::memcpy(a.C_strides, bc, sizeof(bc));
+  a.dt_softplus = 1;
+  a.state_dtype = ARK_FLOAT32; a.input_dtype = xt; a.A_dtype = ARK_FLOAT32; a.D_dtype = ARK_FLOAT32;
+  a.dt_bias_dtype = ARK_FLOAT32;
+
+  // CPU oracle on copies of the state.
+  Host state_cpu = state, out_cpu = out;
+  ark_selective_state_update_args c = a;
+  c.state = state_cpu.data(); c.x = x.data(); c.dt = dt.data(); c.A = A.data(); c.B = Bm.data(); c.C = Cm.data();
+  c.D = D.data(); c.z = z.data(); c.dt_bias = bias.data(); c.out = out_cpu.data();
+  if (const ark_status s = ark_selective_state_update(&c, ARK_DEVICE_CPU, nullptr)) return report_error("ssu", shape, "cpu", s);
+
+  Device d_state(state), d_x(x), d_dt(dt), d_A(A), d_B(Bm), d_C(Cm), d_D(D), d_z(z), d_bias(bias), d_out(out);
+  a.state = d_state.ptr; a.x = d_x.ptr; a.dt = d_dt.ptr; a.A = d_A.ptr; a.B = d_B.ptr; a.C = d_C.ptr; a.D = d_D.ptr;
+  a.z = d_z.ptr; a.dt_bias = d_bias.ptr; a.out = d_out.ptr;
+  const double bytes = double(2 * rows * N * 4 + 3 * rows * xs + 2 * b * N * xs + (mamba2 ? b * H : rows) * xs +
+                              (mamba2 ? H * 12 : P * 4 * (N + 2)));
+  for (int r : {1, 2, 4}) {
+    ark_tuning_set("ssu_rows", r);
+    const std::string variant = "rows=" + std::to_string(r);
+    d_state.upload(state);
+    d_out.poison();
+    if (const ark_status s = ark_selective_state_update(&a, ARK_DEVICE_CUDA, nullptr)) {
+      report_error("selective_state_update", shape, variant, s);
+      continue;
+    }
+    Host got_state = state, got_out = out;
+    cudaDeviceSynchronize();
+    d_state.download(got_state);
+    d_out.download(got_out);
+    const double err = std::max(rel_error(got_state, state_cpu), rel_error(got_out, out_cpu));
+    // Timed calls keep advancing the state in place (bounded: exp(dt A) < 1).
+    const double ms = time_ms([&] { return ark_selective_state_update(&a, ARK_DEVICE_CUDA, nullptr); });
+    report("selective_state_update", shape, variant, "step", ms, bytes, err, mamba2 ? 1e-2 : 1e-5);
+  }
+  ark_tuning_set("ssu_rows", 0);
+}
+
+// ------------------------------------------------------------------ causal_conv1d
+
+void bench_conv1d(int64_t B, int64_t D, int64_t L) {
+  const int W = 4;
+  char shape[64];
+  std::snprintf(shape, sizeof(shape), "%lldx%lldx%lld bf16", (long long)B, (long long)D, (long long)L);
+  Host x(size_t(B * D * L), ARK_BFLOAT16, normal), w(size_t(D * W), ARK_FLOAT32, [] { return 0.5f * normal(); });
+  Host bias(size_t(D), ARK_FLOAT32, normal), out(size_t(B * D * L), ARK_BFLOAT16, [] { return 0.f; });
+  Host out_cpu = out;
+  if (const ark_status s = ark_causal_conv1d_fwd(x.data(), w.data(), bias.data(), ARK_FLOAT32, nullptr, ARK_FLOAT32,
+                                                 out_cpu.data(), nullptr, B, D, L, W, D * L, L, 1, ARK_BFLOAT16,
+                                                 ARK_DEVICE_CPU, nullptr))
+    return report_error("causal_conv1d", shape, "cpu", s);
+  Device d_x(x), d_w(w), d_bias(bias), d_out(out);
+  auto call = [&] {
+    return ark_causal_conv1d_fwd(d_x.ptr, d_w.ptr, d_bias.ptr, ARK_FLOAT32, nullptr, ARK_FLOAT32, d_out.ptr, nullptr, B,
+                                 D, L, W, D * L, L, 1, ARK_BFLOAT16, ARK_DEVICE_CUDA, nullptr);
+  };
+  const double bytes = 2.0 * double(B * D * L) * 2;
+  for (int warps : {4, 8})
+    for (int nv : {1, 2, 4, 8}) {
+      ark_tuning_set("conv1d_fwd_warps", warps);
+      ark_tuning_set("conv1d_fwd_vectors", nv);
+      const std::string variant = "nv=" + std::to_string(nv) + " warps=" + std::to_string(warps);
+      d_out.poison();
+      if (const ark_status s = call()) {
+        report_error("causal_conv1d", shape, variant, s);
+        continue;
+      }
+      Host got = out;
+      cudaDeviceSynchronize();
+      d_out.download(got);
+      report("causal_conv1d", shape, variant, "fwd", time_ms(call), bytes, rel_error(got, out_cpu), 1e-2);
+    }
+  ark_tuning_set("conv1d_fwd_warps", 0);
+  ark_tuning_set("conv1d_fwd_vectors", 0);
+}
+
+// ------------------------------------------------------------------ selective_scan
+
+// The issue's headline case: bf16 u, delta, input-dependent B, C (one group); fp32 A, D; no z.
+// `variants`: time (and check against the CPU) every forward launch shape; false: only the default
+// forward + backward, without the CPU oracle (a profiler's run).
+void bench_sscan(int64_t b, int64_t d, int64_t L, int64_t N, bool run_variants) {
+  char shape[64];
+  std::snprintf(shape, sizeof(shape), "b%lld d%lld l%lld n%lld", (long long)b, (long long)d, (long long)L, (long long)N);
+  const size_t rows = size_t(b * d * L), bc = size_t(b * N * L);
+  Host u(rows, ARK_BFLOAT16, normal), delta(rows, ARK_BFLOAT16, [] { return 0.01f + 0.1f * uniform(); });
+  Host A(size_t(d * N), ARK_FLOAT32, [] { return -(1.7f * uniform() + 0.3f); });
+  Host Bm(bc, ARK_BFLOAT16, normal), Cm(bc, ARK_BFLOAT16, normal), D(size_t(d), ARK_FLOAT32, normal);
+  Host out(rows, ARK_BFLOAT16, [] { return 0.f; });
+  const int64_t nck = (L + ARK_SELECTIVE_SCAN_CHECKPOINT - 1) / ARK_SELECTIVE_SCAN_CHECKPOINT;
+
+  ark_selective_scan_args a;
+  std::memset(&a, 0, sizeof(a));
+  a.batch = b; a.dim = d; a.seqlen = L; a.dstate = N; a.ngroups = 1; a.dtype = ARK_BFLOAT16;
+  a.B_variable = a.C_variable = 1; a.num_seqs = b;
+  ark_selective_scan_args c = a;
+  Host out_cpu = out;
+  if (run_variants) {
+  c.u = u.data(); c.delta = delta.data(); c.A = static_cast<const float*>(A.data()); c.B = Bm.data(); c.C = Cm.data();
+  c.D = static_cast<const float*>(D.data()); c.out = out_cpu.data();
+  if (const ark_status s = ark_selective_scan_fwd(&c, ARK_DEVICE_CPU, nullptr)) return report_error("selective_scan", shape, "cpu", s);
+  }
+
+  Device d_u(u), d_delta(delta), d_A(A), d_B(Bm), d_C(Cm), d_D(D), d_out(out);
+  Device d_ck(size_t(b * d * nck * N) * 4), d_last(size_t(b * d * N) * 4);
+  a.u = d_u.ptr; a.delta = d_delta.ptr; a.A = static_cast<const float*>(d_A.ptr); a.B = d_B.ptr; a.C = d_C.ptr;
+  a.D = static_cast<const float*>(d_D.ptr); a.out = d_out.ptr;
+  const double bytes = 3.0 * double(rows) * 2 + 2.0 * double(bc) * 2;
+  const double exps = double(b * d * L * N);
+  struct V { int shape, threads, unpipelined; };
+  const V variants[] = {{404, 128, 0}, {404, 128, 1}, {208, 128, 1}, {404, 256, 0}, {404, 64, 0}, {208, 128, 0},
+                        {208, 256, 0}, {208, 64, 0},  {802, 64, 0},  {802, 128, 0}, {802, 256, 0}};
+  for (const V& v : variants) {
+    if (!run_variants) break;
+    ark_tuning_set("sscan_fwd_shape", v.shape);
+    ark_tuning_set("sscan_fwd_threads", v.threads);
+    ark_tuning_set("sscan_fwd_unpipelined", v.unpipelined);
+    const std::string variant = "K" + std::to_string(v.shape / 100) + "R" + std::to_string(v.shape % 100) + " T" +
+                                std::to_string(v.threads) + (v.unpipelined ? " unpiped" : "");
+    d_out.poison();
+    auto fwd = [&] { return ark_selective_scan_fwd(&a, ARK_DEVICE_CUDA, nullptr); };
+    if (const ark_status s = fwd()) {
+      report_error("selective_scan", shape, variant, s);
+      continue;
+    }
+    Host got = out;
+    cudaDeviceSynchronize();
+    d_out.download(got);
+    const double ms = time_ms(fwd);
+    char extra[64];
+    std::snprintf(extra, sizeof(extra), "%.2f Texp/s", exps / (ms * 1e-3) / 1e12);
+    report("selective_scan", shape, variant, "fwd", ms, bytes, rel_error(got, out_cpu), 1e-2, extra);
+  }
+  ark_tuning_set("sscan_fwd_shape", 0);
+  ark_tuning_set("sscan_fwd_threads", 0);
+  ark_tuning_set("sscan_fwd_unpipelined", 0);
+
+  // Forward (with checkpoints and last state, as autograd runs it) + backward, default shapes.
+  Host g(rows, ARK_BFLOAT16, normal);
+  Device d_g(g), d_du(rows * 2), d_ddelta(rows * 2), d_dA(size_t(d * N) * 4), d_dB(bc * 2), d_dC(bc * 2), d_dD(size_t(d) * 4);
+  a.checkpoints = static_cast<float*>(d_ck.ptr);
+  a.last_state = static_cast<float*>(d_last.ptr);
+  a.dout = d_g.ptr; a.du = d_du.ptr; a.ddelta = d_ddelta.ptr; a.dA = static_cast<float*>(d_dA.ptr);
+  a.dB = d_dB.ptr; a.dC = d_dC.ptr; a.dD = static_cast<float*>(d_dD.ptr);
+  size_t ws_bytes = 0;
+  if (const ark_status s = ark_selective_scan_bwd_workspace_size(&a, ARK_DEVICE_CUDA, &ws_bytes))
+    return report_error("selective_scan", shape, "bwd workspace", s);
+  Device ws(ws_bytes);
+  auto fwd_bwd = [&] {
+    const ark_status s = ark_selective_scan_fwd(&a, ARK_DEVICE_CUDA, nullptr);
+    return s ? s : ark_selective_scan_bwd(&a, ws.ptr, ws_bytes, ARK_DEVICE_CUDA, nullptr);
+  };
+  if (const ark_status s = fwd_bwd()) return report_error("selective_scan", shape, "fwd+bwd", s);
+  const double ms = time_ms(fwd_bwd);
+  report("selective_scan", shape, "default", "fwd+bwd", ms, bytes + 5.0 * double(rows) * 2, 0.0, 1.0,
+         "(bwd error: checked by the C API test)");
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess || n == 0) {
+    std::printf("native_bench: no CUDA device\n");
+    return 1;
+  }
+  cudaDeviceProp prop;
+  cudaGetDeviceProperties(&prop, 0);
+  std::printf("device: %s, %d SMs\n", prop.name, prop.multiProcessorCount);
+  if (argc > 1 && std::strcmp(argv[1], "-") != 0) g_tsv = std::fopen(argv[1], "w");
+  cudaMalloc(&g_flush, kFlushBytes);
+  cudaEventCreate(&g_start);
+  cudaEventCreate(&g_stop);
+  g_copy_gbps = copy_ceiling_gbps();
+  std::printf("copy ceiling: %.0f GB/s (1 GiB device-to-device, read + write)\n", g_copy_gbps);
+  if (g_tsv) std::fprintf(g_tsv, "copy\t-\t-\t-\t-\t%.0f\n", g_copy_gbps);
+  // Cases by name; all of them when none is given (e.g. `native_bench out.tsv sscan_big` for a profiler).
+  // sscan_big_default: only the default forward + backward at the big shape, for a profiler.
+  const struct { const char* name; std::function<void()> run; } cases[] = {
+      {"ssu_mamba1", [] { bench_ssu(false); }},
+      {"ssu_mamba2", [] { bench_ssu(true); }},
+      {"conv1d_small", [] { bench_conv1d(8, 1536, 2048); }},
+      {"conv1d_big", [] { bench_conv1d(4, 4096, 4096); }},
+      {"sscan_big", [] { bench_sscan(4, 2048, 4096, 16, true); }},
+      {"sscan_small", [] { bench_sscan(2, 1536, 2048, 16, true); }},
+      {"sscan_big_default", [] { bench_sscan(4, 2048, 4096, 16, false); }},
+  };
+  for (const auto& c : cases) {
+    bool wanted = argc <= 2 && std::strcmp(c.name, "sscan_big_default") != 0;
+    for (int i = 2; i < argc; ++i) wanted = wanted || std::strcmp(argv[i], c.name) == 0;
+    if (wanted) c.run();
+  }
+  if (g_tsv) std::fclose(g_tsv);
+  return cuda_ok(cudaDeviceSynchronize(), "end") ? 0 : 1;
+}

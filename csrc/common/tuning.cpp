@@ -1,0 +1,25 @@
+// Storage of the tuning knobs (see tuning.hpp).
+#include "common/tuning.hpp"
+
+#include <cstring>
+
+namespace ark {
+namespace {
+int g_knobs[int(Knob::Count)] = {};
+constexpr const char* kNames[int(Knob::Count)] = {"ssu_rows", "conv1d_fwd_vectors", "conv1d_fwd_warps",
+                                                  "sscan_fwd_shape", "sscan_fwd_threads", "sscan_fwd_unpipelined"};
+}  // namespace
+
+int knob(Knob k) { return g_knobs[int(k)]; }
+
+}  // namespace ark
+
+extern "C" int ark_tuning_set(const char* name, int value) {
+  for (int i = 0; i < int(ark::Knob::Count); ++i) {
+    if (name != nullptr && std::strcmp(name, ark::kNames[i]) == 0) {
+      ark::g_knobs[i] = value;
+      return 1;
+    }
+  }
+  return 0;
+}

@@ -1,0 +1,31 @@
+// Launch-shape knobs for tuning runs (bench/native/): a variant benchmark sets a knob, calls the
+// public C API and times it, so that every variant it measures runs through the same validated entry
+// point and the same launcher as users' calls. 0, the default, leaves the choice to the op's launcher;
+// a value a launcher does not know is an ARK_ERROR_INVALID_ARGUMENT from that launcher. Not part of the
+// installed C API; process-wide and not for concurrent use (a benchmark sets knobs between calls).
+#pragma once
+
+#include "arkernels/status.h"
+
+namespace ark {
+
+enum class Knob : int {
+  SsuRows = 0,        // selective_state_update: rows (channels) per lane group, 1, 2 or 4
+  Conv1dFwdVectors,   // causal_conv1d forward: 16-byte vectors per lane and tile, 1, 2, 4 or 8
+  Conv1dFwdWarps,     // causal_conv1d forward: warps per block, 4 or 8
+  SscanFwdShape,      // selective_scan forward: 100 * K + R (states per lane, lanes per channel) ...
+  SscanFwdThreads,    // ... and threads per block (128 or 256)
+  SscanFwdUnpipelined,  // selective_scan forward: 1 = the reduction not overlapped (tuning builds only)
+  Count
+};
+
+// The knob's value (0: not set).
+int knob(Knob k);
+
+}  // namespace ark
+
+extern "C" {
+// Sets the knob named `name` ("ssu_rows", "conv1d_fwd_vectors", "conv1d_fwd_warps", "sscan_fwd_shape",
+// "sscan_fwd_threads", "sscan_fwd_unpipelined") to `value`; returns 1, or 0 for an unknown name.
+ARK_API int ark_tuning_set(const char* name, int value);
+}

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Runs the device kit (scripts/device_kit.sh) on the GPU machine: the C API tests (CUDA vs CPU, every
+# tuning variant), the native variant benchmark, then compute-sanitizer memcheck over the C API tests
+# while time is left. Logs and the benchmark TSV land in $OUT; a summary is printed last.
+set -uo pipefail
+cd "$(dirname "$0")"
+OUT=${OUT:-$PWD/out}
+LOG=$OUT/logs  # tarred at the end: only a few files come back from the machine
+mkdir -p "$LOG"
+export LD_LIBRARY_PATH=$PWD${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+summary=$OUT/summary.txt
+: >"$summary"
+note() { echo "$*" | tee -a "$summary"; }
+note "== kit $(cat commit | tr '\n' ' ') on $(nvidia-smi --query-gpu=name,driver_version,clocks.sm --format=csv,noheader 2>&1)"
+tests=${KIT_TESTS:-"test_selective_state_update_capi test_causal_conv1d_capi test_selective_scan_capi test_linear_scan_capi"}
+for t in $tests; do
+  timeout "${KIT_TEST_TIMEOUT:-60}" "./$t" >"$LOG/$t.log" 2>&1
+  note "$t: rc=$? :: $(tail -1 "$LOG/$t.log")"
+  grep -m5 FAIL "$LOG/$t.log" | tee -a "$summary"
+done
+# Straight into the summary, line by line: a run cut off by the machine's time limit keeps its rows.
+timeout "${KIT_BENCH_TIMEOUT:-120}" ./native_bench "$OUT/native_bench.tsv" 2>&1 | tee -a "$summary" >/dev/null
+note "native_bench: rc=${PIPESTATUS[0]}"
+# Where the profiler works (Firecracker machines): stall reasons of the default selective_scan forward
+# and backward at the big headline shape, for the next tuning round.
+if [ "${KIT_PROFILE:-1}" = 1 ] && command -v ncu >/dev/null; then
+  timeout "${KIT_PROFILE_TIMEOUT:-60}" ncu --clock-control none -k regex:"selective_scan_(fwd|bwd)_kernel" -c 2 \
+    --section LaunchStats --section Occupancy --section SchedulerStats --section WarpStateStats --section ComputeWorkloadAnalysis \
+    ./native_bench - sscan_big_default >"$LOG/ncu.txt" 2>&1
+  note "ncu: rc=$? (logs/ncu.txt)"
+  grep -E "Warp Cycles Per Issued|Issue Slots Busy|Achieved Occupancy|Registers Per|No Eligible|Stall|Block Limit" "$LOG/ncu.txt" | head -40 >>"$summary"
+fi
+if [ "${KIT_SANITIZE:-1}" = 1 ]; then
+  for t in $tests; do
+    timeout "${KIT_SANITIZE_TIMEOUT:-60}" compute-sanitizer --tool memcheck --error-exitcode 99 "./$t" \
+      >"$LOG/memcheck_$t.log" 2>&1
+    note "memcheck $t: rc=$? :: $(grep -E 'ERROR SUMMARY' "$LOG/memcheck_$t.log" | tail -1)"
+  done
+fi
+tar -czf "$OUT/logs.tgz" -C "$OUT" logs && rm -rf "$LOG"
+cat "$summary"
