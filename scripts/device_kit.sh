@@ -13,6 +13,11 @@ cmake --build build/kit
 rm -rf .kit && mkdir -p .kit
 cp build/kit/libarkernels.so* .kit/
 cp build/kit/tests/capi/test_*_capi build/kit/bench/native/native_bench .kit/
+# Runtime libraries the GPU machine's image may lack (found next to the binaries via LD_LIBRARY_PATH).
+for lib in libgomp.so.1 libcudart.so.13; do
+  path=$(ldd .kit/test_selective_scan_capi | awk -v l="$lib" '$1 == l {print $3}')
+  [ -n "$path" ] && cp -L "$path" .kit/
+done
 cp scripts/device_kit_run.sh .kit/run.sh
 git rev-parse --short HEAD >.kit/commit
 git diff --quiet HEAD -- csrc bench/native tests/capi || echo "+uncommitted changes" >>.kit/commit

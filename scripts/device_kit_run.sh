@@ -28,10 +28,10 @@ if [ "${KIT_PROFILE:-1}" = 1 ] && command -v ncu >/dev/null; then
     --section LaunchStats --section Occupancy --section SchedulerStats --section WarpStateStats --section ComputeWorkloadAnalysis \
     ./native_bench - sscan_big_default >"$LOG/ncu.txt" 2>&1
   note "ncu: rc=$? (logs/ncu.txt)"
-  grep -E "Warp Cycles Per Issued|Issue Slots Busy|Achieved Occupancy|Registers Per|No Eligible|Stall|Block Limit" "$LOG/ncu.txt" | head -40 >>"$summary"
+  grep -E "selective_scan_(fwd|bwd)_kernel|Duration|Warp Cycles Per Issued|Issue Slots Busy|Achieved Occupancy|Registers Per|No Eligible|stalled|Block Limit" "$LOG/ncu.txt" | cut -c1-300 | head -60 >>"$summary"
 fi
 if [ "${KIT_SANITIZE:-1}" = 1 ]; then
-  for t in $tests; do
+  for t in ${KIT_SANITIZE_TESTS:-test_selective_state_update_capi test_selective_scan_capi test_causal_conv1d_capi}; do
     timeout "${KIT_SANITIZE_TIMEOUT:-60}" compute-sanitizer --tool memcheck --error-exitcode 99 "./$t" \
       >"$LOG/memcheck_$t.log" 2>&1
     note "memcheck $t: rc=$? :: $(grep -E 'ERROR SUMMARY' "$LOG/memcheck_$t.log" | tail -1)"
