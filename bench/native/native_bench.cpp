@@ -226,9 +226,11 @@ void bench_ssu(bool mamba2) {
   a.z = d_z.ptr; a.dt_bias = d_bias.ptr; a.out = d_out.ptr;
   const double bytes = double(2 * rows * N * 4 + 3 * rows * xs + 2 * b * N * xs + (mamba2 ? b * H : rows) * xs +
                               (mamba2 ? H * 12 : P * 4 * (N + 2)));
-  for (int r : {1, 2, 4}) {
-    ark_tuning_set("ssu_rows", r);
-    const std::string variant = "rows=" + std::to_string(r);
+  const int variants[][2] = {{1, 0}, {2, 0}, {4, 0}, {1, 1}, {2, 1}};  // rows, prefetch
+  for (const auto& v : variants) {
+    ark_tuning_set("ssu_rows", v[0]);
+    ark_tuning_set("ssu_prefetch", v[1]);
+    const std::string variant = "rows=" + std::to_string(v[0]) + (v[1] ? " prefetch" : "");
     d_state.upload(state);
     d_out.poison();
     if (const ark_status s = ark_selective_state_update(&a, ARK_DEVICE_CUDA, nullptr)) {
@@ -245,6 +247,7 @@ void bench_ssu(bool mamba2) {
     report("selective_state_update", shape, variant, "step", ms, bytes, err, mamba2 ? 1e-2 : 1e-5);
   }
   ark_tuning_set("ssu_rows", 0);
+  ark_tuning_set("ssu_prefetch", 0);
 }
 
 // ------------------------------------------------------------------ causal_conv1d
@@ -266,11 +269,14 @@ void bench_conv1d(int64_t B, int64_t D, int64_t L) {
                                  D, L, W, D * L, L, 1, ARK_BFLOAT16, ARK_DEVICE_CUDA, nullptr);
   };
   const double bytes = 2.0 * double(B * D * L) * 2;
-  for (int warps : {4, 8})
-    for (int nv : {1, 2, 4, 8}) {
+  const int variants[][3] = {{1, 4, 0}, {2, 4, 0}, {4, 4, 0}, {8, 4, 0}, {2, 8, 0}, {4, 8, 0},
+                             {4, 4, 1}, {2, 8, 1}, {4, 8, 1}};  // vectors, warps, early halo
+  for (const auto& v : variants) {
+      const int nv = v[0], warps = v[1];
       ark_tuning_set("conv1d_fwd_warps", warps);
       ark_tuning_set("conv1d_fwd_vectors", nv);
-      const std::string variant = "nv=" + std::to_string(nv) + " warps=" + std::to_string(warps);
+      ark_tuning_set("conv1d_fwd_early_halo", v[2]);
+      const std::string variant = "nv=" + std::to_string(nv) + " warps=" + std::to_string(warps) + (v[2] ? " halo" : "");
       d_out.poison();
       if (const ark_status s = call()) {
         report_error("causal_conv1d", shape, variant, s);
@@ -283,6 +289,7 @@ void bench_conv1d(int64_t B, int64_t D, int64_t L) {
     }
   ark_tuning_set("conv1d_fwd_warps", 0);
   ark_tuning_set("conv1d_fwd_vectors", 0);
+  ark_tuning_set("conv1d_fwd_early_halo", 0);
 }
 
 // ------------------------------------------------------------------ selective_scan
@@ -319,8 +326,8 @@ void bench_sscan(int64_t b, int64_t d, int64_t L, int64_t N, bool run_variants) 
   const double bytes = 3.0 * double(rows) * 2 + 2.0 * double(bc) * 2;
   const double exps = double(b * d * L * N);
   struct V { int shape, threads, unpipelined; };
-  const V variants[] = {{404, 128, 0}, {404, 128, 1}, {208, 128, 1}, {404, 256, 0}, {404, 64, 0}, {208, 128, 0},
-                        {208, 256, 0}, {208, 64, 0},  {802, 64, 0},  {802, 128, 0}, {802, 256, 0}};
+  const V variants[] = {{208, 256, 0}, {208, 256, 1}, {404, 128, 0}, {404, 128, 1}, {208, 128, 0}, {208, 64, 0},
+                        {404, 256, 0}, {404, 64, 0}};
   for (const V& v : variants) {
     if (!run_variants) break;
     ark_tuning_set("sscan_fwd_shape", v.shape);

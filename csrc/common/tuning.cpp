@@ -6,8 +6,8 @@
 namespace ark {
 namespace {
 int g_knobs[int(Knob::Count)] = {};
-constexpr const char* kNames[int(Knob::Count)] = {"ssu_rows", "conv1d_fwd_vectors", "conv1d_fwd_warps",
-                                                  "sscan_fwd_shape", "sscan_fwd_threads", "sscan_fwd_unpipelined"};
+constexpr const char* kNames[int(Knob::Count)] = {"ssu_rows", "ssu_prefetch", "conv1d_fwd_vectors", "conv1d_fwd_warps",
+                                                  "conv1d_fwd_early_halo", "sscan_fwd_shape", "sscan_fwd_threads", "sscan_fwd_unpipelined"};
 }  // namespace
 
 int knob(Knob k) { return g_knobs[int(k)]; }
@@ -16,7 +16,7 @@ int knob(Knob k) { return g_knobs[int(k)]; }
 
 extern "C" int ark_tuning_set(const char* name, int value) {
   for (int i = 0; i < int(ark::Knob::Count); ++i) {
-    if (name != nullptr && std::strcmp(name, ark::kNames[i]) == 0) {
+    if (name != nullptr && ark::kNames[i] != nullptr && std::strcmp(name, ark::kNames[i]) == 0) {
       ark::g_knobs[i] = value;
       return 1;
     }

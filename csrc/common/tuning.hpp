@@ -11,8 +11,10 @@ namespace ark {
 
 enum class Knob : int {
   SsuRows = 0,        // selective_state_update: rows (channels) per lane group, 1, 2 or 4
+  SsuPrefetch,        // selective_state_update: 1 = load token t+1's inputs before computing token t
   Conv1dFwdVectors,   // causal_conv1d forward: 16-byte vectors per lane and tile, 1, 2, 4 or 8
   Conv1dFwdWarps,     // causal_conv1d forward: warps per block, 4 or 8
+  Conv1dFwdEarlyHalo,  // causal_conv1d forward: 1 = lane 0 loads its halo before the tile (tuning builds)
   SscanFwdShape,      // selective_scan forward: 100 * K + R (states per lane, lanes per channel) ...
   SscanFwdThreads,    // ... and threads per block (128 or 256)
   SscanFwdUnpipelined,  // selective_scan forward: 1 = the reduction not overlapped (tuning builds only)
@@ -25,7 +27,7 @@ int knob(Knob k);
 }  // namespace ark
 
 extern "C" {
-// Sets the knob named `name` ("ssu_rows", "conv1d_fwd_vectors", "conv1d_fwd_warps", "sscan_fwd_shape",
-// "sscan_fwd_threads", "sscan_fwd_unpipelined") to `value`; returns 1, or 0 for an unknown name.
+// Sets the knob `name` (the Knob names in snake case: "ssu_rows", "conv1d_fwd_vectors", ...; the list
+// is kNames in tuning.cpp) to `value`; returns 1, or 0 for an unknown name.
 ARK_API int ark_tuning_set(const char* name, int value);
 }

@@ -389,14 +389,20 @@ void test_cuda_matches_definition() {
     return;
   }
   unsigned seed = 100;
-  // Forward tile shapes (vectors per lane, warps per block): each vector count and block size once.
-  const int tiles[][2] = {{1, 4}, {2, 8}, {4, 4}, {8, 8}};
+  // Forward tile shapes (vectors per lane, warps per block): the default, and in tuning builds each
+  // vector count and block size once.
+#ifdef ARKERNELS_TUNING_VARIANTS
+  const int tiles[][3] = {{1, 4, 0}, {2, 8, 0}, {4, 4, 0}, {8, 8, 0}, {1, 4, 1}, {4, 4, 1}};  // + early halo
+#else
+  const int tiles[][3] = {{0, 0, 0}};
+#endif
   for (const auto& tile : tiles)
   for (int W = 2; W <= 4; ++W)
     for (int64_t L : {1, 2, 7, 255, 256, 372, 1001, 4097})
       for (bool silu : {false, true}) {
         ark_tuning_set("conv1d_fwd_vectors", tile[0]);
         ark_tuning_set("conv1d_fwd_warps", tile[1]);
+        ark_tuning_set("conv1d_fwd_early_halo", tile[2]);
         const Problem p = make_problem(3, 7, L, W, silu, seed++);
         std::vector<float> dw_again;
         const Result r32 = run_cuda(p, ARK_FLOAT32, &dw_again);
@@ -407,6 +413,7 @@ void test_cuda_matches_definition() {
       }
   ark_tuning_set("conv1d_fwd_vectors", 0);
   ark_tuning_set("conv1d_fwd_warps", 0);
+  ark_tuning_set("conv1d_fwd_early_halo", 0);
   test_update(ARK_DEVICE_CUDA, "cuda");
 }
 #endif

@@ -286,10 +286,18 @@ void test_cuda_matches_definition() {
     return;
   }
   unsigned seed = 100;
-  for (int rows : {1, 2, 4})  // rows per lane group of the one-chunk kernel
+  // (rows per lane group, token prefetch) of the one-chunk kernel: the default, and in tuning builds
+  // every variant.
+#ifdef ARKERNELS_TUNING_VARIANTS
+  const int variants[][2] = {{1, 0}, {2, 0}, {4, 0}, {1, 1}, {2, 1}};
+#else
+  const int variants[][2] = {{0, 0}};
+#endif
+  for (const auto& v : variants)
   for (const Shape& s : kShapes)
     for (ark_dtype dtype : {ARK_FLOAT32, ARK_BFLOAT16}) {
-      ark_tuning_set("ssu_rows", rows);
+      ark_tuning_set("ssu_rows", v[0]);
+      ark_tuning_set("ssu_prefetch", v[1]);
       const Problem p = make_problem(s.b, s.k, s.H, s.P, s.N, s.G, s.a_broadcast, s.extras, s.indices, seed++);
       Buffers h = host_buffers(p, dtype);
       std::vector<char> idx_bytes(p.idx.size() * 4);
@@ -307,6 +315,7 @@ void test_cuda_matches_definition() {
       check_result(dtype == ARK_FLOAT32 ? "cuda fp32" : "cuda bf16", p, h, st, dtype == ARK_FLOAT32 ? 1e-5 : 1e-2);
     }
   ark_tuning_set("ssu_rows", 0);
+  ark_tuning_set("ssu_prefetch", 0);
 }
 #endif
 

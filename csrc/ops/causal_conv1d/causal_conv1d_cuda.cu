@@ -162,16 +162,17 @@ __device__ __forceinline__ void store_vector(T* row, int64_t i0, int64_t L, cons
 
 // seq[0 .. W-1) = xpad at the W-1 positions before vector u of this lane, seq[W-1 ..) = the vector.
 // The halo comes from the previous lane, from lane 31's previous vector, or (lane 0, u = 0) from memory.
+// `halo0`, when given: lane 0's halo of vector 0, loaded beforehand (else loaded here).
 template <typename T, int W, int NV>
 __device__ __forceinline__ void window(const RowContext<T, W>& rc, const float (&xv)[NV][kVec<T>], int u, int64_t i0,
-                                       int lane, float (&seq)[W - 1 + kVec<T>]) {
+                                       int lane, float (&seq)[W - 1 + kVec<T>], const float* halo0 = nullptr) {
   constexpr int V = kVec<T>;
   static_assert(W - 1 <= V, "the halo must come from one neighbouring vector");
 #pragma unroll
   for (int m = 0; m < W - 1; ++m) {
     const float prev_lane = __shfl_up_sync(kFullMask, xv[u][V - (W - 1) + m], 1);
     const float prev_sub = u > 0 ? __shfl_sync(kFullMask, xv[u > 0 ? u - 1 : 0][V - (W - 1) + m], 31) : 0.f;
-    seq[m] = lane > 0 ? prev_lane : (u > 0 ? prev_sub : rc.x_at(i0 - (W - 1) + m));
+    seq[m] = lane > 0 ? prev_lane : (u > 0 ? prev_sub : (halo0 ? halo0[m] : rc.x_at(i0 - (W - 1) + m)));
   }
 #pragma unroll
   for (int k = 0; k < V; ++k) seq[W - 1 + k] = xv[u][k];
@@ -186,7 +187,10 @@ int64_t tiles_per_row(int64_t L, int64_t tile, int64_t origin_pad) {
 
 // ------------------------------------------------------------------------------------------ forward
 
-template <typename T, int W, int NV, int WARPS>
+// EARLY_HALO: lane 0 loads its halo before the tile's vectors, so that its (usually L2-resident) read
+// overlaps them instead of following the shuffles that need them (prepared, not yet measured on a
+// GPU: tuning builds only, bench/NOTES.md).
+template <typename T, int W, int NV, int WARPS, bool EARLY_HALO = false>
 __global__ void __launch_bounds__(32 * WARPS) causal_conv1d_fwd_kernel(const CausalConv1dFwdParams p,
                                                                         int64_t tiles) {
   constexpr int V = kVec<T>;
@@ -205,13 +209,18 @@ __global__ void __launch_bounds__(32 * WARPS) causal_conv1d_fwd_kernel(const Cau
   int64_t i0[NV];
 #pragma unroll
   for (int u = 0; u < NV; ++u) i0[u] = task.tile * (NV * kSub) - origin + int64_t(u) * kSub + int64_t(lane) * V;
+  float halo0[W - 1];
+  if constexpr (EARLY_HALO) {
+#pragma unroll
+    for (int m = 0; m < W - 1; ++m) halo0[m] = lane == 0 ? rc.x_at(i0[0] - (W - 1) + m) : 0.f;
+  }
   float xv[NV][V];
   load_vectors<T, NV>(rc.x, i0, L, x_vec, xv, [&](int64_t pos) { return rc.x_at(pos); });
 
 #pragma unroll
   for (int u = 0; u < NV; ++u) {
     float seq[W - 1 + V];
-    window<T, W, NV>(rc, xv, u, i0[u], lane, seq);
+    window<T, W, NV>(rc, xv, u, i0[u], lane, seq, EARLY_HALO ? halo0 : nullptr);
     float o[V];
 #pragma unroll
     for (int k = 0; k < V; ++k) {
@@ -433,6 +442,12 @@ ark_status launch_fwd_nv(const CausalConv1dFwdParams& p, cudaStream_t stream) {
   const int64_t tiles = tiles_per_row(p.L, int64_t(NV) * 32 * kVec<T>, origin_pad<T>(p.out, p.L));
   unsigned blocks;
   if (const ark_status s = blocks_for(p.batch * p.dim * tiles, WARPS, "forward", &blocks)) return s;
+#ifdef ARKERNELS_TUNING_VARIANTS
+  if (knob(Knob::Conv1dFwdEarlyHalo)) {
+    causal_conv1d_fwd_kernel<T, W, NV, WARPS, true><<<blocks, 32 * WARPS, 0, stream>>>(p, tiles);
+    return launch_status("forward");
+  }
+#endif
   causal_conv1d_fwd_kernel<T, W, NV, WARPS><<<blocks, 32 * WARPS, 0, stream>>>(p, tiles);
   return launch_status("forward");
 }
@@ -441,25 +456,31 @@ template <typename T, int W, int WARPS>
 ark_status launch_fwd_warps(const CausalConv1dFwdParams& p, int nv, cudaStream_t stream) {
   switch (nv) {
     case 1: return launch_fwd_nv<T, W, 1, WARPS>(p, stream);
+    case kFwdNV: return launch_fwd_nv<T, W, kFwdNV, WARPS>(p, stream);
+#ifdef ARKERNELS_TUNING_VARIANTS
     case 2: return launch_fwd_nv<T, W, 2, WARPS>(p, stream);
-    case 4: return launch_fwd_nv<T, W, 4, WARPS>(p, stream);
     case 8: return launch_fwd_nv<T, W, 8, WARPS>(p, stream);
+#endif
   }
-  return fail(ARK_ERROR_INVALID_ARGUMENT, "tuning knob conv1d_fwd_vectors: expected 1, 2, 4 or 8, got %d", nv);
+  return fail(ARK_ERROR_INVALID_ARGUMENT, "tuning knob conv1d_fwd_vectors: %d is not compiled into this build", nv);
 }
 
 // Tile shape: the tuning knobs (common/tuning.hpp) where set, else kFwdNV vectors and
-// kWarpsPerBlock warps; rows shorter than one tile take one vector per lane.
+// kWarpsPerBlock warps (the best of 1, 2, 4, 8 vectors x 4, 8 warps at both benchmark shapes on the
+// H200, bench/NOTES.md); rows shorter than one tile take one vector per lane. Tuning builds compile
+// every combination, others the default ones.
 template <typename T, int W>
 ark_status launch_fwd_w(const CausalConv1dFwdParams& p, cudaStream_t stream) {
   int nv = knob(Knob::Conv1dFwdVectors) ? knob(Knob::Conv1dFwdVectors) : kFwdNV;
   if (p.L < int64_t(nv) * 32 * kVec<T>) nv = 1;
   const int warps = knob(Knob::Conv1dFwdWarps) ? knob(Knob::Conv1dFwdWarps) : kWarpsPerBlock;
   switch (warps) {
-    case 4: return launch_fwd_warps<T, W, 4>(p, nv, stream);
+    case kWarpsPerBlock: return launch_fwd_warps<T, W, kWarpsPerBlock>(p, nv, stream);
+#ifdef ARKERNELS_TUNING_VARIANTS
     case 8: return launch_fwd_warps<T, W, 8>(p, nv, stream);
+#endif
   }
-  return fail(ARK_ERROR_INVALID_ARGUMENT, "tuning knob conv1d_fwd_warps: expected 4 or 8, got %d", warps);
+  return fail(ARK_ERROR_INVALID_ARGUMENT, "tuning knob conv1d_fwd_warps: %d is not compiled into this build", warps);
 }
 
 template <typename T>

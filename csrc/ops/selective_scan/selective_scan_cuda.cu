@@ -850,9 +850,9 @@ ark_status sum_middle(const float* part, void* out, ark_dtype dtype, int64_t O, 
 
 // Lanes per channel: states padded to K*R, K = 4 normally; K = 2 doubles the threads when the
 // problem has too few channels to fill the GPU (fewer than 1.5 blocks of 128 threads per SM at K = 4;
-// measured on the H100: b4 d2048 n16 K=4 0.46 ms vs K=2 0.64; b2 d1536 K=2 0.149 vs K=4 0.21). The forward
-// uses 256-thread blocks (B/C staged once per more channels) when that still gives >= 2 blocks per SM.
-// The backward always uses 128 threads (its workspace layout follows its rows per block).
+// measured on the H100 with 128-thread blocks: b4 d2048 n16 K=4 0.46 ms vs K=2 0.64; b2 d1536 K=2
+// 0.149 vs K=4 0.21). The N = 16 forward has its own rule (below). The backward always uses 128
+// threads (its workspace layout follows its rows per block).
 struct LaunchShape {
   int K, R, threads;
 };
@@ -860,14 +860,18 @@ LaunchShape pick_shape(const ark_selective_scan_args& a, bool backward) {
   const int64_t N = a.dstate;
   const int np = N <= 4 ? 4 : N <= 8 ? 8 : N <= 16 ? 16 : N <= 32 ? 32 : N <= 64 ? 64 : N <= 128 ? 128 : 256;
   if (np == 256) return {8, 32, kThreads};
+  // N = 16 forward: K = 2, 256 threads at both headline shapes (H200 sweep, bench/NOTES.md: b4 d2048
+  // 0.422 ms vs 0.481 for K4 T128; b2 d1536 0.149 vs 0.155 for K2 T128). 128 registers per thread
+  // give 2 blocks of 256 per SM, so the 256 blocks of the big shape run in one wave, 16 warps per SM.
+  if (!backward && np == 16) return {2, 8, 256};
   int K = 4;
   if (np >= 16 && np <= 64 && a.batch * a.dim / (kThreads / (np / 4)) < 198) K = 2;
   if (np == 4 || np == 8 || np == 128) K = 4;
   const int R = np / K;
   int threads = kThreads;
-  if (!backward && (np == 16 || (np == 32 && K == 2))) {
+  if (!backward && np == 32 && K == 2) {
     const int64_t blocks256 = a.batch * a.dim / (256 / R);
-    threads = blocks256 >= 4 * 132 ? 256 : kThreads;  // 256 measured no faster at either headline shape
+    threads = blocks256 >= 4 * 132 ? 256 : kThreads;
   }
   return {K, R, threads};
 }
@@ -976,9 +980,6 @@ template <class F> ark_status with_tuning_shape(const LaunchShape& s, const F& f
   switch (s.threads * 10000 + s.K * 100 + s.R) {
     case 64 * 10000 + 404: return f.template run<Shape<4, 4, 64>>();
     case 64 * 10000 + 208: return f.template run<Shape<2, 8, 64>>();
-    case 64 * 10000 + 802: return f.template run<Shape<8, 2, 64>>();
-    case 128 * 10000 + 802: return f.template run<Shape<8, 2, 128>>();
-    case 256 * 10000 + 802: return f.template run<Shape<8, 2, 256>>();
     default: return with_shape(s, f);
   }
 }

@@ -241,7 +241,7 @@ __global__ void __launch_bounds__(kThreads, VEC ? kMinBlocksVec : kMinBlocksGene
 // for each r) of one batch element, and issues the state (and A) loads of all of them before any
 // arithmetic: ROWS x 16 bytes of state per lane in flight instead of 16, which is what a memory-bound
 // kernel with one short-lived access per thread lacks (bench/NOTES.md, selective_state_update).
-template <typename S, typename X, bool A_CONST, int ROWS>
+template <typename S, typename X, bool A_CONST, int ROWS, bool PREFETCH>
 __global__ void __launch_bounds__(kThreads, ROWS == 1 ? kMinBlocksVec : (ROWS == 2 ? 3 : 2))
     selective_state_update_rows_kernel(const SsuParams p, int log2_lanes) {
   constexpr int V = kVec;
@@ -301,6 +301,35 @@ __global__ void __launch_bounds__(kThreads, ROWS == 1 ? kMinBlocksVec : (ROWS ==
     a_row[r] = A_CONST && N > 0 ? load_param(a.A, h * a.A_strides[0] + pp * a.A_strides[1], a.A_dtype) : 0.f;
   }
 
+  // One token's inputs of one row. PREFETCH: token t + 1's are loaded before token t is computed
+  // (token 0's with the state), so that a thread waits for memory once, not once for the state and
+  // again for the inputs after the reduction (z is read after it otherwise).
+  struct TokenIn {
+    float x, dt, z, B[V], C[V];
+  };
+  const auto load_token = [&](int r, int t, TokenIn& in) {
+    const int64_t h = hrow[r], pp = prow[r];
+    in.x = ld(static_cast<const X*>(a.x) + token0(a.x_strides, b, h, pp) + t * a.x_strides[1]);
+    in.dt = ld(static_cast<const X*>(a.dt) + token0(a.dt_strides, b, h, pp) + t * a.dt_strides[1]);
+    in.z = a.z ? ld(static_cast<const X*>(a.z) + token0(a.z_strides, b, h, pp) + t * a.z_strides[1]) : 0.f;
+    if (lane_in_row) {
+      const int64_t g = grow[r];
+      load_vec<X, V, true>(static_cast<const X*>(a.B) + b * a.B_strides[0] + t * a.B_strides[1] + g * a.B_strides[2] + n0,
+                           in.B);
+      load_vec<X, V, true>(static_cast<const X*>(a.C) + b * a.C_strides[0] + t * a.C_strides[1] + g * a.C_strides[2] + n0,
+                           in.C);
+    } else {
+#pragma unroll
+      for (int k = 0; k < V; ++k) in.B[k] = in.C[k] = 0.f;
+    }
+  };
+  TokenIn next[ROWS];
+  if constexpr (PREFETCH) {
+#pragma unroll
+    for (int r = 0; r < ROWS; ++r)
+      if (!skip && valid[r] && K > 0) load_token(r, 0, next[r]);
+  }
+
   const int64_t* is = a.intermediate_states_strides;
 #pragma unroll 1
   for (int t = 0; t < K; ++t) {
@@ -313,36 +342,31 @@ __global__ void __launch_bounds__(kThreads, ROWS == 1 ? kMinBlocksVec : (ROWS ==
         if (lane == 0) *out = from_f32<X>(srow < 0 ? 0.f : __int_as_float(0x7fc00000));
         continue;
       }
-      const float xv = ld(static_cast<const X*>(a.x) + token0(a.x_strides, b, h, pp) + t * a.x_strides[1]);
-      float dtv = ld(static_cast<const X*>(a.dt) + token0(a.dt_strides, b, h, pp) + t * a.dt_strides[1]) + bias[r];
-      if (a.dt_softplus) dtv = softplus_f32(dtv);
-      const float dtx = dtv * xv;
-      float Bv[V], Cv[V];
-      if (lane_in_row) {
-        const int64_t g = grow[r];
-        load_vec<X, V, true>(static_cast<const X*>(a.B) + b * a.B_strides[0] + t * a.B_strides[1] +
-                                 g * a.B_strides[2] + n0, Bv);
-        load_vec<X, V, true>(static_cast<const X*>(a.C) + b * a.C_strides[0] + t * a.C_strides[1] +
-                                 g * a.C_strides[2] + n0, Cv);
+      TokenIn in;
+      if constexpr (PREFETCH) {
+        in = next[r];
+        if (t + 1 < K) load_token(r, t + 1, next[r]);
       } else {
-#pragma unroll
-        for (int k = 0; k < V; ++k) Bv[k] = Cv[k] = 0.f;
+        load_token(r, t, in);
       }
+      float dtv = in.dt + bias[r];
+      if (a.dt_softplus) dtv = softplus_f32(dtv);
+      const float dtx = dtv * in.x;
       float part = 0.f;
       const float dA_row = A_CONST ? __expf(dtv * a_row[r]) : 0.f;  // one exp per row and token
 #pragma unroll
       for (int k = 0; k < V; ++k) {
         const float dA = A_CONST ? dA_row : __expf(dtv * A[r][k]);
-        s[r][k] = s[r][k] * dA + Bv[k] * dtx;
-        part += s[r][k] * Cv[k];
+        s[r][k] = s[r][k] * dA + in.B[k] * dtx;
+        part += s[r][k] * in.C[k];
       }
       if (a.intermediate_states && lane_in_row)
         store_vec<S, V>(static_cast<S*>(a.intermediate_states) + b * is[0] + t * is[1] + h * is[2] + pp * is[3] + n0,
                         s[r]);
       part = group_sum(part, mask, lanes);
       if (lane == 0) {
-        float y = part + d[r] * xv;
-        if (a.z) y *= silu_f32(ld(static_cast<const X*>(a.z) + token0(a.z_strides, b, h, pp) + t * a.z_strides[1]));
+        float y = part + d[r] * in.x;
+        if (a.z) y *= silu_f32(in.z);
         *out = from_f32<X>(y);
       }
     }
@@ -391,29 +415,42 @@ bool vec_layout(const SsuParams& p) {
                                                  4, a.intermediate_states_strides[4], int(sizeof(S)), s_align));
 }
 
-// Rows per lane group of the one-chunk kernel: the tuning knob, else ROWS_DEFAULT (bench/NOTES.md).
-constexpr int kRowsDefault = 2;
+// Rows per lane group of the one-chunk kernel: the tuning knob, else kRowsDefault. One row measured
+// fastest on the H200 (bench/NOTES.md): more rows per thread cost occupancy and did not put more bytes
+// in flight (Mamba-1 0.033 / 0.036 / 0.042 ms, Mamba-2 0.216 / 0.228 / 0.257 ms for 1 / 2 / 4 rows).
+constexpr int kRowsDefault = 1;
 
-template <typename S, typename X, int ROWS>
+template <typename S, typename X, int ROWS, bool PREFETCH>
 ark_status launch_rows_n(const SsuParams& p, int log2_lanes, dim3 grid, cudaStream_t stream) {
   const int64_t per_block = (kThreads >> log2_lanes) * ROWS;
   grid.x = unsigned((p.a.heads * p.a.head_dim + per_block - 1) / per_block);
   if (p.a_const_n)
-    selective_state_update_rows_kernel<S, X, true, ROWS><<<grid, kThreads, 0, stream>>>(p, log2_lanes);
+    selective_state_update_rows_kernel<S, X, true, ROWS, PREFETCH><<<grid, kThreads, 0, stream>>>(p, log2_lanes);
   else
-    selective_state_update_rows_kernel<S, X, false, ROWS><<<grid, kThreads, 0, stream>>>(p, log2_lanes);
+    selective_state_update_rows_kernel<S, X, false, ROWS, PREFETCH><<<grid, kThreads, 0, stream>>>(p, log2_lanes);
   return cuda_launch_status("selective_state_update", "rows kernel");
 }
 
 template <typename S, typename X>
 ark_status launch_rows(const SsuParams& p, int log2_lanes, dim3 grid, cudaStream_t stream) {
   const int rows = knob(Knob::SsuRows) ? knob(Knob::SsuRows) : kRowsDefault;
-  switch (rows) {
-    case 1: return launch_rows_n<S, X, 1>(p, log2_lanes, grid, stream);
-    case 2: return launch_rows_n<S, X, 2>(p, log2_lanes, grid, stream);
-    case 4: return launch_rows_n<S, X, 4>(p, log2_lanes, grid, stream);
+#ifdef ARKERNELS_TUNING_VARIANTS
+  // Token prefetch: prepared, not yet measured on a GPU (bench/NOTES.md), so tuning builds only.
+  if (knob(Knob::SsuPrefetch)) {
+    switch (rows) {
+      case 1: return launch_rows_n<S, X, 1, true>(p, log2_lanes, grid, stream);
+      case 2: return launch_rows_n<S, X, 2, true>(p, log2_lanes, grid, stream);
+    }
   }
-  return fail(ARK_ERROR_INVALID_ARGUMENT, "tuning knob ssu_rows: expected 1, 2 or 4, got %d", rows);
+#endif
+  switch (rows) {
+    case 1: return launch_rows_n<S, X, 1, false>(p, log2_lanes, grid, stream);
+#ifdef ARKERNELS_TUNING_VARIANTS
+    case 2: return launch_rows_n<S, X, 2, false>(p, log2_lanes, grid, stream);
+    case 4: return launch_rows_n<S, X, 4, false>(p, log2_lanes, grid, stream);
+#endif
+  }
+  return fail(ARK_ERROR_INVALID_ARGUMENT, "tuning knob ssu_rows: %d is not compiled into this build", rows);
 }
 
 template <typename S, typename X>
