@@ -21,14 +21,14 @@ done
 # Straight into the summary, line by line: a run cut off by the machine's time limit keeps its rows.
 timeout "${KIT_BENCH_TIMEOUT:-120}" ./native_bench "$OUT/native_bench.tsv" 2>&1 | tee -a "$summary" >/dev/null
 note "native_bench: rc=${PIPESTATUS[0]}"
-# Where the profiler works (Firecracker machines): stall reasons of the default selective_scan forward
-# and backward at the big headline shape, for the next tuning round.
+# Where the profiler works (Firecracker machines): the full section set (with the stall breakdown)
+# of the default selective_scan forward and backward at the big headline shape.
 if [ "${KIT_PROFILE:-1}" = 1 ] && command -v ncu >/dev/null; then
-  timeout "${KIT_PROFILE_TIMEOUT:-60}" ncu --clock-control none -k regex:"selective_scan_(fwd|bwd)_kernel" -c 2 \
-    --section LaunchStats --section Occupancy --section SchedulerStats --section WarpStateStats --section ComputeWorkloadAnalysis \
-    ./native_bench - sscan_big_default >"$LOG/ncu.txt" 2>&1
+  timeout "${KIT_PROFILE_TIMEOUT:-90}" ncu --clock-control none -k regex:"selective_scan_(fwd|bwd)_kernel" -c 2 \
+    --set full --print-details all ./native_bench - sscan_big_default >"$LOG/ncu.txt" 2>&1
   note "ncu: rc=$? (logs/ncu.txt)"
-  grep -E "selective_scan_(fwd|bwd)_kernel|Duration|Warp Cycles Per Issued|Issue Slots Busy|Achieved Occupancy|Registers Per|No Eligible|stalled|Block Limit" "$LOG/ncu.txt" | cut -c1-300 | head -60 >>"$summary"
+  grep -E "selective_scan_(fwd|bwd)_kernel|Duration|Registers Per|Issue Slots Busy|Eligible Warps|Achieved Occupancy|Stall|stalled" \
+    "$LOG/ncu.txt" | cut -c1-200 | head -80 >>"$summary"
 fi
 if [ "${KIT_SANITIZE:-1}" = 1 ]; then
   for t in ${KIT_SANITIZE_TESTS:-test_selective_state_update_capi test_selective_scan_capi test_causal_conv1d_capi}; do

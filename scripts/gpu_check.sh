@@ -10,6 +10,7 @@
 #   background: later stages that need it wait), sscan (selective_scan quick timing vs that peer)
 # Peers: wheels in .whl/ (e.g. accelerated-scan) are installed to /tmp/peers first; mamba-ssm's sdist
 # and the build script (../shared/peers/build_mamba_scan.py) are expected in .whl/ too.
+# PREBUILT=path/libarkernels.so builds only the torch bindings against that library (device kit).
 # TEST_PATHS (default tests) limits the test stage; TEST_K adds a -k filter; TEST_ARGS adds pytest options.
 # SANITIZE_PATHS / SANITIZE_K pick the memcheck pytest run (default: linear_scan's CUDA backend cases).
 set -uo pipefail
@@ -36,7 +37,14 @@ for stage in $stages; do
   t0=$(date +%s)
   case $stage in
     build)
-      "$py" -m pip install --no-index --no-build-isolation --no-deps -v -e . >"$LOG/build.log" 2>&1
+      # PREBUILT=.kit/libarkernels.so (scripts/device_kit.sh, carried): compile only the torch bindings
+      # against it (~20 s instead of minutes for the CUDA kernels); its libgomp comes along on the path.
+      prebuilt=()
+      if [ -n "${PREBUILT:-}" ]; then
+        prebuilt=(-Ccmake.define.ARKERNELS_PREBUILT_LIBRARY="$(realpath "$PREBUILT")" -Cbuild-dir=build/prebuilt)
+        export LD_LIBRARY_PATH=$(dirname "$(realpath "$PREBUILT")")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+      fi
+      "$py" -m pip install --no-index --no-build-isolation --no-deps -v "${prebuilt[@]}" -e . >"$LOG/build.log" 2>&1
       rc=$?; note "build: rc=$rc ($(grep -m1 'arkernels: CUDA' "$LOG/build.log" | sed 's/^ *//'))"
       [ $rc -eq 0 ] || { tail -30 "$LOG/build.log"; break; } ;;
     mamba-peer)

@@ -169,6 +169,20 @@ void report_error(const char* op, const char* shape, const std::string& variant,
   if (g_tsv) std::fprintf(g_tsv, "%s\t%s\t%s\terror\t%s\n", op, shape, variant.c_str(), ark_last_error_message());
 }
 
+// One checked call of a variant: runs `call` with `d_out` poisoned and copies the output into `got`;
+// false (and reported) on an error status.
+bool run_once(const char* op, const char* shape, const std::string& variant, const std::function<ark_status()>& call,
+              Device& d_out, Host& got) {
+  d_out.poison();
+  if (const ark_status s = call()) {
+    report_error(op, shape, variant, s);
+    return false;
+  }
+  cudaDeviceSynchronize();
+  d_out.download(got);
+  return true;
+}
+
 // ------------------------------------------------------------------ selective_state_update
 
 // Mamba-1 (H = 1, P = 4096, N = 16, fp32 inputs) or Mamba-2 (H = 64, P = 64, N = 128, bf16 inputs,
@@ -232,18 +246,13 @@ void bench_ssu(bool mamba2) {
     ark_tuning_set("ssu_prefetch", v[1]);
     const std::string variant = "rows=" + std::to_string(v[0]) + (v[1] ? " prefetch" : "");
     d_state.upload(state);
-    d_out.poison();
-    if (const ark_status s = ark_selective_state_update(&a, ARK_DEVICE_CUDA, nullptr)) {
-      report_error("selective_state_update", shape, variant, s);
-      continue;
-    }
+    const auto call = [&] { return ark_selective_state_update(&a, ARK_DEVICE_CUDA, nullptr); };
     Host got_state = state, got_out = out;
-    cudaDeviceSynchronize();
+    if (!run_once("selective_state_update", shape, variant, call, d_out, got_out)) continue;
     d_state.download(got_state);
-    d_out.download(got_out);
     const double err = std::max(rel_error(got_state, state_cpu), rel_error(got_out, out_cpu));
     // Timed calls keep advancing the state in place (bounded: exp(dt A) < 1).
-    const double ms = time_ms([&] { return ark_selective_state_update(&a, ARK_DEVICE_CUDA, nullptr); });
+    const double ms = time_ms(call);
     report("selective_state_update", shape, variant, "step", ms, bytes, err, mamba2 ? 1e-2 : 1e-5);
   }
   ark_tuning_set("ssu_rows", 0);
@@ -272,21 +281,15 @@ void bench_conv1d(int64_t B, int64_t D, int64_t L) {
   const int variants[][3] = {{1, 4, 0}, {2, 4, 0}, {4, 4, 0}, {8, 4, 0}, {2, 8, 0}, {4, 8, 0},
                              {4, 4, 1}, {2, 8, 1}, {4, 8, 1}};  // vectors, warps, early halo
   for (const auto& v : variants) {
-      const int nv = v[0], warps = v[1];
-      ark_tuning_set("conv1d_fwd_warps", warps);
-      ark_tuning_set("conv1d_fwd_vectors", nv);
-      ark_tuning_set("conv1d_fwd_early_halo", v[2]);
-      const std::string variant = "nv=" + std::to_string(nv) + " warps=" + std::to_string(warps) + (v[2] ? " halo" : "");
-      d_out.poison();
-      if (const ark_status s = call()) {
-        report_error("causal_conv1d", shape, variant, s);
-        continue;
-      }
-      Host got = out;
-      cudaDeviceSynchronize();
-      d_out.download(got);
-      report("causal_conv1d", shape, variant, "fwd", time_ms(call), bytes, rel_error(got, out_cpu), 1e-2);
-    }
+    const int nv = v[0], warps = v[1];
+    ark_tuning_set("conv1d_fwd_warps", warps);
+    ark_tuning_set("conv1d_fwd_vectors", nv);
+    ark_tuning_set("conv1d_fwd_early_halo", v[2]);
+    const std::string variant = "nv=" + std::to_string(nv) + " warps=" + std::to_string(warps) + (v[2] ? " halo" : "");
+    Host got = out;
+    if (!run_once("causal_conv1d", shape, variant, call, d_out, got)) continue;
+    report("causal_conv1d", shape, variant, "fwd", time_ms(call), bytes, rel_error(got, out_cpu), 1e-2);
+  }
   ark_tuning_set("conv1d_fwd_warps", 0);
   ark_tuning_set("conv1d_fwd_vectors", 0);
   ark_tuning_set("conv1d_fwd_early_halo", 0);
@@ -335,15 +338,9 @@ void bench_sscan(int64_t b, int64_t d, int64_t L, int64_t N, bool run_variants) 
     ark_tuning_set("sscan_fwd_unpipelined", v.unpipelined);
     const std::string variant = "K" + std::to_string(v.shape / 100) + "R" + std::to_string(v.shape % 100) + " T" +
                                 std::to_string(v.threads) + (v.unpipelined ? " unpiped" : "");
-    d_out.poison();
-    auto fwd = [&] { return ark_selective_scan_fwd(&a, ARK_DEVICE_CUDA, nullptr); };
-    if (const ark_status s = fwd()) {
-      report_error("selective_scan", shape, variant, s);
-      continue;
-    }
+    const auto fwd = [&] { return ark_selective_scan_fwd(&a, ARK_DEVICE_CUDA, nullptr); };
     Host got = out;
-    cudaDeviceSynchronize();
-    d_out.download(got);
+    if (!run_once("selective_scan", shape, variant, fwd, d_out, got)) continue;
     const double ms = time_ms(fwd);
     char extra[64];
     std::snprintf(extra, sizeof(extra), "%.2f Texp/s", exps / (ms * 1e-3) / 1e12);

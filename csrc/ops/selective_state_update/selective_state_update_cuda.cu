@@ -311,7 +311,8 @@ __global__ void __launch_bounds__(kThreads, ROWS == 1 ? kMinBlocksVec : (ROWS ==
     const int64_t h = hrow[r], pp = prow[r];
     in.x = ld(static_cast<const X*>(a.x) + token0(a.x_strides, b, h, pp) + t * a.x_strides[1]);
     in.dt = ld(static_cast<const X*>(a.dt) + token0(a.dt_strides, b, h, pp) + t * a.dt_strides[1]);
-    in.z = a.z ? ld(static_cast<const X*>(a.z) + token0(a.z_strides, b, h, pp) + t * a.z_strides[1]) : 0.f;
+    // Without PREFETCH z is read by lane 0 after the reduction (the layout measured on the GPU).
+    in.z = PREFETCH && a.z ? ld(static_cast<const X*>(a.z) + token0(a.z_strides, b, h, pp) + t * a.z_strides[1]) : 0.f;
     if (lane_in_row) {
       const int64_t g = grow[r];
       load_vec<X, V, true>(static_cast<const X*>(a.B) + b * a.B_strides[0] + t * a.B_strides[1] + g * a.B_strides[2] + n0,
@@ -366,7 +367,9 @@ __global__ void __launch_bounds__(kThreads, ROWS == 1 ? kMinBlocksVec : (ROWS ==
       part = group_sum(part, mask, lanes);
       if (lane == 0) {
         float y = part + d[r] * in.x;
-        if (a.z) y *= silu_f32(in.z);
+        if (a.z)
+          y *= silu_f32(PREFETCH ? in.z
+                                 : ld(static_cast<const X*>(a.z) + token0(a.z_strides, b, h, pp) + t * a.z_strides[1]));
         *out = from_f32<X>(y);
       }
     }
