@@ -365,10 +365,21 @@ void bench_sscan(int64_t b, int64_t d, int64_t L, int64_t N, bool run_variants) 
     const ark_status s = ark_selective_scan_fwd(&a, ARK_DEVICE_CUDA, nullptr);
     return s ? s : ark_selective_scan_bwd(&a, ws.ptr, ws_bytes, ARK_DEVICE_CUDA, nullptr);
   };
-  if (const ark_status s = fwd_bwd()) return report_error("selective_scan", shape, "fwd+bwd", s);
-  const double ms = time_ms(fwd_bwd);
-  report("selective_scan", shape, "default", "fwd+bwd", ms, bytes + 5.0 * double(rows) * 2, 0.0, 1.0,
-         "(bwd error: checked by the C API test)");
+  // Backward variants: the default staging, and (tuning builds) the batched one; both time the
+  // default forward with them.
+  for (int batched : {0, 1}) {
+    ark_tuning_set("sscan_bwd_batched_staging", batched);
+    const char* variant = batched ? "bwd batched staging" : "default";
+    if (const ark_status s = fwd_bwd()) {
+      report_error("selective_scan", shape, variant, s);
+      continue;
+    }
+    const double ms = time_ms(fwd_bwd);
+    report("selective_scan", shape, variant, "fwd+bwd", ms, bytes + 5.0 * double(rows) * 2, 0.0, 1.0,
+           "(bwd error: checked by the C API test)");
+    if (!run_variants) break;
+  }
+  ark_tuning_set("sscan_bwd_batched_staging", 0);
 }
 
 }  // namespace

@@ -17,6 +17,7 @@ enum class Knob : int {
   Conv1dFwdEarlyHalo,  // causal_conv1d forward: 1 = lane 0 loads its halo before the tile (tuning builds)
   SscanFwdShape,      // selective_scan forward: 100 * K + R (states per lane, lanes per channel) ...
   SscanFwdThreads,    // ... and threads per block (128 or 256)
+  SscanBwdBatchedStaging,  // selective_scan backward: 1 = a tile's loads issued together (tuning builds)
   SscanFwdUnpipelined,  // selective_scan forward: 1 = the reduction not overlapped (tuning builds only)
   Count
 };

@@ -185,8 +185,9 @@ struct Dev {
   ~Dev() { cudaFree(p); }
 };
 
-// `fwd_shape` / `fwd_threads`: the forward's launch shape (tuning knobs; 0 = the default choice).
-void test_cuda_matches_cpu(int64_t N, int64_t L, int fwd_shape, int fwd_threads) {
+// `fwd_shape` / `fwd_threads`: the forward's launch shape (tuning knobs; 0 = the default choice);
+// `bwd_batched`: the backward's batched staging (tuning builds only).
+void test_cuda_matches_cpu(int64_t N, int64_t L, int fwd_shape, int fwd_threads, int bwd_batched = 0) {
   int count = 0;
   if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0) {
     std::printf("no CUDA device: CUDA checks skipped\n");
@@ -194,6 +195,7 @@ void test_cuda_matches_cpu(int64_t N, int64_t L, int fwd_shape, int fwd_threads)
   }
   ark_tuning_set("sscan_fwd_shape", fwd_shape);
   ark_tuning_set("sscan_fwd_threads", fwd_threads);
+  ark_tuning_set("sscan_bwd_batched_staging", bwd_batched);
   Problem p(11, N, L);
   Outputs cpu;
   run_cpu(p, cpu);
@@ -225,11 +227,12 @@ void test_cuda_matches_cpu(int64_t N, int64_t L, int fwd_shape, int fwd_threads)
       {"dz", &dz, &cpu.dz, 1e-4}, {"dinitial_state", &dh0, &cpu.dh0, 1e-4}};
   for (const auto& c : checks) {
     const double err = rel_error(c.d->get(), *c.want);
-    EXPECT(err <= c.tol, "cuda %s (N=%lld, forward shape %d/%d): relative difference to the CPU path %.3g > %.0e",
-           c.name, (long long)N, fwd_shape, fwd_threads, err, c.tol);
+    EXPECT(err <= c.tol, "cuda %s (N=%lld, forward shape %d/%d, batched bwd %d): relative difference to the CPU path %.3g > %.0e",
+           c.name, (long long)N, fwd_shape, fwd_threads, bwd_batched, err, c.tol);
   }
   ark_tuning_set("sscan_fwd_shape", 0);
   ark_tuning_set("sscan_fwd_threads", 0);
+  ark_tuning_set("sscan_bwd_batched_staging", 0);
 }
 #endif
 
@@ -243,6 +246,10 @@ int main() {
   // N = 16 (Mamba-1): every forward launch shape a default build compiles for it.
   const int shapes[][2] = {{0, 0}, {404, 128}, {404, 256}, {208, 128}, {208, 256}};
   for (const auto& s : shapes) test_cuda_matches_cpu(16, 300, s[0], s[1]);
+#ifdef ARKERNELS_TUNING_VARIANTS
+  test_cuda_matches_cpu(5, 45, 0, 0, 1);
+  test_cuda_matches_cpu(16, 300, 0, 0, 1);
+#endif
 #endif
   return finish("selective_scan C API");
 }

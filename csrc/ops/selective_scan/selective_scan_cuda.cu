@@ -133,6 +133,27 @@ __device__ void stage_var_bc(const ark_selective_scan_args& a, const void* src, 
   }
 }
 
+// stage_var_bc with every load of the thread issued before the first store (a compile-time trip
+// count, unrolled): one memory latency per call instead of one per loop iteration.
+template <typename T, class S, int TILE>
+__device__ void stage_var_bc_batched(const ark_selective_scan_args& a, const void* src, const BlockPos& bp, int64_t t0,
+                                     float* dst) {
+  constexpr int ITER = (S::NP * TILE + S::THREADS - 1) / S::THREADS;
+  const int64_t base = (bp.b * a.ngroups + bp.g) * a.dstate * a.seqlen;
+  float v[ITER];
+#pragma unroll
+  for (int m = 0; m < ITER; ++m) {
+    const int e = threadIdx.x + m * S::THREADS, n = e / TILE, t = e % TILE;
+    const int64_t tg = t0 + t;
+    v[m] = (e < S::NP * TILE && n < a.dstate && tg < a.seqlen) ? ld<T>(src, base + n * a.seqlen + tg) : 0.f;
+  }
+#pragma unroll
+  for (int m = 0; m < ITER; ++m) {
+    const int e = threadIdx.x + m * S::THREADS;
+    if (e < S::NP * TILE) dst[(e % TILE) * S::NPP + e / TILE] = v[m];
+  }
+}
+
 // R values per lane -> lane l holds the sum over the R lanes of value l, in v[0].
 template <int R> __device__ __forceinline__ void reduce_scatter(float (&v)[R], int lane) {
 #pragma unroll
@@ -559,37 +580,85 @@ template <class S> struct BwdSmem {
   }
 };
 
+// One element of the backward's staging: (delta, delta*u), u, dy = dout * silu(z), the softplus slope;
+// writes dz. `present`: inside the block's rows and the sequence (else zeros: padding steps).
+template <typename T, class S>
+__device__ __forceinline__ void stage_bwd_element(const ark_selective_scan_args& a, BwdSmem<S>& sm, int r, int t,
+                                                  int64_t d, int64_t i, bool present, float u, float dl, float dy,
+                                                  float zv, float y_pre) {
+  constexpr int P = kCk + 1;
+  float sg = 0.f;
+  if (present) {
+    if (a.delta_bias) dl += a.delta_bias[d];
+    sg = 1.f;
+    if (a.delta_softplus) {
+      sg = softplus_grad_f32(dl);
+      dl = softplus_f32(dl);
+    }
+    if (a.z) {
+      st<T>(a.dz, i, dy * y_pre * silu_grad_f32(zv));
+      dy *= silu_f32(zv);
+    }
+  } else {
+    u = dl = dy = 0.f;
+  }
+  sm.dd[r * P + t] = make_float2(dl, dl * u);
+  sm.u[r * P + t] = u;
+  sm.dy[r * P + t] = dy;
+  sm.sg[r * P + t] = sg;
+}
+
 template <typename T, class S>
 __device__ void stage_bwd(const ark_selective_scan_args& a, const BlockPos& bp, int64_t t0, BwdSmem<S>& sm) {
-  constexpr int TT = kCk, P = TT + 1;
+  constexpr int TT = kCk;
   for (int e = threadIdx.x; e < S::ROWS * TT; e += S::THREADS) {
     const int r = e / TT, t = e % TT;
     const int64_t tg = t0 + t;
-    float dl = 0.f, u = 0.f, dy = 0.f, sg = 0.f;
-    if (r < bp.rows_valid && tg < a.seqlen) {
-      const int64_t d = bp.d_first + r, i = (bp.b * a.dim + d) * a.seqlen + tg;
+    const bool present = r < bp.rows_valid && tg < a.seqlen;
+    const int64_t d = bp.d_first + r, i = (bp.b * a.dim + d) * a.seqlen + tg;
+    float u = 0.f, dl = 0.f, dy = 0.f, zv = 0.f, yp = 0.f;
+    if (present) {
       u = ld<T>(a.u, i);
       dl = ld<T>(a.delta, i);
-      if (a.delta_bias) dl += a.delta_bias[d];
-      sg = 1.f;
-      if (a.delta_softplus) {
-        sg = softplus_grad_f32(dl);
-        dl = softplus_f32(dl);
-      }
       dy = ld<T>(a.dout, i);
       if (a.z) {
-        const float zv = ld<T>(a.z, i);
-        st<T>(a.dz, i, dy * ld<T>(a.y_pre, i) * silu_grad_f32(zv));
-        dy *= silu_f32(zv);
+        zv = ld<T>(a.z, i);
+        yp = ld<T>(a.y_pre, i);
       }
     }
-    sm.dd[r * P + t] = make_float2(dl, dl * u);
-    sm.u[r * P + t] = u;
-    sm.dy[r * P + t] = dy;
-    sm.sg[r * P + t] = sg;
+    stage_bwd_element<T, S>(a, sm, r, t, d, i, present, u, dl, dy, zv, yp);
   }
   if (a.B_variable) stage_var_bc<T, S>(a, a.B, bp, t0, TT, sm.B);
   if (a.C_variable) stage_var_bc<T, S>(a, a.C, bp, t0, TT, sm.C);
+}
+
+// stage_bwd with all of the thread's loads (u, delta, dout, z, y_pre, B, C) issued before any is used:
+// one memory latency per tile instead of one per loop iteration of the plain version (the backward's
+// top stall is waiting on global loads, bench/NOTES.md). Prepared, tuning builds only until measured.
+template <typename T, class S>
+__device__ void stage_bwd_batched(const ark_selective_scan_args& a, const BlockPos& bp, int64_t t0, BwdSmem<S>& sm) {
+  constexpr int TT = kCk, ITER = (S::ROWS * TT + S::THREADS - 1) / S::THREADS;
+  float u[ITER], dl[ITER], dy[ITER], zv[ITER], yp[ITER];
+#pragma unroll
+  for (int m = 0; m < ITER; ++m) {
+    const int e = threadIdx.x + m * S::THREADS, r = e / TT, t = e % TT;
+    const int64_t tg = t0 + t, i = (bp.b * a.dim + bp.d_first + r) * a.seqlen + tg;
+    const bool present = e < S::ROWS * TT && r < bp.rows_valid && tg < a.seqlen;
+    u[m] = present ? ld<T>(a.u, i) : 0.f;
+    dl[m] = present ? ld<T>(a.delta, i) : 0.f;
+    dy[m] = present ? ld<T>(a.dout, i) : 0.f;
+    zv[m] = present && a.z ? ld<T>(a.z, i) : 0.f;
+    yp[m] = present && a.z ? ld<T>(a.y_pre, i) : 0.f;
+  }
+  if (a.B_variable) stage_var_bc_batched<T, S, TT>(a, a.B, bp, t0, sm.B);
+  if (a.C_variable) stage_var_bc_batched<T, S, TT>(a, a.C, bp, t0, sm.C);
+#pragma unroll
+  for (int m = 0; m < ITER; ++m) {
+    const int e = threadIdx.x + m * S::THREADS, r = e / TT, t = e % TT;
+    if (e >= S::ROWS * TT) continue;
+    const int64_t tg = t0 + t, d = bp.d_first + r, i = (bp.b * a.dim + d) * a.seqlen + tg;
+    stage_bwd_element<T, S>(a, sm, r, t, d, i, r < bp.rows_valid && tg < a.seqlen, u[m], dl[m], dy[m], zv[m], yp[m]);
+  }
 }
 
 // du and ddelta of the sub-tile's steps, from the per-lane sums; dD and ddelta_bias partial sums.
@@ -637,7 +706,7 @@ __device__ void write_bwd_bc(const ark_selective_scan_args& a, const BlockPos& b
   }
 }
 
-template <class S, bool VARLEN>
+template <class S, bool VARLEN, bool BATCHED_STAGING = false>
 __global__ void __launch_bounds__(S::THREADS) selective_scan_bwd_kernel(const ark_selective_scan_args a, float* ws,
                                                                       ScanWorkspace w) {
   constexpr int K = S::K, R = S::R, TT = kCk, TS = S::TS, NS = TT / TS, P = TT + 1;
@@ -672,10 +741,18 @@ __global__ void __launch_bounds__(S::THREADS) selective_scan_bwd_kernel(const ar
   for (int64_t c = nck - 1; c >= 0; --c) {
     const int64_t t0 = c * TT;
     __syncthreads();
-    switch (a.dtype) {
-      case ARK_FLOAT32: stage_bwd<float, S>(a, bp, t0, sm); break;
-      case ARK_FLOAT16: stage_bwd<__half, S>(a, bp, t0, sm); break;
-      default: stage_bwd<__nv_bfloat16, S>(a, bp, t0, sm); break;
+    if constexpr (BATCHED_STAGING) {
+      switch (a.dtype) {
+        case ARK_FLOAT32: stage_bwd_batched<float, S>(a, bp, t0, sm); break;
+        case ARK_FLOAT16: stage_bwd_batched<__half, S>(a, bp, t0, sm); break;
+        default: stage_bwd_batched<__nv_bfloat16, S>(a, bp, t0, sm); break;
+      }
+    } else {
+      switch (a.dtype) {
+        case ARK_FLOAT32: stage_bwd<float, S>(a, bp, t0, sm); break;
+        case ARK_FLOAT16: stage_bwd<__half, S>(a, bp, t0, sm); break;
+        default: stage_bwd<__nv_bfloat16, S>(a, bp, t0, sm); break;
+      }
     }
     if (VARLEN) stage_seq_flags(a, t0, TT, sm.start, sm.end);
     __syncthreads();
@@ -918,6 +995,11 @@ ark_status launch_bwd(const ark_selective_scan_args& a, float* ws, cudaStream_t 
   const int64_t blocks = grid_blocks<S>(a);
   if (blocks > 0x7fffffffLL) return fail(ARK_ERROR_INVALID_ARGUMENT, "batch * dim: too large for one launch");
   auto kernel = a.cu_seqlens ? selective_scan_bwd_kernel<S, true> : selective_scan_bwd_kernel<S, false>;
+#ifdef ARKERNELS_TUNING_VARIANTS
+  if (knob(Knob::SscanBwdBatchedStaging)) {
+    kernel = a.cu_seqlens ? selective_scan_bwd_kernel<S, true, true> : selective_scan_bwd_kernel<S, false, true>;
+  }
+#endif
   if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)) != cudaSuccess)
     return cuda_launch_status("selective_scan", "backward (shared memory attribute)");
   kernel<<<unsigned(blocks), S::THREADS, smem, st>>>(a, ws, w);
