@@ -235,12 +235,12 @@ __global__ void __launch_bounds__(kThreads, VEC ? kMinBlocksVec : kMinBlocksGene
   }
 }
 
-// The common case in one pass with more memory traffic in flight: VEC layout, a whole row in one
-// chunk (N <= 32 * V), so each lane group reads its rows' state once, advances it over the k tokens
-// and writes it once. A lane group owns ROWS rows (channels c0 + r * groups_per_grid_row, coalesced
-// for each r) of one batch element, and issues the state (and A) loads of all of them before any
-// arithmetic: ROWS x 16 bytes of state per lane in flight instead of 16, which is what a memory-bound
-// kernel with one short-lived access per thread lacks (bench/NOTES.md, selective_state_update).
+// The common case in one pass: VEC layout and a whole row in one chunk (N <= 32 * V), so each lane
+// group reads its rows' state once, advances it over the k tokens and writes it once. A lane group
+// owns ROWS rows (channels c0 + r * groups_per_block, coalesced for each r) of one batch element and
+// issues the state (and A) loads of all of them before any arithmetic. ROWS = 1 is the default: 2 and
+// 4 (tuning builds) put more bytes in flight per thread but measured slower on the H200, since
+// occupancy falls with the registers (bench/NOTES.md, selective_state_update).
 template <typename S, typename X, bool A_CONST, int ROWS, bool PREFETCH>
 __global__ void __launch_bounds__(kThreads, ROWS == 1 ? kMinBlocksVec : (ROWS == 2 ? 3 : 2))
     selective_state_update_rows_kernel(const SsuParams p, int log2_lanes) {
