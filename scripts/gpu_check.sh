@@ -4,9 +4,10 @@
 # benchmark report. Logs and results land under $OUT (default ./gpu_out):
 #   summary.txt   pytest summary, sanitizer summaries, benchmark table
 #   logs.tgz      every log of the run
-#   bench/        the report (.md, .json, .png)
+#   bench.tgz     the report (bench/*.md, .json, .png)
 # Usage: scripts/gpu_check.sh [stages...]   stages: build test capi sanitize (= sanitize-capi + sanitize-pytest)
-#   sweep bench (default: all but sweep), mamba-peer (starts building mamba-ssm's CUDA scan in the
+#   sweep bench (default: all but sweep), kit (runs the carried device kit), lmprof (profile of a Mamba LM
+#   training step, scripts/profile_mamba_lm.py), mamba-peer (starts building mamba-ssm's CUDA scan in the
 #   background: later stages that need it wait), sscan (selective_scan quick timing vs that peer)
 # Peers: wheels in .whl/ (e.g. accelerated-scan) are installed to /tmp/peers first; mamba-ssm's sdist
 # and the build script (../shared/peers/build_mamba_scan.py) are expected in .whl/ too.
@@ -61,7 +62,8 @@ for stage in $stages; do
       timeout 300 "$py" scripts/selective_scan_timing.py $peer_arg ${SSCAN_ARGS:-} >"$LOG/sscan.log" 2>&1
       note "sscan: rc=$?"; cat "$LOG/sscan.log" | grep -v Warning >>"$summary" ;;
     test)
-      [ -n "${peer_pid:-}" ] && wait "$peer_pid"
+      # TEST_WAIT_PEER=0: run the tests while the peer builds (its comparisons then skip).
+      [ -n "${peer_pid:-}" ] && [ "${TEST_WAIT_PEER:-1}" = 1 ] && wait "$peer_pid"
       timeout ${TEST_TIMEOUT:-420} "$py" -m pytest ${TEST_PATHS:-tests} ${TEST_K:+-k "$TEST_K"} ${TEST_ARGS:-} -q -ra -p no:cacheprovider --durations=10 >"$LOG/pytest.log" 2>&1
       note "pytest: rc=$? :: $(tail -1 "$LOG/pytest.log")"
       grep -E '^(FAILED|ERROR)' "$LOG/pytest.log" | head -20 | tee -a "$summary" ;;
@@ -83,6 +85,15 @@ for stage in $stages; do
         -q -p no:cacheprovider -m "not slow" -k "${SANITIZE_K:-cuda and not triton and not auto and not compile and not opcheck}" \
         >"$LOG/sanitizer_pytest.log" 2>&1
       note "memcheck pytest (cuda backend): rc=$? :: $(grep -E 'ERROR SUMMARY' "$LOG/sanitizer_pytest.log" | tail -1) :: $(grep -E 'passed|failed' "$LOG/sanitizer_pytest.log" | tail -1)" ;;
+    kit)
+      # The device kit (scripts/device_kit.sh, carried as .kit): C API tests of every tuning variant,
+      # the native variant sweep, ncu of the selective_scan kernels, memcheck; its files under $OUT/kit.
+      ( cd .kit && OUT="$OUT/kit" bash run.sh ) >"$LOG/kit.log" 2>&1
+      note "kit: rc=$? :: $(grep -c ': rc=0' "$OUT/kit/summary.txt" 2>/dev/null) steps rc=0 (kit/summary.txt)" ;;
+    lmprof)
+      [ -n "${peer_pid:-}" ] && wait "$peer_pid"
+      timeout ${LMPROF_TIMEOUT:-240} "$py" scripts/profile_mamba_lm.py ${LMPROF_ARGS:-} >"$LOG/lmprof.log" 2>&1
+      note "lmprof: rc=$?"; grep -v Warning "$LOG/lmprof.log" | tail -60 >>"$summary" ;;
     sweep)
       timeout 300 "$py" scripts/quick_timing.py ${SWEEP_SHAPES:-} >"$LOG/sweep.log" 2>&1
       note "sweep: rc=$?"; cat "$LOG/sweep.log" >>"$summary" ;;
@@ -91,7 +102,9 @@ for stage in $stages; do
       timeout ${BENCH_TIMEOUT:-540} "$py" -m bench.report --out "$OUT/bench" ${BENCH_ARGS:-} >"$LOG/bench.log" 2>&1
       note "bench: rc=$?"
       md=$(ls "$OUT"/bench/*.md 2>/dev/null | head -1)
-      [ -n "$md" ] && cat "$md" >>"$summary" || tail -30 "$LOG/bench.log" | tee -a "$summary" ;;
+      [ -n "$md" ] && cat "$md" >>"$summary" || tail -30 "$LOG/bench.log" | tee -a "$summary"
+      # The device returns at most 8 files: the report's .md, .json and plots travel as one archive.
+      [ -d "$OUT/bench" ] && tar -czf "$OUT/bench.tgz" -C "$OUT" bench && rm -rf "$OUT/bench" ;;
     *) note "unknown stage $stage" ;;
   esac
   note "   ($stage took $(( $(date +%s) - t0 )) s)"

@@ -328,16 +328,21 @@ void bench_sscan(int64_t b, int64_t d, int64_t L, int64_t N, bool run_variants) 
   a.D = static_cast<const float*>(d_D.ptr); a.out = d_out.ptr;
   const double bytes = 3.0 * double(rows) * 2 + 2.0 * double(bc) * 2;
   const double exps = double(b * d * L * N);
-  struct V { int shape, threads, unpipelined; };
-  const V variants[] = {{208, 256, 0}, {208, 256, 1}, {404, 128, 0}, {404, 128, 1}, {208, 128, 0}, {208, 64, 0},
-                        {404, 256, 0}, {404, 64, 0}};
+  // reduce: the sscan_fwd_reduce knob (0 shuffles overlapped, 1 not overlapped, 2 through shared memory);
+  // paired: sscan_fwd_paired_bc (B and C in paired rows, compile-time strides).
+  struct V { int shape, threads, reduce, paired; };
+  const V variants[] = {{208, 256, 0, 0}, {208, 256, 0, 1}, {208, 256, 2, 0}, {208, 256, 2, 1}, {208, 256, 1, 0},
+                        {404, 128, 0, 0}, {404, 128, 2, 0}, {208, 128, 0, 0}, {208, 128, 2, 0}, {404, 256, 0, 0},
+                        {404, 256, 2, 0}, {208, 64, 0, 0}};
   for (const V& v : variants) {
     if (!run_variants) break;
     ark_tuning_set("sscan_fwd_shape", v.shape);
     ark_tuning_set("sscan_fwd_threads", v.threads);
-    ark_tuning_set("sscan_fwd_unpipelined", v.unpipelined);
+    ark_tuning_set("sscan_fwd_reduce", v.reduce);
+    ark_tuning_set("sscan_fwd_paired_bc", v.paired);
     const std::string variant = "K" + std::to_string(v.shape / 100) + "R" + std::to_string(v.shape % 100) + " T" +
-                                std::to_string(v.threads) + (v.unpipelined ? " unpiped" : "");
+                                std::to_string(v.threads) +
+                                (v.reduce == 1 ? " unpiped" : v.reduce == 2 ? " smem-reduce" : "") + (v.paired ? " paired-bc" : "");
     const auto fwd = [&] { return ark_selective_scan_fwd(&a, ARK_DEVICE_CUDA, nullptr); };
     Host got = out;
     if (!run_once("selective_scan", shape, variant, fwd, d_out, got)) continue;
@@ -348,7 +353,8 @@ void bench_sscan(int64_t b, int64_t d, int64_t L, int64_t N, bool run_variants) 
   }
   ark_tuning_set("sscan_fwd_shape", 0);
   ark_tuning_set("sscan_fwd_threads", 0);
-  ark_tuning_set("sscan_fwd_unpipelined", 0);
+  ark_tuning_set("sscan_fwd_reduce", 0);
+  ark_tuning_set("sscan_fwd_paired_bc", 0);
 
   // Forward (with checkpoints and last state, as autograd runs it) + backward, default shapes.
   Host g(rows, ARK_BFLOAT16, normal);

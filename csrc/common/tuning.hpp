@@ -18,7 +18,8 @@ enum class Knob : int {
   SscanFwdShape,      // selective_scan forward: 100 * K + R (states per lane, lanes per channel) ...
   SscanFwdThreads,    // ... and threads per block (128 or 256)
   SscanBwdBatchedStaging,  // selective_scan backward: 1 = a tile's loads issued together (tuning builds)
-  SscanFwdUnpipelined,  // selective_scan forward: 1 = the reduction not overlapped (tuning builds only)
+  SscanFwdReduce,     // selective_scan forward: 1 = shuffles not overlapped, 2 = via shared memory (tuning builds)
+  SscanFwdPairedBc,   // selective_scan forward: 1 = paired B/C rows, compile-time strides (BC_VAR; tuning builds)
   Count
 };
 

@@ -186,8 +186,10 @@ struct Dev {
 };
 
 // `fwd_shape` / `fwd_threads`: the forward's launch shape (tuning knobs; 0 = the default choice);
-// `bwd_batched`: the backward's batched staging (tuning builds only).
-void test_cuda_matches_cpu(int64_t N, int64_t L, int fwd_shape, int fwd_threads, int bwd_batched = 0) {
+// `bwd_batched`: the backward's batched staging; `fwd_reduce`: the forward's reduction (sscan_fwd_reduce);
+// `fwd_paired`: the forward's paired B/C rows (sscan_fwd_paired_bc); all tuning builds only.
+void test_cuda_matches_cpu(int64_t N, int64_t L, int fwd_shape, int fwd_threads, int bwd_batched = 0,
+                           int fwd_reduce = 0, int fwd_paired = 0) {
   int count = 0;
   if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0) {
     std::printf("no CUDA device: CUDA checks skipped\n");
@@ -196,6 +198,8 @@ void test_cuda_matches_cpu(int64_t N, int64_t L, int fwd_shape, int fwd_threads,
   ark_tuning_set("sscan_fwd_shape", fwd_shape);
   ark_tuning_set("sscan_fwd_threads", fwd_threads);
   ark_tuning_set("sscan_bwd_batched_staging", bwd_batched);
+  ark_tuning_set("sscan_fwd_reduce", fwd_reduce);
+  ark_tuning_set("sscan_fwd_paired_bc", fwd_paired);
   Problem p(11, N, L);
   Outputs cpu;
   run_cpu(p, cpu);
@@ -227,12 +231,16 @@ void test_cuda_matches_cpu(int64_t N, int64_t L, int fwd_shape, int fwd_threads,
       {"dz", &dz, &cpu.dz, 1e-4}, {"dinitial_state", &dh0, &cpu.dh0, 1e-4}};
   for (const auto& c : checks) {
     const double err = rel_error(c.d->get(), *c.want);
-    EXPECT(err <= c.tol, "cuda %s (N=%lld, forward shape %d/%d, batched bwd %d): relative difference to the CPU path %.3g > %.0e",
-           c.name, (long long)N, fwd_shape, fwd_threads, bwd_batched, err, c.tol);
+    EXPECT(err <= c.tol,
+           "cuda %s (N=%lld, forward shape %d/%d reduce %d paired %d, batched bwd %d): relative difference to the CPU "
+           "path %.3g > %.0e",
+           c.name, (long long)N, fwd_shape, fwd_threads, fwd_reduce, fwd_paired, bwd_batched, err, c.tol);
   }
   ark_tuning_set("sscan_fwd_shape", 0);
   ark_tuning_set("sscan_fwd_threads", 0);
   ark_tuning_set("sscan_bwd_batched_staging", 0);
+  ark_tuning_set("sscan_fwd_reduce", 0);
+  ark_tuning_set("sscan_fwd_paired_bc", 0);
 }
 #endif
 
@@ -249,6 +257,11 @@ int main() {
 #ifdef ARKERNELS_TUNING_VARIANTS
   test_cuda_matches_cpu(5, 45, 0, 0, 1);
   test_cuda_matches_cpu(16, 300, 0, 0, 1);
+  for (const auto& s : shapes) test_cuda_matches_cpu(16, 300, s[0], s[1], 0, 1);  // shuffles not overlapped
+  for (const auto& s : shapes) test_cuda_matches_cpu(16, 300, s[0], s[1], 0, 2);  // shared-memory reduction
+  test_cuda_matches_cpu(16, 45, 208, 256, 0, 2);  // one partial tile
+  for (const auto& s : shapes) test_cuda_matches_cpu(16, 300, s[0], s[1], 0, 0, 1);  // paired B/C (BC_VAR)
+  test_cuda_matches_cpu(16, 300, 208, 256, 0, 2, 1);
 #endif
 #endif
   return finish("selective_scan C API");

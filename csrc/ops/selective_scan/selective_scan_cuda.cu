@@ -47,9 +47,13 @@ template <typename T> __device__ __forceinline__ void st(void* p, int64_t i, flo
   static_cast<T*>(p)[i] = from_f32<T>(v);
 }
 
-// Compile-time shape of a launch: K states per lane, R lanes per channel.
-template <int K_, int R_, int THREADS_ = kThreads> struct Shape {
+// Compile-time shape of a launch: K states per lane, R lanes per channel. SMEM_REDUCE (forward,
+// R a multiple of 4): the R lanes' per-step partial sums of y go to shared memory and are added when
+// the tile is written, instead of a reduce-scatter through shuffles (see the forward kernel).
+template <int K_, int R_, int THREADS_ = kThreads, bool SMEM_REDUCE_ = false> struct Shape {
   static constexpr int K = K_, R = R_, THREADS = THREADS_, ROWS = THREADS_ / R_, NP = K_ * R_;
+  static constexpr bool SMEM_REDUCE = SMEM_REDUCE_;
+  static_assert(!SMEM_REDUCE_ || R_ % 4 == 0, "smem reduction stores 4 steps per 16-byte store");
   static constexpr int NPP = NP + 4;                 // padded B/C row: 16-byte aligned, fewer bank conflicts
   // Forward time tile (a multiple of kCk): 32 steps where 64 would take more than 4 prefetched
   // chunks per thread (NV_ROWS below) or too much shared memory.
@@ -121,15 +125,27 @@ __device__ void stage_const_bc(const ark_selective_scan_args& a, const float* sr
   }
 }
 
-// Variable B or C for steps [t0, t0 + tile): stored transposed, (step, state).
-template <typename T, class S>
+// Index of (step t, state n) in a staged variable B or C: transposed, (step, state).
+template <class S> struct StepMajor {
+  __device__ int operator()(int t, int n) const { return t * S::NPP + n; }
+};
+
+// The forward's layout when B and C are both variable: per step a row of 2 * NPP floats in which
+// each lane's K B values are followed by its K C values, so that a lane reads its B and C of a step
+// with one 16-byte load (K = 2) instead of two 8-byte ones. WHICH: 0 = B, 1 = C.
+template <class S, int WHICH> struct PairedBC {
+  __device__ int operator()(int t, int n) const { return t * 2 * S::NPP + (n / S::K) * 2 * S::K + WHICH * S::K + n % S::K; }
+};
+
+// Variable B or C for steps [t0, t0 + tile), at dst[index(step, state)].
+template <typename T, class S, class Index = StepMajor<S>>
 __device__ void stage_var_bc(const ark_selective_scan_args& a, const void* src, const BlockPos& bp, int64_t t0,
-                             int tile, float* dst) {
+                             int tile, float* dst, Index index = {}) {
   const int64_t base = (bp.b * a.ngroups + bp.g) * a.dstate * a.seqlen;
   for (int e = threadIdx.x; e < S::NP * tile; e += S::THREADS) {
     const int n = e / tile, t = e % tile;
     const int64_t tg = t0 + t;
-    dst[t * S::NPP + n] = (n < a.dstate && tg < a.seqlen) ? ld<T>(src, base + n * a.seqlen + tg) : 0.f;
+    dst[index(t, n)] = (n < a.dstate && tg < a.seqlen) ? ld<T>(src, base + n * a.seqlen + tg) : 0.f;
   }
 }
 
@@ -241,27 +257,29 @@ __device__ __forceinline__ uint4 pack(const float (&x)[8], ark_dtype dt) {
   return make_uint4(w[0], w[1], w[2], w[3]);
 }
 
-// Chunk k of this thread in a (rows x tile) tile: tile row r, chunk j of the row.
-template <int THREADS> struct ChunkPos {
+// Chunk k of this thread in a (rows x tile) tile: tile row r, chunk j of the row. Consecutive threads
+// take consecutive chunks of a row (coalesced loads), or, ROW_MINOR, the same chunk of consecutive
+// rows (B/C: their stores into the step-major layout then hit distinct banks; B/C traffic is small).
+template <int THREADS, bool ROW_MINOR = false> struct ChunkPos {
   int r, j;
   bool in_tile;
   __device__ ChunkPos(int k, int rows, int chunks_per_row) {
     const int e = threadIdx.x + k * THREADS;
     in_tile = e < rows * chunks_per_row;
-    r = e / chunks_per_row;
-    j = e % chunks_per_row;
+    r = ROW_MINOR ? e % rows : e / chunks_per_row;
+    j = ROW_MINOR ? e / rows : e % chunks_per_row;
   }
 };
 
 // Loads this thread's chunks of steps [t0, t0 + tile) of rows first_row + r (r < rows_valid) of a
 // (.., L) tensor; chunks outside the tensor read as zeros. Needs L and the base 16-byte aligned.
-template <int NV, int THREADS>
+template <int NV, int THREADS, bool ROW_MINOR = false>
 __device__ __forceinline__ void load_chunks(Chunks<NV>& c, const void* src, int64_t first_row, int rows,
                                             int rows_valid, int64_t t0, int tile, int64_t L, ark_dtype dt) {
   const int epc = chunk_elems(dt), cpr = tile / epc;
 #pragma unroll
   for (int k = 0; k < NV; ++k) {
-    const ChunkPos<THREADS> p(k, rows, cpr);
+    const ChunkPos<THREADS, ROW_MINOR> p(k, rows, cpr);
     const int64_t t = t0 + int64_t(p.j) * epc;
     c.v[k] = make_uint4(0u, 0u, 0u, 0u);
     if (p.in_tile && p.r < rows_valid && t < L) {
@@ -274,27 +292,75 @@ __device__ __forceinline__ void load_chunks(Chunks<NV>& c, const void* src, int6
 // ---------------------------------------------------------------- forward
 
 template <class S> struct FwdSmem {
-  float2* dd;  // (ROWS, TT+1): (delta, delta*u)
-  float* y;    // (ROWS, TT+1): D*u, then + sum_n C h
-  float* B;    // (TT, NPP) variable or (ROWS, NPP) constant
+  // Row pitch of `part`: 16-byte aligned, and 4 banks apart for the 8 lanes of a quarter warp.
+  static constexpr int PART_PITCH = S::TT + 4;
+  static constexpr int PART_FLOATS = S::SMEM_REDUCE ? S::ROWS * S::R * PART_PITCH : 0;
+  // dd and y rows carry a gap after every 8 steps (2 float2 / 4 floats), so that the 8 threads of a
+  // quarter warp, which stage 8 consecutive chunks of 8 steps of a row with 16-byte stores, hit
+  // distinct banks (without the gaps: 4-way conflicts, bench/NOTES.md). Pitches: dd even (two steps
+  // with t even are one 16-byte load), y 8 banks apart for the 4 rows of a warp in the step loop.
+  static constexpr int DD_PITCH = S::TT + S::TT / 4 + 2;
+  static constexpr int Y_PITCH = S::TT + S::TT / 2 + 8;
+  __device__ static __forceinline__ int dd_index(int r, int t) { return r * DD_PITCH + t + 2 * (t >> 3); }
+  __device__ static __forceinline__ int y_index(int r, int t) { return r * Y_PITCH + t + 4 * (t >> 3); }
+  float2* dd;  // (ROWS, DD_PITCH): (delta, delta*u) at dd_index
+  float* y;    // (ROWS, Y_PITCH): D*u, then (shuffle reduction) + sum_n C h, at y_index
+  float* B;    // (TT, NPP) variable or (ROWS, NPP) constant; B and C both variable: (TT, 2 NPP), PairedBC
   float* C;
+  float* part;  // SMEM_REDUCE: (ROWS * R, PART_PITCH): lane l's share of sum_n C h of each step
   int* start;  // (TT)
   int* end;
   static constexpr int floats() {
-    return 2 * align4(S::ROWS * (S::TT + 1)) + align4(S::ROWS * (S::TT + 1)) +
-           2 * align4((S::TT > S::ROWS ? S::TT : S::ROWS) * S::NPP) + 2 * S::TT;
+    return 2 * align4(S::ROWS * DD_PITCH) + align4(S::ROWS * Y_PITCH) +
+           2 * align4((S::TT > S::ROWS ? S::TT : S::ROWS) * S::NPP) + PART_FLOATS + 2 * S::TT;
   }
   __device__ explicit FwdSmem(float* base) {
     dd = reinterpret_cast<float2*>(base);
-    y = base + 2 * align4(S::ROWS * (S::TT + 1));
-    B = y + align4(S::ROWS * (S::TT + 1));
+    y = base + 2 * align4(S::ROWS * DD_PITCH);
+    B = y + align4(S::ROWS * Y_PITCH);
     C = B + align4((S::TT > S::ROWS ? S::TT : S::ROWS) * S::NPP);
-    start = reinterpret_cast<int*>(C + align4((S::TT > S::ROWS ? S::TT : S::ROWS) * S::NPP));
+    part = C + align4((S::TT > S::ROWS ? S::TT : S::ROWS) * S::NPP);
+    start = reinterpret_cast<int*>(part + PART_FLOATS);
     end = start + S::TT;
+  }
+  // y of tile row r, step t: D*u, plus (SMEM_REDUCE) the R lanes' shares summed in lane order.
+  __device__ __forceinline__ float y_at(int r, int t) const {
+    float v = y[y_index(r, t)];
+    if constexpr (S::SMEM_REDUCE) {
+#pragma unroll
+      for (int l = 0; l < S::R; ++l) v += part[(r * S::R + l) * PART_PITCH + t];
+    }
+    return v;
+  }
+  // The same for the chunk of steps t .. t+n-1 (n = 4 or 8, t a multiple of n): 16-byte loads.
+  __device__ __forceinline__ void y_chunk(int r, int t, int n, float (&v)[8]) const {
+#pragma unroll
+    for (int q = 0; q < 2; ++q) {
+      if (4 * q >= n) break;
+      const float4 p = *reinterpret_cast<const float4*>(y + y_index(r, t) + 4 * q);
+      v[4 * q] = p.x;
+      v[4 * q + 1] = p.y;
+      v[4 * q + 2] = p.z;
+      v[4 * q + 3] = p.w;
+    }
+    if constexpr (S::SMEM_REDUCE) {
+#pragma unroll
+      for (int l = 0; l < S::R; ++l) {
+#pragma unroll
+        for (int q = 0; q < 2; ++q) {
+          if (4 * q >= n) break;
+          const float4 p = *reinterpret_cast<const float4*>(part + (r * S::R + l) * PART_PITCH + t + 4 * q);
+          v[4 * q] += p.x;
+          v[4 * q + 1] += p.y;
+          v[4 * q + 2] += p.z;
+          v[4 * q + 3] += p.w;
+        }
+      }
+    }
   }
 };
 
-template <typename T, class S>
+template <typename T, class S, bool BC_VAR>
 __device__ void stage_fwd(const ark_selective_scan_args& a, const BlockPos& bp, int64_t t0, FwdSmem<S>& sm) {
   for (int e = threadIdx.x; e < S::ROWS * S::TT; e += S::THREADS) {
     const int r = e / S::TT, t = e % S::TT;
@@ -309,11 +375,16 @@ __device__ void stage_fwd(const ark_selective_scan_args& a, const BlockPos& bp, 
       du = dl * u;
       if (a.D) y = a.D[d] * u;
     }
-    sm.dd[r * (S::TT + 1) + t] = make_float2(dl, du);
-    sm.y[r * (S::TT + 1) + t] = y;
+    sm.dd[FwdSmem<S>::dd_index(r, t)] = make_float2(dl, du);
+    sm.y[FwdSmem<S>::y_index(r, t)] = y;
   }
-  if (a.B_variable) stage_var_bc<T, S>(a, a.B, bp, t0, S::TT, sm.B);
-  if (a.C_variable) stage_var_bc<T, S>(a, a.C, bp, t0, S::TT, sm.C);
+  if constexpr (BC_VAR) {
+    stage_var_bc<T, S>(a, a.B, bp, t0, S::TT, sm.B, PairedBC<S, 0>{});
+    stage_var_bc<T, S>(a, a.C, bp, t0, S::TT, sm.B, PairedBC<S, 1>{});
+  } else {
+    if (a.B_variable) stage_var_bc<T, S>(a, a.B, bp, t0, S::TT, sm.B);
+    if (a.C_variable) stage_var_bc<T, S>(a, a.C, bp, t0, S::TT, sm.C);
+  }
 }
 
 template <typename T, class S>
@@ -323,7 +394,7 @@ __device__ void write_fwd(const ark_selective_scan_args& a, const BlockPos& bp, 
     const int64_t tg = t0 + t;
     if (r >= bp.rows_valid || tg >= a.seqlen) continue;
     const int64_t i = (bp.b * a.dim + bp.d_first + r) * a.seqlen + tg;
-    float y = sm.y[r * (S::TT + 1) + t];
+    float y = sm.y_at(r, t);
     if (a.z) {
       if (a.y_pre) st<T>(a.y_pre, i, y);
       y *= silu_f32(ld<T>(a.z, i));
@@ -334,7 +405,7 @@ __device__ void write_fwd(const ark_selective_scan_args& a, const BlockPos& bp, 
 
 
 // Vector staging: u/delta chunks -> (delta, delta*u) and D*u; B/C chunks -> (step, state) layout.
-template <class S>
+template <class S, bool BC_VAR>
 __device__ void store_staged(const ark_selective_scan_args& a, const BlockPos& bp, int64_t t0, FwdSmem<S>& sm,
                              const Chunks<S::NV_ROWS>& cu, const Chunks<S::NV_ROWS>& cd,
                              const Chunks<S::NV_BC>& cb, const Chunks<S::NV_BC>& cc) {
@@ -349,20 +420,27 @@ __device__ void store_staged(const ark_selective_scan_args& a, const BlockPos& b
     const bool row_ok = p.r < bp.rows_valid;
     const int64_t d = bp.d_first + (row_ok ? p.r : 0);
     const float bias = a.delta_bias ? a.delta_bias[d] : 0.f, Dd = a.D ? a.D[d] : 0.f;
+    // The chunk's steps are consecutive in dd and y (a chunk never spans a gap): 16-byte stores.
+    float4* ddv = reinterpret_cast<float4*>(sm.dd + FwdSmem<S>::dd_index(p.r, p.j * epc));
+    float4* yv = reinterpret_cast<float4*>(sm.y + FwdSmem<S>::y_index(p.r, p.j * epc));
+    float x[8];
 #pragma unroll
     for (int i = 0; i < 8; ++i) {  // constant indices keep u/dl in registers
       if (i >= epc) break;
-      const int t = p.j * epc + i;
-      float x = dl[i] + bias;
-      if (a.delta_softplus) x = softplus_f32(x);
-      if (!row_ok || t0 + t >= a.seqlen) x = 0.f;  // padding steps are the identity
-      sm.dd[p.r * (S::TT + 1) + t] = make_float2(x, x * u[i]);
-      sm.y[p.r * (S::TT + 1) + t] = Dd * u[i];
+      x[i] = dl[i] + bias;
+      if (a.delta_softplus) x[i] = softplus_f32(x[i]);
+      if (!row_ok || t0 + p.j * epc + i >= a.seqlen) x[i] = 0.f;  // padding steps are the identity
+    }
+#pragma unroll
+    for (int q = 0; q < 4; ++q) {
+      if (2 * q >= epc) break;
+      ddv[q] = make_float4(x[2 * q], x[2 * q] * u[2 * q], x[2 * q + 1], x[2 * q + 1] * u[2 * q + 1]);
+      if (q % 2 == 0) yv[q / 2] = make_float4(Dd * u[2 * q], Dd * u[2 * q + 1], Dd * u[2 * q + 2], Dd * u[2 * q + 3]);
     }
   }
 #pragma unroll
   for (int k = 0; k < S::NV_BC; ++k) {
-    const ChunkPos<S::THREADS> p(k, S::NP, cpr);
+    const ChunkPos<S::THREADS, true> p(k, S::NP, cpr);
     if (!p.in_tile) continue;
     float b[8], c[8];
     unpack(cb.v[k], a.dtype, b);
@@ -371,8 +449,13 @@ __device__ void store_staged(const ark_selective_scan_args& a, const BlockPos& b
     for (int i = 0; i < 8; ++i) {
       if (i >= epc) break;
       const int t = p.j * epc + i;
-      if (a.B_variable) sm.B[t * S::NPP + p.r] = b[i];
-      if (a.C_variable) sm.C[t * S::NPP + p.r] = c[i];
+      if constexpr (BC_VAR) {
+        sm.B[PairedBC<S, 0>{}(t, p.r)] = b[i];
+        sm.B[PairedBC<S, 1>{}(t, p.r)] = c[i];
+      } else {
+        if (a.B_variable) sm.B[t * S::NPP + p.r] = b[i];
+        if (a.C_variable) sm.C[t * S::NPP + p.r] = c[i];
+      }
     }
   }
 }
@@ -387,9 +470,7 @@ __device__ void write_fwd_vec(const ark_selective_scan_args& a, const BlockPos& 
     const int64_t t = t0 + int64_t(p.j) * epc;
     if (!p.in_tile || p.r >= bp.rows_valid || t >= a.seqlen) continue;
     float y[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
-#pragma unroll
-    for (int i = 0; i < 8; ++i)
-      if (i < epc) y[i] = sm.y[p.r * (S::TT + 1) + p.j * epc + i];
+    sm.y_chunk(p.r, p.j * epc, epc, y);
     const int64_t byte = ((bp.b * a.dim + bp.d_first + p.r) * a.seqlen + t) * esize;
     if (a.z) {
       if (a.y_pre) *reinterpret_cast<uint4*>(static_cast<char*>(a.y_pre) + byte) = pack(y, a.dtype);
@@ -403,8 +484,24 @@ __device__ void write_fwd_vec(const ark_selective_scan_args& a, const BlockPos& 
   }
 }
 
-template <class S, bool VARLEN, bool PIPELINED = true>
-__global__ void __launch_bounds__(S::THREADS) selective_scan_fwd_kernel(const ark_selective_scan_args a) {
+// How the R lanes of a channel combine their shares of y (sum_n C h) per step.
+enum class FwdReduce : int {
+  kShufflePipelined = 0,  // reduce-scatter through shuffles, overlapped with the next group (default)
+  kShuffle = 1,           // the same, not overlapped (tuning builds)
+  kSmem = 2,              // shares stored to shared memory, summed when the tile is written (S::SMEM_REDUCE)
+};
+
+// 256-thread shapes of N <= 16 are held to 128 registers (2 blocks per SM): the compiler's own choice
+// for the default K2R8 shape crept from 128 to 174 with the 16-byte staging stores, which halves the
+// warps; at 128 it spills 16 bytes outside the step loop. (N = 32 would spill 128+ bytes: not held.)
+// BC_VAR (tuning builds, knob sscan_fwd_paired_bc): B and C both variable, their staged layout
+// (PairedBC) and strides compile-time, so every shared-memory load of the step loop has an immediate
+// offset. It cut the loop from 210 to 187 instructions but did not run faster: the loop is bound by
+// shared-memory wavefronts and latency, not issue (bench/NOTES.md, 2026-12-03).
+template <class S, bool VARLEN, bool BC_VAR,
+          FwdReduce RED = S::SMEM_REDUCE ? FwdReduce::kSmem : FwdReduce::kShufflePipelined>
+__global__ void __launch_bounds__(S::THREADS, S::THREADS == 256 && S::NP <= 16 ? 2 : 1)
+    selective_scan_fwd_kernel(const ark_selective_scan_args a) {
   constexpr int K = S::K, R = S::R, TT = S::TT;
   extern __shared__ float4 smem_f4[];
   FwdSmem<S> sm(reinterpret_cast<float*>(smem_f4));
@@ -423,10 +520,10 @@ __global__ void __launch_bounds__(S::THREADS) selective_scan_fwd_kernel(const ar
   } else {
     load_state<K>(a.initial_state, bp.b * a.dim + d, N, n0, row_ok, h);
   }
-  if (!a.B_variable) stage_const_bc<S>(a, static_cast<const float*>(a.B), bp, sm.B);
-  if (!a.C_variable) stage_const_bc<S>(a, static_cast<const float*>(a.C), bp, sm.C);
-  // Variable B/C: indexed by step; constant: by channel.
-  const float* Bp = a.B_variable ? sm.B + n0 : sm.B + row * S::NPP + n0;
+  if (!BC_VAR && !a.B_variable) stage_const_bc<S>(a, static_cast<const float*>(a.B), bp, sm.B);
+  if (!BC_VAR && !a.C_variable) stage_const_bc<S>(a, static_cast<const float*>(a.C), bp, sm.C);
+  // Generic path: variable B/C indexed by step, constant by channel. BC_VAR: paired rows of 2 NPP.
+  const float* Bp = BC_VAR ? sm.B + PairedBC<S, 0>{}(0, n0) : a.B_variable ? sm.B + n0 : sm.B + row * S::NPP + n0;
   const float* Cp = a.C_variable ? sm.C + n0 : sm.C + row * S::NPP + n0;
   const int b_step = a.B_variable ? S::NPP : 0, c_step = a.C_variable ? S::NPP : 0;
 
@@ -438,20 +535,20 @@ __global__ void __launch_bounds__(S::THREADS) selective_scan_fwd_kernel(const ar
   auto prefetch = [&](int64_t t) {
     load_chunks<S::NV_ROWS, S::THREADS>(cu, a.u, row0, S::ROWS, bp.rows_valid, t, TT, L, a.dtype);
     load_chunks<S::NV_ROWS, S::THREADS>(cd, a.delta, row0, S::ROWS, bp.rows_valid, t, TT, L, a.dtype);
-    if (a.B_variable) load_chunks<S::NV_BC, S::THREADS>(cb, a.B, bc_row0, S::NP, int(N), t, TT, L, a.dtype);
-    if (a.C_variable) load_chunks<S::NV_BC, S::THREADS>(cc, a.C, bc_row0, S::NP, int(N), t, TT, L, a.dtype);
+    if (a.B_variable) load_chunks<S::NV_BC, S::THREADS, true>(cb, a.B, bc_row0, S::NP, int(N), t, TT, L, a.dtype);
+    if (a.C_variable) load_chunks<S::NV_BC, S::THREADS, true>(cc, a.C, bc_row0, S::NP, int(N), t, TT, L, a.dtype);
   };
   if (vec) prefetch(0);
 
   for (int64_t t0 = 0; t0 < L; t0 += TT) {
     __syncthreads();
     if (vec) {
-      store_staged<S>(a, bp, t0, sm, cu, cd, cb, cc);
+      store_staged<S, BC_VAR>(a, bp, t0, sm, cu, cd, cb, cc);
     } else {
       switch (a.dtype) {
-        case ARK_FLOAT32: stage_fwd<float, S>(a, bp, t0, sm); break;
-        case ARK_FLOAT16: stage_fwd<__half, S>(a, bp, t0, sm); break;
-        default: stage_fwd<__nv_bfloat16, S>(a, bp, t0, sm); break;
+        case ARK_FLOAT32: stage_fwd<float, S, BC_VAR>(a, bp, t0, sm); break;
+        case ARK_FLOAT16: stage_fwd<__half, S, BC_VAR>(a, bp, t0, sm); break;
+        default: stage_fwd<__nv_bfloat16, S, BC_VAR>(a, bp, t0, sm); break;
       }
     }
     if (VARLEN) stage_seq_flags(a, t0, TT, sm.start, sm.end);
@@ -468,6 +565,10 @@ __global__ void __launch_bounds__(S::THREADS) selective_scan_fwd_kernel(const ar
     // exponentials instead of stalling the warp at the end of every group (SASS of the unpipelined
     // loop: SHFL -> FADD -> FSEL three times, then LDS/FADD/STS, before the branch back).
     // The first group reduces zeros into the row's padding column TT (never read).
+    // kSmem: each lane stores its R shares of a group with R/4 16-byte stores (~0.25 instructions per
+    // step instead of ~3.5 for the shuffles, selects and adds); write_fwd* add them up after the tile.
+    constexpr bool PIPELINED = RED == FwdReduce::kShufflePipelined;
+    static_assert(S::SMEM_REDUCE == (RED == FwdReduce::kSmem), "kSmem needs the shape's shared buffer");
     constexpr int kGroupUnroll = R >= 4 ? 1 : 4 / R;
     float prev[R];
 #pragma unroll
@@ -477,9 +578,26 @@ __global__ void __launch_bounds__(S::THREADS) selective_scan_fwd_kernel(const ar
     for (int tt = 0; tt < TT; tt += R) {
       if constexpr (PIPELINED) {
         reduce_scatter<R>(prev, lane);
-        sm.y[row * (TT + 1) + prev_slot] += prev[0];
+        sm.y[FwdSmem<S>::y_index(row, prev_slot)] += prev[0];
       }
       float acc[R];
+      // The group's (delta, delta*u): two steps per 16-byte load where R is even (tt is then even).
+      // Step tt + j sits at dd_index(row, tt) + j + 2 (j / 8): tt is a multiple of R, and R divides 8
+      // or is a multiple of it, so the gaps between tt and tt + j are those between 0 and j.
+      const float2* ddp = sm.dd + FwdSmem<S>::dd_index(row, tt);
+      float2 ddg[R];
+#pragma unroll
+      for (int j = 0; j < R; ++j) {
+        if constexpr (R % 2 == 0) {
+          if (j % 2 == 0) {
+            const float4 x = *reinterpret_cast<const float4*>(ddp + j + 2 * (j >> 3));
+            ddg[j] = make_float2(x.x, x.y);
+            ddg[j + 1] = make_float2(x.z, x.w);
+          }
+        } else {
+          ddg[j] = ddp[j];
+        }
+      }
 #pragma unroll
       for (int j = 0; j < R; ++j) {
         const int t = tt + j;
@@ -487,10 +605,20 @@ __global__ void __launch_bounds__(S::THREADS) selective_scan_fwd_kernel(const ar
           const int s = sm.start[t];
           if (s >= 0) load_state<K>(a.initial_state, s * a.dim + d, N, n0, row_ok, h);
         }
-        const float2 dd = sm.dd[row * (TT + 1) + t];
+        const float2 dd = ddg[j];
         float bv[K], cv[K];
-        load_vec<K>(Bp + t * b_step, bv);
-        load_vec<K>(Cp + t * c_step, cv);
+        if constexpr (BC_VAR) {
+          float bc[2 * K];
+          load_vec<2 * K>(Bp + t * (2 * S::NPP), bc);
+#pragma unroll
+          for (int k = 0; k < K; ++k) {
+            bv[k] = bc[k];
+            cv[k] = bc[K + k];
+          }
+        } else {
+          load_vec<K>(Bp + t * b_step, bv);
+          load_vec<K>(Cp + t * c_step, cv);
+        }
         float sum = 0.f;
 #pragma unroll
         for (int k = 0; k < K; ++k) {
@@ -503,13 +631,18 @@ __global__ void __launch_bounds__(S::THREADS) selective_scan_fwd_kernel(const ar
           if (s >= 0) store_state<K>(a.last_state, s * a.dim + d, N, n0, row_ok, h);
         }
       }
-      if constexpr (PIPELINED) {
+      if constexpr (RED == FwdReduce::kSmem) {
+        float* dst = sm.part + (row * R + lane) * FwdSmem<S>::PART_PITCH + tt;
+#pragma unroll
+        for (int q = 0; q < R / 4; ++q)
+          *reinterpret_cast<float4*>(dst + 4 * q) = make_float4(acc[4 * q], acc[4 * q + 1], acc[4 * q + 2], acc[4 * q + 3]);
+      } else if constexpr (PIPELINED) {
 #pragma unroll
         for (int j = 0; j < R; ++j) prev[j] = acc[j];
         prev_slot = tt + lane;
       } else {
         reduce_scatter<R>(acc, lane);
-        sm.y[row * (TT + 1) + tt + lane] += acc[0];
+        sm.y[FwdSmem<S>::y_index(row, tt + lane)] += acc[0];
       }
       if (a.checkpoints && (tt + R) % kCk == 0) {
         const int64_t c = (t0 + tt + R) / kCk - 1;
@@ -518,7 +651,7 @@ __global__ void __launch_bounds__(S::THREADS) selective_scan_fwd_kernel(const ar
     }
     if constexpr (PIPELINED) {
       reduce_scatter<R>(prev, lane);
-      sm.y[row * (TT + 1) + prev_slot] += prev[0];
+      sm.y[FwdSmem<S>::y_index(row, prev_slot)] += prev[0];
     }
     __syncthreads();
     if (vec) {
@@ -975,12 +1108,27 @@ template <class S> int64_t grid_blocks(const ark_selective_scan_args& a) {
 
 template <class S>
 ark_status launch_fwd(const ark_selective_scan_args& a, cudaStream_t st) {
+#ifdef ARKERNELS_TUNING_VARIANTS
+  // The shared-memory reduction, for the N = 16 shapes of 128 and 256 threads (compile time).
+  if constexpr (!S::SMEM_REDUCE && S::NP == 16 && S::R % 4 == 0 && S::THREADS >= 128) {
+    if (knob(Knob::SscanFwdReduce) == int(FwdReduce::kSmem))
+      return launch_fwd<Shape<S::K, S::R, S::THREADS, true>>(a, st);
+  }
+#endif
   const size_t smem = size_t(FwdSmem<S>::floats()) * sizeof(float);
   const int64_t blocks = grid_blocks<S>(a);
   if (blocks > 0x7fffffffLL) return fail(ARK_ERROR_INVALID_ARGUMENT, "batch * dim: too large for one launch");
-  auto kernel = a.cu_seqlens ? selective_scan_fwd_kernel<S, true> : selective_scan_fwd_kernel<S, false>;
+  auto kernel = a.cu_seqlens ? selective_scan_fwd_kernel<S, true, false> : selective_scan_fwd_kernel<S, false, false>;
 #ifdef ARKERNELS_TUNING_VARIANTS
-  if (knob(Knob::SscanFwdUnpipelined) && !a.cu_seqlens) kernel = selective_scan_fwd_kernel<S, false, false>;
+  // Paired B/C (BC_VAR) measured slower than the generic path once the staging stores were made
+  // conflict-free (H200, bench/NOTES.md): tuning builds only.
+  const bool bc_var = knob(Knob::SscanFwdPairedBc) && a.B_variable && a.C_variable;
+  if (bc_var) kernel = a.cu_seqlens ? selective_scan_fwd_kernel<S, true, true> : selective_scan_fwd_kernel<S, false, true>;
+  if constexpr (!S::SMEM_REDUCE) {
+    if (knob(Knob::SscanFwdReduce) == int(FwdReduce::kShuffle) && !a.cu_seqlens)
+      kernel = bc_var ? selective_scan_fwd_kernel<S, false, true, FwdReduce::kShuffle>
+                      : selective_scan_fwd_kernel<S, false, false, FwdReduce::kShuffle>;
+  }
 #endif
   if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)) != cudaSuccess)
     return cuda_launch_status("selective_scan", "forward (shared memory attribute)");

@@ -33,6 +33,27 @@ class Mamba1Config(LMConfig):
         return math.ceil(self.d_model / 16) if self.dt_rank == "auto" else int(self.dt_rank)
 
 
+def _cast_for(x, *tensors):
+    """The tensors in the dtype a matmul of x would run in (autocast's, where it is on)."""
+    kind = x.device.type
+    dtype = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else x.dtype
+    return [t.to(dtype) for t in tensors]
+
+
+def _weight_matmul(weight, x):
+    """weight (m, k) @ x (batch, k, L) -> (batch, m, L), produced in that layout by one batched matmul
+    (x may be a transposed view: cuBLAS reads it in place). torch.matmul would fold the batch into one
+    matrix product and return a transposed view, which the next op then copies."""
+    w, x = _cast_for(x, weight, x)
+    return torch.bmm(w.expand(x.shape[0], *w.shape), x)
+
+
+def _matmul_weight_t(y, weight):
+    """y (batch, k, L) -> y^T @ weight^T, (batch, L, m), contiguous; y^T is read transposed in place."""
+    w, y = _cast_for(y, weight, y)
+    return torch.bmm(y.transpose(1, 2), w.t().expand(y.shape[0], *w.t().shape))
+
+
 class Mamba1Mixer(nn.Module):
     def __init__(self, cfg: Mamba1Config, impl: str = "reference"):
         super().__init__()
@@ -69,24 +90,29 @@ class Mamba1Mixer(nn.Module):
 
     def forward(self, hidden, state: LayerState | None = None):
         """hidden (batch, L, d_model) -> (batch, L, d_model); fills `state` (prefill) when given."""
-        b, L, d = hidden.shape
-        # in_proj computed as (2 * d_inner, batch * L) and viewed as (batch, 2 * d_inner, L): unit stride along
-        # time, which the conv reads in place (a (batch, L, 2 * d_inner) result would need a copy first).
-        xz = torch.matmul(self.in_proj.weight, hidden.reshape(b * L, d).t()).view(-1, b, L).transpose(0, 1)
-        x, z = xz.chunk(2, dim=1)
+        # Every (batch, d_inner, L) tensor the scan reads is produced in that layout by a batched matmul
+        # (weight @ per-batch (features, L) operand, the operand read transposed in place), so that the
+        # scan's inputs and its gradients need no layout copies: on the GPU, the copies that
+        # nn.Linear on (batch, L, features) views implied were ~25% of a 130M model's training step
+        # (scripts/profile_mamba_lm.py, bench/NOTES.md).
+        di, n, r = self.d_inner, self.d_state, self.dt_rank
+        hidden_t = hidden.transpose(1, 2)  # (batch, d_model, L), a view
+        x = _weight_matmul(self.in_proj.weight[:di], hidden_t)
+        z = _weight_matmul(self.in_proj.weight[di:], hidden_t)
         keep = state is not None
         x = self._k.conv(x, self._conv_weight(), self.conv1d.bias, return_final_states=keep, activation="silu")
         if keep:
             x, state.conv_state = x
-        dt, B, C = self.x_proj(x.transpose(1, 2)).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
-        dt = F.linear(dt, self.dt_proj.weight)  # the bias goes into the scan (delta_bias, in float32)
+        x_dbl = _weight_matmul(self.x_proj.weight, x)  # (batch, dt_rank + 2 N, L)
+        dt, B, C = x_dbl.split([r, n, n], dim=1)
+        delta = _weight_matmul(self.dt_proj.weight, dt)  # the bias goes into the scan (delta_bias, in float32)
         A = -torch.exp(self.A_log.float())
-        y = self._scan(x, dt.transpose(1, 2), A, B.transpose(1, 2), C.transpose(1, 2), self.D.float(), z,
-                       self.dt_proj.bias.float(), True, keep)
+        y = self._scan(x, delta, A, B, C, self.D.float(), z, self.dt_proj.bias.float(), True, keep)
         if keep:
             y, last = y
             state.ssm_state = last.float()
-        return self.out_proj(y.transpose(1, 2))
+        # (batch, L, d_inner) @ (d_inner, d_model), y read transposed in place.
+        return _matmul_weight_t(y, self.out_proj.weight)
 
     def step(self, hidden, state: LayerState):
         """One token per row: hidden (batch, 1, d_model) -> (batch, 1, d_model); updates `state` in place."""
