@@ -51,7 +51,8 @@ def _weight_matmul(weight, x):
 def _matmul_weight_t(y, weight):
     """y (batch, k, L) -> y^T @ weight^T, (batch, L, m), contiguous; y^T is read transposed in place."""
     w, y = _cast_for(y, weight, y)
-    return torch.bmm(y.transpose(1, 2), w.t().expand(y.shape[0], *w.t().shape))
+    wt = w.t()
+    return torch.bmm(y.transpose(1, 2), wt.expand(y.shape[0], *wt.shape))
 
 
 class Mamba1Mixer(nn.Module):
@@ -96,7 +97,8 @@ class Mamba1Mixer(nn.Module):
         # nn.Linear on (batch, L, features) views implied were ~25% of a 130M model's training step
         # (scripts/profile_mamba_lm.py, bench/NOTES.md).
         di, n, r = self.d_inner, self.d_state, self.dt_rank
-        hidden_t = hidden.transpose(1, 2)  # (batch, d_model, L), a view
+        # (batch, d_model, L), a view; cast once here for both halves of in_proj (autocast's dtype).
+        (hidden_t,) = _cast_for(hidden, hidden.transpose(1, 2))
         x = _weight_matmul(self.in_proj.weight[:di], hidden_t)
         z = _weight_matmul(self.in_proj.weight[di:], hidden_t)
         keep = state is not None
