@@ -24,16 +24,17 @@ note "native_bench: rc=${PIPESTATUS[0]}"
 # Where the profiler works (Firecracker machines): the full section set (with the stall breakdown)
 # of the default selective_scan forward and backward at the big headline shape.
 if [ "${KIT_PROFILE:-1}" = 1 ] && command -v ncu >/dev/null; then
-  timeout "${KIT_PROFILE_TIMEOUT:-90}" ncu --clock-control none -k regex:"selective_scan_(fwd|bwd)_kernel" -c 2 \
+  timeout "${KIT_PROFILE_TIMEOUT:-90}" ncu --clock-control none -k regex:"selective_scan_(fwd|bwd|bwd_carry)_kernel" -c 3 \
     --set full --print-details all ./native_bench - sscan_big_default >"$LOG/ncu.txt" 2>&1
   note "ncu: rc=$? (logs/ncu.txt)"
-  grep -E "selective_scan_(fwd|bwd)_kernel|Duration|Registers Per|Issue Slots Busy|Eligible Warps|Achieved Occupancy|Stall|stalled" \
-    "$LOG/ncu.txt" | cut -c1-200 | head -80 >>"$summary"
-  # Per-SASS-instruction stall samples of the forward (which instructions the warps wait on).
-  timeout "${KIT_PROFILE_TIMEOUT:-90}" ncu --clock-control none -k regex:"selective_scan_fwd_kernel" -c 1 \
+  grep -E "selective_scan_(fwd|bwd|bwd_carry)_kernel|Duration|Registers Per|Issue Slots Busy|Eligible Warps|Achieved Occupancy|Stall|stalled" \
+    "$LOG/ncu.txt" | cut -c1-200 | head -120 >>"$summary"
+  # Per-SASS-instruction stall samples of one kernel (KIT_SOURCE_KERNEL: fwd, bwd or bwd_carry).
+  src=${KIT_SOURCE_KERNEL:-fwd}
+  timeout "${KIT_PROFILE_TIMEOUT:-90}" ncu --clock-control none -k regex:"selective_scan_${src}_kernel" -c 1 \
     --section SourceCounters --section WarpStateStats --page source --print-source sass --csv \
-    ./native_bench - sscan_big_default >"$LOG/ncu_fwd_source.csv" 2>&1
-  note "ncu source: rc=$? (logs/ncu_fwd_source.csv)"
+    ./native_bench - sscan_big_default >"$LOG/ncu_${src}_source.csv" 2>&1
+  note "ncu source: rc=$? (logs/ncu_${src}_source.csv)"
 fi
 if [ "${KIT_SANITIZE:-1}" = 1 ]; then
   for t in ${KIT_SANITIZE_TESTS:-test_selective_state_update_capi test_selective_scan_capi test_causal_conv1d_capi}; do

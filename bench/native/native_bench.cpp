@@ -371,11 +371,17 @@ void bench_sscan(int64_t b, int64_t d, int64_t L, int64_t N, bool run_variants) 
     const ark_status s = ark_selective_scan_fwd(&a, ARK_DEVICE_CUDA, nullptr);
     return s ? s : ark_selective_scan_bwd(&a, ws.ptr, ws_bytes, ARK_DEVICE_CUDA, nullptr);
   };
-  // Backward variants: the default staging, and (tuning builds) the batched one; both time the
-  // default forward with them.
-  for (int batched : {0, 1}) {
-    ark_tuning_set("sscan_bwd_batched_staging", batched);
-    const char* variant = batched ? "bwd batched staging" : "default";
+  // Backward variants, each timed with the default forward: the default (time-chunked where the
+  // sequence is long enough), the unchunked backward (sscan_bwd_chunks = 1), the 16-byte staging
+  // (sscan_bwd_vec_staging), and (tuning builds) the batched staging.
+  const struct { const char* name; int chunks, batched, vec; } bwd_variants[] = {
+      {"default", 0, 0, 0}, {"bwd unchunked", 1, 0, 0}, {"bwd vec staging", 0, 0, 1},
+      {"bwd unchunked vec staging", 1, 0, 1}, {"bwd batched staging", 0, 1, 0}};
+  for (const auto& bv : bwd_variants) {
+    ark_tuning_set("sscan_bwd_chunks", bv.chunks);
+    ark_tuning_set("sscan_bwd_batched_staging", bv.batched);
+    ark_tuning_set("sscan_bwd_vec_staging", bv.vec);
+    const char* variant = bv.name;
     if (const ark_status s = fwd_bwd()) {
       report_error("selective_scan", shape, variant, s);
       continue;
@@ -385,7 +391,9 @@ void bench_sscan(int64_t b, int64_t d, int64_t L, int64_t N, bool run_variants) 
            "(bwd error: checked by the C API test)");
     if (!run_variants) break;
   }
+  ark_tuning_set("sscan_bwd_chunks", 0);
   ark_tuning_set("sscan_bwd_batched_staging", 0);
+  ark_tuning_set("sscan_bwd_vec_staging", 0);
 }
 
 }  // namespace
@@ -415,6 +423,7 @@ int main(int argc, char** argv) {
       {"conv1d_big", [] { bench_conv1d(4, 4096, 4096); }},
       {"sscan_big", [] { bench_sscan(4, 2048, 4096, 16, true); }},
       {"sscan_small", [] { bench_sscan(2, 1536, 2048, 16, true); }},
+      {"sscan_lm", [] { bench_sscan(8, 1536, 2048, 16, true); }},  // one layer of the 130M Mamba-1 LM bench
       {"sscan_big_default", [] { bench_sscan(4, 2048, 4096, 16, false); }},
   };
   for (const auto& c : cases) {

@@ -20,6 +20,8 @@ enum class Knob : int {
   SscanBwdBatchedStaging,  // selective_scan backward: 1 = a tile's loads issued together (tuning builds)
   SscanFwdReduce,     // selective_scan forward: 1 = shuffles not overlapped, 2 = via shared memory (tuning builds)
   SscanFwdPairedBc,   // selective_scan forward: 1 = paired B/C rows, compile-time strides (BC_VAR; tuning builds)
+  SscanBwdChunks,     // selective_scan backward: time chunks (1 = one chunk, the unchunked backward)
+  SscanBwdVecStaging,  // selective_scan backward: 1 = 16-byte staging where the rows allow it
   Count
 };
 

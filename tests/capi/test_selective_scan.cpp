@@ -185,21 +185,31 @@ struct Dev {
   ~Dev() { cudaFree(p); }
 };
 
-// `fwd_shape` / `fwd_threads`: the forward's launch shape (tuning knobs; 0 = the default choice);
-// `bwd_batched`: the backward's batched staging; `fwd_reduce`: the forward's reduction (sscan_fwd_reduce);
-// `fwd_paired`: the forward's paired B/C rows (sscan_fwd_paired_bc); all tuning builds only.
-void test_cuda_matches_cpu(int64_t N, int64_t L, int fwd_shape, int fwd_threads, int bwd_batched = 0,
-                           int fwd_reduce = 0, int fwd_paired = 0) {
+// The tuning knobs of one CUDA run (0 = the launcher's choice): the forward's launch shape
+// (sscan_fwd_shape, sscan_fwd_threads), the backward's time chunks (sscan_bwd_chunks) and 16-byte
+// staging (sscan_bwd_vec_staging; both any build), and,
+// tuning builds only, the backward's batched staging, the forward's reduction (sscan_fwd_reduce) and
+// paired B/C rows (sscan_fwd_paired_bc).
+struct Variant {
+  int fwd_shape = 0, fwd_threads = 0, bwd_batched = 0, fwd_reduce = 0, fwd_paired = 0, bwd_chunks = 0, bwd_vec = 0;
+};
+void set_knobs(const Variant& v) {
+  ark_tuning_set("sscan_fwd_shape", v.fwd_shape);
+  ark_tuning_set("sscan_fwd_threads", v.fwd_threads);
+  ark_tuning_set("sscan_bwd_batched_staging", v.bwd_batched);
+  ark_tuning_set("sscan_fwd_reduce", v.fwd_reduce);
+  ark_tuning_set("sscan_fwd_paired_bc", v.fwd_paired);
+  ark_tuning_set("sscan_bwd_chunks", v.bwd_chunks);
+  ark_tuning_set("sscan_bwd_vec_staging", v.bwd_vec);
+}
+
+void test_cuda_matches_cpu(int64_t N, int64_t L, const Variant& v = {}) {
   int count = 0;
   if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0) {
     std::printf("no CUDA device: CUDA checks skipped\n");
     return;
   }
-  ark_tuning_set("sscan_fwd_shape", fwd_shape);
-  ark_tuning_set("sscan_fwd_threads", fwd_threads);
-  ark_tuning_set("sscan_bwd_batched_staging", bwd_batched);
-  ark_tuning_set("sscan_fwd_reduce", fwd_reduce);
-  ark_tuning_set("sscan_fwd_paired_bc", fwd_paired);
+  set_knobs(v);
   Problem p(11, N, L);
   Outputs cpu;
   run_cpu(p, cpu);
@@ -232,15 +242,12 @@ void test_cuda_matches_cpu(int64_t N, int64_t L, int fwd_shape, int fwd_threads,
   for (const auto& c : checks) {
     const double err = rel_error(c.d->get(), *c.want);
     EXPECT(err <= c.tol,
-           "cuda %s (N=%lld, forward shape %d/%d reduce %d paired %d, batched bwd %d): relative difference to the CPU "
-           "path %.3g > %.0e",
-           c.name, (long long)N, fwd_shape, fwd_threads, fwd_reduce, fwd_paired, bwd_batched, err, c.tol);
+           "cuda %s (N=%lld L=%lld, forward shape %d/%d reduce %d paired %d, backward batched %d chunks %d vec %d): "
+           "relative difference to the CPU path %.3g > %.0e",
+           c.name, (long long)N, (long long)L, v.fwd_shape, v.fwd_threads, v.fwd_reduce, v.fwd_paired, v.bwd_batched,
+           v.bwd_chunks, v.bwd_vec, err, c.tol);
   }
-  ark_tuning_set("sscan_fwd_shape", 0);
-  ark_tuning_set("sscan_fwd_threads", 0);
-  ark_tuning_set("sscan_bwd_batched_staging", 0);
-  ark_tuning_set("sscan_fwd_reduce", 0);
-  ark_tuning_set("sscan_fwd_paired_bc", 0);
+  set_knobs({});
 }
 #endif
 
@@ -250,18 +257,29 @@ int main() {
   test_cpu_matches_definition();
   test_bad_arguments();
 #ifdef ARKERNELS_TEST_CUDA
-  test_cuda_matches_cpu(5, 45, 0, 0);
+  test_cuda_matches_cpu(5, 45);
   // N = 16 (Mamba-1): every forward launch shape a default build compiles for it.
   const int shapes[][2] = {{0, 0}, {404, 128}, {404, 256}, {208, 128}, {208, 256}};
-  for (const auto& s : shapes) test_cuda_matches_cpu(16, 300, s[0], s[1]);
+  for (const auto& s : shapes) test_cuda_matches_cpu(16, 300, {s[0], s[1]});
+  // Backward time chunks (L = 300: 10 tiles): unchunked, 2 (the default here), 3 uneven, one per tile.
+  // 16-byte staging: L = 304 (rows 16-byte aligned for every dtype; L = 300 takes the scalar path).
+  for (int chunks : {1, 2, 3, 10}) {
+    for (int vec : {0, 1}) {
+      Variant v;
+      v.bwd_chunks = chunks;
+      v.bwd_vec = vec;
+      test_cuda_matches_cpu(16, vec ? 304 : 300, v);
+      test_cuda_matches_cpu(5, vec ? 304 : 300, v);
+    }
+  }
 #ifdef ARKERNELS_TUNING_VARIANTS
-  test_cuda_matches_cpu(5, 45, 0, 0, 1);
-  test_cuda_matches_cpu(16, 300, 0, 0, 1);
-  for (const auto& s : shapes) test_cuda_matches_cpu(16, 300, s[0], s[1], 0, 1);  // shuffles not overlapped
-  for (const auto& s : shapes) test_cuda_matches_cpu(16, 300, s[0], s[1], 0, 2);  // shared-memory reduction
-  test_cuda_matches_cpu(16, 45, 208, 256, 0, 2);  // one partial tile
-  for (const auto& s : shapes) test_cuda_matches_cpu(16, 300, s[0], s[1], 0, 0, 1);  // paired B/C (BC_VAR)
-  test_cuda_matches_cpu(16, 300, 208, 256, 0, 2, 1);
+  test_cuda_matches_cpu(5, 45, {0, 0, 1});
+  test_cuda_matches_cpu(16, 300, {0, 0, 1});
+  for (const auto& s : shapes) test_cuda_matches_cpu(16, 300, {s[0], s[1], 0, 1});  // shuffles not overlapped
+  for (const auto& s : shapes) test_cuda_matches_cpu(16, 300, {s[0], s[1], 0, 2});  // shared-memory reduction
+  test_cuda_matches_cpu(16, 45, {208, 256, 0, 2});  // one partial tile
+  for (const auto& s : shapes) test_cuda_matches_cpu(16, 300, {s[0], s[1], 0, 0, 1});  // paired B/C (BC_VAR)
+  test_cuda_matches_cpu(16, 300, {208, 256, 0, 2, 1});
 #endif
 #endif
   return finish("selective_scan C API");

@@ -50,12 +50,13 @@ ark_status check_args(const ark_selective_scan_args* a, ark_device device, Check
   return ARK_SUCCESS;
 }
 
-int64_t rows_per_block(const ark_selective_scan_args& a, ark_device device) {
+ark::ScanWorkspace workspace_for(const ark_selective_scan_args& a, ark_device device) {
+  ark::ScanBwdLayout l{ark::kCpuRowsPerBlock, 1};
 #ifdef ARKERNELS_WITH_CUDA
-  if (device == ARK_DEVICE_CUDA) return ark::selective_scan_cuda_rows_per_block(a);
+  if (device == ARK_DEVICE_CUDA) l = ark::selective_scan_cuda_bwd_layout(a);
 #endif
   (void)device;
-  return ark::kCpuRowsPerBlock;
+  return ark::scan_workspace(a, l.rows_per_block, l.chunks);
 }
 
 }  // namespace
@@ -81,7 +82,7 @@ extern "C" ark_status ark_selective_scan_bwd_workspace_size(const ark_selective_
   ark::clear_error();
   ARK_TRY(check_args(args, device, Check::sizes));
   ARK_REQUIRE(bytes != nullptr, "bytes: expected a non-NULL pointer");
-  *bytes = ark::scan_workspace(*args, rows_per_block(*args, device)).floats * sizeof(float);
+  *bytes = workspace_for(*args, device).floats * sizeof(float);
   return ARK_SUCCESS;
 }
 
@@ -90,7 +91,7 @@ extern "C" ark_status ark_selective_scan_bwd(const ark_selective_scan_args* args
   ark::clear_error();
   ARK_TRY(check_args(args, device, Check::backward));
   if (args->batch == 0 || args->dim == 0) return ARK_SUCCESS;
-  const size_t need = ark::scan_workspace(*args, rows_per_block(*args, device)).floats * sizeof(float);
+  const size_t need = workspace_for(*args, device).floats * sizeof(float);
   ARK_REQUIRE(workspace_bytes >= need && (need == 0 || workspace),
               "workspace: expected at least %zu bytes (ark_selective_scan_bwd_workspace_size), got %zu at %p", need,
               workspace_bytes, workspace);

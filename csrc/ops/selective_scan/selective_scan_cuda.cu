@@ -16,6 +16,12 @@
 // held in registers), runs the adjoint recurrence dh[t] = C[t] dy[t] + a[t+1] dh[t+1], and writes
 // per-step sums over states through shared memory. Sums over channels (dB, dC) and over the batch
 // (dA, dD, ddelta_bias, constant dB/dC) go to a workspace and are reduced in a fixed order.
+// Time chunks: the states come from the checkpoints, so only the adjoint state g = a dh carries from
+// one stretch of time to the one before it. Long sequences are cut into chunks that run as separate
+// blocks (as many blocks as the GPU holds, whatever batch * dim is): a carry kernel first runs each
+// chunk's adjoint recurrence alone (g = 0 at its end), which gives g at the chunk's start as
+// G_local + P * g_end with P the product of the chunk's decays (0 if a sequence ends inside it); the
+// main kernel's block for a chunk folds the later chunks' (G_local, P) into its g_end and runs.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -73,9 +79,8 @@ struct BlockPos {
   int64_t b, g, rb, d_first;  // batch row, group, row block, first channel
   int rows_valid;
 };
-__device__ __forceinline__ BlockPos block_pos(const ark_selective_scan_args& a, int rows) {
+__device__ __forceinline__ BlockPos block_pos(const ark_selective_scan_args& a, int rows, int64_t blk = blockIdx.x) {
   const int64_t per_group = a.dim / a.ngroups, nrb = (per_group + rows - 1) / rows;
-  int64_t blk = blockIdx.x;
   BlockPos p;
   p.rb = blk % nrb;
   blk /= nrb;
@@ -88,9 +93,10 @@ __device__ __forceinline__ BlockPos block_pos(const ark_selective_scan_args& a, 
 }
 
 // 16-byte chunks line up with rows: every itype row starts 16-byte aligned.
-__device__ __forceinline__ bool vec_ok(const ark_selective_scan_args& a) {
+__host__ __device__ inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
+__host__ __device__ inline bool vec_ok(const ark_selective_scan_args& a) {
   const int esize = a.dtype == ARK_FLOAT32 ? 4 : 2;
-  auto aligned = [](const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; };
+  const auto aligned = aligned16;
   return (a.seqlen * esize) % 16 == 0 && aligned(a.u) && aligned(a.delta) && aligned(a.out) &&
          (!a.z || (aligned(a.z) && (!a.y_pre || aligned(a.y_pre)))) && (!a.B_variable || aligned(a.B)) &&
          (!a.C_variable || aligned(a.C));
@@ -223,14 +229,15 @@ template <int NV> struct Chunks {
 
 __device__ __forceinline__ int chunk_elems(ark_dtype dt) { return dt == ARK_FLOAT32 ? 4 : 8; }
 
-// The chunk's elements as fp32 (4 for fp32, 8 for 16-bit types).
-__device__ __forceinline__ void unpack(const uint4& v, ark_dtype dt, float (&x)[8]) {
+// The chunk's elements as fp32 (4 for fp32, 8 for 16-bit types); DT known at compile time, or (the
+// forward) at run time.
+template <ark_dtype DT> __device__ __forceinline__ void unpack_as(const uint4& v, float (&x)[8]) {
   const uint32_t w[4] = {v.x, v.y, v.z, v.w};
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
-    if (dt == ARK_FLOAT32) {
+    if constexpr (DT == ARK_FLOAT32) {
       x[i] = __uint_as_float(w[i]);
-    } else if (dt == ARK_BFLOAT16) {
+    } else if constexpr (DT == ARK_BFLOAT16) {
       x[2 * i] = __uint_as_float(w[i] << 16);
       x[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
     } else {
@@ -239,14 +246,19 @@ __device__ __forceinline__ void unpack(const uint4& v, ark_dtype dt, float (&x)[
     }
   }
 }
+__device__ __forceinline__ void unpack(const uint4& v, ark_dtype dt, float (&x)[8]) {
+  if (dt == ARK_FLOAT32) unpack_as<ARK_FLOAT32>(v, x);
+  else if (dt == ARK_BFLOAT16) unpack_as<ARK_BFLOAT16>(v, x);
+  else unpack_as<ARK_FLOAT16>(v, x);
+}
 
-__device__ __forceinline__ uint4 pack(const float (&x)[8], ark_dtype dt) {
+template <ark_dtype DT> __device__ __forceinline__ uint4 pack_as(const float (&x)[8]) {
   uint32_t w[4];
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
-    if (dt == ARK_FLOAT32) {
+    if constexpr (DT == ARK_FLOAT32) {
       w[i] = __float_as_uint(x[i]);
-    } else if (dt == ARK_BFLOAT16) {
+    } else if constexpr (DT == ARK_BFLOAT16) {
       w[i] = uint32_t(__bfloat16_as_ushort(__float2bfloat16_rn(x[2 * i]))) |
              (uint32_t(__bfloat16_as_ushort(__float2bfloat16_rn(x[2 * i + 1]))) << 16);
     } else {
@@ -255,6 +267,11 @@ __device__ __forceinline__ uint4 pack(const float (&x)[8], ark_dtype dt) {
     }
   }
   return make_uint4(w[0], w[1], w[2], w[3]);
+}
+__device__ __forceinline__ uint4 pack(const float (&x)[8], ark_dtype dt) {
+  if (dt == ARK_FLOAT32) return pack_as<ARK_FLOAT32>(x);
+  if (dt == ARK_BFLOAT16) return pack_as<ARK_BFLOAT16>(x);
+  return pack_as<ARK_FLOAT16>(x);
 }
 
 // Chunk k of this thread in a (rows x tile) tile: tile row r, chunk j of the row. Consecutive threads
@@ -715,33 +732,51 @@ template <class S> struct BwdSmem {
 
 // One element of the backward's staging: (delta, delta*u), u, dy = dout * silu(z), the softplus slope;
 // writes dz. `present`: inside the block's rows and the sequence (else zeros: padding steps).
-template <typename T, class S>
+// One element's staged values from its raw inputs: delta (bias, softplus), its slope sg, dy = dout *
+// silu(z), and dz. CARRY (the carry kernel): only what the adjoint recurrence needs (delta, dy).
+struct BwdElement {
+  float dl, sg, dy, dz;
+};
+template <bool CARRY>
+__device__ __forceinline__ BwdElement bwd_element(const ark_selective_scan_args& a, int64_t d, float dl, float dy,
+                                                  float zv, float y_pre) {
+  BwdElement e{dl, 1.f, dy, 0.f};
+  if (a.delta_bias) e.dl += a.delta_bias[d];
+  if (a.delta_softplus) {
+    if (!CARRY) e.sg = softplus_grad_f32(e.dl);
+    e.dl = softplus_f32(e.dl);
+  }
+  if (a.z) {
+    if (!CARRY) e.dz = dy * y_pre * silu_grad_f32(zv);
+    e.dy *= silu_f32(zv);
+  }
+  return e;
+}
+// Its shared-memory entries (zeros where not `present`: outside the block's rows or the sequence).
+template <class S, bool CARRY>
+__device__ __forceinline__ void put_bwd_element(BwdSmem<S>& sm, int r, int t, bool present, float u,
+                                                const BwdElement& e) {
+  constexpr int P = kCk + 1;
+  sm.dd[r * P + t] = present ? make_float2(e.dl, e.dl * u) : make_float2(0.f, 0.f);
+  sm.dy[r * P + t] = present ? e.dy : 0.f;
+  if (!CARRY) {
+    sm.u[r * P + t] = present ? u : 0.f;
+    sm.sg[r * P + t] = present ? e.sg : 0.f;
+  }
+}
+template <typename T, class S, bool CARRY = false>
 __device__ __forceinline__ void stage_bwd_element(const ark_selective_scan_args& a, BwdSmem<S>& sm, int r, int t,
                                                   int64_t d, int64_t i, bool present, float u, float dl, float dy,
                                                   float zv, float y_pre) {
-  constexpr int P = kCk + 1;
-  float sg = 0.f;
+  BwdElement e{0.f, 0.f, 0.f, 0.f};
   if (present) {
-    if (a.delta_bias) dl += a.delta_bias[d];
-    sg = 1.f;
-    if (a.delta_softplus) {
-      sg = softplus_grad_f32(dl);
-      dl = softplus_f32(dl);
-    }
-    if (a.z) {
-      st<T>(a.dz, i, dy * y_pre * silu_grad_f32(zv));
-      dy *= silu_f32(zv);
-    }
-  } else {
-    u = dl = dy = 0.f;
+    e = bwd_element<CARRY>(a, d, dl, dy, zv, y_pre);
+    if (!CARRY && a.z) st<T>(a.dz, i, e.dz);
   }
-  sm.dd[r * P + t] = make_float2(dl, dl * u);
-  sm.u[r * P + t] = u;
-  sm.dy[r * P + t] = dy;
-  sm.sg[r * P + t] = sg;
+  put_bwd_element<S, CARRY>(sm, r, t, present, u, e);
 }
 
-template <typename T, class S>
+template <typename T, class S, bool CARRY = false>
 __device__ void stage_bwd(const ark_selective_scan_args& a, const BlockPos& bp, int64_t t0, BwdSmem<S>& sm) {
   constexpr int TT = kCk;
   for (int e = threadIdx.x; e < S::ROWS * TT; e += S::THREADS) {
@@ -751,18 +786,90 @@ __device__ void stage_bwd(const ark_selective_scan_args& a, const BlockPos& bp, 
     const int64_t d = bp.d_first + r, i = (bp.b * a.dim + d) * a.seqlen + tg;
     float u = 0.f, dl = 0.f, dy = 0.f, zv = 0.f, yp = 0.f;
     if (present) {
-      u = ld<T>(a.u, i);
+      if (!CARRY) u = ld<T>(a.u, i);
       dl = ld<T>(a.delta, i);
       dy = ld<T>(a.dout, i);
       if (a.z) {
         zv = ld<T>(a.z, i);
-        yp = ld<T>(a.y_pre, i);
+        if (!CARRY) yp = ld<T>(a.y_pre, i);
       }
     }
-    stage_bwd_element<T, S>(a, sm, r, t, d, i, present, u, dl, dy, zv, yp);
+    stage_bwd_element<T, S, CARRY>(a, sm, r, t, d, i, present, u, dl, dy, zv, yp);
   }
-  if (a.B_variable) stage_var_bc<T, S>(a, a.B, bp, t0, TT, sm.B);
+  if (!CARRY && a.B_variable) stage_var_bc<T, S>(a, a.B, bp, t0, TT, sm.B);
   if (a.C_variable) stage_var_bc<T, S>(a, a.C, bp, t0, TT, sm.C);
+}
+
+// 16-byte chunks line up with the backward's rows too (the forward's rule plus dout and dz).
+__host__ __device__ inline bool vec_ok_bwd(const ark_selective_scan_args& a) {
+  return vec_ok(a) && aligned16(a.dout) && (!a.z || aligned16(a.dz));
+}
+
+// stage_bwd through 16-byte chunks (vec_ok_bwd): every global load of the thread (u, delta, dout, z,
+// y_pre, B, C) issued before the first is used, dz written as 16-byte vectors. The scalar version
+// spent ~120 instructions per element (64-bit index math, one load latency per loop iteration).
+template <ark_dtype DT, class S, bool CARRY>
+__device__ void stage_bwd_vec_as(const ark_selective_scan_args& a, const BlockPos& bp, int64_t t0, BwdSmem<S>& sm) {
+  constexpr int TT = kCk, T = S::THREADS, esize = DT == ARK_FLOAT32 ? 4 : 2, epc = 16 / esize, cpr = TT / epc;
+  constexpr int NV = (S::ROWS * cpr + T - 1) / T, NVB = (S::NP * cpr + T - 1) / T;
+  const ark_dtype dt = DT;
+  const int64_t first_row = bp.b * a.dim + bp.d_first, L = a.seqlen;
+  const int64_t bc_row = (bp.b * a.ngroups + bp.g) * a.dstate;
+  // B/C first (their loads stay in flight while the rows are processed).
+  Chunks<NVB> cb, cc;
+  if (!CARRY && a.B_variable) load_chunks<NVB, T, true>(cb, a.B, bc_row, S::NP, int(a.dstate), t0, TT, L, dt);
+  if (a.C_variable) load_chunks<NVB, T, true>(cc, a.C, bc_row, S::NP, int(a.dstate), t0, TT, L, dt);
+  // Rows one chunk at a time (16-bit types: one chunk per thread at 32 rows), all five loads together.
+#pragma unroll
+  for (int k = 0; k < NV; ++k) {
+    const ChunkPos<T> p(k, S::ROWS, cpr);
+    if (!p.in_tile) continue;
+    const bool row_ok = p.r < bp.rows_valid;
+    const int64_t d = bp.d_first + (row_ok ? p.r : 0), tc = t0 + int64_t(p.j) * epc;
+    const bool present = row_ok && tc < L;  // L is a multiple of epc: a chunk is all in or all out
+    const int64_t byte = ((first_row + p.r) * L + tc) * esize;
+    auto load = [&](const void* src) {
+      return present ? __ldg(reinterpret_cast<const uint4*>(static_cast<const char*>(src) + byte)) : make_uint4(0u, 0u, 0u, 0u);
+    };
+    const uint4 vu = CARRY ? make_uint4(0u, 0u, 0u, 0u) : load(a.u), vd = load(a.delta), vg = load(a.dout);
+    const uint4 vz = a.z ? load(a.z) : make_uint4(0u, 0u, 0u, 0u);
+    const uint4 vy = a.z && !CARRY ? load(a.y_pre) : make_uint4(0u, 0u, 0u, 0u);
+    float u[8], dl[8], g[8], zv[8], yp[8], dz[8];
+    unpack_as<DT>(vd, dl);
+    unpack_as<DT>(vg, g);
+    unpack_as<DT>(vu, u);
+    unpack_as<DT>(vz, zv);
+    unpack_as<DT>(vy, yp);
+#pragma unroll
+    for (int i = 0; i < epc; ++i) {
+      const BwdElement e = bwd_element<CARRY>(a, d, dl[i], g[i], zv[i], yp[i]);
+      put_bwd_element<S, CARRY>(sm, p.r, p.j * epc + i, present, u[i], e);
+      dz[i] = e.dz;
+    }
+    if (!CARRY && a.z && present) *reinterpret_cast<uint4*>(static_cast<char*>(a.dz) + byte) = pack_as<DT>(dz);
+  }
+#pragma unroll
+  for (int k = 0; k < NVB; ++k) {
+    const ChunkPos<T, true> p(k, S::NP, cpr);
+    if (!p.in_tile) continue;
+    float b[8], c[8];
+    unpack_as<DT>(cb.v[k], b);
+    unpack_as<DT>(cc.v[k], c);
+#pragma unroll
+    for (int i = 0; i < epc; ++i) {
+      const int t = p.j * epc + i;
+      if (!CARRY && a.B_variable) sm.B[t * S::NPP + p.r] = b[i];
+      if (a.C_variable) sm.C[t * S::NPP + p.r] = c[i];
+    }
+  }
+}
+template <class S, bool CARRY = false>
+__device__ void stage_bwd_vec(const ark_selective_scan_args& a, const BlockPos& bp, int64_t t0, BwdSmem<S>& sm) {
+  switch (a.dtype) {
+    case ARK_FLOAT32: stage_bwd_vec_as<ARK_FLOAT32, S, CARRY>(a, bp, t0, sm); break;
+    case ARK_FLOAT16: stage_bwd_vec_as<ARK_FLOAT16, S, CARRY>(a, bp, t0, sm); break;
+    default: stage_bwd_vec_as<ARK_BFLOAT16, S, CARRY>(a, bp, t0, sm); break;
+  }
 }
 
 // stage_bwd with all of the thread's loads (u, delta, dout, z, y_pre, B, C) issued before any is used:
@@ -839,19 +946,108 @@ __device__ void write_bwd_bc(const ark_selective_scan_args& a, const BlockPos& b
   }
 }
 
-template <class S, bool VARLEN, bool BATCHED_STAGING = false>
-__global__ void __launch_bounds__(S::THREADS) selective_scan_bwd_kernel(const ark_selective_scan_args a, float* ws,
-                                                                      ScanWorkspace w) {
+// The tiles [first, end) of time chunk `chunk`.
+struct ChunkTiles {
+  int64_t first, end;
+};
+__device__ __forceinline__ ChunkTiles chunk_tiles(int64_t nck, int64_t chunks, int64_t chunk) {
+  const int64_t per = ceil_div(nck, chunks), first = chunk * per;
+  return {first, first + per < nck ? first + per : nck};
+}
+
+// The carry kernel: blocks0 blocks per time chunk, for chunks 1 .. chunks - 1 (chunk 0 passes its g
+// to nobody). Per chunk: (G_local, P) of the header comment, into ws at carry_g / carry_p.
+template <class S, bool VARLEN>
+__global__ void __launch_bounds__(S::THREADS) selective_scan_bwd_carry_kernel(const ark_selective_scan_args a, float* ws,
+                                                                            ScanWorkspace w, int64_t blocks0, bool vec) {
+  constexpr int K = S::K, R = S::R, TT = kCk, P = TT + 1;
+  extern __shared__ float4 smem_f4[];
+  BwdSmem<S> sm(reinterpret_cast<float*>(smem_f4));
+  const int64_t chunk = 1 + blockIdx.x / blocks0;
+  const BlockPos bp = block_pos(a, S::ROWS, blockIdx.x % blocks0);
+  const int row = threadIdx.x / R, lane = threadIdx.x % R, n0 = lane * K;
+  const bool row_ok = row < bp.rows_valid;
+  const int64_t d = bp.d_first + (row_ok ? row : 0);
+  const int64_t N = a.dstate, state_row = bp.b * a.dim + d;
+  const ChunkTiles ct = chunk_tiles(ceil_div(a.seqlen, kCk), w.chunks, chunk);
+
+  float A2[K], g[K];
+#pragma unroll
+  for (int k = 0; k < K; ++k) {
+    A2[k] = (row_ok && n0 + k < N) ? a.A[d * N + n0 + k] * kLog2e : 0.f;
+    g[k] = 0.f;
+  }
+  if (!a.C_variable) stage_const_bc<S>(a, static_cast<const float*>(a.C), bp, sm.C);
+  const float* Cp = a.C_variable ? sm.C + n0 : sm.C + row * S::NPP + n0;
+  const int c_step = a.C_variable ? S::NPP : 0;
+  float delta_sum = 0.f;  // the chunk's decay product is ex2(A2 * sum of delta)
+  bool cut = false;       // a sequence ends inside the chunk: g_end does not reach the chunk's start
+  for (int64_t c = ct.end - 1; c >= ct.first; --c) {
+    const int64_t t0 = c * TT;
+    __syncthreads();
+    if (vec) {
+      stage_bwd_vec<S, true>(a, bp, t0, sm);
+    } else {
+      switch (a.dtype) {
+        case ARK_FLOAT32: stage_bwd<float, S, true>(a, bp, t0, sm); break;
+        case ARK_FLOAT16: stage_bwd<__half, S, true>(a, bp, t0, sm); break;
+        default: stage_bwd<__nv_bfloat16, S, true>(a, bp, t0, sm); break;
+      }
+    }
+    if (VARLEN) stage_seq_flags(a, t0, TT, sm.start, sm.end);
+    __syncthreads();
+#pragma unroll 8
+    for (int t = TT - 1; t >= 0; --t) {
+      if (VARLEN) {
+        const int q = sm.end[t];
+        if (q >= 0) {
+          load_state<K>(a.dlast_state, q * a.dim + d, N, n0, row_ok, g);
+          cut = true;
+        }
+      }
+      const float dl = sm.dd[row * P + t].x, dy = sm.dy[row * P + t];
+      float cv[K];
+      load_vec<K>(Cp + t * c_step, cv);
+#pragma unroll
+      for (int k = 0; k < K; ++k) g[k] = ex2(dl * A2[k]) * fmaf(cv[k], dy, g[k]);
+      delta_sum += dl;
+    }
+  }
+  float prod[K];
+#pragma unroll
+  for (int k = 0; k < K; ++k) prod[k] = cut ? 0.f : ex2(delta_sum * A2[k]);
+  const int64_t carry_row = chunk * a.batch * a.dim + state_row;
+  store_state<K>(ws + w.carry_g, carry_row, N, n0, row_ok, g);
+  store_state<K>(ws + w.carry_p, carry_row, N, n0, row_ok, prod);
+}
+
+// blocks0 blocks per time chunk; block i works on chunk i / blocks0. Held to 3 blocks per SM (168
+// registers; shared memory allows 3 too): left alone, the compiler's choice for K4R4 went from 168 to
+// 222 registers with the chunking (2 blocks per SM). Not for K = 8, R = 1 or varlen kernels, which
+// would spill hundreds of bytes (compile-time counts, not measured on the GPU).
+// How the backward stages a tile (a compile-time choice: each version's registers are its own).
+enum class BwdStaging : int {
+  kScalar = 0,   // one element per loop iteration (the default)
+  kBatched = 1,  // every load of the tile issued first (tuning builds, knob sscan_bwd_batched_staging)
+  kVec = 2,      // 16-byte chunks (non-varlen, rows aligned; knob sscan_bwd_vec_staging)
+};
+template <class S, bool VARLEN, BwdStaging STAGING = BwdStaging::kScalar>
+__global__ void __launch_bounds__(S::THREADS, !VARLEN && S::K <= 4 && S::R >= 2 ? 3 : 1)
+    selective_scan_bwd_kernel(const ark_selective_scan_args a, float* ws, ScanWorkspace w, int64_t blocks0) {
   constexpr int K = S::K, R = S::R, TT = kCk, TS = S::TS, NS = TT / TS, P = TT + 1;
   constexpr int M = (S::ROWS * TS + S::THREADS - 1) / S::THREADS;
   extern __shared__ float4 smem_f4[];
   BwdSmem<S> sm(reinterpret_cast<float*>(smem_f4));
-  const BlockPos bp = block_pos(a, S::ROWS);
+  const int64_t chunk = blockIdx.x / blocks0;
+  const BlockPos bp = block_pos(a, S::ROWS, blockIdx.x % blocks0);
   const int row = threadIdx.x / R, lane = threadIdx.x % R, n0 = lane * K;
   const bool row_ok = row < bp.rows_valid;
   const int64_t d = bp.d_first + (row_ok ? row : 0);
   const int64_t N = a.dstate, L = a.seqlen, nck = ceil_div(L, kCk);
   const int64_t state_row = bp.b * a.dim + d;
+  const ChunkTiles ct = chunk_tiles(nck, w.chunks, chunk);
+  // This block's partial sums over (chunk, batch row): row acc_row of the per-state workspace.
+  const int64_t acc_row = chunk * a.batch * a.dim + state_row;
 
   float A2[K], Af[K], g[K], dA[K], dBc[K], dCc[K];
 #pragma unroll
@@ -862,6 +1058,13 @@ __global__ void __launch_bounds__(S::THREADS) selective_scan_bwd_kernel(const ar
     g[k] = 0.f;
   }
   if (!VARLEN) load_state<K>(a.dlast_state, state_row, N, n0, row_ok, g);
+  for (int64_t q = w.chunks - 1; q > chunk; --q) {  // g at this chunk's end, through the later chunks
+    float gl[K], pr[K];
+    load_state<K>(ws + w.carry_g, q * a.batch * a.dim + state_row, N, n0, row_ok, gl);
+    load_state<K>(ws + w.carry_p, q * a.batch * a.dim + state_row, N, n0, row_ok, pr);
+#pragma unroll
+    for (int k = 0; k < K; ++k) g[k] = fmaf(pr[k], g[k], gl[k]);
+  }
   float accD[M], accBias[M];
 #pragma unroll
   for (int m = 0; m < M; ++m) accD[m] = accBias[m] = 0.f;
@@ -871,15 +1074,17 @@ __global__ void __launch_bounds__(S::THREADS) selective_scan_bwd_kernel(const ar
   const float* Cp = a.C_variable ? sm.C + n0 : sm.C + row * S::NPP + n0;
   const int b_step = a.B_variable ? S::NPP : 0, c_step = a.C_variable ? S::NPP : 0;
 
-  for (int64_t c = nck - 1; c >= 0; --c) {
+  for (int64_t c = ct.end - 1; c >= ct.first; --c) {
     const int64_t t0 = c * TT;
     __syncthreads();
-    if constexpr (BATCHED_STAGING) {
+    if constexpr (STAGING == BwdStaging::kBatched) {
       switch (a.dtype) {
         case ARK_FLOAT32: stage_bwd_batched<float, S>(a, bp, t0, sm); break;
         case ARK_FLOAT16: stage_bwd_batched<__half, S>(a, bp, t0, sm); break;
         default: stage_bwd_batched<__nv_bfloat16, S>(a, bp, t0, sm); break;
       }
+    } else if constexpr (STAGING == BwdStaging::kVec) {
+      stage_bwd_vec<S>(a, bp, t0, sm);
     } else {
       switch (a.dtype) {
         case ARK_FLOAT32: stage_bwd<float, S>(a, bp, t0, sm); break;
@@ -1006,17 +1211,17 @@ __global__ void __launch_bounds__(S::THREADS) selective_scan_bwd_kernel(const ar
   }
 
   if (!VARLEN) {
-    store_state<K>(a.dinitial_state, state_row, N, n0, row_ok, g);
-  } else if (a.dinitial_state) {
+    if (chunk == 0) store_state<K>(a.dinitial_state, state_row, N, n0, row_ok, g);
+  } else if (a.dinitial_state && chunk == 0) {
     for (int64_t q = 0; q < a.num_seqs; ++q) {  // empty sequences pass the final-state gradient through
       if (a.cu_seqlens[q] != a.cu_seqlens[q + 1]) continue;
       load_state<K>(a.dlast_state, q * a.dim + d, N, n0, row_ok, g);
       store_state<K>(a.dinitial_state, q * a.dim + d, N, n0, row_ok, g);
     }
   }
-  store_state<K>(ws + w.dA, state_row, N, n0, row_ok, dA);
-  if (!a.B_variable) store_state<K>(ws + w.dB_const, state_row, N, n0, row_ok, dBc);
-  if (!a.C_variable) store_state<K>(ws + w.dC_const, state_row, N, n0, row_ok, dCc);
+  store_state<K>(ws + w.dA, acc_row, N, n0, row_ok, dA);
+  if (!a.B_variable) store_state<K>(ws + w.dB_const, acc_row, N, n0, row_ok, dBc);
+  if (!a.C_variable) store_state<K>(ws + w.dC_const, acc_row, N, n0, row_ok, dCc);
   // dD / ddelta_bias: the TS consecutive threads that share a channel add their sums.
 #pragma unroll
   for (int m = 0; m < M; ++m) {
@@ -1027,8 +1232,9 @@ __global__ void __launch_bounds__(S::THREADS) selective_scan_bwd_kernel(const ar
     }
     const int e = threadIdx.x + m * S::THREADS, r = e / TS;
     if (e % TS == 0 && e < S::ROWS * TS && r < bp.rows_valid) {
-      ws[w.dD + bp.b * a.dim + bp.d_first + r] = accD[m];
-      ws[w.ddelta_bias + bp.b * a.dim + bp.d_first + r] = accBias[m];
+      const int64_t at = chunk * a.batch * a.dim + bp.b * a.dim + bp.d_first + r;
+      ws[w.dD + at] = accD[m];
+      ws[w.ddelta_bias + at] = accBias[m];
     }
   }
 }
@@ -1086,6 +1292,37 @@ LaunchShape pick_shape(const ark_selective_scan_args& a, bool backward) {
   return {K, R, threads};
 }
 
+// The backward's shape and time chunks. Chunks give the parallelism that K = 2 was for (pick_shape),
+// so a chunked backward runs K = 4; the chunk count aims at kBwdBlocksPerSm blocks per SM (3 fit by
+// registers and shared memory: several waves keep the SMs busy past the tail) with chunks of at
+// least kMinChunkTiles tiles. Knob sscan_bwd_chunks: 1 = the unchunked backward, n = n chunks.
+constexpr int64_t kBwdBlocksPerSm = 8, kMinChunkTiles = 4;
+struct BwdPlan {
+  LaunchShape shape;
+  int64_t chunks;
+};
+int sm_count() {
+  int dev = 0, n = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess)
+    return 132;
+  return n;
+}
+BwdPlan pick_bwd(const ark_selective_scan_args& a) {
+  const LaunchShape unchunked = pick_shape(a, true);
+  const int forced = knob(Knob::SscanBwdChunks);
+  if (forced == 1) return {unchunked, 1};
+  LaunchShape s = unchunked;
+  if (s.K == 2) s = {4, s.K * s.R / 4, kThreads};
+  const int64_t blocks0 = a.batch * a.ngroups * ceil_div(a.dim / a.ngroups, kThreads / s.R);
+  const int64_t nck = ceil_div(a.seqlen, kCk);
+  int64_t want = forced > 0 ? forced : ceil_div(kBwdBlocksPerSm * sm_count(), blocks0);
+  const int64_t most = forced > 0 ? nck : nck / kMinChunkTiles;
+  if (want > most) want = most;
+  if (want > 0x7fffffffLL / blocks0) want = 0x7fffffffLL / blocks0;
+  if (want <= 1) return {unchunked, 1};
+  return {s, ceil_div(nck, ceil_div(nck, want))};  // no empty chunk
+}
+
 // The forward's shape: pick_shape, or the tuning knobs (common/tuning.hpp) where set; they must
 // cover the padded state count (K * R) of these sizes.
 ark_status pick_fwd_shape(const ark_selective_scan_args& a, LaunchShape* out) {
@@ -1137,29 +1374,42 @@ ark_status launch_fwd(const ark_selective_scan_args& a, cudaStream_t st) {
 }
 
 template <class S>
-ark_status launch_bwd(const ark_selective_scan_args& a, float* ws, cudaStream_t st) {
-  const ScanWorkspace w = scan_workspace(a, S::ROWS);
+ark_status launch_bwd(const ark_selective_scan_args& a, float* ws, int64_t chunks, cudaStream_t st) {
+  const ScanWorkspace w = scan_workspace(a, S::ROWS, chunks);
   const size_t smem = size_t(BwdSmem<S>::floats()) * sizeof(float);
-  const int64_t blocks = grid_blocks<S>(a);
-  if (blocks > 0x7fffffffLL) return fail(ARK_ERROR_INVALID_ARGUMENT, "batch * dim: too large for one launch");
+  const int64_t blocks0 = grid_blocks<S>(a);
+  if (blocks0 * chunks > 0x7fffffffLL) return fail(ARK_ERROR_INVALID_ARGUMENT, "batch * dim: too large for one launch");
+  // 16-byte staging where the rows allow it; knob sscan_bwd_scalar_staging = 1: the scalar staging.
+  // 16-byte staging (knob sscan_bwd_vec_staging = 1, non-varlen, rows aligned): not the default until
+  // measured (its kernels spill 100-800 bytes at the 3-blocks-per-SM register bound, compile time).
+  const bool vec = !a.cu_seqlens && vec_ok_bwd(a) && knob(Knob::SscanBwdVecStaging) == 1;
+  if (chunks > 1) {
+    auto carry = a.cu_seqlens ? selective_scan_bwd_carry_kernel<S, true> : selective_scan_bwd_carry_kernel<S, false>;
+    if (cudaFuncSetAttribute(carry, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)) != cudaSuccess)
+      return cuda_launch_status("selective_scan", "backward carry (shared memory attribute)");
+    carry<<<unsigned(blocks0 * (chunks - 1)), S::THREADS, smem, st>>>(a, ws, w, blocks0, vec);
+    ARK_TRY(cuda_launch_status("selective_scan", "backward carry"));
+  }
   auto kernel = a.cu_seqlens ? selective_scan_bwd_kernel<S, true> : selective_scan_bwd_kernel<S, false>;
+  if (vec) kernel = selective_scan_bwd_kernel<S, false, BwdStaging::kVec>;
 #ifdef ARKERNELS_TUNING_VARIANTS
   if (knob(Knob::SscanBwdBatchedStaging)) {
-    kernel = a.cu_seqlens ? selective_scan_bwd_kernel<S, true, true> : selective_scan_bwd_kernel<S, false, true>;
+    kernel = a.cu_seqlens ? selective_scan_bwd_kernel<S, true, BwdStaging::kBatched>
+                          : selective_scan_bwd_kernel<S, false, BwdStaging::kBatched>;
   }
 #endif
   if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)) != cudaSuccess)
     return cuda_launch_status("selective_scan", "backward (shared memory attribute)");
-  kernel<<<unsigned(blocks), S::THREADS, smem, st>>>(a, ws, w);
+  kernel<<<unsigned(blocks0 * chunks), S::THREADS, smem, st>>>(a, ws, w, blocks0);
   ARK_TRY(cuda_launch_status("selective_scan", "backward"));
-  const int64_t per_group = a.batch * a.ngroups;
+  const int64_t per_group = a.batch * a.ngroups, parts = chunks * a.batch;  // per-state sums: (chunk, batch) rows
   if (a.B_variable) ARK_TRY(sum_middle(ws + w.dB_rows, a.dB, a.dtype, per_group, w.row_blocks, a.dstate * a.seqlen, st));
-  else ARK_TRY(sum_middle(ws + w.dB_const, a.dB, ARK_FLOAT32, 1, a.batch, a.dim * a.dstate, st));
+  else ARK_TRY(sum_middle(ws + w.dB_const, a.dB, ARK_FLOAT32, 1, parts, a.dim * a.dstate, st));
   if (a.C_variable) ARK_TRY(sum_middle(ws + w.dC_rows, a.dC, a.dtype, per_group, w.row_blocks, a.dstate * a.seqlen, st));
-  else ARK_TRY(sum_middle(ws + w.dC_const, a.dC, ARK_FLOAT32, 1, a.batch, a.dim * a.dstate, st));
-  ARK_TRY(sum_middle(ws + w.dA, a.dA, ARK_FLOAT32, 1, a.batch, a.dim * a.dstate, st));
-  if (a.D) ARK_TRY(sum_middle(ws + w.dD, a.dD, ARK_FLOAT32, 1, a.batch, a.dim, st));
-  if (a.delta_bias) ARK_TRY(sum_middle(ws + w.ddelta_bias, a.ddelta_bias, ARK_FLOAT32, 1, a.batch, a.dim, st));
+  else ARK_TRY(sum_middle(ws + w.dC_const, a.dC, ARK_FLOAT32, 1, parts, a.dim * a.dstate, st));
+  ARK_TRY(sum_middle(ws + w.dA, a.dA, ARK_FLOAT32, 1, parts, a.dim * a.dstate, st));
+  if (a.D) ARK_TRY(sum_middle(ws + w.dD, a.dD, ARK_FLOAT32, 1, parts, a.dim, st));
+  if (a.delta_bias) ARK_TRY(sum_middle(ws + w.ddelta_bias, a.ddelta_bias, ARK_FLOAT32, 1, parts, a.dim, st));
   return ARK_SUCCESS;
 }
 
@@ -1171,9 +1421,10 @@ struct FwdLauncher {
 struct BwdLauncher {
   const ark_selective_scan_args& a;
   float* ws;
+  int64_t chunks;
   cudaStream_t st;
   // The backward always runs 128-thread blocks (pick_shape), so no 256-thread backward is compiled.
-  template <class S> ark_status run() const { return launch_bwd<Shape<S::K, S::R>>(a, ws, st); }
+  template <class S> ark_status run() const { return launch_bwd<Shape<S::K, S::R>>(a, ws, chunks, st); }
 };
 
 // Calls f.run<Shape<K, R, threads>>() for shape `s` (backward: 128 threads only).
@@ -1217,8 +1468,9 @@ template <class F> ark_status with_tuning_shape(const LaunchShape& s, const F& f
 
 }  // namespace
 
-int64_t selective_scan_cuda_rows_per_block(const ark_selective_scan_args& a) {
-  return kThreads / pick_shape(a, true).R;
+ScanBwdLayout selective_scan_cuda_bwd_layout(const ark_selective_scan_args& a) {
+  const BwdPlan p = pick_bwd(a);
+  return {kThreads / p.shape.R, p.chunks};
 }
 
 ark_status selective_scan_fwd_cuda(const ark_selective_scan_args& a, void* stream) {
@@ -1234,7 +1486,8 @@ ark_status selective_scan_fwd_cuda(const ark_selective_scan_args& a, void* strea
 
 ark_status selective_scan_bwd_cuda(const ark_selective_scan_args& a, float* workspace, void* stream) {
   const auto st = static_cast<cudaStream_t>(stream);
-  return with_shape(pick_shape(a, true), BwdLauncher{a, workspace, st});
+  const BwdPlan p = pick_bwd(a);
+  return with_shape(p.shape, BwdLauncher{a, workspace, p.chunks, st});
 }
 
 }  // namespace ark
