@@ -9,7 +9,7 @@ int g_knobs[int(Knob::Count)] = {};
 constexpr const char* kNames[int(Knob::Count)] = {"ssu_rows", "ssu_prefetch", "conv1d_fwd_vectors", "conv1d_fwd_warps",
                                                   "conv1d_fwd_early_halo", "sscan_fwd_shape", "sscan_fwd_threads", "sscan_bwd_batched_staging",
                                                   "sscan_fwd_reduce", "sscan_fwd_paired_bc", "sscan_bwd_chunks",
-                                                  "sscan_bwd_vec_staging"};
+                                                  "sscan_bwd_scalar_staging"};
 }  // namespace
 
 int knob(Knob k) { return g_knobs[int(k)]; }

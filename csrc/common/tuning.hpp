@@ -21,7 +21,7 @@ enum class Knob : int {
   SscanFwdReduce,     // selective_scan forward: 1 = shuffles not overlapped, 2 = via shared memory (tuning builds)
   SscanFwdPairedBc,   // selective_scan forward: 1 = paired B/C rows, compile-time strides (BC_VAR; tuning builds)
   SscanBwdChunks,     // selective_scan backward: time chunks (1 = one chunk, the unchunked backward)
-  SscanBwdVecStaging,  // selective_scan backward: 1 = 16-byte staging where the rows allow it
+  SscanBwdScalarStaging,  // selective_scan backward: 1 = scalar staging where 16-byte chunks would do
   Count
 };
 

@@ -186,12 +186,12 @@ struct Dev {
 };
 
 // The tuning knobs of one CUDA run (0 = the launcher's choice): the forward's launch shape
-// (sscan_fwd_shape, sscan_fwd_threads), the backward's time chunks (sscan_bwd_chunks) and 16-byte
-// staging (sscan_bwd_vec_staging; both any build), and,
+// (sscan_fwd_shape, sscan_fwd_threads), the backward's time chunks (sscan_bwd_chunks) and scalar
+// staging (sscan_bwd_scalar_staging; both any build), and,
 // tuning builds only, the backward's batched staging, the forward's reduction (sscan_fwd_reduce) and
 // paired B/C rows (sscan_fwd_paired_bc).
 struct Variant {
-  int fwd_shape = 0, fwd_threads = 0, bwd_batched = 0, fwd_reduce = 0, fwd_paired = 0, bwd_chunks = 0, bwd_vec = 0;
+  int fwd_shape = 0, fwd_threads = 0, bwd_batched = 0, fwd_reduce = 0, fwd_paired = 0, bwd_chunks = 0, bwd_scalar = 0;
 };
 void set_knobs(const Variant& v) {
   ark_tuning_set("sscan_fwd_shape", v.fwd_shape);
@@ -200,7 +200,7 @@ void set_knobs(const Variant& v) {
   ark_tuning_set("sscan_fwd_reduce", v.fwd_reduce);
   ark_tuning_set("sscan_fwd_paired_bc", v.fwd_paired);
   ark_tuning_set("sscan_bwd_chunks", v.bwd_chunks);
-  ark_tuning_set("sscan_bwd_vec_staging", v.bwd_vec);
+  ark_tuning_set("sscan_bwd_scalar_staging", v.bwd_scalar);
 }
 
 void test_cuda_matches_cpu(int64_t N, int64_t L, const Variant& v = {}) {
@@ -242,10 +242,10 @@ void test_cuda_matches_cpu(int64_t N, int64_t L, const Variant& v = {}) {
   for (const auto& c : checks) {
     const double err = rel_error(c.d->get(), *c.want);
     EXPECT(err <= c.tol,
-           "cuda %s (N=%lld L=%lld, forward shape %d/%d reduce %d paired %d, backward batched %d chunks %d vec %d): "
+           "cuda %s (N=%lld L=%lld, forward shape %d/%d reduce %d paired %d, backward batched %d chunks %d scalar %d): "
            "relative difference to the CPU path %.3g > %.0e",
            c.name, (long long)N, (long long)L, v.fwd_shape, v.fwd_threads, v.fwd_reduce, v.fwd_paired, v.bwd_batched,
-           v.bwd_chunks, v.bwd_vec, err, c.tol);
+           v.bwd_chunks, v.bwd_scalar, err, c.tol);
   }
   set_knobs({});
 }
@@ -262,15 +262,19 @@ int main() {
   const int shapes[][2] = {{0, 0}, {404, 128}, {404, 256}, {208, 128}, {208, 256}};
   for (const auto& s : shapes) test_cuda_matches_cpu(16, 300, {s[0], s[1]});
   // Backward time chunks (L = 300: 10 tiles): unchunked, 2 (the default here), 3 uneven, one per tile.
-  // 16-byte staging: L = 304 (rows 16-byte aligned for every dtype; L = 300 takes the scalar path).
+  // With the 16-byte staging (L = 300 fp32: aligned rows), the scalar one, and rows that are not
+  // 16-byte aligned (L = 301: the scalar staging whatever the knob).
   for (int chunks : {1, 2, 3, 10}) {
-    for (int vec : {0, 1}) {
+    for (int scalar : {0, 1}) {
       Variant v;
       v.bwd_chunks = chunks;
-      v.bwd_vec = vec;
-      test_cuda_matches_cpu(16, vec ? 304 : 300, v);
-      test_cuda_matches_cpu(5, vec ? 304 : 300, v);
+      v.bwd_scalar = scalar;
+      test_cuda_matches_cpu(16, 300, v);
+      test_cuda_matches_cpu(5, 300, v);
     }
+    Variant v;
+    v.bwd_chunks = chunks;
+    test_cuda_matches_cpu(16, 301, v);
   }
 #ifdef ARKERNELS_TUNING_VARIANTS
   test_cuda_matches_cpu(5, 45, {0, 0, 1});

@@ -695,8 +695,10 @@ __global__ void __launch_bounds__(S::THREADS, S::THREADS == 256 && S::NP <= 16 ?
 
 // ---------------------------------------------------------------- backward
 
-template <class S> struct BwdSmem {
-  static constexpr int TT = kCk, TS = S::TS, P = TT + 1;
+// CARRY (the carry kernel): only dd, dy, C and the sequence flags take space (u, sg, B, pB, pC, p1, p2
+// are empty), so that many more of its blocks fit on an SM.
+template <class S, bool CARRY = false> struct BwdSmem {
+  static constexpr int TT = kCk, TS = S::TS, P = TT + 1, X = CARRY ? 0 : 1;
   float2* dd;   // (ROWS, P): (delta, delta*u)
   float* u;     // (ROWS, P)
   float* dy;    // (ROWS, P): dout * silu(z)
@@ -711,27 +713,25 @@ template <class S> struct BwdSmem {
   int* end;
   static constexpr int bc() { return align4((TT > S::ROWS ? TT : S::ROWS) * S::NPP); }
   static constexpr int floats() {
-    return 2 * align4(S::ROWS * P) + 3 * align4(S::ROWS * P) + 2 * bc() + 2 * align4(S::ROWS * TS * S::NPP) +
-           2 * align4(S::ROWS * S::R * (TS + 1)) + 2 * TT;
+    return 2 * align4(S::ROWS * P) + (1 + 2 * X) * align4(S::ROWS * P) + (1 + X) * bc() +
+           X * (2 * align4(S::ROWS * TS * S::NPP) + 2 * align4(S::ROWS * S::R * (TS + 1))) + 2 * TT;
   }
   __device__ explicit BwdSmem(float* base) {
     dd = reinterpret_cast<float2*>(base);
-    u = base + 2 * align4(S::ROWS * P);
-    dy = u + align4(S::ROWS * P);
-    sg = dy + align4(S::ROWS * P);
-    B = sg + align4(S::ROWS * P);
-    C = B + bc();
-    pB = C + bc();
-    pC = pB + align4(S::ROWS * TS * S::NPP);
-    p1 = pC + align4(S::ROWS * TS * S::NPP);
-    p2 = p1 + align4(S::ROWS * S::R * (TS + 1));
-    start = reinterpret_cast<int*>(p2 + align4(S::ROWS * S::R * (TS + 1)));
+    dy = base + 2 * align4(S::ROWS * P);
+    u = dy + align4(S::ROWS * P);
+    sg = u + X * align4(S::ROWS * P);
+    C = sg + X * align4(S::ROWS * P);
+    B = C + bc();
+    pB = B + X * bc();
+    pC = pB + X * align4(S::ROWS * TS * S::NPP);
+    p1 = pC + X * align4(S::ROWS * TS * S::NPP);
+    p2 = p1 + X * align4(S::ROWS * S::R * (TS + 1));
+    start = reinterpret_cast<int*>(p2 + X * align4(S::ROWS * S::R * (TS + 1)));
     end = start + TT;
   }
 };
 
-// One element of the backward's staging: (delta, delta*u), u, dy = dout * silu(z), the softplus slope;
-// writes dz. `present`: inside the block's rows and the sequence (else zeros: padding steps).
 // One element's staged values from its raw inputs: delta (bias, softplus), its slope sg, dy = dout *
 // silu(z), and dz. CARRY (the carry kernel): only what the adjoint recurrence needs (delta, dy).
 struct BwdElement {
@@ -754,7 +754,7 @@ __device__ __forceinline__ BwdElement bwd_element(const ark_selective_scan_args&
 }
 // Its shared-memory entries (zeros where not `present`: outside the block's rows or the sequence).
 template <class S, bool CARRY>
-__device__ __forceinline__ void put_bwd_element(BwdSmem<S>& sm, int r, int t, bool present, float u,
+__device__ __forceinline__ void put_bwd_element(BwdSmem<S, CARRY>& sm, int r, int t, bool present, float u,
                                                 const BwdElement& e) {
   constexpr int P = kCk + 1;
   sm.dd[r * P + t] = present ? make_float2(e.dl, e.dl * u) : make_float2(0.f, 0.f);
@@ -765,7 +765,7 @@ __device__ __forceinline__ void put_bwd_element(BwdSmem<S>& sm, int r, int t, bo
   }
 }
 template <typename T, class S, bool CARRY = false>
-__device__ __forceinline__ void stage_bwd_element(const ark_selective_scan_args& a, BwdSmem<S>& sm, int r, int t,
+__device__ __forceinline__ void stage_bwd_element(const ark_selective_scan_args& a, BwdSmem<S, CARRY>& sm, int r, int t,
                                                   int64_t d, int64_t i, bool present, float u, float dl, float dy,
                                                   float zv, float y_pre) {
   BwdElement e{0.f, 0.f, 0.f, 0.f};
@@ -777,7 +777,7 @@ __device__ __forceinline__ void stage_bwd_element(const ark_selective_scan_args&
 }
 
 template <typename T, class S, bool CARRY = false>
-__device__ void stage_bwd(const ark_selective_scan_args& a, const BlockPos& bp, int64_t t0, BwdSmem<S>& sm) {
+__device__ void stage_bwd(const ark_selective_scan_args& a, const BlockPos& bp, int64_t t0, BwdSmem<S, CARRY>& sm) {
   constexpr int TT = kCk;
   for (int e = threadIdx.x; e < S::ROWS * TT; e += S::THREADS) {
     const int r = e / TT, t = e % TT;
@@ -809,7 +809,7 @@ __host__ __device__ inline bool vec_ok_bwd(const ark_selective_scan_args& a) {
 // y_pre, B, C) issued before the first is used, dz written as 16-byte vectors. The scalar version
 // spent ~120 instructions per element (64-bit index math, one load latency per loop iteration).
 template <ark_dtype DT, class S, bool CARRY>
-__device__ void stage_bwd_vec_as(const ark_selective_scan_args& a, const BlockPos& bp, int64_t t0, BwdSmem<S>& sm) {
+__device__ void stage_bwd_vec_as(const ark_selective_scan_args& a, const BlockPos& bp, int64_t t0, BwdSmem<S, CARRY>& sm) {
   constexpr int TT = kCk, T = S::THREADS, esize = DT == ARK_FLOAT32 ? 4 : 2, epc = 16 / esize, cpr = TT / epc;
   constexpr int NV = (S::ROWS * cpr + T - 1) / T, NVB = (S::NP * cpr + T - 1) / T;
   const ark_dtype dt = DT;
@@ -864,7 +864,7 @@ __device__ void stage_bwd_vec_as(const ark_selective_scan_args& a, const BlockPo
   }
 }
 template <class S, bool CARRY = false>
-__device__ void stage_bwd_vec(const ark_selective_scan_args& a, const BlockPos& bp, int64_t t0, BwdSmem<S>& sm) {
+__device__ void stage_bwd_vec(const ark_selective_scan_args& a, const BlockPos& bp, int64_t t0, BwdSmem<S, CARRY>& sm) {
   switch (a.dtype) {
     case ARK_FLOAT32: stage_bwd_vec_as<ARK_FLOAT32, S, CARRY>(a, bp, t0, sm); break;
     case ARK_FLOAT16: stage_bwd_vec_as<ARK_FLOAT16, S, CARRY>(a, bp, t0, sm); break;
@@ -931,18 +931,53 @@ __device__ void write_bwd_steps(const ark_selective_scan_args& a, const BlockPos
 }
 
 // Variable dB / dC of the sub-tile: the block's channels summed in order, one slice per row block.
+// Where the sub-tile's (step, 4 states) items divide the block, Q = THREADS / items threads share an
+// item: each sums every Q-th row with 16-byte loads (the quarter warp reads 8 items of one row:
+// distinct banks), and a reduce-scatter over the Q threads (lanes IPW apart) leaves each with 4 / Q
+// of the item's states to write. Otherwise one thread per (step, state) sums all rows.
 template <class S>
 __device__ void write_bwd_bc(const ark_selective_scan_args& a, const BlockPos& bp, int64_t t0, int s,
                              const float* part, float* ws_rows, int64_t row_blocks) {
-  constexpr int TS = S::TS;
+  constexpr int TS = S::TS, ITEMS = TS * S::NP / 4;
   const int64_t base = ((bp.b * a.ngroups + bp.g) * row_blocks + bp.rb) * a.dstate;
-  for (int e = threadIdx.x; e < TS * S::NP; e += S::THREADS) {
-    const int j = e % TS, n = e / TS;
+  if constexpr (ITEMS <= S::THREADS && S::THREADS % ITEMS == 0 && S::THREADS / ITEMS <= 4) {
+    constexpr int Q = S::THREADS / ITEMS, IPW = 32 / Q, PER = 4 / Q;
+    const int lane = threadIdx.x % 32, q = lane / IPW, item = (threadIdx.x / 32) * IPW + lane % IPW;
+    const int j = item % TS, n4 = item / TS;
+    float v[4] = {0.f, 0.f, 0.f, 0.f};
+    for (int r = q; r < bp.rows_valid; r += Q) {
+      const float4 x = *reinterpret_cast<const float4*>(part + (r * TS + j) * S::NPP + n4 * 4);
+      v[0] += x.x;
+      v[1] += x.y;
+      v[2] += x.z;
+      v[3] += x.w;
+    }
+#pragma unroll
+    for (int o = Q / 2; o >= 1; o /= 2) {
+      const bool upper = q & o;
+      const int half = PER * o;
+#pragma unroll
+      for (int i = 0; i < 2; ++i) {
+        if (i >= half) break;
+        const float send = upper ? v[i] : v[i + half], keep = upper ? v[i + half] : v[i];
+        v[i] = keep + __shfl_xor_sync(0xffffffffu, send, o * IPW);
+      }
+    }
     const int64_t tg = t0 + s * TS + j;
-    if (n >= a.dstate || tg >= a.seqlen) continue;
-    float sum = 0.f;
-    for (int r = 0; r < bp.rows_valid; ++r) sum += part[(r * TS + j) * S::NPP + n];
-    ws_rows[(base + n) * a.seqlen + tg] = sum;
+#pragma unroll
+    for (int i = 0; i < PER; ++i) {
+      const int n = n4 * 4 + q * PER + i;
+      if (n < a.dstate && tg < a.seqlen) ws_rows[(base + n) * a.seqlen + tg] = v[i];
+    }
+  } else {
+    for (int e = threadIdx.x; e < TS * S::NP; e += S::THREADS) {
+      const int j = e % TS, n = e / TS;
+      const int64_t tg = t0 + s * TS + j;
+      if (n >= a.dstate || tg >= a.seqlen) continue;
+      float sum = 0.f;
+      for (int r = 0; r < bp.rows_valid; ++r) sum += part[(r * TS + j) * S::NPP + n];
+      ws_rows[(base + n) * a.seqlen + tg] = sum;
+    }
   }
 }
 
@@ -957,12 +992,17 @@ __device__ __forceinline__ ChunkTiles chunk_tiles(int64_t nck, int64_t chunks, i
 
 // The carry kernel: blocks0 blocks per time chunk, for chunks 1 .. chunks - 1 (chunk 0 passes its g
 // to nobody). Per chunk: (G_local, P) of the header comment, into ws at carry_g / carry_p.
+// Little work per loaded byte, so it needs many warps in flight: small shared memory (BwdSmem CARRY)
+// and at most 80 registers where that spills little (N <= 32: 6 blocks of 128 per SM). H200 run
+// 2026-12-03: 460 us at b4 d2048 with the main kernel's shared memory (17% occupancy, top stall
+// waiting on global loads).
 template <class S, bool VARLEN>
-__global__ void __launch_bounds__(S::THREADS) selective_scan_bwd_carry_kernel(const ark_selective_scan_args a, float* ws,
-                                                                            ScanWorkspace w, int64_t blocks0, bool vec) {
+__global__ void __launch_bounds__(S::THREADS, S::K <= 4 && S::R <= 8 ? 6 : 1)
+    selective_scan_bwd_carry_kernel(const ark_selective_scan_args a, float* ws, ScanWorkspace w, int64_t blocks0,
+                                    bool vec) {
   constexpr int K = S::K, R = S::R, TT = kCk, P = TT + 1;
   extern __shared__ float4 smem_f4[];
-  BwdSmem<S> sm(reinterpret_cast<float*>(smem_f4));
+  BwdSmem<S, true> sm(reinterpret_cast<float*>(smem_f4));
   const int64_t chunk = 1 + blockIdx.x / blocks0;
   const BlockPos bp = block_pos(a, S::ROWS, blockIdx.x % blocks0);
   const int row = threadIdx.x / R, lane = threadIdx.x % R, n0 = lane * K;
@@ -1027,9 +1067,9 @@ __global__ void __launch_bounds__(S::THREADS) selective_scan_bwd_carry_kernel(co
 // would spill hundreds of bytes (compile-time counts, not measured on the GPU).
 // How the backward stages a tile (a compile-time choice: each version's registers are its own).
 enum class BwdStaging : int {
-  kScalar = 0,   // one element per loop iteration (the default)
+  kScalar = 0,   // one element per loop iteration (varlen, unaligned rows, knob sscan_bwd_scalar_staging)
   kBatched = 1,  // every load of the tile issued first (tuning builds, knob sscan_bwd_batched_staging)
-  kVec = 2,      // 16-byte chunks (non-varlen, rows aligned; knob sscan_bwd_vec_staging)
+  kVec = 2,      // 16-byte chunks (non-varlen, rows aligned; the default there)
 };
 template <class S, bool VARLEN, BwdStaging STAGING = BwdStaging::kScalar>
 __global__ void __launch_bounds__(S::THREADS, !VARLEN && S::K <= 4 && S::R >= 2 ? 3 : 1)
@@ -1293,8 +1333,11 @@ LaunchShape pick_shape(const ark_selective_scan_args& a, bool backward) {
 }
 
 // The backward's shape and time chunks. Chunks give the parallelism that K = 2 was for (pick_shape),
-// so a chunked backward runs K = 4; the chunk count aims at kBwdBlocksPerSm blocks per SM (3 fit by
-// registers and shared memory: several waves keep the SMs busy past the tail) with chunks of at
+// so a chunked backward runs K = 4, and only where pick_shape went to K = 2 for want of channels:
+// where the unchunked grid fills the GPU, the carry kernel costs more than the extra blocks gain
+// (H200, fwd+bwd: b4 d2048 2.326 ms unchunked vs 2.367 chunked; b8 d1536 1.520 vs 1.633; b2 d1536
+// chunked 0.567 vs 0.861 unchunked). The chunk count aims at kBwdBlocksPerSm blocks per SM (3 fit
+// by registers and shared memory; several waves keep the SMs busy past the tail) with chunks of at
 // least kMinChunkTiles tiles. Knob sscan_bwd_chunks: 1 = the unchunked backward, n = n chunks.
 constexpr int64_t kBwdBlocksPerSm = 8, kMinChunkTiles = 4;
 struct BwdPlan {
@@ -1310,7 +1353,7 @@ int sm_count() {
 BwdPlan pick_bwd(const ark_selective_scan_args& a) {
   const LaunchShape unchunked = pick_shape(a, true);
   const int forced = knob(Knob::SscanBwdChunks);
-  if (forced == 1) return {unchunked, 1};
+  if (forced == 1 || (forced == 0 && unchunked.K != 2)) return {unchunked, 1};
   LaunchShape s = unchunked;
   if (s.K == 2) s = {4, s.K * s.R / 4, kThreads};
   const int64_t blocks0 = a.batch * a.ngroups * ceil_div(a.dim / a.ngroups, kThreads / s.R);
@@ -1380,14 +1423,16 @@ ark_status launch_bwd(const ark_selective_scan_args& a, float* ws, int64_t chunk
   const int64_t blocks0 = grid_blocks<S>(a);
   if (blocks0 * chunks > 0x7fffffffLL) return fail(ARK_ERROR_INVALID_ARGUMENT, "batch * dim: too large for one launch");
   // 16-byte staging where the rows allow it; knob sscan_bwd_scalar_staging = 1: the scalar staging.
-  // 16-byte staging (knob sscan_bwd_vec_staging = 1, non-varlen, rows aligned): not the default until
-  // measured (its kernels spill 100-800 bytes at the 3-blocks-per-SM register bound, compile time).
-  const bool vec = !a.cu_seqlens && vec_ok_bwd(a) && knob(Knob::SscanBwdVecStaging) == 1;
+  // 16-byte staging (non-varlen, rows aligned; knob sscan_bwd_scalar_staging = 1: off). It spills ~250
+  // bytes at the 168-register bound (ptxas) and still wins: H200 fwd+bwd 2.621 -> 2.326 ms (b4 d2048),
+  // 1.650 -> 1.520 (b8 d1536), chunked b2 d1536 0.653 -> 0.567 (bench/NOTES.md).
+  const bool vec = !a.cu_seqlens && vec_ok_bwd(a) && knob(Knob::SscanBwdScalarStaging) != 1;
   if (chunks > 1) {
     auto carry = a.cu_seqlens ? selective_scan_bwd_carry_kernel<S, true> : selective_scan_bwd_carry_kernel<S, false>;
-    if (cudaFuncSetAttribute(carry, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)) != cudaSuccess)
+    const size_t carry_smem = size_t(BwdSmem<S, true>::floats()) * sizeof(float);
+    if (cudaFuncSetAttribute(carry, cudaFuncAttributeMaxDynamicSharedMemorySize, int(carry_smem)) != cudaSuccess)
       return cuda_launch_status("selective_scan", "backward carry (shared memory attribute)");
-    carry<<<unsigned(blocks0 * (chunks - 1)), S::THREADS, smem, st>>>(a, ws, w, blocks0, vec);
+    carry<<<unsigned(blocks0 * (chunks - 1)), S::THREADS, carry_smem, st>>>(a, ws, w, blocks0, vec);
     ARK_TRY(cuda_launch_status("selective_scan", "backward carry"));
   }
   auto kernel = a.cu_seqlens ? selective_scan_bwd_kernel<S, true> : selective_scan_bwd_kernel<S, false>;
