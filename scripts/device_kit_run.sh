@@ -19,7 +19,8 @@ for t in $tests; do
   grep -m5 FAIL "$LOG/$t.log" | tee -a "$summary"
 done
 # Straight into the summary, line by line: a run cut off by the machine's time limit keeps its rows.
-timeout "${KIT_BENCH_TIMEOUT:-120}" ./native_bench "$OUT/native_bench.tsv" 2>&1 | tee -a "$summary" >/dev/null
+# KIT_BENCH_CASES: only these native_bench cases (names in bench/native/native_bench.cpp).
+timeout "${KIT_BENCH_TIMEOUT:-120}" ./native_bench "$OUT/native_bench.tsv" ${KIT_BENCH_CASES:-} 2>&1 | tee -a "$summary" >/dev/null
 note "native_bench: rc=${PIPESTATUS[0]}"
 # Where the profiler works (Firecracker machines): the full section set (with the stall breakdown)
 # of the default selective_scan forward and backward at the big headline shape.

@@ -931,53 +931,18 @@ __device__ void write_bwd_steps(const ark_selective_scan_args& a, const BlockPos
 }
 
 // Variable dB / dC of the sub-tile: the block's channels summed in order, one slice per row block.
-// Where the sub-tile's (step, 4 states) items divide the block, Q = THREADS / items threads share an
-// item: each sums every Q-th row with 16-byte loads (the quarter warp reads 8 items of one row:
-// distinct banks), and a reduce-scatter over the Q threads (lanes IPW apart) leaves each with 4 / Q
-// of the item's states to write. Otherwise one thread per (step, state) sums all rows.
 template <class S>
 __device__ void write_bwd_bc(const ark_selective_scan_args& a, const BlockPos& bp, int64_t t0, int s,
                              const float* part, float* ws_rows, int64_t row_blocks) {
-  constexpr int TS = S::TS, ITEMS = TS * S::NP / 4;
+  constexpr int TS = S::TS;
   const int64_t base = ((bp.b * a.ngroups + bp.g) * row_blocks + bp.rb) * a.dstate;
-  if constexpr (ITEMS <= S::THREADS && S::THREADS % ITEMS == 0 && S::THREADS / ITEMS <= 4) {
-    constexpr int Q = S::THREADS / ITEMS, IPW = 32 / Q, PER = 4 / Q;
-    const int lane = threadIdx.x % 32, q = lane / IPW, item = (threadIdx.x / 32) * IPW + lane % IPW;
-    const int j = item % TS, n4 = item / TS;
-    float v[4] = {0.f, 0.f, 0.f, 0.f};
-    for (int r = q; r < bp.rows_valid; r += Q) {
-      const float4 x = *reinterpret_cast<const float4*>(part + (r * TS + j) * S::NPP + n4 * 4);
-      v[0] += x.x;
-      v[1] += x.y;
-      v[2] += x.z;
-      v[3] += x.w;
-    }
-#pragma unroll
-    for (int o = Q / 2; o >= 1; o /= 2) {
-      const bool upper = q & o;
-      const int half = PER * o;
-#pragma unroll
-      for (int i = 0; i < 2; ++i) {
-        if (i >= half) break;
-        const float send = upper ? v[i] : v[i + half], keep = upper ? v[i + half] : v[i];
-        v[i] = keep + __shfl_xor_sync(0xffffffffu, send, o * IPW);
-      }
-    }
+  for (int e = threadIdx.x; e < TS * S::NP; e += S::THREADS) {
+    const int j = e % TS, n = e / TS;
     const int64_t tg = t0 + s * TS + j;
-#pragma unroll
-    for (int i = 0; i < PER; ++i) {
-      const int n = n4 * 4 + q * PER + i;
-      if (n < a.dstate && tg < a.seqlen) ws_rows[(base + n) * a.seqlen + tg] = v[i];
-    }
-  } else {
-    for (int e = threadIdx.x; e < TS * S::NP; e += S::THREADS) {
-      const int j = e % TS, n = e / TS;
-      const int64_t tg = t0 + s * TS + j;
-      if (n >= a.dstate || tg >= a.seqlen) continue;
-      float sum = 0.f;
-      for (int r = 0; r < bp.rows_valid; ++r) sum += part[(r * TS + j) * S::NPP + n];
-      ws_rows[(base + n) * a.seqlen + tg] = sum;
-    }
+    if (n >= a.dstate || tg >= a.seqlen) continue;
+    float sum = 0.f;
+    for (int r = 0; r < bp.rows_valid; ++r) sum += part[(r * TS + j) * S::NPP + n];
+    ws_rows[(base + n) * a.seqlen + tg] = sum;
   }
 }
 
