@@ -22,6 +22,10 @@ enum class Knob : int {
   SscanFwdPairedBc,   // selective_scan forward: 1 = paired B/C rows, compile-time strides (BC_VAR; tuning builds)
   SscanBwdChunks,     // selective_scan backward: time chunks (1 = one chunk, the unchunked backward)
   SscanBwdScalarStaging,  // selective_scan backward: 1 = scalar staging where 16-byte chunks would do
+  SsuKernel,          // selective_state_update: 1 = the per-row kernel, 2 = the head-tile kernel (VEC layouts)
+  Conv1dFwdPersistent,  // causal_conv1d forward: 1 = persistent grid, next tile's loads issued before this tile's math
+  Conv1dFwdVecHalo,   // causal_conv1d forward: 1 = the tile's halo read as one 16-byte vector with the tile
+  SscanBwdRowsumVec,  // selective_scan backward: 1 = dB/dC row sums with 16-byte shared loads + reduce-scatter
   Count
 };
 
