@@ -23,21 +23,23 @@ namespace {
 
 // One problem in the unified layout: state (Bc, H, P, N), x/dt/z/out (b, k, H, P), A (H, P, N),
 // B/C (b, k, G, N), D/dt_bias (H, P), intermediate (b, k, H, P, N); all dense except A, which is
-// broadcast over (P, N) (strides 0) when a_broadcast.
+// broadcast over (P, N) (strides 0) when a_broadcast, and, when head_params, dt, D and dt_bias, which
+// are then per head and broadcast over P (strides 0), as Mamba-2 passes them.
 struct Problem {
   int64_t b, k, Bc, H, P, N, G;
-  bool a_broadcast, with_D, with_z, with_bias, softplus, with_indices, with_inter;
+  bool a_broadcast, with_D, with_z, with_bias, softplus, with_indices, with_inter, head_params;
   std::vector<float> state, x, dt, A, B, C, D, z, bias;
   std::vector<int32_t> idx;
 };
 
 Problem make_problem(int64_t b, int64_t k, int64_t H, int64_t P, int64_t N, int64_t G, bool a_broadcast, bool extras,
-                     bool with_indices, unsigned seed) {
+                     bool with_indices, unsigned seed, bool head_params = false) {
   std::mt19937 rng(seed);
   std::normal_distribution<float> normal(0.f, 1.f);
   std::uniform_real_distribution<float> uni(0.f, 1.f);
   Problem p{b, k, with_indices ? b + 3 : b, H, P, N, G, a_broadcast, extras, extras, extras, extras, with_indices,
-            extras, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}};
+            extras, head_params, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}};
+  const int64_t per_p = head_params ? 1 : P;  // dt, D, dt_bias entries per head
   auto fill = [&](std::vector<float>& v, size_t n, auto gen) {
     v.resize(n);
     for (auto& e : v) e = bf16_round(gen());
@@ -45,13 +47,13 @@ Problem make_problem(int64_t b, int64_t k, int64_t H, int64_t P, int64_t N, int6
   fill(p.state, size_t(p.Bc * H * P * N), [&] { return normal(rng); });
   fill(p.x, size_t(b * k * H * P), [&] { return normal(rng); });
   // dt: raw values for softplus (around -1), else positive step sizes.
-  fill(p.dt, size_t(b * k * H * P), [&] { return extras ? normal(rng) * 0.5f - 1.f : 0.02f + 0.3f * uni(rng); });
+  fill(p.dt, size_t(b * k * H * per_p), [&] { return extras ? normal(rng) * 0.5f - 1.f : 0.02f + 0.3f * uni(rng); });
   fill(p.A, size_t(a_broadcast ? H : H * P * N), [&] { return -(0.1f + 2.f * uni(rng)); });
   fill(p.B, size_t(b * k * G * N), [&] { return normal(rng); });
   fill(p.C, size_t(b * k * G * N), [&] { return normal(rng); });
-  fill(p.D, size_t(H * P), [&] { return normal(rng); });
+  fill(p.D, size_t(H * per_p), [&] { return normal(rng); });
   fill(p.z, size_t(b * k * H * P), [&] { return normal(rng); });
-  fill(p.bias, size_t(H * P), [&] { return -0.5f * uni(rng); });
+  fill(p.bias, size_t(H * per_p), [&] { return -0.5f * uni(rng); });
   if (with_indices) {
     // A permutation of the last b rows of the cache (rows 0..2 stay untouched), one row padding.
     for (int64_t i = 0; i < b; ++i) p.idx.push_back(int32_t(p.Bc - 1 - (i + 1) % b));
@@ -77,7 +79,9 @@ Expected expected(const Problem& p) {
         double* s = &e.state[size_t(((srow * p.H + h) * p.P + pp) * p.N)];
         for (int64_t t = 0; t < p.k; ++t) {
           const size_t xi = size_t(((b * p.k + t) * p.H + h) * p.P + pp);
-          double dt = double(p.dt[xi]) + (p.with_bias ? p.bias[size_t(ch)] : 0.0);
+          const size_t hi = p.head_params ? size_t(h) : size_t(ch);  // D, dt_bias
+          const size_t dti = p.head_params ? size_t((b * p.k + t) * p.H + h) : xi;
+          double dt = double(p.dt[dti]) + (p.with_bias ? p.bias[hi] : 0.0);
           if (p.softplus) dt = dt <= 20 ? std::log1p(std::exp(dt)) : dt;
           double acc = 0;
           for (int64_t n = 0; n < p.N; ++n) {
@@ -87,7 +91,7 @@ Expected expected(const Problem& p) {
             acc += s[n] * p.C[bi];
             if (p.with_inter) e.inter[xi * size_t(p.N) + size_t(n)] = s[n];
           }
-          double y = acc + (p.with_D ? double(p.D[size_t(ch)]) * p.x[xi] : 0.0);
+          double y = acc + (p.with_D ? double(p.D[hi]) * p.x[xi] : 0.0);
           if (p.with_z) y *= p.z[xi] / (1.0 + std::exp(-double(p.z[xi])));
           e.out[xi] = y;
         }
@@ -148,14 +152,16 @@ ark_selective_state_update_args make_args(const Problem& p, ark_dtype dtype, voi
   a.state = state; std::memcpy(a.state_strides, s4, sizeof(s4));
   a.x = x; std::memcpy(a.x_strides, t4, sizeof(t4));
   a.dt = dt; std::memcpy(a.dt_strides, t4, sizeof(t4));
+  if (p.head_params) { a.dt_strides[0] = p.k * p.H; a.dt_strides[1] = p.H; a.dt_strides[2] = 1; a.dt_strides[3] = 0; }
+  const int64_t hp0 = p.head_params ? 1 : p.P, hp1 = p.head_params ? 0 : 1;  // D, dt_bias strides
   a.A = A;
   if (p.a_broadcast) { a.A_strides[0] = 1; a.A_strides[1] = 0; a.A_strides[2] = 0; }
   else { a.A_strides[0] = p.P * p.N; a.A_strides[1] = p.N; a.A_strides[2] = 1; }
   a.B = B; std::memcpy(a.B_strides, bc4, sizeof(bc4));
   a.C = C; std::memcpy(a.C_strides, bc4, sizeof(bc4));
-  a.D = p.with_D ? D : nullptr; a.D_strides[0] = p.P; a.D_strides[1] = 1;
+  a.D = p.with_D ? D : nullptr; a.D_strides[0] = hp0; a.D_strides[1] = hp1;
   a.z = p.with_z ? z : nullptr; std::memcpy(a.z_strides, t4, sizeof(t4));
-  a.dt_bias = p.with_bias ? bias : nullptr; a.dt_bias_strides[0] = p.P; a.dt_bias_strides[1] = 1;
+  a.dt_bias = p.with_bias ? bias : nullptr; a.dt_bias_strides[0] = hp0; a.dt_bias_strides[1] = hp1;
   a.state_batch_indices = p.with_indices ? idx : nullptr; a.state_batch_indices_stride = 1;
   a.out = out; std::memcpy(a.out_strides, t4, sizeof(t4));
   a.intermediate_states = p.with_inter ? inter : nullptr;
@@ -195,8 +201,10 @@ ark_status run_cpu(const Problem& p, ark_dtype dtype, Buffers& h) {
 
 // (b, k, H, P, N, G, a_broadcast, extras, indices): Mamba-1 (H = 1), Mamba-2, long rows (chunks; on
 // CUDA N = 300 takes the VEC kernel, N = 301 the general one), more tokens than a chunked row's token
-// group (35, 40 > 32), N = 0 and N = 1.
-struct Shape { int64_t b, k, H, P, N, G; bool a_broadcast, extras, indices; };
+// group (35, 40 > 32), N = 0 and N = 1; and shapes for CUDA's head-tile kernel (N = 4 .. 128 a power of
+// two times 4, rows per block dividing the channels of a group): per-head parameters (Mamba-2) with
+// 4 or 2 rows per lane group, per-row parameters, Mamba-1.
+struct Shape { int64_t b, k, H, P, N, G; bool a_broadcast, extras, indices, head_params; };
 const Shape kShapes[] = {
     {3, 1, 1, 37, 16, 1, false, true, false},  {4, 3, 1, 39, 16, 3, false, true, true},
     {3, 2, 4, 5, 128, 2, true, true, true},     {2, 8, 4, 5, 64, 4, true, false, false},
@@ -204,13 +212,17 @@ const Shape kShapes[] = {
     {2, 35, 2, 2, 301, 2, false, true, true},
     {2, 2, 1, 7, 1, 1, false, true, false},     {2, 2, 2, 3, 0, 1, false, true, true},
     {5, 1, 3, 4, 256, 3, true, true, true},
+    {3, 2, 4, 64, 128, 2, true, true, true, true}, {2, 1, 2, 64, 128, 1, true, false, false, true},
+    {2, 1, 2, 128, 32, 1, true, true, true, true},  {2, 1, 4, 128, 8, 2, true, true, false, true},
+    {2, 3, 2, 32, 64, 1, true, true, false},        {3, 1, 1, 256, 16, 1, false, true, false},
+    {4, 3, 1, 384, 16, 3, false, true, true},       {2, 2, 2, 256, 4, 1, false, true, false},
 };
 
 void test_cpu_matches_definition() {
   unsigned seed = 1;
   for (const Shape& s : kShapes)
     for (ark_dtype dtype : {ARK_FLOAT32, ARK_BFLOAT16}) {
-      const Problem p = make_problem(s.b, s.k, s.H, s.P, s.N, s.G, s.a_broadcast, s.extras, s.indices, seed++);
+      const Problem p = make_problem(s.b, s.k, s.H, s.P, s.N, s.G, s.a_broadcast, s.extras, s.indices, seed++, s.head_params);
       Buffers h = host_buffers(p, dtype);
       const ark_status st = run_cpu(p, dtype, h);
       check_result(dtype == ARK_FLOAT32 ? "cpu fp32" : "cpu bf16", p, h, st, dtype == ARK_FLOAT32 ? 1e-5 : 1e-2);
@@ -286,19 +298,21 @@ void test_cuda_matches_definition() {
     return;
   }
   unsigned seed = 100;
-  // (rows per lane group, token prefetch) of the one-chunk kernel: the default, and in tuning builds
-  // every variant.
+  // (ssu_kernel, rows per lane group, token prefetch): the default (head-tile kernel where it applies)
+  // and the per-row kernel; in tuning builds every variant of both.
 #ifdef ARKERNELS_TUNING_VARIANTS
-  const int variants[][2] = {{1, 0}, {2, 0}, {4, 0}, {1, 1}, {2, 1}};
+  const int variants[][3] = {{0, 0, 0}, {1, 1, 0}, {1, 2, 0}, {1, 4, 0}, {1, 1, 1}, {1, 2, 1},
+                             {2, 1, 0}, {2, 2, 0}, {2, 4, 0}, {2, 8, 0}};
 #else
-  const int variants[][2] = {{0, 0}};
+  const int variants[][3] = {{0, 0, 0}, {1, 0, 0}};
 #endif
   for (const auto& v : variants)
   for (const Shape& s : kShapes)
     for (ark_dtype dtype : {ARK_FLOAT32, ARK_BFLOAT16}) {
-      ark_tuning_set("ssu_rows", v[0]);
-      ark_tuning_set("ssu_prefetch", v[1]);
-      const Problem p = make_problem(s.b, s.k, s.H, s.P, s.N, s.G, s.a_broadcast, s.extras, s.indices, seed++);
+      ark_tuning_set("ssu_kernel", v[0]);
+      ark_tuning_set("ssu_rows", v[1]);
+      ark_tuning_set("ssu_prefetch", v[2]);
+      const Problem p = make_problem(s.b, s.k, s.H, s.P, s.N, s.G, s.a_broadcast, s.extras, s.indices, seed++, s.head_params);
       Buffers h = host_buffers(p, dtype);
       std::vector<char> idx_bytes(p.idx.size() * 4);
       if (!p.idx.empty()) std::memcpy(idx_bytes.data(), p.idx.data(), idx_bytes.size());
@@ -312,8 +326,12 @@ void test_cuda_matches_definition() {
       state.to_host(h.state);
       out.to_host(h.out);
       inter.to_host(h.inter);
-      check_result(dtype == ARK_FLOAT32 ? "cuda fp32" : "cuda bf16", p, h, st, dtype == ARK_FLOAT32 ? 1e-5 : 1e-2);
+      char what[96];
+      std::snprintf(what, sizeof(what), "cuda %s (ssu_kernel %d, rows %d, prefetch %d)",
+                    dtype == ARK_FLOAT32 ? "fp32" : "bf16", v[0], v[1], v[2]);
+      check_result(what, p, h, st, dtype == ARK_FLOAT32 ? 1e-5 : 1e-2);
     }
+  ark_tuning_set("ssu_kernel", 0);
   ark_tuning_set("ssu_rows", 0);
   ark_tuning_set("ssu_prefetch", 0);
 }

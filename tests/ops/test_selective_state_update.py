@@ -336,6 +336,29 @@ def test_broadcast_parameters(backend, device, case, N, rng):
     torch.testing.assert_close(out, out_dense, rtol=2e-6, atol=2e-6)
 
 
+# Shapes that CUDA runs with its head-tile kernel (N = 4 * lanes per row, the rows of a block inside
+# one B/C group; with tie, the block inside one head): the models' layouts, scaled down.
+HEAD_TILE = {
+    "mamba1_n16": dict(channel=(256,), N=16),
+    "mamba2_tie_n128_g2": dict(channel=(4, 64), N=128, groups=2, tie=True),
+    "mamba2_tie_n32": dict(channel=(2, 128), N=32, tie=True),
+    "mamba2_A_const_n_n64": dict(channel=(4, 64), N=64, a_const_n=True),
+    "mamba2_full_A_n16": dict(channel=(2, 64), N=16, groups=1),
+}
+
+
+@pytest.mark.parametrize("k", [pytest.param(None, id="step"), pytest.param(3, id="k3")])
+@pytest.mark.parametrize("x_dtype,state_dtype", [DTYPES[0], DTYPES[1], DTYPES[3]])
+@pytest.mark.parametrize("case", list(HEAD_TILE))
+@pytest.mark.parametrize("backend,device", KERNELS)
+def test_head_tile_shapes(backend, device, case, x_dtype, state_dtype, k, rng):
+    """Model-like shapes with state_batch_indices (one padding row) and, for k tokens, intermediate
+    states: on CUDA the head-tile kernel, checked against the same contract as every other path."""
+    args = make_inputs(rng, device=device, x_dtype=x_dtype, state_dtype=state_dtype, k=k, indices="perm",
+                       inter=k is not None, **HEAD_TILE[case])
+    check_case(backend, args, tokens=k is not None)
+
+
 @pytest.mark.parametrize("param_dtype", [pytest.param(torch.bfloat16, id="params_bf16"),
                                          pytest.param(torch.float32, id="params_fp32")])
 @pytest.mark.parametrize("layout", LAYOUT_IDS)

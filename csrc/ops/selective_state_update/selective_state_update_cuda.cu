@@ -384,6 +384,161 @@ __global__ void __launch_bounds__(kThreads, ROWS == 1 ? kMinBlocksVec : (ROWS ==
   }
 }
 
+// The head-tile kernel: the VEC layout with a whole row per lane group (N = lanes * V exactly), for
+// blocks whose rows all read one B/C group. The per-row kernels above spend ~600 instructions per
+// row on index arithmetic, parameter loads and their dtype switches, softplus and z: measured on the
+// H200 (ncu, Mamba-2 (64, 64, 64, 128)) a warp issued every 10.4 cycles with 8 warps per scheduler,
+// i.e. the kernel was issue-bound at 30% of the copy bandwidth, not waiting on memory. Here a block
+// owns rows_per_block consecutive channels of one batch element; each lane group owns RPT of them
+// (rows c0 + (i * warps + warp) * rows_per_warp + group, so that for each i a warp's state accesses
+// are 512 contiguous bytes of an fp32 state), and everything a block shares is computed once:
+// the state row, B and C of its group (one load per token for all RPT rows), and with PER_HEAD (dt,
+// dt_bias, A, D constant over the head's P rows, as Mamba-2 passes them, and the block inside one
+// head) one softplus and one exp per token. All loads of a token are issued before any arithmetic;
+// z is read with them, not after the reduction.
+constexpr int kTileWarps = kThreads / 32;
+
+__host__ __device__ constexpr int tile_rows_per_block(int log2_lanes, int rpt) {
+  return kTileWarps * (32 >> log2_lanes) * rpt;
+}
+
+template <typename S, typename X, int RPT, bool A_CONST, bool PER_HEAD>
+__global__ void __launch_bounds__(kThreads, kMinBlocksVec)
+    selective_state_update_tile_kernel(const SsuParams p, int log2_lanes) {
+  static_assert(!PER_HEAD || A_CONST, "PER_HEAD needs A constant along N");
+  constexpr int V = kVec;
+  const ark_selective_state_update_args& a = p.a;
+  const int lanes = 1 << log2_lanes;
+  const int lane = int(threadIdx.x) & (lanes - 1);
+  const int rows_per_warp = 32 >> log2_lanes;
+  const int warp = int(threadIdx.x) >> 5;
+  const int group = (int(threadIdx.x) & 31) >> log2_lanes;
+  const int64_t b = int64_t(blockIdx.z) * gridDim.y + blockIdx.y;
+  if (b >= a.batch) return;  // the whole block
+  // Channels < 2^31 and a multiple of rows_per_block, which divides channels_per_group (launcher):
+  // every row of the grid exists and a block reads one B/C group.
+  const int P = int(a.head_dim);
+  const int c0 = int(blockIdx.x) * tile_rows_per_block(log2_lanes, RPT);
+  const int h0 = c0 / P;  // PER_HEAD: the block's head
+  int hrow[RPT], prow[RPT];
+#pragma unroll
+  for (int i = 0; i < RPT; ++i) {
+    const int c = c0 + (i * kTileWarps + warp) * rows_per_warp + group;
+    hrow[i] = PER_HEAD ? h0 : c / P;
+    prow[i] = c - hrow[i] * P;
+  }
+  const int K = int(a.tokens);
+  const auto tok = [&](const int64_t* s, int i, int t) {  // offset of (b, t, h, p) in a (b, k, H, P) tensor
+    return b * s[0] + int64_t(t) * s[1] + int64_t(hrow[i]) * s[2] + int64_t(prow[i]) * s[3];
+  };
+
+  int64_t srow = b;
+  if (a.state_batch_indices) {
+    const int64_t off = b * a.state_batch_indices_stride;
+    srow = a.state_batch_indices_int64 ? __ldg(static_cast<const long long*>(a.state_batch_indices) + off)
+                                       : __ldg(static_cast<const int*>(a.state_batch_indices) + off);
+  }
+  if (srow < 0 || srow >= a.state_batch) {  // padding / bad index: see the general kernel
+    const X fill = from_f32<X>(srow < 0 ? 0.f : __int_as_float(0x7fc00000));
+    if (lane == 0)
+#pragma unroll 1
+      for (int t = 0; t < K; ++t)
+#pragma unroll
+        for (int i = 0; i < RPT; ++i) static_cast<X*>(a.out)[tok(a.out_strides, i, t)] = fill;
+    return;
+  }
+  const int n0 = lane * V;
+  const auto state_row = [&](int i) {
+    return static_cast<S*>(a.state) + srow * a.state_strides[0] + int64_t(hrow[i]) * a.state_strides[1] +
+           int64_t(prow[i]) * a.state_strides[2] + n0;
+  };
+  const auto hp = [&](const int64_t* s, int i) { return int64_t(hrow[i]) * s[0] + int64_t(prow[i]) * s[1]; };
+
+  // Every state row (and A row) of the thread first; the token's inputs follow before any use.
+  float s[RPT][V];
+#pragma unroll
+  for (int i = 0; i < RPT; ++i) load_vec<S, V, false>(state_row(i), s[i]);  // plain loads: written below
+  constexpr int NP = PER_HEAD ? 1 : RPT;  // rows with their own dt_bias, D and (A_CONST) A
+  float A[A_CONST ? 1 : RPT][V], a_row[NP], d[NP], bias[NP];
+#pragma unroll
+  for (int i = 0; i < NP; ++i) {
+    const int64_t a_off = int64_t(hrow[i]) * a.A_strides[0] + int64_t(prow[i]) * a.A_strides[1];
+    if constexpr (A_CONST) {
+      a_row[i] = load_param(a.A, a_off, a.A_dtype);
+    } else {
+      a_row[i] = 0.f;
+      switch (a.A_dtype) {
+        case ARK_FLOAT16: load_vec<__half, V, true>(static_cast<const __half*>(a.A) + a_off + n0, A[i]); break;
+        case ARK_BFLOAT16:
+          load_vec<__nv_bfloat16, V, true>(static_cast<const __nv_bfloat16*>(a.A) + a_off + n0, A[i]);
+          break;
+        default: load_vec<float, V, true>(static_cast<const float*>(a.A) + a_off + n0, A[i]); break;
+      }
+    }
+    d[i] = a.D ? load_param(a.D, hp(a.D_strides, i), a.D_dtype) : 0.f;
+    bias[i] = a.dt_bias ? load_param(a.dt_bias, hp(a.dt_bias_strides, i), a.dt_bias_dtype) : 0.f;
+  }
+  const int64_t g = c0 / p.channels_per_group;
+  const X* B0 = static_cast<const X*>(a.B) + b * a.B_strides[0] + g * a.B_strides[2] + n0;
+  const X* C0 = static_cast<const X*>(a.C) + b * a.C_strides[0] + g * a.C_strides[2] + n0;
+  const X* xp = static_cast<const X*>(a.x);
+  const X* dtp = static_cast<const X*>(a.dt);
+  const X* zp = static_cast<const X*>(a.z);
+  const int64_t* is = a.intermediate_states_strides;
+
+#pragma unroll 1
+  for (int t = 0; t < K; ++t) {
+    float Bv[V], Cv[V], xv[RPT], zv[RPT], dtv[NP];
+    load_vec<X, V, true>(B0 + int64_t(t) * a.B_strides[1], Bv);
+    load_vec<X, V, true>(C0 + int64_t(t) * a.C_strides[1], Cv);
+#pragma unroll
+    for (int i = 0; i < RPT; ++i) {
+      xv[i] = ld(xp + tok(a.x_strides, i, t));
+      zv[i] = zp ? ld(zp + tok(a.z_strides, i, t)) : 0.f;
+      if (i < NP) dtv[i] = ld(dtp + tok(a.dt_strides, i, t));
+    }
+    float dA_row[NP];
+#pragma unroll
+    for (int i = 0; i < NP; ++i) {
+      dtv[i] += bias[i];
+      if (a.dt_softplus) dtv[i] = softplus_f32(dtv[i]);
+      dA_row[i] = A_CONST ? __expf(dtv[i] * a_row[i]) : 0.f;
+    }
+    float part[RPT];
+#pragma unroll
+    for (int i = 0; i < RPT; ++i) {
+      const int j = PER_HEAD ? 0 : i;
+      const float dtx = dtv[j] * xv[i];
+      part[i] = 0.f;
+#pragma unroll
+      for (int k = 0; k < V; ++k) {
+        const float dA = A_CONST ? dA_row[j] : __expf(dtv[j] * A[A_CONST ? 0 : i][k]);
+        s[i][k] = fmaf(s[i][k], dA, Bv[k] * dtx);
+        part[i] = fmaf(s[i][k], Cv[k], part[i]);
+      }
+      if (a.intermediate_states)
+        store_vec<S, V>(static_cast<S*>(a.intermediate_states) + b * is[0] + int64_t(t) * is[1] +
+                            int64_t(hrow[i]) * is[2] + int64_t(prow[i]) * is[3] + n0,
+                        s[i]);
+    }
+    // The RPT row sums over each lane group, their shuffles interleaved (independent chains).
+#pragma unroll 1
+    for (int off = lanes >> 1; off > 0; off >>= 1)
+#pragma unroll
+      for (int i = 0; i < RPT; ++i) part[i] += __shfl_xor_sync(0xffffffffu, part[i], off, lanes);
+    if (lane == 0) {
+#pragma unroll
+      for (int i = 0; i < RPT; ++i) {
+        float y = part[i] + d[PER_HEAD ? 0 : i] * xv[i];
+        if (zp) y *= silu_f32(zv[i]);
+        static_cast<X*>(a.out)[tok(a.out_strides, i, t)] = from_f32<X>(y);
+      }
+    }
+  }
+#pragma unroll
+  for (int i = 0; i < RPT; ++i) store_vec<S, V>(state_row(i), s[i]);
+}
+
 // True when rows of a tensor along its last axis (extent N, stride `inner`) start at addresses aligned
 // to `align` bytes for every index of the other axes (sizes[i], strides[i], i < rank) and are contiguous.
 bool rows_aligned(const void* base, const int64_t* sizes, const int64_t* strides, int rank, int64_t inner,
@@ -456,6 +611,54 @@ ark_status launch_rows(const SsuParams& p, int log2_lanes, dim3 grid, cudaStream
   return fail(ARK_ERROR_INVALID_ARGUMENT, "tuning knob ssu_rows: %d is not compiled into this build", rows);
 }
 
+// PER_HEAD_ONLY: only the PER_HEAD kernel of this RPT is compiled (default builds pick 4 rows only
+// there; with per-row parameters 4 rows spill registers).
+template <typename S, typename X, int RPT, bool PER_HEAD_ONLY = false>
+ark_status launch_tile_rpt(const SsuParams& p, int log2_lanes, dim3 grid, bool per_head, cudaStream_t stream) {
+  grid.x = unsigned(p.a.heads * p.a.head_dim / tile_rows_per_block(log2_lanes, RPT));
+  if (per_head)
+    selective_state_update_tile_kernel<S, X, RPT, true, true><<<grid, kThreads, 0, stream>>>(p, log2_lanes);
+  else if constexpr (PER_HEAD_ONLY)
+    return fail(ARK_ERROR_INVALID_ARGUMENT, "tuning knob ssu_rows: %d rows without PER_HEAD are not compiled", RPT);
+  else if (p.a_const_n)
+    selective_state_update_tile_kernel<S, X, RPT, true, false><<<grid, kThreads, 0, stream>>>(p, log2_lanes);
+  else
+    selective_state_update_tile_kernel<S, X, RPT, false, false><<<grid, kThreads, 0, stream>>>(p, log2_lanes);
+  return cuda_launch_status("selective_state_update", "head-tile kernel");
+}
+
+// The head-tile kernel where it applies (true; *status set), else false: N = lanes * V exactly,
+// fewer than 2^31 channels, and a block's rows (rows_per_block) within one B/C group. Rows per lane
+// group: 4 where the block shares its head's parameters (PER_HEAD: few registers per row), else 2
+// (A, dt, D, dt_bias per row); the knob ssu_rows overrides (tuning builds: 1, 2, 4, 8).
+template <typename S, typename X>
+bool launch_tile(const SsuParams& p, int log2_lanes, dim3 grid, cudaStream_t stream, ark_status* status) {
+  const ark_selective_state_update_args& a = p.a;
+  if (a.dstate != (int64_t(1) << log2_lanes) * kVec || a.heads * a.head_dim >= (int64_t(1) << 31)) return false;
+  const auto over_p = [&](int64_t stride) { return a.head_dim == 1 || stride == 0; };
+  const bool head_params = p.a_const_n && over_p(a.A_strides[1]) && over_p(a.dt_strides[3]) &&
+                           (!a.D || over_p(a.D_strides[1])) && (!a.dt_bias || over_p(a.dt_bias_strides[1]));
+  // 4 rows where that keeps the block inside one head, else 2.
+  const auto rows_per_block = [&](int rpt) { return int64_t(tile_rows_per_block(log2_lanes, rpt)); };
+  int rpt = knob(Knob::SsuRows);
+  if (rpt == 0) rpt = head_params && a.head_dim % rows_per_block(4) == 0 && p.channels_per_group % rows_per_block(4) == 0 ? 4 : 2;
+  const int64_t rpb = rows_per_block(rpt);
+  if (p.channels_per_group % rpb != 0) return false;
+  const bool per_head = head_params && a.head_dim % rpb == 0;
+  switch (rpt) {
+    case 2: *status = launch_tile_rpt<S, X, 2>(p, log2_lanes, grid, per_head, stream); return true;
+#ifdef ARKERNELS_TUNING_VARIANTS
+    case 4: *status = launch_tile_rpt<S, X, 4>(p, log2_lanes, grid, per_head, stream); return true;
+    case 1: *status = launch_tile_rpt<S, X, 1>(p, log2_lanes, grid, per_head, stream); return true;
+    case 8: *status = launch_tile_rpt<S, X, 8>(p, log2_lanes, grid, per_head, stream); return true;
+#else
+    case 4: *status = launch_tile_rpt<S, X, 4, true>(p, log2_lanes, grid, per_head, stream); return true;
+#endif
+  }
+  *status = fail(ARK_ERROR_INVALID_ARGUMENT, "tuning knob ssu_rows: %d is not compiled into this build", rpt);
+  return true;
+}
+
 template <typename S, typename X>
 ark_status launch(const SsuParams& p, cudaStream_t stream) {
   constexpr int V = kVec;
@@ -477,7 +680,12 @@ ark_status launch(const SsuParams& p, cudaStream_t stream) {
                 (long long)a.batch);
   const dim3 grid{unsigned(grid_x), unsigned(grid_y), unsigned(grid_z)};
   const bool vec = vec_layout<S, X>(p);
-  if (vec && a.dstate <= 32 * V) return launch_rows<S, X>(p, log2_lanes, grid, stream);
+  if (vec && a.dstate <= 32 * V) {
+    // ssu_kernel: 0 = the head-tile kernel where it applies, 1 = the per-row kernel, 2 = the same as 0.
+    ark_status status = ARK_SUCCESS;
+    if (knob(Knob::SsuKernel) != 1 && launch_tile<S, X>(p, log2_lanes, grid, stream, &status)) return status;
+    return launch_rows<S, X>(p, log2_lanes, grid, stream);
+  }
   if (!vec)
     selective_state_update_kernel<S, X, false, false><<<grid, kThreads, 0, stream>>>(p, log2_lanes);
   else if (p.a_const_n)
