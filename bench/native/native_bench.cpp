@@ -10,6 +10,9 @@
 //
 // Usage: native_bench [results.tsv [case ...]]   prints a table (and writes it as TSV when a path is
 // given) for the named cases, or all of them (names at the end of main).
+//
+// Compiled as CUDA (bench/native/CMakeLists.txt) for one diagnostic kernel of its own: the copy probe
+// of the causal_conv1d cases (a copy with the forward's tiling; a benchmark probe, not a library kernel).
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -19,6 +22,7 @@
 #include <cstring>
 #include <functional>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "arkernels/arkernels.h"
@@ -155,7 +159,7 @@ void report(const char* op, const char* shape, const std::string& variant, const
             double err, double tol, const char* extra = "") {
   const double gbps = bytes / (ms * 1e-3) / 1e9;
   const bool ok = err <= tol && std::isfinite(ms);
-  std::printf("%-22s %-22s %-16s %-8s %9.4f ms %7.0f GB/s %5.1f%% copy  err %.1e  %s %s\n", op, shape, variant.c_str(),
+  std::printf("%-22s %-22s %-26s %-8s %9.4f ms %7.0f GB/s %5.1f%% copy  err %.1e  %s %s\n", op, shape, variant.c_str(),
               mode, ms, gbps, 100.0 * gbps / g_copy_gbps, err, ok ? "ok" : "FAILED", extra);
   if (g_tsv)
     std::fprintf(g_tsv, "%s\t%s\t%s\t%s\t%.5f\t%.0f\t%.1f\t%.2e\t%s\t%s\n", op, shape, variant.c_str(), mode, ms, gbps,
@@ -165,7 +169,7 @@ void report(const char* op, const char* shape, const std::string& variant, const
 }
 
 void report_error(const char* op, const char* shape, const std::string& variant, ark_status s) {
-  std::printf("%-22s %-22s %-16s error: %s %s\n", op, shape, variant.c_str(), ark_status_name(s), ark_last_error_message());
+  std::printf("%-22s %-22s %-26s error: %s %s\n", op, shape, variant.c_str(), ark_status_name(s), ark_last_error_message());
   if (g_tsv) std::fprintf(g_tsv, "%s\t%s\t%s\terror\t%s\n", op, shape, variant.c_str(), ark_last_error_message());
 }
 
@@ -267,6 +271,131 @@ void bench_ssu(bool mamba2) {
 
 // ------------------------------------------------------------------ causal_conv1d
 
+// Copy probe: the forward's tiling without its math, to tell whether the tiling itself or the conv
+// math and halo limit the forward. A row of n 16-byte vectors is cut into tiles of NV * 32 vectors;
+// lane l moves vectors u * 32 + l of its tile (as the forward does); all NV loads are issued, then
+// the NV stores. Tiled: one warp per tile, 4 warps per block, the tile found by the forward's two
+// 64-bit divisions. Persistent: a grid of resident blocks whose warps walk tiles w, w + n, ...;
+// PREFETCH: the next tile's loads are issued before the current tile is stored (the persistent
+// forward's order), else each tile is loaded, then stored.
+constexpr int kProbeWarps = 4;
+
+template <int NV>
+__device__ __forceinline__ void probe_load(const uint4* in, int64_t tile, int64_t vecs, int lane, uint4 (&v)[NV]) {
+#pragma unroll
+  for (int u = 0; u < NV; ++u) {
+    const int64_t i = tile * (NV * 32) + u * 32 + lane;
+    if (i < vecs) v[u] = in[i];
+  }
+}
+// Stores vectors U0 .. U1-1 of a tile.
+template <int NV, int U0 = 0, int U1 = NV>
+__device__ __forceinline__ void probe_store(uint4* out, int64_t tile, int64_t vecs, int lane, const uint4 (&v)[NV]) {
+#pragma unroll
+  for (int u = U0; u < U1; ++u) {
+    const int64_t i = tile * (NV * 32) + u * 32 + lane;
+    if (i < vecs) out[i] = v[u];
+  }
+}
+
+template <int NV>
+__global__ void __launch_bounds__(32 * kProbeWarps) copy_probe_tiled(const uint4* __restrict__ in,
+                                                                   uint4* __restrict__ out, int64_t rows,
+                                                                   int64_t vecs, int64_t tiles, int64_t dim,
+                                                                   int64_t batch_stride, int64_t dim_stride) {
+  const int64_t w = int64_t(blockIdx.x) * kProbeWarps + threadIdx.x / 32;
+  const int64_t row = w / tiles, tile = w - row * tiles;
+  if (row >= rows) return;
+  const int64_t b = row / dim;  // the forward's second division: (batch, channel) for the strides
+  const int64_t base = b * batch_stride + (row - b * dim) * dim_stride;
+  uint4 v[NV];
+  probe_load<NV>(in + base, tile, vecs, threadIdx.x & 31, v);
+  probe_store<NV>(out + base, tile, vecs, threadIdx.x & 31, v);
+}
+
+template <int NV, bool PREFETCH>
+__global__ void __launch_bounds__(32 * kProbeWarps) copy_probe_persistent(const uint4* __restrict__ in,
+                                                                        uint4* __restrict__ out, int64_t rows,
+                                                                        int64_t vecs, int64_t tiles) {
+  const int lane = threadIdx.x & 31;
+  const int64_t n = int64_t(gridDim.x) * kProbeWarps, total = rows * tiles;
+  int64_t t = int64_t(blockIdx.x) * kProbeWarps + threadIdx.x / 32;
+  if (t >= total) return;
+  uint4 v[NV];
+  probe_load<NV>(in + t / tiles * vecs, t % tiles, vecs, lane, v);
+  while (true) {
+    const int64_t next = t + n;
+    if constexpr (PREFETCH) {
+      // As the persistent forward: the first store waits for the current tile (all loads count on one
+      // scoreboard, so a first use after the next tile's loads would wait for those too), then the
+      // next tile's loads, then the other stores.
+      uint4 nv[NV];
+      const int64_t tile = t % tiles;
+      uint4* row = out + t / tiles * vecs;
+      probe_store<NV, 0, 1>(row, tile, vecs, lane, v);
+      if (next < total) probe_load<NV>(in + next / tiles * vecs, next % tiles, vecs, lane, nv);
+      probe_store<NV, 1>(row, tile, vecs, lane, v);
+      if (next >= total) return;
+#pragma unroll
+      for (int u = 0; u < NV; ++u) v[u] = nv[u];
+    } else {
+      probe_store<NV>(out + t / tiles * vecs, t % tiles, vecs, lane, v);
+      if (next >= total) return;
+      probe_load<NV>(in + next / tiles * vecs, next % tiles, vecs, lane, v);
+    }
+    t = next;
+  }
+}
+
+// Times the probe kernels on x -> out (rows of L bf16 elements, L a multiple of 8) and reports each
+// as a row `conv1d_copy_probe` (the error column: 0 when out equals x byte for byte).
+void bench_copy_probe(const char* shape, const Host& x, Device& d_x, Device& d_out, int64_t rows, int64_t L,
+                      int64_t dim) {
+  const int64_t vecs = L / 8;
+  const double bytes = 2.0 * double(rows * L) * 2;
+  int device = 0, sms = 0;
+  cudaGetDevice(&device);
+  cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+  const auto* in = static_cast<const uint4*>(d_x.ptr);
+  auto* out = static_cast<uint4*>(d_out.ptr);
+  const auto run = [&](const std::string& variant, const std::function<void()>& launch) {
+    const auto call = [&] {
+      launch();
+      return cudaGetLastError() == cudaSuccess ? ARK_SUCCESS : ARK_ERROR_CUDA;
+    };
+    Host got = x;
+    d_out.poison();
+    if (call() != ARK_SUCCESS || !cuda_ok(cudaDeviceSynchronize(), "copy probe")) {
+      std::printf("%-22s %-22s %-26s launch failed\n", "conv1d_copy_probe", shape, variant.c_str());
+      return;
+    }
+    d_out.download(got);
+    const double err = std::memcmp(got.bytes.data(), x.bytes.data(), x.bytes.size()) == 0 ? 0.0 : INFINITY;
+    report("conv1d_copy_probe", shape, variant, "copy", time_ms(call), bytes, err, 0.0);
+  };
+  const auto probes = [&](auto nv_tag) {
+    constexpr int NV = decltype(nv_tag)::value;
+    const int64_t tiles = (vecs + NV * 32 - 1) / (NV * 32);
+    const int64_t blocks = (rows * tiles + kProbeWarps - 1) / kProbeWarps;
+    const std::string nv = "nv=" + std::to_string(NV);
+    run(nv + " tiled", [&] {
+      copy_probe_tiled<NV><<<unsigned(blocks), 32 * kProbeWarps>>>(in, out, rows, vecs, tiles, dim, dim * vecs, vecs);
+    });
+    int per_sm = 0;
+    cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, copy_probe_persistent<NV, false>, 32 * kProbeWarps, 0);
+    const unsigned grid = unsigned(std::min<int64_t>(blocks, int64_t(sms) * std::max(per_sm, 1)));
+    run(nv + " persistent", [&] { copy_probe_persistent<NV, false><<<grid, 32 * kProbeWarps>>>(in, out, rows, vecs, tiles); });
+    cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, copy_probe_persistent<NV, true>, 32 * kProbeWarps, 0);
+    const unsigned grid_p = unsigned(std::min<int64_t>(blocks, int64_t(sms) * std::max(per_sm, 1)));
+    run(nv + " persistent prefetch",
+        [&] { copy_probe_persistent<NV, true><<<grid_p, 32 * kProbeWarps>>>(in, out, rows, vecs, tiles); });
+  };
+  probes(std::integral_constant<int, 1>{});
+  probes(std::integral_constant<int, 2>{});
+  probes(std::integral_constant<int, 4>{});
+  probes(std::integral_constant<int, 8>{});
+}
+
 void bench_conv1d(int64_t B, int64_t D, int64_t L) {
   const int W = 4;
   char shape[64];
@@ -284,14 +413,23 @@ void bench_conv1d(int64_t B, int64_t D, int64_t L) {
                                  D, L, W, D * L, L, 1, ARK_BFLOAT16, ARK_DEVICE_CUDA, nullptr);
   };
   const double bytes = 2.0 * double(B * D * L) * 2;
-  const int variants[][3] = {{1, 4, 0}, {2, 4, 0}, {4, 4, 0}, {8, 4, 0}, {2, 8, 0}, {4, 8, 0},
-                             {4, 4, 1}, {2, 8, 1}, {4, 8, 1}};  // vectors, warps, early halo
-  for (const auto& v : variants) {
-    const int nv = v[0], warps = v[1];
-    ark_tuning_set("conv1d_fwd_warps", warps);
-    ark_tuning_set("conv1d_fwd_vectors", nv);
-    ark_tuning_set("conv1d_fwd_early_halo", v[2]);
-    const std::string variant = "nv=" + std::to_string(nv) + " warps=" + std::to_string(warps) + (v[2] ? " halo" : "");
+  // Knobs (common/tuning.hpp): vectors per lane, warps per block, early halo, vec halo (lane 0's halo
+  // as one 16-byte load with the tile), persistent grid (1: resident blocks, next tile's loads issued
+  // before the current tile is computed).
+  struct V { int nv, warps, early_halo, vec_halo, persistent; };
+  const V variants[] = {{1, 4, 0, 0, 0}, {2, 4, 0, 0, 0}, {4, 4, 0, 0, 0}, {8, 4, 0, 0, 0}, {2, 8, 0, 0, 0},
+                        {4, 8, 0, 0, 0}, {4, 4, 1, 0, 0}, {2, 8, 1, 0, 0}, {4, 8, 1, 0, 0},
+                        {4, 4, 0, 1, 0}, {2, 4, 0, 1, 0}, {4, 4, 0, 0, 1}, {2, 4, 0, 0, 1},
+                        {4, 4, 0, 1, 1}, {2, 4, 0, 1, 1}};
+  for (const V& v : variants) {
+    ark_tuning_set("conv1d_fwd_warps", v.warps);
+    ark_tuning_set("conv1d_fwd_vectors", v.nv);
+    ark_tuning_set("conv1d_fwd_early_halo", v.early_halo);
+    ark_tuning_set("conv1d_fwd_vec_halo", v.vec_halo);
+    ark_tuning_set("conv1d_fwd_persistent", v.persistent);
+    const std::string variant = "nv=" + std::to_string(v.nv) + " warps=" + std::to_string(v.warps) +
+                                (v.early_halo ? " halo" : "") + (v.persistent ? " persist" : "") +
+                                (v.vec_halo ? (v.persistent ? "+vhalo" : " vhalo") : "");
     Host got = out;
     if (!run_once("causal_conv1d", shape, variant, call, d_out, got)) continue;
     report("causal_conv1d", shape, variant, "fwd", time_ms(call), bytes, rel_error(got, out_cpu), 1e-2);
@@ -299,6 +437,9 @@ void bench_conv1d(int64_t B, int64_t D, int64_t L) {
   ark_tuning_set("conv1d_fwd_warps", 0);
   ark_tuning_set("conv1d_fwd_vectors", 0);
   ark_tuning_set("conv1d_fwd_early_halo", 0);
+  ark_tuning_set("conv1d_fwd_vec_halo", 0);
+  ark_tuning_set("conv1d_fwd_persistent", 0);
+  bench_copy_probe(shape, x, d_x, d_out, B * D, L, D);
 }
 
 // ------------------------------------------------------------------ selective_scan

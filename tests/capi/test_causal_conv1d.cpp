@@ -5,7 +5,10 @@
 #include <arkernels/arkernels.h>
 
 #include "capi_test_util.hpp"
+// Host float16 conversion (header-only, torch-free; the same code the CPU kernels use) for fp16 inputs.
+#include "../../csrc/common/half_convert.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -30,10 +33,11 @@ struct Problem {
   int64_t rows() const { return batch * dim; }
 };
 
-Problem make_problem(int64_t batch, int64_t dim, int64_t L, int W, bool silu, unsigned seed) {
+// `pad`: elements between x rows (3: most rows start misaligned against the output's 16-byte grid).
+Problem make_problem(int64_t batch, int64_t dim, int64_t L, int W, bool silu, unsigned seed, int64_t pad = 3) {
   std::mt19937 rng(seed);
   std::uniform_real_distribution<float> val(-1.0f, 1.0f);
-  Problem p{batch, dim, L, 3, W, silu, {}, {}, {}, {}, {}, {}};
+  Problem p{batch, dim, L, pad, W, silu, {}, {}, {}, {}, {}, {}};
   p.x.resize(size_t(p.rows() * p.row_stride()));
   p.g.resize(p.x.size());
   for (auto& v : p.x) v = bf16_round(val(rng));
@@ -100,8 +104,8 @@ std::vector<float> from_bf16(const std::vector<uint16_t>& x) {
 
 struct Result { std::vector<float> out, fin, dx, dw, db, dinit; ark_status fwd, bwd; };
 
-// Host buffers for one run: x, g, gfin in the run's dtype (fp32 or bf16); weights and initial states
-// fp32 for fp32 runs, bf16 for bf16 runs (the C API reads them in `param_dtype` / `states_dtype`).
+// Host buffers for one run: x, g, gfin, weights and initial states all in the run's dtype (fp32, bf16
+// or fp16; the C API reads weights and states in `param_dtype` / `states_dtype`).
 // Outputs are NaN-poisoned so unwritten elements fail.
 struct Buffers {
   ark_dtype dtype;
@@ -114,8 +118,14 @@ template <typename E> std::vector<uint8_t> bytes_of(const std::vector<E>& v) {
   std::memcpy(b.data(), v.data(), b.size());
   return b;
 }
+std::vector<uint16_t> to_fp16(const std::vector<float>& x) {
+  std::vector<uint16_t> y(x.size());
+  for (size_t i = 0; i < x.size(); ++i) y[i] = ark::from_float<ark::fp16_bits>(x[i]).x;
+  return y;
+}
 std::vector<uint8_t> encode(const std::vector<float>& v, ark_dtype d) {
-  return d == ARK_FLOAT32 ? bytes_of(v) : bytes_of(to_bf16(v));
+  if (d == ARK_FLOAT32) return bytes_of(v);
+  return d == ARK_FLOAT16 ? bytes_of(to_fp16(v)) : bytes_of(to_bf16(v));
 }
 std::vector<float> decode(const std::vector<uint8_t>& b, ark_dtype d) {
   if (d == ARK_FLOAT32) {
@@ -125,7 +135,10 @@ std::vector<float> decode(const std::vector<uint8_t>& b, ark_dtype d) {
   }
   std::vector<uint16_t> v(b.size() / 2);
   std::memcpy(v.data(), b.data(), b.size());
-  return from_bf16(v);
+  if (d == ARK_BFLOAT16) return from_bf16(v);
+  std::vector<float> y(v.size());
+  for (size_t i = 0; i < v.size(); ++i) y[i] = ark::to_float(ark::fp16_bits{v[i]});
+  return y;
 }
 
 Buffers make_buffers(const Problem& p, ark_dtype dtype) {
@@ -182,6 +195,7 @@ void test_cpu_matches_definition() {
         const Problem p = make_problem(2, 5, L, W, silu, seed++);
         check_against_expected("cpu fp32", p, run_cpu(p, ARK_FLOAT32), 1e-5);
         check_against_expected("cpu bf16", p, run_cpu(p, ARK_BFLOAT16), 1e-2);
+        check_against_expected("cpu fp16", p, run_cpu(p, ARK_FLOAT16), 2e-3);
       }
 }
 
@@ -382,6 +396,41 @@ Result run_cuda(const Problem& p, ark_dtype dtype, std::vector<float>* dw_again 
   return collect(b, fwd, bwd);
 }
 
+// One CUDA forward of `p` in `dtype` (weights, bias and states in the same dtype), with or without
+// initial and final states, against the definition; without final states none may be written.
+void check_cuda_forward(const char* what, const Problem& p, ark_dtype dtype, bool with_init, bool with_fin,
+                        double tol) {
+  Problem q = p;
+  if (!with_init) std::fill(q.init.begin(), q.init.end(), 0.f);  // the definition's zeros before the row
+  Buffers b = make_buffers(q, dtype);
+  const int64_t rs = q.row_stride();
+  void *x = to_device(b.x), *w = to_device(b.w), *bias = to_device(b.bias), *init = to_device(b.init),
+       *out = to_device(b.out), *fin = to_device(b.fin);
+  const ark_status s = ark_causal_conv1d_fwd(x, w, bias, dtype, with_init ? init : nullptr, dtype, out,
+                                             with_fin ? fin : nullptr, q.batch, q.dim, q.L, q.W, q.dim * rs, rs,
+                                             q.silu, dtype, ARK_DEVICE_CUDA, nullptr);
+  const cudaError_t err = cudaDeviceSynchronize();
+  to_host(b.out, out); to_host(b.fin, fin);
+  for (void* ptr : {x, w, bias, init, out, fin}) cudaFree(ptr);
+  EXPECT(s == ARK_SUCCESS, "%s fwd status %s: %s", what, ark_status_name(s), ark_last_error_message());
+  EXPECT(err == cudaSuccess, "%s: CUDA error: %s", what, cudaGetErrorString(err));
+  const Expected e = expected(q);
+  const Result r = collect(b, s, ARK_SUCCESS);
+  const double err_out = rel_error(r.out, e.out);
+  EXPECT(err_out <= tol, "%s batch=%lld dim=%lld L=%lld pad=%lld W=%d silu=%d init=%d: out relative error %.3e > %.1e",
+         what, (long long)q.batch, (long long)q.dim, (long long)q.L, (long long)q.pad, q.W, int(q.silu), int(with_init),
+         err_out, tol);
+  if (with_fin) {
+    const double err_fin = rel_error(r.fin, e.fin);
+    EXPECT(err_fin <= tol, "%s L=%lld W=%d init=%d: final_states relative error %.3e > %.1e", what, (long long)q.L,
+           q.W, int(with_init), err_fin, tol);
+  } else {
+    bool untouched = true;
+    for (float v : r.fin) untouched = untouched && std::isnan(v);
+    EXPECT(untouched, "%s L=%lld W=%d: final states written without final_states", what, (long long)q.L, q.W);
+  }
+}
+
 void test_cuda_matches_definition() {
   int devices = 0;
   if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) {
@@ -389,31 +438,90 @@ void test_cuda_matches_definition() {
     return;
   }
   unsigned seed = 100;
-  // Forward tile shapes (vectors per lane, warps per block): the default, and in tuning builds each
-  // vector count and block size once.
+  // Forward variants (tuning knobs): vectors per lane, warps per block, early halo, vec halo,
+  // persistent grid (1: the resident-block grid, where these small problems give each warp one tile;
+  // 3: three blocks, so every warp walks many tiles, rows and channels). The default only in other builds.
+  struct FwdVariant { int vectors, warps, early_halo, vec_halo, persistent; };
 #ifdef ARKERNELS_TUNING_VARIANTS
-  const int tiles[][3] = {{1, 4, 0}, {2, 8, 0}, {4, 4, 0}, {8, 8, 0}, {1, 4, 1}, {4, 4, 1}};  // + early halo
+  const FwdVariant variants[] = {
+      {1, 4, 0, 0, 0}, {2, 8, 0, 0, 0}, {4, 4, 0, 0, 0}, {8, 8, 0, 0, 0}, {1, 4, 1, 0, 0}, {4, 4, 1, 0, 0},
+      {1, 4, 0, 1, 0}, {2, 4, 0, 1, 0}, {4, 4, 0, 1, 0}, {8, 4, 0, 1, 0},
+      {2, 4, 0, 0, 1}, {4, 4, 0, 0, 1}, {2, 4, 0, 1, 1}, {4, 4, 0, 1, 1},
+      {1, 4, 0, 0, 3}, {2, 4, 0, 0, 3}, {4, 4, 0, 0, 3}, {8, 4, 0, 0, 3},
+      {1, 4, 0, 1, 3}, {2, 4, 0, 1, 3}, {4, 4, 0, 1, 3}, {8, 4, 0, 1, 3}};
+  // Knob values the forward does not know, or combinations it does not compile, are refused.
+  {
+    const Problem p = make_problem(1, 2, 300, 4, true, seed++, 0);
+    Buffers b = make_buffers(p, ARK_FLOAT32);
+    void *x = to_device(b.x), *w = to_device(b.w), *out = to_device(b.out);
+    const struct { const char* knob; int value; const char* other; int other_value; } bad[] = {
+        {"conv1d_fwd_vec_halo", 2, "conv1d_fwd_warps", 0},     {"conv1d_fwd_persistent", -1, "conv1d_fwd_warps", 0},
+        {"conv1d_fwd_vec_halo", 1, "conv1d_fwd_warps", 8},     {"conv1d_fwd_persistent", 1, "conv1d_fwd_warps", 8},
+        {"conv1d_fwd_persistent", 1, "conv1d_fwd_early_halo", 1}};
+    for (const auto& k : bad) {
+      ark_tuning_set(k.knob, k.value);
+      ark_tuning_set(k.other, k.other_value);
+      const ark_status s = ark_causal_conv1d_fwd(x, w, nullptr, ARK_FLOAT32, nullptr, ARK_FLOAT32, out, nullptr, 1, 2,
+                                                 300, 4, 600, 300, 1, ARK_FLOAT32, ARK_DEVICE_CUDA, nullptr);
+      EXPECT(s == ARK_ERROR_INVALID_ARGUMENT && std::strstr(ark_last_error_message(), k.knob),
+             "%s = %d with %s = %d: expected a refusal naming the knob, got %s: %s", k.knob, k.value, k.other,
+             k.other_value, ark_status_name(s), ark_last_error_message());
+      ark_tuning_set(k.knob, 0);
+      ark_tuning_set(k.other, 0);
+    }
+    for (void* ptr : {x, w, out}) cudaFree(ptr);
+  }
 #else
-  const int tiles[][3] = {{0, 0, 0}};
+  const FwdVariant variants[] = {{0, 0, 0, 0, 0}};
 #endif
-  for (const auto& tile : tiles)
-  for (int W = 2; W <= 4; ++W)
-    for (int64_t L : {1, 2, 7, 255, 256, 372, 1001, 4097})
-      for (bool silu : {false, true}) {
-        ark_tuning_set("conv1d_fwd_vectors", tile[0]);
-        ark_tuning_set("conv1d_fwd_warps", tile[1]);
-        ark_tuning_set("conv1d_fwd_early_halo", tile[2]);
-        const Problem p = make_problem(3, 7, L, W, silu, seed++);
-        std::vector<float> dw_again;
-        const Result r32 = run_cuda(p, ARK_FLOAT32, &dw_again);
-        check_against_expected("cuda fp32", p, r32, 1e-5);
-        EXPECT(std::memcmp(dw_again.data(), r32.dw.data(), dw_again.size() * 4) == 0,
-               "cuda dweight differs between two runs (L=%lld W=%d)", (long long)L, W);
-        check_against_expected("cuda bf16", p, run_cuda(p, ARK_BFLOAT16), 1e-2);
-      }
+  for (const FwdVariant& v : variants) {
+    ark_tuning_set("conv1d_fwd_vectors", v.vectors);
+    ark_tuning_set("conv1d_fwd_warps", v.warps);
+    ark_tuning_set("conv1d_fwd_early_halo", v.early_halo);
+    ark_tuning_set("conv1d_fwd_vec_halo", v.vec_halo);
+    ark_tuning_set("conv1d_fwd_persistent", v.persistent);
+    // The variant in every failure message.
+    const auto tag = [&](const char* what) {
+      static char buf[160];
+      std::snprintf(buf, sizeof(buf), "%s [vectors=%d warps=%d early_halo=%d vec_halo=%d persistent=%d]", what,
+                    v.vectors, v.warps, v.early_halo, v.vec_halo, v.persistent);
+      return buf;
+    };
+    // The knobs select forward kernels only: the new forward variants skip the backward checks.
+    const bool with_backward = v.vec_halo == 0 && v.persistent == 0;
+    for (int W = 2; W <= 4; ++W)
+      for (int64_t L : {1, 2, 7, 255, 256, 372, 1001, 4097})
+        for (bool silu : {false, true}) {
+          // x rows padded by 3 elements (most rows misaligned against the output), initial and final
+          // states: fp32 and bf16 (forward and backward, or forward only), fp16 (forward).
+          const Problem p = make_problem(3, 7, L, W, silu, seed++);
+          if (with_backward) {
+            std::vector<float> dw_again;
+            const Result r32 = run_cuda(p, ARK_FLOAT32, &dw_again);
+            check_against_expected(tag("cuda fp32"), p, r32, 1e-5);
+            EXPECT(std::memcmp(dw_again.data(), r32.dw.data(), dw_again.size() * 4) == 0,
+                   "cuda dweight differs between two runs (L=%lld W=%d)", (long long)L, W);
+            check_against_expected(tag("cuda bf16"), p, run_cuda(p, ARK_BFLOAT16), 1e-2);
+          } else {
+            check_cuda_forward(tag("cuda fp32 fwd"), p, ARK_FLOAT32, true, true, 1e-5);
+            check_cuda_forward(tag("cuda bf16 fwd"), p, ARK_BFLOAT16, true, true, 1e-2);
+          }
+          check_cuda_forward(tag("cuda fp16 fwd"), p, ARK_FLOAT16, true, true, 2e-3);
+          // Unpadded x rows (aligned with the output: the 16-byte paths), with and without states;
+          // dim 1: every tile of a persistent warp has the same channel (weights kept, not reloaded).
+          check_cuda_forward(tag("cuda bf16 fwd unpadded"), make_problem(2, 3, L, W, silu, seed++, 0), ARK_BFLOAT16,
+                             false, true, 1e-2);
+          check_cuda_forward(tag("cuda fp32 fwd unpadded"), make_problem(6, 1, L, W, silu, seed++, 0), ARK_FLOAT32,
+                             true, false, 1e-5);
+          check_cuda_forward(tag("cuda fp16 fwd unpadded"), make_problem(4, 5, L, W, silu, seed++, 0), ARK_FLOAT16,
+                             false, false, 2e-3);
+        }
+  }
   ark_tuning_set("conv1d_fwd_vectors", 0);
   ark_tuning_set("conv1d_fwd_warps", 0);
   ark_tuning_set("conv1d_fwd_early_halo", 0);
+  ark_tuning_set("conv1d_fwd_vec_halo", 0);
+  ark_tuning_set("conv1d_fwd_persistent", 0);
   test_update(ARK_DEVICE_CUDA, "cuda");
 }
 #endif

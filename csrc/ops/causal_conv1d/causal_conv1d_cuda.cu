@@ -22,10 +22,12 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <type_traits>
 
 #include "common/device_math.cuh"
 #include "common/status.hpp"
 #include "common/tuning.hpp"
+#include "common/vector_io.cuh"
 #include "ops/causal_conv1d/causal_conv1d.cuh"
 
 namespace ark {
@@ -88,6 +90,15 @@ struct RowContext {
   }
 };
 
+// rc.x and the initial states of the row rc.row = rc.b * dim + rc.c.
+template <typename T, int W>
+__device__ __forceinline__ void set_row_pointers(RowContext<T, W>& rc, const void* x, int64_t x_batch_stride,
+                                                 int64_t x_dim_stride, const void* init, ark_dtype init_dtype) {
+  rc.x = static_cast<const T*>(x) + rc.b * x_batch_stride + rc.c * x_dim_stride;
+  rc.init = init;
+  rc.init_dtype = init_dtype;
+}
+
 template <typename T, int W>
 __device__ __forceinline__ RowContext<T, W> row_context(const void* x, int64_t x_batch_stride, int64_t x_dim_stride,
                                                         const void* weight, const void* bias, ark_dtype param_dtype,
@@ -98,9 +109,7 @@ __device__ __forceinline__ RowContext<T, W> row_context(const void* x, int64_t x
   rc.b = row / dim;
   rc.c = row - rc.b * dim;
   rc.L = L;
-  rc.x = static_cast<const T*>(x) + rc.b * x_batch_stride + rc.c * x_dim_stride;
-  rc.init = init;
-  rc.init_dtype = init_dtype;
+  set_row_pointers(rc, x, x_batch_stride, x_dim_stride, init, init_dtype);
 #pragma unroll
   for (int i = 0; i < W; ++i) rc.w[i] = load_f32(weight, rc.c * W + i, param_dtype);
   rc.bias = bias != nullptr ? load_f32(bias, rc.c, param_dtype) : 0.f;
@@ -122,25 +131,64 @@ __device__ __forceinline__ WarpTask warp_task(int64_t tiles_per_row) {
   return t;
 }
 
-// Loads NV vectors of V elements starting at i0[u] from a row of a (batch, dim, L) tensor:
-// 16-byte loads where the whole vector lies in [0, L) and the row shares the tile grid's alignment,
-// else element by element through `slow(pos)`. All fast loads are issued before any value is used.
-template <typename T, int NV, typename Slow>
-__device__ __forceinline__ void load_vectors(const T* row, const int64_t (&i0)[NV], int64_t L, bool vec_ok,
-                                             float (&out)[NV][kVec<T>], Slow slow) {
-  constexpr int V = kVec<T>;
-  Vec<T, V> raw[NV];
+// How a loaded 16-byte vector is held until converted: Vec<T, V> (V elements of T, as the default
+// kernels hold it) or uint4 (four raw 32-bit words, elements extracted when converted). For 16-bit T
+// the compiler keeps each element of a Vec<T, V> in a register of its own, so uint4 takes half the
+// registers (what the persistent forward, which holds a second tile, needs).
+template <typename T, int V>
+__device__ __forceinline__ float element_f32(const Vec<T, V>& v, int k) {
+  return to_f32(v.e[k]);
+}
+template <typename T>
+__device__ __forceinline__ float element_f32(const uint4& v, int k) {
+  const uint32_t w[4] = {v.x, v.y, v.z, v.w};
+  return vec_detail::element<T>(w, k);
+}
+
+// NV vectors of a tile as loaded (raw bits), and which of them were loaded as 16-byte vectors.
+template <typename T, int NV, typename S = Vec<T, kVec<T>>>
+struct RawTile {
+  S v[NV];
   bool fast[NV];
+};
+
+// Issues the loads of NV vectors of V elements starting at i0[u] from a row of a (batch, dim, L)
+// tensor: 16-byte loads where the whole vector lies in [0, L) and the row shares the tile grid's
+// alignment; the other vectors are read element by element by convert_vectors. Uses no loaded value,
+// so all the loads are in flight together.
+template <typename T, int NV, typename S>
+__device__ __forceinline__ void issue_vectors(const T* row, const int64_t (&i0)[NV], int64_t L, bool vec_ok,
+                                              S (&raw)[NV], bool (&fast)[NV]) {
+  constexpr int V = kVec<T>;
+  static_assert(sizeof(S) == 16, "16-byte vectors");
 #pragma unroll
   for (int u = 0; u < NV; ++u) {
     fast[u] = vec_ok && i0[u] >= 0 && i0[u] + V <= L;
-    if (fast[u]) raw[u] = *reinterpret_cast<const Vec<T, V>*>(row + i0[u]);
+    if (fast[u]) raw[u] = *reinterpret_cast<const S*>(row + i0[u]);
   }
+}
+
+// The issued vectors as fp32; where no vector was loaded, element by element through `slow(pos)`.
+template <typename T, int NV, typename S, typename Slow>
+__device__ __forceinline__ void convert_vectors(const S (&raw)[NV], const bool (&fast)[NV], const int64_t (&i0)[NV],
+                                                float (&out)[NV][kVec<T>], Slow slow) {
+  constexpr int V = kVec<T>;
 #pragma unroll
   for (int u = 0; u < NV; ++u) {
 #pragma unroll
-    for (int k = 0; k < V; ++k) out[u][k] = fast[u] ? to_f32(raw[u].e[k]) : slow(i0[u] + k);
+    for (int k = 0; k < V; ++k) out[u][k] = fast[u] ? element_f32<T>(raw[u], k) : slow(i0[u] + k);
   }
+}
+
+// Loads NV vectors (issue_vectors, then convert_vectors): all fast loads are issued before any value
+// is used.
+template <typename T, int NV, typename Slow>
+__device__ __forceinline__ void load_vectors(const T* row, const int64_t (&i0)[NV], int64_t L, bool vec_ok,
+                                             float (&out)[NV][kVec<T>], Slow slow) {
+  Vec<T, kVec<T>> raw[NV];
+  bool fast[NV];
+  issue_vectors(row, i0, L, vec_ok, raw, fast);
+  convert_vectors<T>(raw, fast, i0, out, slow);
 }
 
 // Stores V values at row[i0 ..]: one 16-byte store when the vector lies in [0, L) (the row's tile
@@ -160,19 +208,48 @@ __device__ __forceinline__ void store_vector(T* row, int64_t i0, int64_t L, cons
   }
 }
 
+// The 16-byte vector just before a tile (the vec-halo variants): the W-1 inputs lane 0 needs before
+// the tile's first vector are its last elements. Loaded by lane 0 only, and only where the vector lies
+// in [0, L) and the row shares the tile grid's alignment (`vec_ok`); elsewhere (row starts, whose halo
+// is the initial states or zeros; rows misaligned against the output; a tile wholly past L) `ok` is
+// false and window() reads the halo element by element, as the default kernel does.
+template <typename T, typename S = Vec<T, kVec<T>>>
+struct HaloVec {
+  S v;
+  bool ok;
+};
+
+template <typename T, typename S>
+__device__ __forceinline__ void issue_halo(const T* row, int64_t tile_start, int64_t L, bool vec_ok, int lane,
+                                           HaloVec<T, S>& h) {
+  constexpr int V = kVec<T>;
+  h.ok = lane == 0 && vec_ok && tile_start >= V && tile_start <= L;
+  if (h.ok) h.v = *reinterpret_cast<const S*>(row + tile_start - V);
+}
+
+// The halo (the vector's last W-1 elements) as fp32; meaningless where !h.ok (never used then).
+template <typename T, int W, typename S>
+__device__ __forceinline__ void halo_f32(const HaloVec<T, S>& h, float (&out)[W - 1]) {
+#pragma unroll
+  for (int m = 0; m < W - 1; ++m) out[m] = element_f32<T>(h.v, kVec<T> - (W - 1) + m);
+}
+
 // seq[0 .. W-1) = xpad at the W-1 positions before vector u of this lane, seq[W-1 ..) = the vector.
 // The halo comes from the previous lane, from lane 31's previous vector, or (lane 0, u = 0) from memory.
-// `halo0`, when given: lane 0's halo of vector 0, loaded beforehand (else loaded here).
+// `halo0`, when given: lane 0's halo of vector 0, loaded beforehand; used where `halo_ok` (else, and
+// without `halo0`, loaded here element by element).
 template <typename T, int W, int NV>
 __device__ __forceinline__ void window(const RowContext<T, W>& rc, const float (&xv)[NV][kVec<T>], int u, int64_t i0,
-                                       int lane, float (&seq)[W - 1 + kVec<T>], const float* halo0 = nullptr) {
+                                       int lane, float (&seq)[W - 1 + kVec<T>], const float* halo0 = nullptr,
+                                       bool halo_ok = true) {
   constexpr int V = kVec<T>;
   static_assert(W - 1 <= V, "the halo must come from one neighbouring vector");
 #pragma unroll
   for (int m = 0; m < W - 1; ++m) {
     const float prev_lane = __shfl_up_sync(kFullMask, xv[u][V - (W - 1) + m], 1);
     const float prev_sub = u > 0 ? __shfl_sync(kFullMask, xv[u > 0 ? u - 1 : 0][V - (W - 1) + m], 31) : 0.f;
-    seq[m] = lane > 0 ? prev_lane : (u > 0 ? prev_sub : (halo0 ? halo0[m] : rc.x_at(i0 - (W - 1) + m)));
+    seq[m] = lane > 0 ? prev_lane
+                      : (u > 0 ? prev_sub : (halo0 && halo_ok ? halo0[m] : rc.x_at(i0 - (W - 1) + m)));
   }
 #pragma unroll
   for (int k = 0; k < V; ++k) seq[W - 1 + k] = xv[u][k];
@@ -187,14 +264,59 @@ int64_t tiles_per_row(int64_t L, int64_t tile, int64_t origin_pad) {
 
 // ------------------------------------------------------------------------------------------ forward
 
-// EARLY_HALO: lane 0 loads its halo before the tile's vectors, so that its (usually L2-resident) read
-// overlaps them instead of following the shuffles that need them (prepared, not yet measured on a
-// GPU: tuning builds only, bench/NOTES.md).
-template <typename T, int W, int NV, int WARPS, bool EARLY_HALO = false>
-__global__ void __launch_bounds__(32 * WARPS) causal_conv1d_fwd_kernel(const CausalConv1dFwdParams p,
-                                                                        int64_t tiles) {
+// First element of vector u of this lane in tile `tile` of a row (the tile grid starts `origin`
+// elements before the row, so that the output's vectors are 16-byte aligned).
+template <typename T, int NV>
+__device__ __forceinline__ void tile_indices(int64_t tile, int origin, int lane, int64_t (&i0)[NV]) {
   constexpr int V = kVec<T>;
   constexpr int kSub = 32 * V;
+#pragma unroll
+  for (int u = 0; u < NV; ++u) i0[u] = tile * (NV * kSub) - origin + int64_t(u) * kSub + int64_t(lane) * V;
+}
+
+// Output vector u of a tile from the tile's inputs `xv`: window, convolution, activation, store.
+// `halo0` and `halo_ok`: as for window().
+template <typename T, int W, int NV>
+__device__ __forceinline__ void fwd_vector_output(const RowContext<T, W>& rc, const float (&xv)[NV][kVec<T>], int u,
+                                                  int64_t i0, int lane, bool silu, T* out, const float* halo0,
+                                                  bool halo_ok) {
+  constexpr int V = kVec<T>;
+  float seq[W - 1 + V];
+  window<T, W, NV>(rc, xv, u, i0, lane, seq, halo0, halo_ok);
+  float o[V];
+#pragma unroll
+  for (int k = 0; k < V; ++k) {
+    const float v = rc.pre(&seq[k]);
+    o[k] = silu ? silu_f32(v) : v;
+  }
+  store_vector<T>(out, i0, rc.L, o);
+}
+
+// The outputs of one tile.
+template <typename T, int W, int NV>
+__device__ __forceinline__ void fwd_tile_outputs(const RowContext<T, W>& rc, const float (&xv)[NV][kVec<T>],
+                                                 const int64_t (&i0)[NV], int lane, bool silu, T* out,
+                                                 const float* halo0, bool halo_ok) {
+#pragma unroll
+  for (int u = 0; u < NV; ++u) fwd_vector_output<T, W, NV>(rc, xv, u, i0[u], lane, silu, out, halo0, halo_ok);
+}
+
+// Final states: xpad[L .. L + W - 1), written by lane 0 of the row's last tile.
+template <typename T, int W>
+__device__ __forceinline__ void fwd_final_states(const CausalConv1dFwdParams& p, const RowContext<T, W>& rc,
+                                                 int64_t tile, int64_t tiles, int lane) {
+  if (p.final_states != nullptr && tile == tiles - 1 && lane == 0) {
+    T* fin = static_cast<T*>(p.final_states) + rc.row * (W - 1);
+#pragma unroll
+    for (int m = 0; m < W - 1; ++m) fin[m] = from_f32<T>(rc.x_at(p.L - (W - 1) + m));
+  }
+}
+
+// One tile per warp (the default forward). EARLY_HALO, VEC_HALO: the tuning variants below.
+template <typename T, int W, int NV, int WARPS, bool EARLY_HALO, bool VEC_HALO>
+__device__ __forceinline__ void fwd_one_tile(const CausalConv1dFwdParams& p, int64_t tiles) {
+  static_assert(!(EARLY_HALO && VEC_HALO), "one halo variant at a time");
+  constexpr int V = kVec<T>;
   const WarpTask task = warp_task<WARPS>(tiles);
   if (task.row >= p.batch * p.dim) return;  // the whole warp leaves together
   const int lane = task.lane;
@@ -207,35 +329,325 @@ __global__ void __launch_bounds__(32 * WARPS) causal_conv1d_fwd_kernel(const Cau
   const bool x_vec = misalignment<T>(rc.x) == origin;
 
   int64_t i0[NV];
-#pragma unroll
-  for (int u = 0; u < NV; ++u) i0[u] = task.tile * (NV * kSub) - origin + int64_t(u) * kSub + int64_t(lane) * V;
+  tile_indices<T, NV>(task.tile, origin, lane, i0);
   float halo0[W - 1];
   if constexpr (EARLY_HALO) {
 #pragma unroll
     for (int m = 0; m < W - 1; ++m) halo0[m] = lane == 0 ? rc.x_at(i0[0] - (W - 1) + m) : 0.f;
   }
+  // VEC_HALO holds the tile as raw words (bf16, W = 4, NV = 4: 68 registers unbounded, against 71
+  // with Vec<T, V>; its launch bounds then bring it to the default's 64).
+  using Storage = std::conditional_t<VEC_HALO, uint4, Vec<T, V>>;
+  RawTile<T, NV, Storage> raw;
+  issue_vectors(rc.x, i0, L, x_vec, raw.v, raw.fast);
+  HaloVec<T, uint4> hv;
+  hv.ok = true;
+  if constexpr (VEC_HALO) issue_halo(rc.x, i0[0], L, x_vec, lane, hv);
   float xv[NV][V];
-  load_vectors<T, NV>(rc.x, i0, L, x_vec, xv, [&](int64_t pos) { return rc.x_at(pos); });
+  convert_vectors<T>(raw.v, raw.fast, i0, xv, [&](int64_t pos) { return rc.x_at(pos); });
+  if constexpr (VEC_HALO) halo_f32<T, W>(hv, halo0);
 
-#pragma unroll
-  for (int u = 0; u < NV; ++u) {
-    float seq[W - 1 + V];
-    window<T, W, NV>(rc, xv, u, i0[u], lane, seq, EARLY_HALO ? halo0 : nullptr);
-    float o[V];
-#pragma unroll
-    for (int k = 0; k < V; ++k) {
-      const float v = rc.pre(&seq[k]);
-      o[k] = p.silu ? silu_f32(v) : v;
-    }
-    store_vector<T>(out, i0[u], L, o);
+  fwd_tile_outputs<T, W, NV>(rc, xv, i0, lane, p.silu, out, EARLY_HALO || VEC_HALO ? halo0 : nullptr, hv.ok);
+  fwd_final_states<T, W>(p, rc, task.tile, tiles, lane);
+}
+
+// EARLY_HALO: lane 0 loads its halo before the tile's vectors, so that its (usually L2-resident) read
+// overlaps them instead of following the shuffles that need them (tuning builds only; measured worse
+// on the H200, bench/NOTES.md; its SASS: the scalar loads sit in branches that end in the loaded
+// values' conversions, so the warp waits for them before it issues the tile's loads).
+template <typename T, int W, int NV, int WARPS, bool EARLY_HALO = false>
+__global__ void __launch_bounds__(32 * WARPS) causal_conv1d_fwd_kernel(const CausalConv1dFwdParams p,
+                                                                        int64_t tiles) {
+  fwd_one_tile<T, W, NV, WARPS, EARLY_HALO, false>(p, tiles);
+}
+
+#ifdef ARKERNELS_TUNING_VARIANTS
+// Vec-halo forward (tuning builds only, knob conv1d_fwd_vec_halo): lane 0's halo comes from one
+// 16-byte load of the vector before the tile (issue_halo), issued right after the tile's loads, in
+// place of the default's W-1 scalar loads, which it issues only after the tile's values have arrived
+// (its SASS: the halo loads sit after the first SHFL, in branches, and the first MUFU waits for
+// them): a second, L2, round trip in each warp's life after the DRAM one. Row starts (initial states
+// or zeros), rows misaligned against the output and tiles past L keep the scalar path.
+// Launch bounds hold it to the default kernel's blocks per SM at bf16, W = 4 (ptxas: 56, 64 and 128
+// registers at NV = 2, 4, 8: 9, 8 and 4 blocks of 4 warps; at NV = 1, short rows only, at most 64),
+// so that only the halo differs, not the occupancy (bf16, W = 4, NV = 4: 64 registers, 4 bytes of
+// spill; without the bound 68).
+// Prediction (bench/NOTES.md, 2026-12-04): one round trip per warp instead of two, 62/68% -> ~72-75%
+// of copy at the two benchmark shapes.
+template <int NV>
+constexpr int kVecHaloMinBlocks = NV == 1 ? 8 : NV == 2 ? 9 : NV == 4 ? 8 : 4;
+
+template <typename T, int W, int NV, int WARPS>
+__global__ void __launch_bounds__(32 * WARPS, kVecHaloMinBlocks<NV>) causal_conv1d_fwd_vec_halo_kernel(
+    const CausalConv1dFwdParams p, int64_t tiles) {
+  static_assert(WARPS == kWarpsPerBlock, "the launch bounds assume 4 warps per block");
+  fwd_one_tile<T, W, NV, WARPS, false, true>(p, tiles);
+}
+#endif
+
+#ifdef ARKERNELS_TUNING_VARIANTS
+// Persistent forward (tuning builds only, knob conv1d_fwd_persistent). A grid of as many blocks as
+// fit on the GPU at once; warp w takes the flat tiles t = w, w + n, w + 2n, ... (t = row * tiles +
+// tile, n = the grid's warps), and issues the loads of its next tile (16-byte vectors, lane 0's halo
+// and, when the channel changes, weights and bias, all as raw bits in registers) before it computes
+// and stores most of the current one.
+// Why: in the default kernel a warp loads one tile, waits, computes, stores and exits, so it has
+// loads in flight only in the first part of its life, and a new block starts only when all four warps
+// of one have finished; here every warp has its next tile's loads in flight while it computes. Also
+// no 64-bit division per tile (the walk steps by additions), and weights reloaded only when the
+// channel changes. Lane 0's halo is loaded with its tile: with VEC_HALO from the aligned vector
+// before the tile (HaloTail), otherwise as W-1 scalar loads (the default's x_at after the shuffles
+// would, here, make the warp wait for the next tile's loads too, see the loop).
+// Prediction (bench/NOTES.md, 2026-12-04): 62/68% -> ~75-80% of copy; with VEC_HALO about the same
+// (the halo is loaded with the tile either way here).
+
+// The walk: stepping by n warps adds step_rows rows and step_tiles tiles (n = step_rows * tiles +
+// step_tiles), and step_rows = step_b * dim + step_c; two carries keep tile < tiles and c < dim.
+struct FwdWalk {
+  int64_t tiles, step_rows, step_tiles, step_b, step_c;
+};
+
+struct TileTask {
+  int64_t row, tile, b, c;  // row = b * dim + c
+};
+
+__device__ __forceinline__ TileTask next_task(TileTask t, const FwdWalk& w, int64_t dim) {
+  t.row += w.step_rows;
+  t.tile += w.step_tiles;
+  t.b += w.step_b;
+  t.c += w.step_c;
+  if (t.tile >= w.tiles) {  // tile < 2 * tiles before: one carry
+    t.tile -= w.tiles;
+    ++t.row;
+    ++t.c;
   }
-  // Final states: xpad[L .. L + W - 1), written by the row's last tile.
-  if (p.final_states != nullptr && task.tile == tiles - 1 && lane == 0) {
-    T* fin = static_cast<T*>(p.final_states) + task.row * (W - 1);
-#pragma unroll
-    for (int m = 0; m < W - 1; ++m) fin[m] = from_f32<T>(rc.x_at(L - (W - 1) + m));
+  if (t.c >= dim) {  // c <= 2 * dim - 1 before: one carry
+    t.c -= dim;
+    ++t.b;
+  }
+  return t;
+}
+
+// Element i of a weight or bias array of run-time dtype, as raw bits (one 4- or 2-byte load, converted
+// later by param_f32), so that the load is issued ahead and nothing waits for it where it is issued.
+__device__ __forceinline__ uint32_t load_param_bits(const void* p, int64_t i, ark_dtype dtype) {
+  return dtype == ARK_FLOAT32 ? static_cast<const uint32_t*>(p)[i] : uint32_t(static_cast<const uint16_t*>(p)[i]);
+}
+__device__ __forceinline__ float param_f32(uint32_t bits, ark_dtype dtype) {
+  switch (dtype) {
+    case ARK_FLOAT16: return __half2float(__ushort_as_half(static_cast<unsigned short>(bits)));
+    case ARK_BFLOAT16: return __uint_as_float(bits << 16);
+    default: return __uint_as_float(bits);
   }
 }
+
+// An element of x as raw bits (zero-extended), and back to fp32.
+template <typename T>
+__device__ __forceinline__ uint32_t load_bits(const T* p) {
+  if constexpr (sizeof(T) == 4) return *reinterpret_cast<const uint32_t*>(p);
+  else return *reinterpret_cast<const uint16_t*>(p);
+}
+template <typename T>
+__device__ __forceinline__ float bits_f32(uint32_t bits) {
+  return element_f32<T>(make_uint4(bits, 0u, 0u, 0u), 0);
+}
+
+// The vector at row[i0 ..] gathered element by element, where no 16-byte load was possible: the
+// bits of the elements inside [0, L), zeros (+0.0) elsewhere (the caller replaces positions before the
+// row, which hold initial states of a possibly wider dtype, in fp32).
+template <typename T>
+__device__ __forceinline__ uint4 gather_words(const T* row, int64_t i0, int64_t L) {
+  constexpr int V = kVec<T>;
+  uint32_t w[4] = {0u, 0u, 0u, 0u};
+#pragma unroll
+  for (int k = 0; k < V; ++k) {
+    const int64_t pos = i0 + k;
+    if (pos >= 0 && pos < L) {
+      if constexpr (sizeof(T) == 4) w[k] = load_bits(row + pos);
+      else w[k / 2] |= load_bits(row + pos) << (16 * (k & 1));
+    }
+  }
+  return make_uint4(w[0], w[1], w[2], w[3]);
+}
+
+// Lane 0's halo as the persistent kernel issues it with its tile. Where not `ok` (row starts, and
+// with VEC_HALO rows misaligned against the output), fwd_inputs reads it element by element with x_at
+// before the next tile is issued.
+// Without VEC_HALO: the W-1 elements before the tile as raw bits, where they lie in [0, L) (no
+// alignment needed).
+template <typename T, int W>
+struct HaloScalars {
+  uint32_t bits[W - 1];
+  bool ok;
+};
+
+template <typename T, int W>
+__device__ __forceinline__ void issue_halo(const T* row, int64_t tile_start, int64_t L, bool /*vec_ok*/, int lane,
+                                           HaloScalars<T, W>& h) {
+  h.ok = lane == 0 && tile_start >= W - 1 && tile_start <= L;
+#pragma unroll
+  for (int m = 0; m < W - 1; ++m)
+    if (h.ok) h.bits[m] = load_bits(row + tile_start - (W - 1) + m);
+}
+
+template <typename T, int W>
+__device__ __forceinline__ void halo_f32(const HaloScalars<T, W>& h, float (&out)[W - 1]) {
+#pragma unroll
+  for (int m = 0; m < W - 1; ++m) out[m] = bits_f32<T>(h.bits[m]);
+}
+
+// With VEC_HALO: the aligned 16-byte vector before the tile, as HaloVec, but only its bytes that hold
+// the halo are loaded: its last 8 (one load; what the compiler makes of the 16-byte load for 16-bit
+// types anyway), and for fp32 with W = 4 the 4 before them. A 16-byte load there (fp32, W = 4) leaves
+// its first word unused; the register allocator reused that register right after the load, and the
+// write-after-write wait on it made the warp wait for the next tile's loads (SASS).
+template <typename T, int W>
+struct HaloTail {
+  static constexpr bool kHead = (W - 1) * int(sizeof(T)) > 8;
+  uint2 tail;     // bytes 8 .. 16 of the vector
+  uint32_t head;  // bytes 4 .. 8 (kHead only)
+  bool ok;
+};
+
+template <typename T, int W>
+__device__ __forceinline__ void issue_halo(const T* row, int64_t tile_start, int64_t L, bool vec_ok, int lane,
+                                           HaloTail<T, W>& h) {
+  constexpr int V = kVec<T>;
+  h.ok = lane == 0 && vec_ok && tile_start >= V && tile_start <= L;
+  const char* end = reinterpret_cast<const char*>(row + tile_start);  // 16-byte aligned where ok
+  if (h.ok) h.tail = *reinterpret_cast<const uint2*>(end - 8);
+  if constexpr (HaloTail<T, W>::kHead) {
+    if (h.ok) h.head = *reinterpret_cast<const uint32_t*>(end - 12);
+  }
+}
+
+template <typename T, int W>
+__device__ __forceinline__ void halo_f32(const HaloTail<T, W>& h, float (&out)[W - 1]) {
+  const uint4 v = make_uint4(0u, HaloTail<T, W>::kHead ? h.head : 0u, h.tail.x, h.tail.y);
+#pragma unroll
+  for (int m = 0; m < W - 1; ++m) out[m] = element_f32<T>(v, kVec<T> - (W - 1) + m);
+}
+
+// What a persistent warp holds of the tile whose loads are in flight.
+template <typename T, int W, int NV, bool VEC_HALO>
+struct FwdStage {
+  TileTask task;
+  RawTile<T, NV, uint4> raw;
+  std::conditional_t<VEC_HALO, HaloTail<T, W>, HaloScalars<T, W>> halo;
+  uint32_t w_bits[W], bias_bits;
+};
+
+// Issues the loads of s.task's tile into s. The weights and bias are loaded only when the channel
+// differs from the previous tile's (`same_channel`: s still holds that tile's).
+template <typename T, int W, int NV, bool VEC_HALO>
+__device__ __forceinline__ void fwd_issue(const CausalConv1dFwdParams& p, int lane, FwdStage<T, W, NV, VEC_HALO>& s,
+                                          bool same_channel) {
+  const T* x = static_cast<const T*>(p.x) + s.task.b * p.x_batch_stride + s.task.c * p.x_dim_stride;
+  const int origin = misalignment<T>(static_cast<const T*>(p.out) + s.task.row * p.L);
+  const bool x_vec = misalignment<T>(x) == origin;
+  int64_t i0[NV];
+  tile_indices<T, NV>(s.task.tile, origin, lane, i0);
+  issue_vectors(x, i0, p.L, x_vec, s.raw.v, s.raw.fast);
+  issue_halo(x, i0[0], p.L, x_vec, lane, s.halo);
+  if (!same_channel) {
+#pragma unroll
+    for (int i = 0; i < W; ++i) s.w_bits[i] = load_param_bits(p.weight, s.task.c * W + i, p.param_dtype);
+    s.bias_bits = p.bias != nullptr ? load_param_bits(p.bias, s.task.c, p.param_dtype) : 0u;  // 0u: +0.f
+  }
+}
+
+// A tile's inputs in fp32, converted from what fwd_issue loaded.
+template <typename T, int W, int NV>
+struct FwdInputs {
+  RowContext<T, W> rc;
+  float xv[NV][kVec<T>];
+  float halo0[W - 1];
+};
+
+// Converts s's tile to fp32. Vectors that were not loaded whole are gathered element by element; the
+// choice is made per vector, not per element (per element, as in convert_vectors, costs ~30 registers
+// here). Lane 0's halo, where it was not loaded with the tile, is read here element by element.
+template <typename T, int W, int NV, bool VEC_HALO>
+__device__ __forceinline__ void fwd_inputs(const CausalConv1dFwdParams& p, int lane,
+                                           const FwdStage<T, W, NV, VEC_HALO>& s, FwdInputs<T, W, NV>& in) {
+  constexpr int V = kVec<T>;
+  RowContext<T, W>& rc = in.rc;
+  rc.row = s.task.row;
+  rc.b = s.task.b;
+  rc.c = s.task.c;
+  rc.L = p.L;
+  set_row_pointers(rc, p.x, p.x_batch_stride, p.x_dim_stride, p.initial_states, p.states_dtype);
+#pragma unroll
+  for (int i = 0; i < W; ++i) rc.w[i] = param_f32(s.w_bits[i], p.param_dtype);
+  rc.bias = param_f32(s.bias_bits, p.param_dtype);
+  int64_t i0[NV];
+  tile_indices<T, NV>(s.task.tile, misalignment<T>(static_cast<const T*>(p.out) + s.task.row * p.L), lane, i0);
+#pragma unroll
+  for (int u = 0; u < NV; ++u) {
+    const uint4 v = s.raw.fast[u] ? s.raw.v[u] : gather_words(rc.x, i0[u], p.L);
+#pragma unroll
+    for (int k = 0; k < V; ++k) in.xv[u][k] = element_f32<T>(v, k);
+  }
+  // Positions before the row (only lane 0's first vector in the row's first tile, when the row
+  // starts past a 16-byte boundary) hold the initial states or zeros, in fp32.
+  if (i0[0] < 0) {
+#pragma unroll
+    for (int k = 0; k < V; ++k) in.xv[0][k] = rc.x_at(i0[0] + k);
+  }
+  halo_f32<T, W>(s.halo, in.halo0);
+  if (lane == 0 && !s.halo.ok) {
+#pragma unroll
+    for (int m = 0; m < W - 1; ++m) in.halo0[m] = rc.x_at(i0[0] - (W - 1) + m);
+  }
+}
+
+// Register budget: at least 8, 7, 5, 3 blocks of 4 warps per SM at NV = 1, 2, 4, 8 (bf16, W = 4:
+// 56-64, 72, 94-96, 128-144 registers, no spill; fp16 at NV = 4 spills 32-60 bytes), i.e. 20 warps
+// per SM with 2 KB of loads in flight each at NV = 4.
+template <int NV>
+constexpr int kPersistentMinBlocks = NV == 1 ? 8 : NV == 2 ? 7 : NV == 4 ? 5 : 3;
+
+template <typename T, int W, int NV, int WARPS, bool VEC_HALO>
+__global__ void __launch_bounds__(32 * WARPS, kPersistentMinBlocks<NV>) causal_conv1d_fwd_persistent_kernel(
+    const CausalConv1dFwdParams p, FwdWalk walk) {
+  static_assert(WARPS == kWarpsPerBlock, "the launch bounds assume 4 warps per block");
+  const int lane = threadIdx.x & 31;
+  const int64_t rows = p.batch * p.dim;
+  FwdStage<T, W, NV, VEC_HALO> s;
+  {
+    const int64_t w = int64_t(blockIdx.x) * WARPS + threadIdx.x / 32;
+    s.task.row = w / walk.tiles;
+    s.task.tile = w - s.task.row * walk.tiles;
+    s.task.b = s.task.row / p.dim;
+    s.task.c = s.task.row - s.task.b * p.dim;
+  }
+  if (s.task.row >= rows) return;  // the whole warp leaves together (tasks are warp-uniform)
+  fwd_issue<T, W, NV, VEC_HALO>(p, lane, s, false);
+  while (true) {
+    FwdInputs<T, W, NV> in;
+    fwd_inputs<T, W, NV, VEC_HALO>(p, lane, s, in);
+    const TileTask cur = s.task;
+    T* out = static_cast<T*>(p.out) + cur.row * p.L;
+    int64_t i0[NV];
+    tile_indices<T, NV>(cur.tile, misalignment<T>(out), lane, i0);
+    // Order matters. All loads count on one scoreboard, and an instruction that uses a loaded value
+    // waits for all loads outstanding. So every value of the current tile (and every value read
+    // element by element: halo, initial states, gathered vectors, final states) must be used once
+    // before the next tile's loads are issued, else the first use waits for the next tile too (the
+    // SASS of a first version, which issued the next tile first, waited at its first shuffle). The
+    // first output vector uses all of them (its window reads the halo; its first FMA waits for the
+    // tile; a gathered vector waits in its gather), so it is computed first.
+    fwd_vector_output<T, W, NV>(in.rc, in.xv, 0, i0[0], lane, p.silu, out, in.halo0, true);
+    fwd_final_states<T, W>(p, in.rc, cur.tile, walk.tiles, lane);
+    s.task = next_task(cur, walk, p.dim);
+    const bool more = s.task.row < rows;
+    if (more) fwd_issue<T, W, NV, VEC_HALO>(p, lane, s, s.task.c == cur.c);
+#pragma unroll
+    for (int u = 1; u < NV; ++u) fwd_vector_output<T, W, NV>(in.rc, in.xv, u, i0[u], lane, p.silu, out, in.halo0, true);
+    if (!more) return;
+  }
+}
+#endif  // ARKERNELS_TUNING_VARIANTS
 
 // ----------------------------------------------------------------------------------------- backward
 
@@ -243,7 +655,6 @@ template <typename T, int W, int NV>
 __global__ void __launch_bounds__(kThreads) causal_conv1d_bwd_kernel(const CausalConv1dBwdParams p, int64_t tiles,
                                                                       float* __restrict__ partials) {
   constexpr int V = kVec<T>;
-  constexpr int kSub = 32 * V;
   const WarpTask task = warp_task(tiles);
   if (task.row >= p.batch * p.dim) return;
   const int lane = task.lane;
@@ -273,8 +684,7 @@ __global__ void __launch_bounds__(kThreads) causal_conv1d_bwd_kernel(const Causa
   };
 
   int64_t i0[NV];
-#pragma unroll
-  for (int u = 0; u < NV; ++u) i0[u] = task.tile * (NV * kSub) - origin + int64_t(u) * kSub + int64_t(lane) * V;
+  tile_indices<T, NV>(task.tile, origin, lane, i0);
   float xv[NV][V], gv[NV][V];
   load_vectors<T, NV>(rc.x, i0, L, x_vec, xv, [&](int64_t pos) { return rc.x_at(pos); });
   load_vectors<T, NV>(g, i0, L, g_vec, gv,
@@ -437,12 +847,59 @@ template <typename T> int64_t origin_pad(const void* base, int64_t L) {
   return (reinterpret_cast<uintptr_t>(base) & 15u) == 0 && L % kVec<T> == 0 ? 0 : kVec<T> - 1;
 }
 
+#ifdef ARKERNELS_TUNING_VARIANTS
+// The persistent forward's grid: `grid_knob` 1 = as many blocks as can be resident on the device at
+// once (SMs x cudaOccupancyMaxActiveBlocksPerMultiprocessor); g > 1 = g blocks (for tests, where every
+// warp must walk many tiles and rows). Never more blocks than the tiles need. It handles every input
+// the default kernel handles (same tiles, same per-tile code).
+template <typename T, int W, int NV, int WARPS, bool VEC_HALO>
+ark_status launch_fwd_persistent(const CausalConv1dFwdParams& p, int64_t tiles, int grid_knob, cudaStream_t stream) {
+  const auto kernel = causal_conv1d_fwd_persistent_kernel<T, W, NV, WARPS, VEC_HALO>;
+  int64_t resident = grid_knob;
+  if (grid_knob == 1) {
+    int device = 0, sms = 0, per_sm = 0;
+    if (cudaGetDevice(&device) != cudaSuccess ||
+        cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess ||
+        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, 32 * WARPS, 0) != cudaSuccess)
+      return fail(ARK_ERROR_CUDA, "causal_conv1d persistent forward: occupancy query failed: %s",
+                  cudaGetErrorString(cudaGetLastError()));
+    resident = int64_t(sms) * (per_sm > 0 ? per_sm : 1);
+  }
+  const int64_t needed = (p.batch * p.dim * tiles + WARPS - 1) / WARPS;
+  const int64_t blocks = needed < resident ? needed : resident;
+  const int64_t warps = blocks * WARPS;
+  FwdWalk walk;
+  walk.tiles = tiles;
+  walk.step_rows = warps / tiles;
+  walk.step_tiles = warps - walk.step_rows * tiles;
+  walk.step_b = walk.step_rows / p.dim;
+  walk.step_c = walk.step_rows - walk.step_b * p.dim;
+  kernel<<<unsigned(blocks), 32 * WARPS, 0, stream>>>(p, walk);
+  return launch_status("persistent forward");
+}
+#endif
+
 template <typename T, int W, int NV, int WARPS>
 ark_status launch_fwd_nv(const CausalConv1dFwdParams& p, cudaStream_t stream) {
   const int64_t tiles = tiles_per_row(p.L, int64_t(NV) * 32 * kVec<T>, origin_pad<T>(p.out, p.L));
+#ifdef ARKERNELS_TUNING_VARIANTS
+  const bool vec_halo = knob(Knob::Conv1dFwdVecHalo) != 0;
+  if constexpr (WARPS == kWarpsPerBlock) {  // check_fwd_variant_knobs refused the knobs for other sizes
+    if (const int grid = knob(Knob::Conv1dFwdPersistent)) {
+      return vec_halo ? launch_fwd_persistent<T, W, NV, WARPS, true>(p, tiles, grid, stream)
+                      : launch_fwd_persistent<T, W, NV, WARPS, false>(p, tiles, grid, stream);
+    }
+  }
+#endif
   unsigned blocks;
   if (const ark_status s = blocks_for(p.batch * p.dim * tiles, WARPS, "forward", &blocks)) return s;
 #ifdef ARKERNELS_TUNING_VARIANTS
+  if constexpr (WARPS == kWarpsPerBlock) {
+    if (vec_halo) {
+      causal_conv1d_fwd_vec_halo_kernel<T, W, NV, WARPS><<<blocks, 32 * WARPS, 0, stream>>>(p, tiles);
+      return launch_status("vec-halo forward");
+    }
+  }
   if (knob(Knob::Conv1dFwdEarlyHalo)) {
     causal_conv1d_fwd_kernel<T, W, NV, WARPS, true><<<blocks, 32 * WARPS, 0, stream>>>(p, tiles);
     return launch_status("forward");
@@ -465,6 +922,33 @@ ark_status launch_fwd_warps(const CausalConv1dFwdParams& p, int nv, cudaStream_t
   return fail(ARK_ERROR_INVALID_ARGUMENT, "tuning knob conv1d_fwd_vectors: %d is not compiled into this build", nv);
 }
 
+// The forward's variant knobs: conv1d_fwd_vec_halo 0 or 1; conv1d_fwd_persistent 0, 1 or a block
+// count > 1 (launch_fwd_persistent); early halo combines with neither. Both only in tuning builds,
+// and only with the default kWarpsPerBlock warps per block (8 measured worse; their compile time).
+ark_status check_fwd_variant_knobs(int warps) {
+  const int persistent = knob(Knob::Conv1dFwdPersistent), vec_halo = knob(Knob::Conv1dFwdVecHalo);
+  if (persistent < 0)
+    return fail(ARK_ERROR_INVALID_ARGUMENT, "tuning knob conv1d_fwd_persistent: expected 0, 1 or a block count > 1, got %d",
+                persistent);
+  if (vec_halo != 0 && vec_halo != 1)
+    return fail(ARK_ERROR_INVALID_ARGUMENT, "tuning knob conv1d_fwd_vec_halo: expected 0 or 1, got %d", vec_halo);
+#ifdef ARKERNELS_TUNING_VARIANTS
+  if (knob(Knob::Conv1dFwdEarlyHalo) && (persistent || vec_halo))
+    return fail(ARK_ERROR_INVALID_ARGUMENT,
+                "tuning knob conv1d_fwd_early_halo: combines with neither conv1d_fwd_vec_halo nor conv1d_fwd_persistent");
+  if ((persistent || vec_halo) && warps != kWarpsPerBlock)
+    return fail(ARK_ERROR_INVALID_ARGUMENT,
+                "tuning knobs conv1d_fwd_persistent, conv1d_fwd_vec_halo: compiled for %d warps per block only, not %d",
+                kWarpsPerBlock, warps);
+#else
+  (void)warps;
+  if (persistent || vec_halo)
+    return fail(ARK_ERROR_INVALID_ARGUMENT,
+                "tuning knobs conv1d_fwd_persistent, conv1d_fwd_vec_halo: not compiled into this build");
+#endif
+  return ARK_SUCCESS;
+}
+
 // Tile shape: the tuning knobs (common/tuning.hpp) where set, else kFwdNV vectors and
 // kWarpsPerBlock warps (the best of 1, 2, 4, 8 vectors x 4, 8 warps at both benchmark shapes on the
 // H200, bench/NOTES.md); rows shorter than one tile take one vector per lane. Tuning builds compile
@@ -474,6 +958,7 @@ ark_status launch_fwd_w(const CausalConv1dFwdParams& p, cudaStream_t stream) {
   int nv = knob(Knob::Conv1dFwdVectors) ? knob(Knob::Conv1dFwdVectors) : kFwdNV;
   if (p.L < int64_t(nv) * 32 * kVec<T>) nv = 1;
   const int warps = knob(Knob::Conv1dFwdWarps) ? knob(Knob::Conv1dFwdWarps) : kWarpsPerBlock;
+  if (const ark_status s = check_fwd_variant_knobs(warps)) return s;
   switch (warps) {
     case kWarpsPerBlock: return launch_fwd_warps<T, W, kWarpsPerBlock>(p, nv, stream);
 #ifdef ARKERNELS_TUNING_VARIANTS
