@@ -979,8 +979,8 @@ template <class S> struct RowsumVec {
   // Where these fail (N <= 8: Q = 8 or 16, lanes of one quarter warp would differ by row; N > 128:
   // K = 8, TS = 4), the launcher keeps write_bwd_bc.
   static constexpr bool kOk = S::NP % 4 == 0 && S::TS % 8 == 0 && (S::NPP / 4) % 2 == 1 &&
-                              (Q == 1 || Q == 2 || Q == 4) && Q * ITEMS == IPT * S::THREADS && S::ROWS % Q == 0 &&
-                              S::THREADS % 32 == 0;
+                              (Q == 1 || Q == 2 || Q == 4) && Q * ITEMS == IPT * S::THREADS && IPW * Q == 32 &&
+                              RPT * Q == S::ROWS && S::THREADS % 32 == 0;
 };
 
 // Thread q's partial sums of its item (rows q, q + Q, ... in order). FULL: every row of the block is
