@@ -512,15 +512,17 @@ void bench_sscan(int64_t b, int64_t d, int64_t L, int64_t N, bool run_variants) 
   a.dB = d_dB.ptr; a.dC = d_dC.ptr; a.dD = static_cast<float*>(d_dD.ptr);
   // Backward variants, each timed with the default forward: the default (16-byte staging; time
   // chunks where the channels are few), unchunked (sscan_bwd_chunks = 1), 5 time chunks, the scalar
-  // staging (sscan_bwd_scalar_staging), and (tuning builds) the batched staging. The workspace is
-  // sized per variant (its size follows the launch shape).
-  const struct { const char* name; int chunks, batched, scalar; } bwd_variants[] = {
-      {"default", 0, 0, 0}, {"bwd unchunked", 1, 0, 0}, {"bwd 5 chunks", 5, 0, 0},
-      {"bwd scalar staging", 0, 0, 1}, {"bwd batched staging", 0, 1, 0}};
+  // staging (sscan_bwd_scalar_staging), and (tuning builds) the batched staging and the vectorised
+  // dB/dC row sums (sscan_bwd_rowsum_vec). The workspace is sized per variant (its size follows the
+  // launch shape).
+  const struct { const char* name; int chunks, batched, scalar, rowsum; } bwd_variants[] = {
+      {"default", 0, 0, 0, 0}, {"bwd unchunked", 1, 0, 0, 0}, {"bwd 5 chunks", 5, 0, 0, 0},
+      {"bwd scalar staging", 0, 0, 1, 0}, {"bwd batched staging", 0, 1, 0, 0}, {"bwd rowsum-vec", 0, 0, 0, 1}};
   for (const auto& bv : bwd_variants) {
     ark_tuning_set("sscan_bwd_chunks", bv.chunks);
     ark_tuning_set("sscan_bwd_batched_staging", bv.batched);
     ark_tuning_set("sscan_bwd_scalar_staging", bv.scalar);
+    ark_tuning_set("sscan_bwd_rowsum_vec", bv.rowsum);
     size_t ws_bytes = 0;
     if (const ark_status s = ark_selective_scan_bwd_workspace_size(&a, ARK_DEVICE_CUDA, &ws_bytes)) {
       report_error("selective_scan", shape, bv.name, s);
@@ -544,6 +546,7 @@ void bench_sscan(int64_t b, int64_t d, int64_t L, int64_t N, bool run_variants) 
   ark_tuning_set("sscan_bwd_chunks", 0);
   ark_tuning_set("sscan_bwd_batched_staging", 0);
   ark_tuning_set("sscan_bwd_scalar_staging", 0);
+  ark_tuning_set("sscan_bwd_rowsum_vec", 0);
 }
 
 }  // namespace

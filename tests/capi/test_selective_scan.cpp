@@ -17,11 +17,13 @@
 namespace {
 
 // One fp32 problem with every feature on: input-dependent B/C (2 groups), D, z, delta_bias with
-// softplus, an initial state.
+// softplus, an initial state. dim = 4: 2 channels per group, one partial block of channels; dim = 74:
+// 37 per group, full blocks of channels and a partial one at every backward shape.
 struct Problem {
   int64_t batch = 2, dim = 4, L = 45, N = 5, G = 2;
   std::vector<float> u, delta, A, B, C, D, z, bias, h0, w_out, w_last;
-  explicit Problem(unsigned seed, int64_t states = 5, int64_t length = 45) : L(length), N(states) {
+  explicit Problem(unsigned seed, int64_t states = 5, int64_t length = 45, int64_t channels = 4)
+      : dim(channels), L(length), N(states) {
     std::mt19937 gen(seed);
     std::normal_distribution<float> nrm(0.f, 1.f);
     std::uniform_real_distribution<float> uni(0.f, 1.f);
@@ -188,10 +190,12 @@ struct Dev {
 // The tuning knobs of one CUDA run (0 = the launcher's choice): the forward's launch shape
 // (sscan_fwd_shape, sscan_fwd_threads), the backward's time chunks (sscan_bwd_chunks) and scalar
 // staging (sscan_bwd_scalar_staging; both any build), and,
-// tuning builds only, the backward's batched staging, the forward's reduction (sscan_fwd_reduce) and
-// paired B/C rows (sscan_fwd_paired_bc).
+// tuning builds only, the backward's batched staging, the forward's reduction (sscan_fwd_reduce),
+// paired B/C rows (sscan_fwd_paired_bc) and the backward's vectorised dB/dC row sums
+// (sscan_bwd_rowsum_vec).
 struct Variant {
-  int fwd_shape = 0, fwd_threads = 0, bwd_batched = 0, fwd_reduce = 0, fwd_paired = 0, bwd_chunks = 0, bwd_scalar = 0;
+  int fwd_shape = 0, fwd_threads = 0, bwd_batched = 0, fwd_reduce = 0, fwd_paired = 0, bwd_chunks = 0, bwd_scalar = 0,
+      bwd_rowsum = 0;
 };
 void set_knobs(const Variant& v) {
   ark_tuning_set("sscan_fwd_shape", v.fwd_shape);
@@ -201,16 +205,17 @@ void set_knobs(const Variant& v) {
   ark_tuning_set("sscan_fwd_paired_bc", v.fwd_paired);
   ark_tuning_set("sscan_bwd_chunks", v.bwd_chunks);
   ark_tuning_set("sscan_bwd_scalar_staging", v.bwd_scalar);
+  ark_tuning_set("sscan_bwd_rowsum_vec", v.bwd_rowsum);
 }
 
-void test_cuda_matches_cpu(int64_t N, int64_t L, const Variant& v = {}) {
+void test_cuda_matches_cpu(int64_t N, int64_t L, const Variant& v = {}, int64_t dim = 4) {
   int count = 0;
   if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0) {
     std::printf("no CUDA device: CUDA checks skipped\n");
     return;
   }
   set_knobs(v);
-  Problem p(11, N, L);
+  Problem p(11, N, L, dim);
   Outputs cpu;
   run_cpu(p, cpu);
   Outputs host;
@@ -242,10 +247,10 @@ void test_cuda_matches_cpu(int64_t N, int64_t L, const Variant& v = {}) {
   for (const auto& c : checks) {
     const double err = rel_error(c.d->get(), *c.want);
     EXPECT(err <= c.tol,
-           "cuda %s (N=%lld L=%lld, forward shape %d/%d reduce %d paired %d, backward batched %d chunks %d scalar %d): "
-           "relative difference to the CPU path %.3g > %.0e",
-           c.name, (long long)N, (long long)L, v.fwd_shape, v.fwd_threads, v.fwd_reduce, v.fwd_paired, v.bwd_batched,
-           v.bwd_chunks, v.bwd_scalar, err, c.tol);
+           "cuda %s (N=%lld L=%lld dim=%lld, forward shape %d/%d reduce %d paired %d, backward batched %d chunks %d "
+           "scalar %d rowsum %d): relative difference to the CPU path %.3g > %.0e",
+           c.name, (long long)N, (long long)L, (long long)dim, v.fwd_shape, v.fwd_threads, v.fwd_reduce, v.fwd_paired,
+           v.bwd_batched, v.bwd_chunks, v.bwd_scalar, v.bwd_rowsum, err, c.tol);
   }
   set_knobs({});
 }
@@ -276,6 +281,15 @@ int main() {
     v.bwd_chunks = chunks;
     test_cuda_matches_cpu(16, 301, v);
   }
+  // Full and partial blocks of channels (dim 74) at every backward shape: N = 16 .. 64 run K = 2
+  // unchunked and K = 4 chunked, 128 K4R32, 256 K8R32.
+  for (int64_t n : {16, 32, 64, 128, 256}) {
+    for (int chunks : {1, 2}) {
+      Variant v;
+      v.bwd_chunks = chunks;
+      test_cuda_matches_cpu(n, 300, v, 74);
+    }
+  }
 #ifdef ARKERNELS_TUNING_VARIANTS
   test_cuda_matches_cpu(5, 45, {0, 0, 1});
   test_cuda_matches_cpu(16, 300, {0, 0, 1});
@@ -284,6 +298,26 @@ int main() {
   test_cuda_matches_cpu(16, 45, {208, 256, 0, 2});  // one partial tile
   for (const auto& s : shapes) test_cuda_matches_cpu(16, 300, {s[0], s[1], 0, 0, 1});  // paired B/C (BC_VAR)
   test_cuda_matches_cpu(16, 300, {208, 256, 0, 2, 1});
+  // Vectorised dB/dC row sums (sscan_bwd_rowsum_vec): every shape of its preconditions (N = 16 ..
+  // 128; N = 5 and 256 check that the launcher keeps write_bwd_bc there), unchunked (K = 2 up to
+  // N = 64) and chunked (K = 4), 16-byte and scalar staging, one and several blocks of channels;
+  // L = 301: rows not 16-byte aligned (scalar staging whatever the knob).
+  for (int chunks : {1, 2, 3, 10}) {
+    for (int scalar : {0, 1}) {
+      Variant v;
+      v.bwd_chunks = chunks;
+      v.bwd_scalar = scalar;
+      v.bwd_rowsum = 1;
+      test_cuda_matches_cpu(16, 300, v);
+      test_cuda_matches_cpu(5, 300, v);
+      if (chunks > 2) continue;
+      for (int64_t n : {16, 32, 64, 128, 256}) test_cuda_matches_cpu(n, 300, v, 74);
+    }
+    Variant v;
+    v.bwd_chunks = chunks;
+    v.bwd_rowsum = 1;
+    test_cuda_matches_cpu(16, 301, v, 74);
+  }
 #endif
 #endif
   return finish("selective_scan C API");

@@ -946,6 +946,124 @@ __device__ void write_bwd_bc(const ark_selective_scan_args& a, const BlockPos& b
   }
 }
 
+// Tuning variant of write_bwd_bc (knob sscan_bwd_rowsum_vec = 1, tuning builds; prepared, not yet
+// measured). write_bwd_bc gives each (step, state) to one thread, which sums the block's ROWS rows
+// with scalar loads (K4R4: 32 LDS + 32 FADD + loop and address code, per buffer and sub-tile). Here
+// an item is (step j, 4 states 4 n4 .. 4 n4 + 3), ITEMS = TS * NP / 4 of them per sub-tile:
+// - Q = THREADS / ITEMS threads share an item (Q in {1, 2, 4}; or Q = 1 and IPT = ITEMS / THREADS
+//   items per thread). Thread q of an item sums rows q, q + Q, ... with 16-byte loads: RPT = ROWS / Q
+//   rows, and IPT * RPT = TS * K / 4 = 8 float4 loads per thread and buffer at every shape.
+// - Lanes: q = lane / IPW, item = warp * IPW + lane % IPW (IPW = 32 / Q items per warp), j = item % TS,
+//   n4 = item / TS. A 16-byte load is served per quarter warp (8 lanes); IPW >= 8 puts 8 consecutive
+//   items of one q (one row) in a quarter warp: 8 consecutive j (TS % 8 == 0) of one n4, at float4
+//   offsets j * NPP / 4 + const, distinct mod 8 as NPP / 4 is odd: conflict-free. Lanes of one
+//   quarter warp must not differ by row: the row stride TS * NPP floats is 0 mod 32 at K = 2 and 4.
+// - A reduce-scatter over the Q lanes of an item (IPW, 2 IPW apart) leaves thread q with states
+//   4 n4 + q * 4 / Q + i, i < 4 / Q: the per-state sums, in a fixed order (row partials in row order,
+//   then a fixed shuffle tree): deterministic, different from write_bwd_bc only in fp32 summation
+//   order. Rows at or past rows_valid are skipped as in write_bwd_bc (no value of an invalid row
+//   enters a sum). Full blocks (rows_valid == ROWS, a uniform branch) sum without the per-row
+//   predicates (2 instructions per row and buffer) and start from the first row's values instead of
+//   +0 (the sum of all -0 rows is then -0, +0 otherwise: equal values).
+// - Global stores: lanes of one q hold IPW consecutive steps of one state: 32-byte (Q = 4) or 64-byte
+//   runs, as write_bwd_bc's.
+// B and C share the index math. SASS of the K4R4 (N = 16) 16-byte-staging kernel, a full block, both
+// buffers, per thread and sub-tile: ~327 -> ~181 instructions (64 LDS + 64 FADD + loop code -> 16
+// LDS.128 + 62 FADD + 6 SHFL). Prediction: backward kernel -5 to -10% at the headline shapes
+// (bench/NOTES.md, Session 2026-12-04).
+template <class S> struct RowsumVec {
+  static constexpr int ITEMS = S::TS * S::NP / 4;
+  static constexpr int Q = ITEMS < S::THREADS ? S::THREADS / ITEMS : 1;
+  static constexpr int IPT = ITEMS > S::THREADS ? ITEMS / S::THREADS : 1;
+  static constexpr int IPW = 32 / Q, RPT = S::ROWS / Q;
+  // Where these fail (N <= 8: Q = 8 or 16, lanes of one quarter warp would differ by row; N > 128:
+  // K = 8, TS = 4), the launcher keeps write_bwd_bc.
+  static constexpr bool kOk = S::NP % 4 == 0 && S::TS % 8 == 0 && (S::NPP / 4) % 2 == 1 &&
+                              (Q == 1 || Q == 2 || Q == 4) && Q * ITEMS == IPT * S::THREADS && IPW * Q == 32 &&
+                              RPT * Q == S::ROWS && S::THREADS % 32 == 0;
+};
+
+// Thread q's partial sums of its item (rows q, q + Q, ... in order). FULL: every row of the block is
+// valid; the loads are issued before the adds.
+template <class S, bool FULL>
+__device__ __forceinline__ void rowsum_vec_rows(const float* part, int q, int rows_valid, float (&v)[4]) {
+  using V = RowsumVec<S>;
+  constexpr int STRIDE = V::Q * S::TS * S::NPP;  // floats from row r to row r + Q
+  if constexpr (FULL) {
+    float4 x[V::RPT];
+#pragma unroll
+    for (int i = 0; i < V::RPT; ++i) x[i] = *reinterpret_cast<const float4*>(part + i * STRIDE);
+    v[0] = x[0].x;
+    v[1] = x[0].y;
+    v[2] = x[0].z;
+    v[3] = x[0].w;
+#pragma unroll
+    for (int i = 1; i < V::RPT; ++i) {
+      v[0] += x[i].x;
+      v[1] += x[i].y;
+      v[2] += x[i].z;
+      v[3] += x[i].w;
+    }
+  } else {
+    v[0] = v[1] = v[2] = v[3] = 0.f;
+#pragma unroll
+    for (int i = 0; i < V::RPT; ++i) {
+      if (q + i * V::Q < rows_valid) {
+        const float4 x = *reinterpret_cast<const float4*>(part + i * STRIDE);
+        v[0] += x.x;
+        v[1] += x.y;
+        v[2] += x.z;
+        v[3] += x.w;
+      }
+    }
+  }
+}
+
+template <class S>
+__device__ void write_bwd_bc_vec(const ark_selective_scan_args& a, const BlockPos& bp, int64_t t0, int s,
+                                 const BwdSmem<S>& sm, float* ws, const ScanWorkspace& w) {
+  using V = RowsumVec<S>;
+  static_assert(V::kOk, "write_bwd_bc_vec: shape outside the variant's preconditions");
+  constexpr int TS = S::TS, Q = V::Q, IPW = V::IPW, PER = 4 / Q;
+  const int lane = threadIdx.x % 32, q = lane / IPW;
+  const bool full = bp.rows_valid == S::ROWS;
+  const int64_t base = ((bp.b * a.ngroups + bp.g) * w.row_blocks + bp.rb) * a.dstate;
+#pragma unroll
+  for (int m = 0; m < V::IPT; ++m) {
+    const int item = m * S::THREADS + (threadIdx.x / 32) * IPW + lane % IPW;
+    const int j = item % TS, n4 = item / TS;
+    const int off = (q * TS + j) * S::NPP + 4 * n4;  // row q; row q + i Q is i Q TS NPP floats further
+    const int64_t tg = t0 + s * TS + j;
+#pragma unroll
+    for (int buf = 0; buf < 2; ++buf) {
+      if (!(buf ? a.C_variable : a.B_variable)) continue;
+      const float* part = (buf ? sm.pC : sm.pB) + off;
+      float v[4];
+      if (full) {
+        rowsum_vec_rows<S, true>(part, q, bp.rows_valid, v);
+      } else {
+        rowsum_vec_rows<S, false>(part, q, bp.rows_valid, v);
+      }
+      // Level o (q's bit o, partner o * IPW lanes away): the upper thread keeps the upper half.
+#pragma unroll
+      for (int o = Q / 2; o >= 1; o /= 2) {
+        const bool upper = q & o;
+#pragma unroll
+        for (int i = 0; i < PER * o; ++i) {
+          const float send = upper ? v[i] : v[i + PER * o], keep = upper ? v[i + PER * o] : v[i];
+          v[i] = keep + __shfl_xor_sync(0xffffffffu, send, o * IPW);
+        }
+      }
+      float* dst = ws + (buf ? w.dC_rows : w.dB_rows);
+#pragma unroll
+      for (int i = 0; i < PER; ++i) {
+        const int n = 4 * n4 + q * PER + i;
+        if (n < a.dstate && tg < a.seqlen) dst[(base + n) * a.seqlen + tg] = v[i];
+      }
+    }
+  }
+}
+
 // The tiles [first, end) of time chunk `chunk`.
 struct ChunkTiles {
   int64_t first, end;
@@ -1036,7 +1154,8 @@ enum class BwdStaging : int {
   kBatched = 1,  // every load of the tile issued first (tuning builds, knob sscan_bwd_batched_staging)
   kVec = 2,      // 16-byte chunks (non-varlen, rows aligned; the default there)
 };
-template <class S, bool VARLEN, BwdStaging STAGING = BwdStaging::kScalar>
+// ROWSUM_VEC: the dB/dC row sums of write_bwd_bc_vec (tuning builds, knob sscan_bwd_rowsum_vec).
+template <class S, bool VARLEN, BwdStaging STAGING = BwdStaging::kScalar, bool ROWSUM_VEC = false>
 __global__ void __launch_bounds__(S::THREADS, !VARLEN && S::K <= 4 && S::R >= 2 ? 3 : 1)
     selective_scan_bwd_kernel(const ark_selective_scan_args a, float* ws, ScanWorkspace w, int64_t blocks0) {
   constexpr int K = S::K, R = S::R, TT = kCk, TS = S::TS, NS = TT / TS, P = TT + 1;
@@ -1209,8 +1328,12 @@ __global__ void __launch_bounds__(S::THREADS, !VARLEN && S::K <= 4 && S::R >= 2 
         case ARK_FLOAT16: write_bwd_steps<__half, S, M>(a, bp, t0, s, sm, accD, accBias); break;
         default: write_bwd_steps<__nv_bfloat16, S, M>(a, bp, t0, s, sm, accD, accBias); break;
       }
-      if (a.B_variable) write_bwd_bc<S>(a, bp, t0, s, sm.pB, ws + w.dB_rows, w.row_blocks);
-      if (a.C_variable) write_bwd_bc<S>(a, bp, t0, s, sm.pC, ws + w.dC_rows, w.row_blocks);
+      if constexpr (ROWSUM_VEC) {
+        write_bwd_bc_vec<S>(a, bp, t0, s, sm, ws, w);
+      } else {
+        if (a.B_variable) write_bwd_bc<S>(a, bp, t0, s, sm.pB, ws + w.dB_rows, w.row_blocks);
+        if (a.C_variable) write_bwd_bc<S>(a, bp, t0, s, sm.pC, ws + w.dC_rows, w.row_blocks);
+      }
       __syncthreads();
     }
   }
@@ -1406,6 +1529,14 @@ ark_status launch_bwd(const ark_selective_scan_args& a, float* ws, int64_t chunk
   if (knob(Knob::SscanBwdBatchedStaging)) {
     kernel = a.cu_seqlens ? selective_scan_bwd_kernel<S, true, BwdStaging::kBatched>
                           : selective_scan_bwd_kernel<S, false, BwdStaging::kBatched>;
+  } else if (knob(Knob::SscanBwdRowsumVec) == 1 && !a.cu_seqlens) {
+    // The vectorised dB/dC row sums (write_bwd_bc_vec) with the staging chosen above. Shapes outside
+    // RowsumVec<S>::kOk (N <= 8, N > 128), varlen calls and the batched staging keep write_bwd_bc
+    // without a word: the knob changes speed, never results (beyond fp32 summation order).
+    if constexpr (RowsumVec<S>::kOk) {
+      kernel = vec ? selective_scan_bwd_kernel<S, false, BwdStaging::kVec, true>
+                   : selective_scan_bwd_kernel<S, false, BwdStaging::kScalar, true>;
+    }
   }
 #endif
   if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)) != cudaSuccess)
