@@ -37,6 +37,17 @@ if [ "${KIT_PROFILE:-1}" = 1 ] && command -v ncu >/dev/null; then
     ./native_bench - sscan_big_default >"$LOG/ncu_${src}_source.csv" 2>&1
   note "ncu source: rc=$? (logs/ncu_${src}_source.csv)"
 fi
+# KIT_NCU="case:kernel-regex ...": the main sections (speed of light, occupancy, warp states, launch)
+# of the first launch of each kernel in that native_bench case (e.g. ssu_mamba2:selective_state_update).
+for pair in ${KIT_NCU:-}; do
+  case_name=${pair%%:*} kernel=${pair#*:}
+  timeout "${KIT_PROFILE_TIMEOUT:-90}" ncu --clock-control none -k regex:"$kernel" -c 1 --section SpeedOfLight \
+    --section Occupancy --section WarpStateStats --section LaunchStats --section SchedulerStats --section MemoryWorkloadAnalysis \
+    ./native_bench - "$case_name" >"$LOG/ncu_$case_name.txt" 2>&1
+  note "ncu $case_name ($kernel): rc=$?"
+  grep -E "^  [a-zA-Z_].*\(|Duration|Registers Per|Issue Slots Busy|Eligible Warps|Achieved Occupancy|Theoretical Occupancy|Memory Throughput|DRAM Throughput|L2 Cache Throughput|Warp Cycles Per Issued|No Eligible|Block Limit" \
+    "$LOG/ncu_$case_name.txt" | cut -c1-160 | head -40 >>"$summary"
+done
 if [ "${KIT_SANITIZE:-1}" = 1 ]; then
   for t in ${KIT_SANITIZE_TESTS:-test_selective_state_update_capi test_selective_scan_capi test_causal_conv1d_capi}; do
     timeout "${KIT_SANITIZE_TIMEOUT:-60}" compute-sanitizer --tool memcheck --error-exitcode 99 "./$t" \
