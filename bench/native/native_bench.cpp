@@ -117,13 +117,33 @@ constexpr size_t kFlushBytes = size_t(256) << 20;
 void* g_flush = nullptr;
 cudaEvent_t g_start, g_stop;
 
+// Reads the flush buffer (xor of every word, stored only if it hits a value it never has, so that the
+// loads stay): afterwards the L2 holds clean lines of that buffer and nothing of the timed call's data.
+__global__ void read_flush(const uint4* __restrict__ p, size_t n, unsigned* sink) {
+  unsigned acc = 0;
+  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x) {
+    const uint4 v = p[i];
+    acc ^= v.x ^ v.y ^ v.z ^ v.w;
+  }
+  if (acc == 0x9e3779b9u) *sink = acc;
+}
+
 // Median ms of f() over repetitions (about 0.25 s of calls, 5..200), L2 evicted before each.
-double time_ms(const std::function<ark_status()>& f) {
+// The eviction writes kFlushBytes (as do_bench's zero_() does): the L2 then holds up to its size in
+// dirty lines that the timed call writes back to HBM as it evicts them, up to ~50-60 MB of extra
+// traffic, which weighs on calls that move little. clean: the flush reads instead (read_flush), so
+// the timed call finds an L2 of clean lines, none of its own data (compare both: bench/NOTES.md).
+double time_ms(const std::function<ark_status()>& f, bool clean = false) {
   if (f() != ARK_SUCCESS || !cuda_ok(cudaDeviceSynchronize(), "warm-up")) return NAN;
   std::vector<float> t;
   float total = 0.f;
   while (t.size() < 200 && (t.size() < 5 || total < 250.f)) {
-    cudaMemsetAsync(g_flush, int(t.size() & 0xff), kFlushBytes);
+    if (clean) {
+      read_flush<<<1056, 512>>>(static_cast<const uint4*>(g_flush), kFlushBytes / 16,
+                                static_cast<unsigned*>(g_flush));
+    } else {
+      cudaMemsetAsync(g_flush, int(t.size() & 0xff), kFlushBytes);
+    }
     cudaEventRecord(g_start);
     f();
     cudaEventRecord(g_stop);
@@ -246,12 +266,13 @@ void bench_ssu(bool mamba2) {
                               (mamba2 ? H * 12 : P * 4 * (N + 2)));
   // (ssu_kernel, rows, prefetch): the default (head-tile kernel), the per-row kernel's variants, the
   // head-tile kernel's rows per lane group.
-  const int variants[][3] = {{0, 0, 0}, {1, 1, 0}, {1, 2, 0}, {1, 1, 1}, {2, 1, 0}, {2, 2, 0}, {2, 4, 0}, {2, 8, 0}};
+  const int variants[][3] = {{0, 0, 0}, {1, 1, 0}, {1, 2, 0}, {1, 1, 1}, {2, 1, 0}, {2, 2, 0}, {2, 4, 0}, {3, 0, 0}};
   for (const auto& v : variants) {
     ark_tuning_set("ssu_kernel", v[0]);
     ark_tuning_set("ssu_rows", v[1]);
     ark_tuning_set("ssu_prefetch", v[2]);
-    const std::string variant = v[0] == 0 ? std::string("default")
+    const std::string variant = v[0] == 0   ? std::string("default")
+                                : v[0] == 3 ? std::string("tile row per thread")
                                           : std::string(v[0] == 1 ? "rows=" : "tile rows=") + std::to_string(v[1]) +
                                                 (v[2] ? " prefetch" : "");
     d_state.upload(state);
@@ -263,6 +284,9 @@ void bench_ssu(bool mamba2) {
     // Timed calls keep advancing the state in place (bounded: exp(dt A) < 1).
     const double ms = time_ms(call);
     report("selective_state_update", shape, variant, "step", ms, bytes, err, mamba2 ? 1e-2 : 1e-5);
+    if (v[0] == 0)
+      report("selective_state_update", shape, "default clean-L2", "step", time_ms(call, true), bytes, err,
+             mamba2 ? 1e-2 : 1e-5);
   }
   ark_tuning_set("ssu_kernel", 0);
   ark_tuning_set("ssu_rows", 0);
@@ -417,22 +441,25 @@ void bench_conv1d(int64_t B, int64_t D, int64_t L) {
   // as one 16-byte load with the tile), persistent grid (1: resident blocks, next tile's loads issued
   // before the current tile is computed).
   struct V { int nv, warps, early_halo, vec_halo, persistent; };
-  const V variants[] = {{1, 4, 0, 0, 0}, {2, 4, 0, 0, 0}, {4, 4, 0, 0, 0}, {8, 4, 0, 0, 0}, {2, 8, 0, 0, 0},
-                        {4, 8, 0, 0, 0}, {4, 4, 1, 0, 0}, {2, 8, 1, 0, 0}, {4, 8, 1, 0, 0},
-                        {4, 4, 0, 1, 0}, {2, 4, 0, 1, 0}, {4, 4, 0, 0, 1}, {2, 4, 0, 0, 1},
-                        {4, 4, 0, 1, 1}, {2, 4, 0, 1, 1}};
+  // persistent -1: the tiled kernel (one tile per warp); 0: the default (persistent for full tiles).
+  const V variants[] = {{0, 0, 0, 0, 0},  {1, 4, 0, 0, -1}, {2, 4, 0, 0, -1}, {4, 4, 0, 0, -1}, {4, 4, 0, 1, -1},
+                        {4, 4, 0, 0, 1},  {2, 4, 0, 0, 1},  {4, 4, 0, 1, 1}};
   for (const V& v : variants) {
     ark_tuning_set("conv1d_fwd_warps", v.warps);
     ark_tuning_set("conv1d_fwd_vectors", v.nv);
     ark_tuning_set("conv1d_fwd_early_halo", v.early_halo);
     ark_tuning_set("conv1d_fwd_vec_halo", v.vec_halo);
     ark_tuning_set("conv1d_fwd_persistent", v.persistent);
-    const std::string variant = "nv=" + std::to_string(v.nv) + " warps=" + std::to_string(v.warps) +
-                                (v.early_halo ? " halo" : "") + (v.persistent ? " persist" : "") +
-                                (v.vec_halo ? (v.persistent ? "+vhalo" : " vhalo") : "");
+    const std::string variant = v.nv == 0 ? std::string("default")
+                                          : "nv=" + std::to_string(v.nv) + " warps=" + std::to_string(v.warps) +
+                                                (v.early_halo ? " halo" : "") +
+                                                (v.persistent > 0 ? " persist" : v.persistent < 0 ? " tiled" : "") +
+                                                (v.vec_halo ? (v.persistent > 0 ? "+vhalo" : " vhalo") : "");
     Host got = out;
     if (!run_once("causal_conv1d", shape, variant, call, d_out, got)) continue;
-    report("causal_conv1d", shape, variant, "fwd", time_ms(call), bytes, rel_error(got, out_cpu), 1e-2);
+    const double err = rel_error(got, out_cpu);
+    report("causal_conv1d", shape, variant, "fwd", time_ms(call), bytes, err, 1e-2);
+    if (v.nv == 0) report("causal_conv1d", shape, "default clean-L2", "fwd", time_ms(call, true), bytes, err, 1e-2);
   }
   ark_tuning_set("conv1d_fwd_warps", 0);
   ark_tuning_set("conv1d_fwd_vectors", 0);
@@ -517,7 +544,7 @@ void bench_sscan(int64_t b, int64_t d, int64_t L, int64_t N, bool run_variants) 
   // launch shape).
   const struct { const char* name; int chunks, batched, scalar, rowsum; } bwd_variants[] = {
       {"default", 0, 0, 0, 0}, {"bwd unchunked", 1, 0, 0, 0}, {"bwd 5 chunks", 5, 0, 0, 0},
-      {"bwd scalar staging", 0, 0, 1, 0}, {"bwd batched staging", 0, 1, 0, 0}, {"bwd rowsum-vec", 0, 0, 0, 1}};
+      {"bwd scalar staging", 0, 0, 1, 0}, {"bwd batched staging", 0, 1, 0, 0}, {"bwd rowsum off", 0, 0, 0, -1}};
   for (const auto& bv : bwd_variants) {
     ark_tuning_set("sscan_bwd_chunks", bv.chunks);
     ark_tuning_set("sscan_bwd_batched_staging", bv.batched);
@@ -566,6 +593,19 @@ int main(int argc, char** argv) {
   cudaEventCreate(&g_stop);
   g_copy_gbps = copy_ceiling_gbps();
   std::printf("copy ceiling: %.0f GB/s (1 GiB device-to-device, read + write)\n", g_copy_gbps);
+  // Copies of the sizes the decode-step cases move, after either flush (time_ms): what a plain copy
+  // of that size reaches in each L2 state.
+  for (const size_t mib : {size_t(16), size_t(128)}) {
+    Device a(mib << 20), b(mib << 20);
+    cudaMemset(a.ptr, 1, mib << 20);
+    const auto copy = [&] {
+      return cudaMemcpyAsync(b.ptr, a.ptr, mib << 20, cudaMemcpyDeviceToDevice) == cudaSuccess ? ARK_SUCCESS
+                                                                                                : ARK_ERROR_CUDA;
+    };
+    const std::string shape = std::to_string(mib) + " MiB";
+    report("copy", shape.c_str(), "write flush", "copy", time_ms(copy), 2.0 * double(mib << 20), 0, 1);
+    report("copy", shape.c_str(), "clean-L2", "copy", time_ms(copy, true), 2.0 * double(mib << 20), 0, 1);
+  }
   if (g_tsv) std::fprintf(g_tsv, "copy\t-\t-\t-\t-\t%.0f\n", g_copy_gbps);
   // Cases by name; all of them when none is given (e.g. `native_bench out.tsv sscan_big` for a profiler).
   // sscan_big_default: only the default forward + backward at the big shape, for a profiler.

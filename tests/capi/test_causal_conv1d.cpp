@@ -439,8 +439,9 @@ void test_cuda_matches_definition() {
   }
   unsigned seed = 100;
   // Forward variants (tuning knobs): vectors per lane, warps per block, early halo, vec halo,
-  // persistent grid (1: the resident-block grid, where these small problems give each warp one tile;
-  // 3: three blocks, so every warp walks many tiles, rows and channels). The default only in other builds.
+  // persistent grid (-1: the tiled kernel; 0: the default, persistent for full tiles; 1: the
+  // resident-block grid, where these small problems give each warp one tile; 3: three blocks, so every
+  // warp walks many tiles, rows and channels).
   struct FwdVariant { int vectors, warps, early_halo, vec_halo, persistent; };
 #ifdef ARKERNELS_TUNING_VARIANTS
   const FwdVariant variants[] = {
@@ -448,14 +449,14 @@ void test_cuda_matches_definition() {
       {1, 4, 0, 1, 0}, {2, 4, 0, 1, 0}, {4, 4, 0, 1, 0}, {8, 4, 0, 1, 0},
       {2, 4, 0, 0, 1}, {4, 4, 0, 0, 1}, {2, 4, 0, 1, 1}, {4, 4, 0, 1, 1},
       {1, 4, 0, 0, 3}, {2, 4, 0, 0, 3}, {4, 4, 0, 0, 3}, {8, 4, 0, 0, 3},
-      {1, 4, 0, 1, 3}, {2, 4, 0, 1, 3}, {4, 4, 0, 1, 3}, {8, 4, 0, 1, 3}};
+      {1, 4, 0, 1, 3}, {2, 4, 0, 1, 3}, {4, 4, 0, 1, 3}, {8, 4, 0, 1, 3}, {0, 0, 0, 0, 0}, {4, 4, 0, 0, -1}};
   // Knob values the forward does not know, or combinations it does not compile, are refused.
   {
     const Problem p = make_problem(1, 2, 300, 4, true, seed++, 0);
     Buffers b = make_buffers(p, ARK_FLOAT32);
     void *x = to_device(b.x), *w = to_device(b.w), *out = to_device(b.out);
     const struct { const char* knob; int value; const char* other; int other_value; } bad[] = {
-        {"conv1d_fwd_vec_halo", 2, "conv1d_fwd_warps", 0},     {"conv1d_fwd_persistent", -1, "conv1d_fwd_warps", 0},
+        {"conv1d_fwd_vec_halo", 2, "conv1d_fwd_warps", 0},     {"conv1d_fwd_persistent", -2, "conv1d_fwd_warps", 0},
         {"conv1d_fwd_vec_halo", 1, "conv1d_fwd_warps", 8},     {"conv1d_fwd_persistent", 1, "conv1d_fwd_warps", 8},
         {"conv1d_fwd_persistent", 1, "conv1d_fwd_early_halo", 1}};
     for (const auto& k : bad) {
@@ -472,7 +473,8 @@ void test_cuda_matches_definition() {
     for (void* ptr : {x, w, out}) cudaFree(ptr);
   }
 #else
-  const FwdVariant variants[] = {{0, 0, 0, 0, 0}};
+  // The default (persistent grid for full tiles), the tiled kernel, and 3 blocks walking many tiles.
+  const FwdVariant variants[] = {{0, 0, 0, 0, 0}, {0, 0, 0, 0, -1}, {0, 0, 0, 0, 3}};
 #endif
   for (const FwdVariant& v : variants) {
     ark_tuning_set("conv1d_fwd_vectors", v.vectors);

@@ -190,9 +190,9 @@ struct Dev {
 // The tuning knobs of one CUDA run (0 = the launcher's choice): the forward's launch shape
 // (sscan_fwd_shape, sscan_fwd_threads), the backward's time chunks (sscan_bwd_chunks) and scalar
 // staging (sscan_bwd_scalar_staging; both any build), and,
-// tuning builds only, the backward's batched staging, the forward's reduction (sscan_fwd_reduce),
-// paired B/C rows (sscan_fwd_paired_bc) and the backward's vectorised dB/dC row sums
-// (sscan_bwd_rowsum_vec).
+// the backward's vectorised dB/dC row sums (sscan_bwd_rowsum_vec: -1 off, 1 on beyond the default's
+// N <= 32); tuning builds only, the backward's batched staging, the forward's reduction
+// (sscan_fwd_reduce) and paired B/C rows (sscan_fwd_paired_bc).
 struct Variant {
   int fwd_shape = 0, fwd_threads = 0, bwd_batched = 0, fwd_reduce = 0, fwd_paired = 0, bwd_chunks = 0, bwd_scalar = 0,
       bwd_rowsum = 0;
@@ -282,12 +282,16 @@ int main() {
     test_cuda_matches_cpu(16, 301, v);
   }
   // Full and partial blocks of channels (dim 74) at every backward shape: N = 16 .. 64 run K = 2
-  // unchunked and K = 4 chunked, 128 K4R32, 256 K8R32.
+  // unchunked and K = 4 chunked, 128 K4R32, 256 K8R32; the dB/dC row sums vectorised (the default for
+  // N <= 32) and not (sscan_bwd_rowsum_vec = -1).
   for (int64_t n : {16, 32, 64, 128, 256}) {
     for (int chunks : {1, 2}) {
-      Variant v;
-      v.bwd_chunks = chunks;
-      test_cuda_matches_cpu(n, 300, v, 74);
+      for (int rowsum : {0, -1}) {
+        Variant v;
+        v.bwd_chunks = chunks;
+        v.bwd_rowsum = rowsum;
+        test_cuda_matches_cpu(n, 300, v, 74);
+      }
     }
   }
 #ifdef ARKERNELS_TUNING_VARIANTS

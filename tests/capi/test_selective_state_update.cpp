@@ -216,6 +216,7 @@ const Shape kShapes[] = {
     {2, 1, 2, 128, 32, 1, true, true, true, true},  {2, 1, 4, 128, 8, 2, true, true, false, true},
     {2, 3, 2, 32, 64, 1, true, true, false},        {3, 1, 1, 256, 16, 1, false, true, false},
     {4, 3, 1, 384, 16, 3, false, true, true},       {2, 2, 2, 256, 4, 1, false, true, false},
+    {2, 3, 2, 256, 16, 2, false, true, true},       {2, 1, 2, 256, 16, 1, true, true, false, true},
 };
 
 void test_cpu_matches_definition() {
@@ -302,7 +303,7 @@ void test_cuda_matches_definition() {
   // and the per-row kernel; in tuning builds every variant of both.
 #ifdef ARKERNELS_TUNING_VARIANTS
   const int variants[][3] = {{0, 0, 0}, {1, 1, 0}, {1, 2, 0}, {1, 4, 0}, {1, 1, 1}, {1, 2, 1},
-                             {2, 1, 0}, {2, 2, 0}, {2, 4, 0}, {2, 8, 0}};
+                             {2, 1, 0}, {2, 2, 0}, {2, 4, 0}, {3, 0, 0}};
 #else
   const int variants[][3] = {{0, 0, 0}, {1, 0, 0}};
 #endif

@@ -37,6 +37,11 @@ namespace ark {
 namespace {
 
 constexpr int kThreads = 128;
+#ifdef ARKERNELS_TUNING_VARIANTS
+constexpr bool kTuningVariants = true;
+#else
+constexpr bool kTuningVariants = false;
+#endif
 constexpr int kCk = int(kScanCheckpoint);
 constexpr float kLog2e = 1.4426950408889634f;
 
@@ -946,8 +951,8 @@ __device__ void write_bwd_bc(const ark_selective_scan_args& a, const BlockPos& b
   }
 }
 
-// Tuning variant of write_bwd_bc (knob sscan_bwd_rowsum_vec = 1, tuning builds; prepared, not yet
-// measured). write_bwd_bc gives each (step, state) to one thread, which sums the block's ROWS rows
+// The vectorised variant of write_bwd_bc (default for N <= 32, knob sscan_bwd_rowsum_vec; see
+// launch_bwd for the measured numbers). write_bwd_bc gives each (step, state) to one thread, which sums the block's ROWS rows
 // with scalar loads (K4R4: 32 LDS + 32 FADD + loop and address code, per buffer and sub-tile). Here
 // an item is (step j, 4 states 4 n4 .. 4 n4 + 3), ITEMS = TS * NP / 4 of them per sub-tile:
 // - Q = THREADS / ITEMS threads share an item (Q in {1, 2, 4}; or Q = 1 and IPT = ITEMS / THREADS
@@ -1525,18 +1530,24 @@ ark_status launch_bwd(const ark_selective_scan_args& a, float* ws, int64_t chunk
   }
   auto kernel = a.cu_seqlens ? selective_scan_bwd_kernel<S, true> : selective_scan_bwd_kernel<S, false>;
   if (vec) kernel = selective_scan_bwd_kernel<S, false, BwdStaging::kVec>;
+  // The vectorised dB/dC row sums (write_bwd_bc_vec), with the staging chosen above: the default for
+  // NP <= 32 (N <= 32; measured on the H200, 2026-12-04, fwd+bwd at N = 16: 2.337 -> 2.194 ms at b4
+  // d2048, 1.525 -> 1.453 at b8 d1536, 0.561 -> 0.541 at b2 d1536); above that they spill more in the
+  // step loops (ptxas) and were not measured: knob sscan_bwd_rowsum_vec = 1 there (tuning builds),
+  // -1 = off everywhere. Shapes outside RowsumVec<S>::kOk (N <= 8, N > 128) and varlen calls keep
+  // write_bwd_bc: the choice changes speed, never results (beyond fp32 summation order).
+  constexpr bool kRowsumCompiled = RowsumVec<S>::kOk && (S::NP <= 32 || kTuningVariants);
+  const int rowsum_knob = knob(Knob::SscanBwdRowsumVec);
+  const bool rowsum = !a.cu_seqlens && (rowsum_knob == 1 || (rowsum_knob == 0 && S::NP <= 32));
+  if constexpr (kRowsumCompiled) {
+    if (rowsum)
+      kernel = vec ? selective_scan_bwd_kernel<S, false, BwdStaging::kVec, true>
+                   : selective_scan_bwd_kernel<S, false, BwdStaging::kScalar, true>;
+  }
 #ifdef ARKERNELS_TUNING_VARIANTS
   if (knob(Knob::SscanBwdBatchedStaging)) {
     kernel = a.cu_seqlens ? selective_scan_bwd_kernel<S, true, BwdStaging::kBatched>
                           : selective_scan_bwd_kernel<S, false, BwdStaging::kBatched>;
-  } else if (knob(Knob::SscanBwdRowsumVec) == 1 && !a.cu_seqlens) {
-    // The vectorised dB/dC row sums (write_bwd_bc_vec) with the staging chosen above. Shapes outside
-    // RowsumVec<S>::kOk (N <= 8, N > 128), varlen calls and the batched staging keep write_bwd_bc
-    // without a word: the knob changes speed, never results (beyond fp32 summation order).
-    if constexpr (RowsumVec<S>::kOk) {
-      kernel = vec ? selective_scan_bwd_kernel<S, false, BwdStaging::kVec, true>
-                   : selective_scan_bwd_kernel<S, false, BwdStaging::kScalar, true>;
-    }
   }
 #endif
   if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)) != cudaSuccess)
