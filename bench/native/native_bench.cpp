@@ -266,13 +266,12 @@ void bench_ssu(bool mamba2) {
                               (mamba2 ? H * 12 : P * 4 * (N + 2)));
   // (ssu_kernel, rows, prefetch): the default (head-tile kernel), the per-row kernel's variants, the
   // head-tile kernel's rows per lane group.
-  const int variants[][3] = {{0, 0, 0}, {1, 1, 0}, {1, 2, 0}, {1, 1, 1}, {2, 1, 0}, {2, 2, 0}, {2, 4, 0}, {3, 0, 0}};
+  const int variants[][3] = {{0, 0, 0}, {1, 1, 0}, {1, 2, 0}, {1, 1, 1}, {2, 1, 0}, {2, 2, 0}, {2, 4, 0}};
   for (const auto& v : variants) {
     ark_tuning_set("ssu_kernel", v[0]);
     ark_tuning_set("ssu_rows", v[1]);
     ark_tuning_set("ssu_prefetch", v[2]);
-    const std::string variant = v[0] == 0   ? std::string("default")
-                                : v[0] == 3 ? std::string("tile row per thread")
+    const std::string variant = v[0] == 0 ? std::string("default")
                                           : std::string(v[0] == 1 ? "rows=" : "tile rows=") + std::to_string(v[1]) +
                                                 (v[2] ? " prefetch" : "");
     d_state.upload(state);

@@ -402,16 +402,11 @@ __host__ __device__ constexpr int tile_rows_per_block(int log2_lanes, int rpt) {
   return kTileWarps * (32 >> log2_lanes) * rpt;
 }
 
-// V: state elements per lane (N = lanes * V). kVec by default; 16 (knob ssu_kernel = 3, N = 16): a
-// whole row per thread, no reduction, the per-row work (softplus, parameters, offsets) done once per
-// row instead of once per lane of its group; 3 blocks per SM (its B, C, A and state rows take ~64
-// registers).
-template <int V> constexpr int kTileMinBlocks = V > kVec ? 3 : kMinBlocksVec;
-
-template <typename S, typename X, int RPT, bool A_CONST, bool PER_HEAD, int V = kVec>
-__global__ void __launch_bounds__(kThreads, kTileMinBlocks<V>)
+template <typename S, typename X, int RPT, bool A_CONST, bool PER_HEAD>
+__global__ void __launch_bounds__(kThreads, kMinBlocksVec)
     selective_state_update_tile_kernel(const SsuParams p, int log2_lanes) {
   static_assert(!PER_HEAD || A_CONST, "PER_HEAD needs A constant along N");
+  constexpr int V = kVec;
   const ark_selective_state_update_args& a = p.a;
   const int lanes = 1 << log2_lanes;
   const int lane = int(threadIdx.x) & (lanes - 1);
@@ -618,37 +613,19 @@ ark_status launch_rows(const SsuParams& p, int log2_lanes, dim3 grid, cudaStream
 
 // PER_HEAD_ONLY: only the PER_HEAD kernel of this RPT is compiled (default builds pick 4 rows only
 // there; with per-row parameters 4 rows spill registers).
-template <typename S, typename X, int RPT, bool PER_HEAD_ONLY = false, int V = kVec>
+template <typename S, typename X, int RPT, bool PER_HEAD_ONLY = false>
 ark_status launch_tile_rpt(const SsuParams& p, int log2_lanes, dim3 grid, bool per_head, cudaStream_t stream) {
   grid.x = unsigned(p.a.heads * p.a.head_dim / tile_rows_per_block(log2_lanes, RPT));
   if (per_head)
-    selective_state_update_tile_kernel<S, X, RPT, true, true, V><<<grid, kThreads, 0, stream>>>(p, log2_lanes);
+    selective_state_update_tile_kernel<S, X, RPT, true, true><<<grid, kThreads, 0, stream>>>(p, log2_lanes);
   else if constexpr (PER_HEAD_ONLY)
     return fail(ARK_ERROR_INVALID_ARGUMENT, "tuning knob ssu_rows: %d rows without PER_HEAD are not compiled", RPT);
   else if (p.a_const_n)
-    selective_state_update_tile_kernel<S, X, RPT, true, false, V><<<grid, kThreads, 0, stream>>>(p, log2_lanes);
+    selective_state_update_tile_kernel<S, X, RPT, true, false><<<grid, kThreads, 0, stream>>>(p, log2_lanes);
   else
-    selective_state_update_tile_kernel<S, X, RPT, false, false, V><<<grid, kThreads, 0, stream>>>(p, log2_lanes);
+    selective_state_update_tile_kernel<S, X, RPT, false, false><<<grid, kThreads, 0, stream>>>(p, log2_lanes);
   return cuda_launch_status("selective_state_update", "head-tile kernel");
 }
-
-#ifdef ARKERNELS_TUNING_VARIANTS
-// Row starts of every tensor the tile kernel reads or writes along N aligned to 16 bytes (the
-// V = 16 variant reads a row of a 16-bit tensor as 16-byte pieces; vec_layout asks only for V = 4).
-bool tile_rows_aligned16(const SsuParams& p, int state_bytes, int input_bytes) {
-  const ark_selective_state_update_args& a = p.a;
-  const int64_t state_sizes[3] = {a.state_batch, a.heads, a.head_dim};
-  const int64_t bc_sizes[3] = {a.batch, a.tokens, a.groups};
-  const int64_t inter_sizes[4] = {a.batch, a.tokens, a.heads, a.head_dim};
-  const int64_t a_sizes[2] = {a.heads, a.head_dim};
-  return rows_aligned(a.state, state_sizes, a.state_strides, 3, a.state_strides[3], state_bytes, 16) &&
-         rows_aligned(a.B, bc_sizes, a.B_strides, 3, a.B_strides[3], input_bytes, 16) &&
-         rows_aligned(a.C, bc_sizes, a.C_strides, 3, a.C_strides[3], input_bytes, 16) &&
-         (p.a_const_n || rows_aligned(a.A, a_sizes, a.A_strides, 2, a.A_strides[2], dtype_bytes(a.A_dtype), 16)) &&
-         (!a.intermediate_states || rows_aligned(a.intermediate_states, inter_sizes, a.intermediate_states_strides,
-                                                 4, a.intermediate_states_strides[4], state_bytes, 16));
-}
-#endif
 
 // The head-tile kernel where it applies (true; *status set), else false: N = lanes * V exactly,
 // fewer than 2^31 channels, and a block's rows (rows_per_block) within one B/C group. Rows per lane
@@ -662,15 +639,6 @@ bool launch_tile(const SsuParams& p, int log2_lanes, dim3 grid, cudaStream_t str
   const auto over_p = [&](int64_t stride) { return a.head_dim == 1 || stride == 0; };
   const bool head_params = p.a_const_n && over_p(a.A_strides[1]) && over_p(a.dt_strides[3]) &&
                            (!a.D || over_p(a.D_strides[1])) && (!a.dt_bias || over_p(a.dt_bias_strides[1]));
-#ifdef ARKERNELS_TUNING_VARIANTS
-  // ssu_kernel = 3: a whole row of N = 16 per thread (V = 16, one row per thread and pass).
-  if (knob(Knob::SsuKernel) == 3 && a.dstate == 16 &&
-      tile_rows_aligned16(p, int(sizeof(S)), int(sizeof(X))) && p.channels_per_group % tile_rows_per_block(0, 1) == 0) {
-    const bool per_head = head_params && a.head_dim % tile_rows_per_block(0, 1) == 0;
-    *status = launch_tile_rpt<S, X, 1, false, 16>(p, 0, grid, per_head, stream);
-    return true;
-  }
-#endif
   // 4 rows where that keeps the block inside one head, else 2.
   const auto rows_per_block = [&](int rpt) { return int64_t(tile_rows_per_block(log2_lanes, rpt)); };
   int rpt = knob(Knob::SsuRows);
@@ -713,8 +681,7 @@ ark_status launch(const SsuParams& p, cudaStream_t stream) {
   const dim3 grid{unsigned(grid_x), unsigned(grid_y), unsigned(grid_z)};
   const bool vec = vec_layout<S, X>(p);
   if (vec && a.dstate <= 32 * V) {
-    // ssu_kernel: 0 = the head-tile kernel where it applies, 1 = the per-row kernel, 2 = the same as 0,
-    // 3 (tuning builds) = the head-tile kernel with a whole row per thread where N = 16.
+    // ssu_kernel: 0 = the head-tile kernel where it applies, 1 = the per-row kernel, 2 = the same as 0.
     ark_status status = ARK_SUCCESS;
     if (knob(Knob::SsuKernel) != 1 && launch_tile<S, X>(p, log2_lanes, grid, stream, &status)) return status;
     return launch_rows<S, X>(p, log2_lanes, grid, stream);
