@@ -55,7 +55,7 @@ def main():
             with profile(activities=[ProfilerActivity.CUDA]) as prof:
                 fn()
                 torch.cuda.synchronize()
-            kernels = [(e.name[:70], e.device_time_total) for e in prof.key_averages()
+            kernels = [(e.key[:70], e.device_time_total) for e in prof.key_averages()
                        if e.device_type == torch.autograd.DeviceType.CUDA]
             print(f"{case.params['layout']:7s} {name:15s} do_bench {bench_ms * 1e3:7.1f} us | graph replay "
                   f"{graph_ms * 1e3:7.1f} us | host per call (no sync) {host_us:6.1f} us | kernels: "
