@@ -213,6 +213,12 @@ __device__ __forceinline__ void store_vector(T* row, int64_t i0, int64_t L, cons
 // in [0, L) and the row shares the tile grid's alignment (`vec_ok`); elsewhere (row starts, whose halo
 // is the initial states or zeros; rows misaligned against the output; a tile wholly past L) `ok` is
 // false and window() reads the halo element by element, as the default kernel does.
+// Whether lane 0 of this tile reads its halo from the vector before the tile (see HaloVec).
+template <typename T>
+__device__ __forceinline__ bool halo_vec_ok(int64_t tile_start, int64_t L, bool vec_ok, int lane) {
+  return lane == 0 && vec_ok && tile_start >= kVec<T> && tile_start <= L;
+}
+
 template <typename T, typename S = Vec<T, kVec<T>>>
 struct HaloVec {
   S v;
@@ -222,9 +228,8 @@ struct HaloVec {
 template <typename T, typename S>
 __device__ __forceinline__ void issue_halo(const T* row, int64_t tile_start, int64_t L, bool vec_ok, int lane,
                                            HaloVec<T, S>& h) {
-  constexpr int V = kVec<T>;
-  h.ok = lane == 0 && vec_ok && tile_start >= V && tile_start <= L;
-  if (h.ok) h.v = *reinterpret_cast<const S*>(row + tile_start - V);
+  h.ok = halo_vec_ok<T>(tile_start, L, vec_ok, lane);
+  if (h.ok) h.v = *reinterpret_cast<const S*>(row + tile_start - kVec<T>);
 }
 
 // The halo (the vector's last W-1 elements) as fp32; meaningless where !h.ok (never used then).
@@ -502,29 +507,33 @@ __device__ __forceinline__ void halo_f32(const HaloScalars<T, W>& h, float (&out
 // types anyway), and for fp32 with W = 4 the 4 before them. A 16-byte load there (fp32, W = 4) leaves
 // its first word unused; the register allocator reused that register right after the load, and the
 // write-after-write wait on it made the warp wait for the next tile's loads (SASS).
+// Whether the halo reaches below the vector's last 8 bytes (fp32, W = 4).
+template <typename T, int W>
+constexpr bool halo_has_head() {
+  return (W - 1) * int(sizeof(T)) > 8;
+}
+
 template <typename T, int W>
 struct HaloTail {
-  static constexpr bool kHead = (W - 1) * int(sizeof(T)) > 8;
   uint2 tail;     // bytes 8 .. 16 of the vector
-  uint32_t head;  // bytes 4 .. 8 (kHead only)
+  uint32_t head;  // bytes 4 .. 8 (halo_has_head only)
   bool ok;
 };
 
 template <typename T, int W>
 __device__ __forceinline__ void issue_halo(const T* row, int64_t tile_start, int64_t L, bool vec_ok, int lane,
                                            HaloTail<T, W>& h) {
-  constexpr int V = kVec<T>;
-  h.ok = lane == 0 && vec_ok && tile_start >= V && tile_start <= L;
+  h.ok = halo_vec_ok<T>(tile_start, L, vec_ok, lane);
   const char* end = reinterpret_cast<const char*>(row + tile_start);  // 16-byte aligned where ok
   if (h.ok) h.tail = *reinterpret_cast<const uint2*>(end - 8);
-  if constexpr (HaloTail<T, W>::kHead) {
+  if constexpr (halo_has_head<T, W>()) {
     if (h.ok) h.head = *reinterpret_cast<const uint32_t*>(end - 12);
   }
 }
 
 template <typename T, int W>
 __device__ __forceinline__ void halo_f32(const HaloTail<T, W>& h, float (&out)[W - 1]) {
-  const uint4 v = make_uint4(0u, HaloTail<T, W>::kHead ? h.head : 0u, h.tail.x, h.tail.y);
+  const uint4 v = make_uint4(0u, halo_has_head<T, W>() ? h.head : 0u, h.tail.x, h.tail.y);
 #pragma unroll
   for (int m = 0; m < W - 1; ++m) out[m] = element_f32<T>(v, kVec<T> - (W - 1) + m);
 }
@@ -886,8 +895,6 @@ ark_status launch_fwd_nv(const CausalConv1dFwdParams& p, cudaStream_t stream) {
   if (grid == 0) grid = NV == kFwdNV && knob(Knob::Conv1dFwdEarlyHalo) == 0 ? 1 : -1;
 #ifdef ARKERNELS_TUNING_VARIANTS
   const bool vec_halo = knob(Knob::Conv1dFwdVecHalo) != 0;
-#else
-  constexpr bool vec_halo = false;
 #endif
   if constexpr (WARPS == kWarpsPerBlock) {  // check_fwd_variant_knobs refused the knobs for other sizes
     if (grid > 0) {
