@@ -208,16 +208,17 @@ __device__ __forceinline__ void store_vector(T* row, int64_t i0, int64_t L, cons
   }
 }
 
-// The 16-byte vector just before a tile (the vec-halo variants): the W-1 inputs lane 0 needs before
-// the tile's first vector are its last elements. Loaded by lane 0 only, and only where the vector lies
-// in [0, L) and the row shares the tile grid's alignment (`vec_ok`); elsewhere (row starts, whose halo
-// is the initial states or zeros; rows misaligned against the output; a tile wholly past L) `ok` is
-// false and window() reads the halo element by element, as the default kernel does.
 // Whether lane 0 of this tile reads its halo from the vector before the tile (see HaloVec).
 template <typename T>
 __device__ __forceinline__ bool halo_vec_ok(int64_t tile_start, int64_t L, bool vec_ok, int lane) {
   return lane == 0 && vec_ok && tile_start >= kVec<T> && tile_start <= L;
 }
+
+// The 16-byte vector just before a tile (the vec-halo variants): the W-1 inputs lane 0 needs before
+// the tile's first vector are its last elements. Loaded by lane 0 only, and only where the vector lies
+// in [0, L) and the row shares the tile grid's alignment (`vec_ok`); elsewhere (row starts, whose halo
+// is the initial states or zeros; rows misaligned against the output; a tile wholly past L) `ok` is
+// false and window() reads the halo element by element, as the default kernel does.
 
 template <typename T, typename S = Vec<T, kVec<T>>>
 struct HaloVec {
@@ -502,16 +503,17 @@ __device__ __forceinline__ void halo_f32(const HaloScalars<T, W>& h, float (&out
   for (int m = 0; m < W - 1; ++m) out[m] = bits_f32<T>(h.bits[m]);
 }
 
-// With VEC_HALO: the aligned 16-byte vector before the tile, as HaloVec, but only its bytes that hold
-// the halo are loaded: its last 8 (one load; what the compiler makes of the 16-byte load for 16-bit
-// types anyway), and for fp32 with W = 4 the 4 before them. A 16-byte load there (fp32, W = 4) leaves
-// its first word unused; the register allocator reused that register right after the load, and the
-// write-after-write wait on it made the warp wait for the next tile's loads (SASS).
 // Whether the halo reaches below the vector's last 8 bytes (fp32, W = 4).
 template <typename T, int W>
 constexpr bool halo_has_head() {
   return (W - 1) * int(sizeof(T)) > 8;
 }
+
+// With VEC_HALO: the aligned 16-byte vector before the tile, as HaloVec, but only its bytes that hold
+// the halo are loaded: its last 8 (one load; what the compiler makes of the 16-byte load for 16-bit
+// types anyway), and for fp32 with W = 4 the 4 before them. A 16-byte load there (fp32, W = 4) leaves
+// its first word unused; the register allocator reused that register right after the load, and the
+// write-after-write wait on it made the warp wait for the next tile's loads (SASS).
 
 template <typename T, int W>
 struct HaloTail {
@@ -638,6 +640,8 @@ __global__ void __launch_bounds__(32 * WARPS, kPersistentMinBlocks<NV>) causal_c
     fwd_inputs<T, W, NV, VEC_HALO>(p, lane, s, in);
     const TileTask cur = s.task;
     T* out = static_cast<T*>(p.out) + cur.row * p.L;
+    // The same indices as fwd_inputs computed (recomputed: holding them in FwdInputs gave 48 more
+    // SASS instructions over the instances, the compiler already shares the arithmetic).
     int64_t i0[NV];
     tile_indices<T, NV>(cur.tile, misalignment<T>(out), lane, i0);
     // Order matters. All loads count on one scoreboard, and an instruction that uses a loaded value
@@ -935,9 +939,10 @@ ark_status launch_fwd_warps(const CausalConv1dFwdParams& p, int nv, cudaStream_t
   return fail(ARK_ERROR_INVALID_ARGUMENT, "tuning knob conv1d_fwd_vectors: %d is not compiled into this build", nv);
 }
 
-// The forward's variant knobs: conv1d_fwd_vec_halo 0 or 1; conv1d_fwd_persistent 0, 1 or a block
-// count > 1 (launch_fwd_persistent); early halo combines with neither. Both only in tuning builds,
-// and only with the default kWarpsPerBlock warps per block (8 measured worse; their compile time).
+// The forward's variant knobs: conv1d_fwd_persistent -1 (tiled), 0 (default), 1 or a block count > 1
+// (launch_fwd_persistent); conv1d_fwd_vec_halo 0 or 1 (tuning builds only); early halo combines with
+// neither. Both only with the default kWarpsPerBlock warps per block (8 measured worse; their compile
+// time).
 ark_status check_fwd_variant_knobs(int warps) {
   const int persistent = knob(Knob::Conv1dFwdPersistent), vec_halo = knob(Knob::Conv1dFwdVecHalo);
   if (persistent < -1)

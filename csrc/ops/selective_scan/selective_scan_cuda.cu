@@ -952,9 +952,9 @@ __device__ void write_bwd_bc(const ark_selective_scan_args& a, const BlockPos& b
 }
 
 // The vectorised variant of write_bwd_bc (default for N <= 32, knob sscan_bwd_rowsum_vec; see
-// launch_bwd for the measured numbers). write_bwd_bc gives each (step, state) to one thread, which sums the block's ROWS rows
-// with scalar loads (K4R4: 32 LDS + 32 FADD + loop and address code, per buffer and sub-tile). Here
-// an item is (step j, 4 states 4 n4 .. 4 n4 + 3), ITEMS = TS * NP / 4 of them per sub-tile:
+// launch_bwd for the measured numbers). write_bwd_bc gives each (step, state) to one thread, which
+// sums the block's ROWS rows with scalar loads (K4R4: 32 LDS + 32 FADD + loop and address code, per
+// buffer and sub-tile). Here an item is (step j, 4 states 4 n4 .. 4 n4 + 3), ITEMS = TS * NP / 4 of them per sub-tile:
 // - Q = THREADS / ITEMS threads share an item (Q in {1, 2, 4}; or Q = 1 and IPT = ITEMS / THREADS
 //   items per thread). Thread q of an item sums rows q, q + Q, ... with 16-byte loads: RPT = ROWS / Q
 //   rows, and IPT * RPT = TS * K / 4 = 8 float4 loads per thread and buffer at every shape.
@@ -975,7 +975,7 @@ __device__ void write_bwd_bc(const ark_selective_scan_args& a, const BlockPos& b
 // B and C share the index math. SASS of the K4R4 (N = 16) 16-byte-staging kernel, a full block, both
 // buffers, per thread and sub-tile: ~327 -> ~181 instructions (64 LDS + 64 FADD + loop code -> 16
 // LDS.128 + 62 FADD + 6 SHFL). Prediction: backward kernel -5 to -10% at the headline shapes
-// (bench/NOTES.md, Session 2026-12-04).
+// (bench/NOTES.md, Session 2026-12-04; measured -4 to -6% of fwd+bwd, see launch_bwd).
 template <class S> struct RowsumVec {
   static constexpr int ITEMS = S::TS * S::NP / 4;
   static constexpr int Q = ITEMS < S::THREADS ? S::THREADS / ITEMS : 1;
@@ -1159,7 +1159,7 @@ enum class BwdStaging : int {
   kBatched = 1,  // every load of the tile issued first (tuning builds, knob sscan_bwd_batched_staging)
   kVec = 2,      // 16-byte chunks (non-varlen, rows aligned; the default there)
 };
-// ROWSUM_VEC: the dB/dC row sums of write_bwd_bc_vec (tuning builds, knob sscan_bwd_rowsum_vec).
+// ROWSUM_VEC: the dB/dC row sums of write_bwd_bc_vec (see launch_bwd for where it is chosen).
 template <class S, bool VARLEN, BwdStaging STAGING = BwdStaging::kScalar, bool ROWSUM_VEC = false>
 __global__ void __launch_bounds__(S::THREADS, !VARLEN && S::K <= 4 && S::R >= 2 ? 3 : 1)
     selective_scan_bwd_kernel(const ark_selective_scan_args a, float* ws, ScanWorkspace w, int64_t blocks0) {

@@ -68,6 +68,26 @@ __device__ __forceinline__ float load_param(const void* base, int64_t off, ark_d
   return __ldg(static_cast<const float*>(base) + off);
 }
 
+// The state row batch element b uses: state_batch_indices[b] where given, else b. Negative marks
+// padding; a value >= state_batch is a bad index (the kernels skip such rows, see the general kernel).
+__device__ __forceinline__ int64_t state_row_of(const ark_selective_state_update_args& a, int64_t b) {
+  if (!a.state_batch_indices) return b;
+  const int64_t off = b * a.state_batch_indices_stride;
+  return a.state_batch_indices_int64 ? __ldg(static_cast<const long long*>(a.state_batch_indices) + off)
+                                     : __ldg(static_cast<const int*>(a.state_batch_indices) + off);
+}
+
+// V consecutive elements of A (run-time dtype: fp32 or the input dtype) at element offset `off`,
+// aligned for V-element accesses (VEC layouts).
+template <int V>
+__device__ __forceinline__ void load_A_vec(const ark_selective_state_update_args& a, int64_t off, float (&out)[V]) {
+  switch (a.A_dtype) {
+    case ARK_FLOAT16: load_vec<__half, V, true>(static_cast<const __half*>(a.A) + off, out); break;
+    case ARK_BFLOAT16: load_vec<__nv_bfloat16, V, true>(static_cast<const __nv_bfloat16*>(a.A) + off, out); break;
+    default: load_vec<float, V, true>(static_cast<const float*>(a.A) + off, out); break;
+  }
+}
+
 template <typename X>
 __device__ __forceinline__ float ld(const X* p) {
   return to_f32(__ldg(p));
@@ -147,12 +167,7 @@ __global__ void __launch_bounds__(kThreads, VEC ? kMinBlocksVec : kMinBlocksGene
 
   const X* x0 = static_cast<const X*>(a.x) + token0(a.x_strides, b, h, pp);
   X* out0 = static_cast<X*>(a.out) + token0(a.out_strides, b, h, pp);
-  int64_t srow = b;
-  if (a.state_batch_indices) {
-    const int64_t off = b * a.state_batch_indices_stride;
-    srow = a.state_batch_indices_int64 ? __ldg(static_cast<const long long*>(a.state_batch_indices) + off)
-                                       : __ldg(static_cast<const int*>(a.state_batch_indices) + off);
-  }
+  const int64_t srow = state_row_of(a, b);
   if (srow < 0 || srow >= a.state_batch) {
     // Padding (negative index): outputs 0, state untouched. An index >= Bc cannot be checked on the
     // host without a device sync: the row is skipped and its outputs are NaN so that the error shows.
@@ -259,12 +274,7 @@ __global__ void __launch_bounds__(kThreads, ROWS == 1 ? kMinBlocksVec : (ROWS ==
   const int n0 = lane * V;
   const bool lane_in_row = n0 < N;  // N is a multiple of V (VEC); lanes past the row hold zeros
 
-  int64_t srow = b;
-  if (a.state_batch_indices) {
-    const int64_t off = b * a.state_batch_indices_stride;
-    srow = a.state_batch_indices_int64 ? __ldg(static_cast<const long long*>(a.state_batch_indices) + off)
-                                       : __ldg(static_cast<const int*>(a.state_batch_indices) + off);
-  }
+  const int64_t srow = state_row_of(a, b);
   const bool skip = srow < 0 || srow >= a.state_batch;  // padding / bad index: see the general kernel
 
   // Phase 1: every row's state, A and per-row parameters, all loads issued before any is used.
@@ -288,11 +298,7 @@ __global__ void __launch_bounds__(kThreads, ROWS == 1 ? kMinBlocksVec : (ROWS ==
       load_vec<S, V, false>(st + n0, s[r]);  // plain loads: this kernel writes the state
       if constexpr (!A_CONST) {
         const int64_t off = h * a.A_strides[0] + pp * a.A_strides[1] + n0;
-        switch (a.A_dtype) {
-          case ARK_FLOAT16: load_vec<__half, V, true>(static_cast<const __half*>(a.A) + off, A[r]); break;
-          case ARK_BFLOAT16: load_vec<__nv_bfloat16, V, true>(static_cast<const __nv_bfloat16*>(a.A) + off, A[r]); break;
-          default: load_vec<float, V, true>(static_cast<const float*>(a.A) + off, A[r]); break;
-        }
+        load_A_vec<V>(a, off, A[r]);
       }
     }
     d[r] = a.D ? load_param(a.D, h * a.D_strides[0] + pp * a.D_strides[1], a.D_dtype) : 0.f;
@@ -432,12 +438,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksVec)
     return b * s[0] + int64_t(t) * s[1] + int64_t(hrow[i]) * s[2] + int64_t(prow[i]) * s[3];
   };
 
-  int64_t srow = b;
-  if (a.state_batch_indices) {
-    const int64_t off = b * a.state_batch_indices_stride;
-    srow = a.state_batch_indices_int64 ? __ldg(static_cast<const long long*>(a.state_batch_indices) + off)
-                                       : __ldg(static_cast<const int*>(a.state_batch_indices) + off);
-  }
+  const int64_t srow = state_row_of(a, b);
   if (srow < 0 || srow >= a.state_batch) {  // padding / bad index: see the general kernel
     const X fill = from_f32<X>(srow < 0 ? 0.f : __int_as_float(0x7fc00000));
     if (lane == 0)
@@ -467,13 +468,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksVec)
       a_row[i] = load_param(a.A, a_off, a.A_dtype);
     } else {
       a_row[i] = 0.f;
-      switch (a.A_dtype) {
-        case ARK_FLOAT16: load_vec<__half, V, true>(static_cast<const __half*>(a.A) + a_off + n0, A[i]); break;
-        case ARK_BFLOAT16:
-          load_vec<__nv_bfloat16, V, true>(static_cast<const __nv_bfloat16*>(a.A) + a_off + n0, A[i]);
-          break;
-        default: load_vec<float, V, true>(static_cast<const float*>(a.A) + a_off + n0, A[i]); break;
-      }
+      load_A_vec<V>(a, a_off + n0, A[i]);
     }
     d[i] = a.D ? load_param(a.D, hp(a.D_strides, i), a.D_dtype) : 0.f;
     bias[i] = a.dt_bias ? load_param(a.dt_bias, hp(a.dt_bias_strides, i), a.dt_bias_dtype) : 0.f;
