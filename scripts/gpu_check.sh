@@ -6,7 +6,8 @@
 #   logs.tgz      every log of the run
 #   bench.tgz     the report (bench/*.md, .json, .png)
 # Usage: scripts/gpu_check.sh [stages...]   stages: build test capi sanitize (= sanitize-capi + sanitize-pytest)
-#   sweep bench (default: all but sweep), kit (runs the carried device kit), lmprof (profile of a Mamba LM
+#   sweep bench (default: all but sweep), mamba-src (mamba-ssm's sources on PYTHONPATH, unbuilt), ssdsweep
+#   (scripts/ssd_chunk_scan_sweep.py $SSD_SWEEP_ARGS), ssutime (scripts/ssu_timing.py), kit (runs the carried device kit), lmprof (profile of a Mamba LM
 #   training step, scripts/profile_mamba_lm.py), mamba-peer (starts building mamba-ssm's CUDA scan in the
 #   background: later stages that need it wait), sscan (selective_scan quick timing vs that peer)
 # Peers: wheels in .whl/ (e.g. accelerated-scan) are installed to /tmp/peers first; mamba-ssm's sdist
@@ -55,6 +56,15 @@ for stage in $stages; do
       # The build extracts the sources first; later stages import the extension and mamba_ssm from here.
       export PYTHONPATH=/tmp/mamba_peer:/tmp/mamba_peer/src/mamba_ssm-2.3.2.post1${PYTHONPATH:+:$PYTHONPATH}
       note "mamba-peer: building in the background (pid $peer_pid)" ;;
+    mamba-src)
+      # mamba-ssm's Python sources only (its Triton ops: SSD chunk scan, selective_state_update), no build.
+      mkdir -p /tmp/mamba_src && tar xzf .whl/mamba_ssm-*.tar.gz -C /tmp/mamba_src \
+        && export PYTHONPATH=$(ls -d /tmp/mamba_src/mamba_ssm-*)${PYTHONPATH:+:$PYTHONPATH}
+      note "mamba-src: rc=$?" ;;
+    ssdsweep|ssutime)
+      script=scripts/ssd_chunk_scan_sweep.py; [ "$stage" = ssutime ] && script=scripts/ssu_timing.py
+      timeout ${SWEEP_TIMEOUT:-400} "$py" "$script" ${SSD_SWEEP_ARGS:-} >"$LOG/$stage.log" 2>&1
+      note "$stage: rc=$?"; grep -v Warning "$LOG/$stage.log" | tail -80 >>"$summary" ;;
     sscan)
       [ -n "${peer_pid:-}" ] && wait "$peer_pid"
       note "mamba-peer build: $(tail -1 "$LOG/peer_mamba.log" 2>/dev/null)"

@@ -62,19 +62,24 @@ def _signature(fn, dtype: str, consts: dict) -> tuple[dict, dict]:
     return sig, {(fn.arg_names.index(k),): v for k, v in consts.items()}
 
 
-def _variants(dtype: str, block_n: int, P: int):
+def _variants(dtype: str, block_n: int, P: int, light: bool = False):
     import torch
 
     tdt = getattr(torch, TORCH_DTYPES[dtype])
     n = block_n
     prec = "ieee" if dtype == "fp32" else "tf32"
-    base = dict(HAS_Z=True, HAS_DTB=True, HAS_SEQ=True, VARLEN=False, SOFTPLUS=True, PREC=prec,
+    base = dict(HAS_Z=not light, HAS_DTB=True, HAS_SEQ=not light, VARLEN=False, SOFTPLUS=True, PREC=prec,
                 BLOCK_N=block_n)
-    yield "fwd", tk._ssd_fwd_kernel, dict(base, HAS_D=True, D_PER_HEAD=False, HAS_INIT=True, WRITE_OUT=True,
-                                          STORE_STATES=False, BLOCK_Q=tk.FWD_BLOCK_Q), tk.config("fwd", tdt, P, n)
-    yield "states", tk._ssd_fwd_kernel, dict(base, HAS_D=True, D_PER_HEAD=False, HAS_INIT=True, WRITE_OUT=False,
-                                             STORE_STATES=True, BLOCK_Q=tk.BWD_BLOCK_Q), tk.config("states", tdt, P, n)
-    yield "dstate", tk._ssd_bwd_dstate_kernel, dict(base, HAS_DFINAL=True, WRITE_DINIT=True,
+    fwd = dict(base, HAS_D=True, D_PER_HEAD=light, HAS_INIT=not light, SEG_LOCAL=False, STATE_T=tk.STATE_T)
+    yield "fwd", tk._ssd_fwd_kernel, dict(fwd, WRITE_OUT=True, STORE_STATES=False, BLOCK_Q=tk.FWD_BLOCK_Q), \
+        tk.config("fwd", tdt, P, n)
+    yield "fwd-T", tk._ssd_fwd_kernel, dict(fwd, WRITE_OUT=True, STORE_STATES=False, BLOCK_Q=tk.FWD_BLOCK_Q,
+                                            STATE_T=not tk.STATE_T), tk.config("fwd", tdt, P, n)
+    yield "segment", tk._ssd_fwd_kernel, dict(fwd, WRITE_OUT=False, STORE_STATES=False, SEG_LOCAL=True,
+                                              BLOCK_Q=tk.FWD_BLOCK_Q), tk.config("segment", tdt, P, n)
+    yield "states", tk._ssd_fwd_kernel, dict(fwd, WRITE_OUT=False, STORE_STATES=True, BLOCK_Q=tk.BWD_BLOCK_Q), \
+        tk.config("states", tdt, P, n)
+    yield "dstate", tk._ssd_bwd_dstate_kernel, dict(base, HAS_DFINAL=True, WRITE_DINIT=True, SEG_LOCAL=False,
                                                     BLOCK_Q=tk.BWD_BLOCK_Q), tk.config("dstate", tdt, P, n)
     yield "dx", tk._ssd_bwd_dx_kernel, dict(base, HAS_D=True, D_PER_HEAD=False, BLOCK_Q=tk.BWD_BLOCK_Q), \
         tk.config("dx", tdt, P, n)
@@ -86,7 +91,19 @@ def main(argv=None) -> int:
     ap.add_argument("--dtypes", default="bf16,fp16,fp32")
     ap.add_argument("--n", default="16,64,128,256")
     ap.add_argument("--p", type=int, default=64)
+    ap.add_argument("--only", default="", help="comma-separated kernel names (default: all)")
+    ap.add_argument("--light", action="store_true",
+                    help="the benchmark's features (D per head, dt_bias, softplus; no z, seq_idx, initial state) "
+                         "instead of every feature on")
+    ap.add_argument("--tune", default="", help='launch overrides, e.g. \'{"fwd": [32, 4, 2]}\' (tk._TUNE)')
+    ap.add_argument("--block-q", type=int, default=0, help="the forward's BLOCK_Q (default: FWD_BLOCK_Q)")
     args = ap.parse_args(argv)
+    if args.block_q:
+        tk.FWD_BLOCK_Q = args.block_q
+    if args.tune:
+        import json
+
+        tk._TUNE.update({k: tuple(v) if isinstance(v, list) else v for k, v in json.loads(args.tune).items()})
     warnings.filterwarnings("ignore", message="tl.make_block_ptr is deprecated")
     target = GPUTarget("cuda", 90, 64)
     failures = 0
@@ -94,12 +111,16 @@ def main(argv=None) -> int:
           f"{'spill B':>7s} {'smem B':>7s}")
     for dtype in args.dtypes.split(","):
         for n in (int(v) for v in args.n.split(",")):
-            for name, fn, consts, (bp, warps, stages) in _variants(dtype, max(16, triton.next_power_of_2(n)), args.p):
+            for name, fn, consts, (bp, warps, stages) in _variants(dtype, max(16, triton.next_power_of_2(n)), args.p,
+                                                                   args.light):
+                if args.only and name not in args.only.split(","):
+                    continue
                 consts = dict(consts, BLOCK_P=bp)
                 sig, cx = _signature(fn, dtype, consts)
                 try:
                     k = triton.compile(ASTSource(fn, sig, cx), target=target,
-                                       options={"num_warps": warps, "num_stages": stages})
+                                       options={"num_warps": warps, "num_stages": stages,
+                                                **tk._maxnreg(name)})
                 except Exception as err:  # noqa: BLE001  (report and go on)
                     failures += 1
                     print(f"{name:7s} {dtype:5s} {n:4d}  COMPILE ERROR {type(err).__name__}: {str(err)[:200]}")

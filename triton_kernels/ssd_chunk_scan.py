@@ -91,6 +91,17 @@ def _tile(base, n_rows, n_cols, s_row, s_col, r0, c0, BR: tl.constexpr, BC: tl.c
 
 
 @triton.jit
+def _state_tile(base, p_rows, N, p0, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, STATE_T: tl.constexpr):
+    """Block pointer to rows p0 .. p0 + BLOCK_P of a dense (p, n) state, as a (BLOCK_P, BLOCK_N) tile, or
+    its transpose (BLOCK_N, BLOCK_P) with STATE_T; rows from p_rows on read as zero and are not stored."""
+    if STATE_T:
+        return tl.make_block_ptr(base=base, shape=(N, p_rows), strides=(1, N), offsets=(0, p0.to(tl.int32)),
+                                 block_shape=(BLOCK_N, BLOCK_P), order=(0, 1))
+    else:
+        return _tile(base, p_rows, N, N, 1, p0, p0 * 0, BLOCK_P, BLOCK_N)
+
+
+@triton.jit
 def _load_D(p_D, hh, o_p, m_p, sD_h, sD_p, D_PER_HEAD: tl.constexpr):
     """D of head hh: a scalar when D is (h,) (fewer registers), else the block o_p of its row."""
     if D_PER_HEAD:
@@ -166,21 +177,36 @@ def _sequence(p_cu, p_coff, i_s, L, VARLEN: tl.constexpr, BLOCK_Q: tl.constexpr)
 @triton.jit
 def _ssd_fwd_kernel(
     p_x, p_dt, p_A, p_B, p_C, p_D, p_z, p_dtb, p_init, p_seq, p_cu, p_coff,
-    p_out, p_final, p_states,
-    L, H, P, N, heads_per_group, dt_min, dt_max,
+    p_out, p_final, p_states, p_seg_end, p_seg_decay,
+    L, H, P, N, heads_per_group, dt_min, dt_max, n_seg, seg_chunks,
     sx_b, sx_l, sx_h, sx_p, sdt_b, sdt_l, sdt_h, sB_b, sB_l, sB_g, sB_n, sC_b, sC_l, sC_g, sC_n,
     sz_b, sz_l, sz_h, sz_p, so_b, so_l, so_h, so_p, sseq_b, sseq_l, sD_h, sD_p, sdtb,
     HAS_D: tl.constexpr, D_PER_HEAD: tl.constexpr, HAS_Z: tl.constexpr, HAS_DTB: tl.constexpr,
     HAS_INIT: tl.constexpr, HAS_SEQ: tl.constexpr, VARLEN: tl.constexpr, SOFTPLUS: tl.constexpr, WRITE_OUT: tl.constexpr,
-    STORE_STATES: tl.constexpr, PREC: tl.constexpr,
+    STORE_STATES: tl.constexpr, SEG_LOCAL: tl.constexpr, STATE_T: tl.constexpr, PREC: tl.constexpr,
     BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    i_s = tl.program_id(0).to(tl.int64)
+    """One program per (sequence, segment, head, block of p). A sequence is cut into n_seg segments of
+    seg_chunks chunks (n_seg = 1: the whole sequence). SEG_LOCAL: the pass over segments 0 .. n_seg - 2
+    that only stores each segment's end state from a zero start (segment 0: from the initial state) in
+    p_seg_end and its total decay in p_seg_decay. Otherwise a program starts from the fold of the
+    earlier segments' (decay, end state) pairs, walks its segment and the last segment stores the final
+    state. S_end = decay * S_start + local end state holds because the decay is a scalar per head."""
+    pid = tl.program_id(0).to(tl.int64)
     hh = tl.program_id(1).to(tl.int64)
     i_p = tl.program_id(2).to(tl.int64)
+    n_launched = n_seg - 1 if SEG_LOCAL else n_seg
+    i_s = pid // n_launched
+    i_seg = pid % n_launched
     gg = hh // heads_per_group
     row, t_begin, t_end, c_base = _sequence(p_cu, p_coff, i_s, L, VARLEN, BLOCK_Q)
     DT = p_x.dtype.element_ty
+    # Segments past a (varlen) sequence's end do nothing; the one holding its last token is the last.
+    seg_tokens = seg_chunks * BLOCK_Q
+    last_seg = tl.maximum(tl.cdiv(t_end - t_begin, seg_tokens) - 1, 0)
+    active = i_seg <= last_seg
+    seg_begin = t_begin + i_seg * seg_tokens
+    seg_end = tl.minimum(seg_begin + seg_tokens, t_end)
 
     o_q = tl.arange(0, BLOCK_Q).to(tl.int64)
     o_p = i_p * BLOCK_P + tl.arange(0, BLOCK_P).to(tl.int64)
@@ -188,14 +214,25 @@ def _ssd_fwd_kernel(
     causal = o_q[:, None] >= o_q[None, :]
     A_h = tl.load(p_A + hh).to(tl.float32)
 
-    # The state, (p, n) of this head and block of p, in fp32; states are dense (n_states, h, p, n).
+    # The state, (p, n) of this head and block of p, in fp32; states are dense (n_states, h, p, n). The
+    # initial state is segment 0's start; a later segment starts from the fold of the earlier ones.
     p0 = i_p * BLOCK_P
     o_state = (i_s * H + hh) * P * N
     if HAS_INIT:
-        S = tl.load(_tile(p_init + o_state, P, N, N, 1, p0, p0 * 0, BLOCK_P, BLOCK_N), boundary_check=(0, 1),
-                    padding_option="zero").to(tl.float32)
+        init_rows = tl.where(i_seg == 0, P, 0)
+        S = tl.load(_state_tile(p_init + o_state, init_rows, N, p0, BLOCK_P, BLOCK_N, STATE_T),
+                    boundary_check=(0, 1), padding_option="zero").to(tl.float32)
+    elif STATE_T:
+        S = tl.zeros([BLOCK_N, BLOCK_P], dtype=tl.float32)
     else:
         S = tl.zeros([BLOCK_P, BLOCK_N], dtype=tl.float32)
+    if not SEG_LOCAL:
+        n_fold = tl.where(active, i_seg, 0)
+        for j in range(0, n_fold):
+            i_end = i_s * (n_seg - 1) + j
+            decay_j = tl.load(p_seg_decay + i_end * H + hh)
+            S = decay_j * S + tl.load(_state_tile(p_seg_end + (i_end * H + hh) * P * N, P, N, p0, BLOCK_P, BLOCK_N,
+                                                  STATE_T), boundary_check=(0, 1), padding_option="zero")
     if HAS_D:
         Dv = _load_D(p_D, hh, o_p, m_p, sD_h, sD_p, D_PER_HEAD)
 
@@ -203,9 +240,10 @@ def _ssd_fwd_kernel(
     p_B_row = p_B + row * sB_b + gg * sB_g
     p_C_row = p_C + row * sC_b + gg * sC_g
     p_dt_row = p_dt + row * sdt_b
-    n_chunks = tl.cdiv(t_end - t_begin, BLOCK_Q)
+    n_chunks = tl.where(active, tl.cdiv(seg_end - seg_begin, BLOCK_Q), 0)
+    seg_decay = tl.sum(tl.zeros([BLOCK_Q], dtype=tl.float32), axis=0) + 1.0
     for i_c in range(0, n_chunks):
-        t = t_begin + i_c * BLOCK_Q + o_q
+        t = seg_begin + i_c * BLOCK_Q + o_q
         m_t = t < t_end
         dt, _ = _load_dt(p_dt_row + t * sdt_l + hh * sdt_h, p_dtb, hh, m_t, sdtb, dt_min, dt_max, HAS_DTB,
                          SOFTPLUS)
@@ -214,7 +252,7 @@ def _ssd_fwd_kernel(
         cs_last = tl.sum(dA, axis=0)
         cnt, cnt_last = _segments(p_seq + row * sseq_b, t, m_t, sseq_l, HAS_SEQ, BLOCK_Q)
 
-        t0 = t_begin + i_c * BLOCK_Q
+        t0 = seg_begin + i_c * BLOCK_Q
         X = tl.load(_tile(p_x_row, t_end, P, sx_l, sx_p, t0, i_p * BLOCK_P, BLOCK_Q, BLOCK_P),
                     boundary_check=(0, 1), padding_option="zero")
         Bt = tl.load(_tile(p_B_row, t_end, N, sB_l, sB_n, t0, t0 * 0, BLOCK_Q, BLOCK_N),
@@ -227,7 +265,10 @@ def _ssd_fwd_kernel(
             decay = tl.where(m_same, tl.exp(cs[:, None] - cs[None, :]), 0.0)
             Pm = _rnd(CB * decay * dt[None, :], DT)
             g = tl.where(cnt == 0, tl.exp(cs), 0.0)
-            y = _dot(Ct, tl.trans(_rnd(S, DT)), PREC) * g[:, None]
+            if STATE_T:
+                y = _dot(Ct, _rnd(S, DT), PREC) * g[:, None]
+            else:
+                y = _dot(Ct, tl.trans(_rnd(S, DT)), PREC) * g[:, None]
             y = _dot_acc(Pm, X, y, PREC)
             if HAS_D:
                 y += _times_D(X.to(tl.float32), Dv, D_PER_HEAD)
@@ -239,54 +280,89 @@ def _ssd_fwd_kernel(
                      _rnd(y, p_out.dtype.element_ty), boundary_check=(0, 1))
         if STORE_STATES:
             # The state before this chunk, for the backward.
-            o_chunk = ((c_base + i_c) * H + hh) * P * N
-            tl.store(_tile(p_states + o_chunk, P, N, N, 1, p0, p0 * 0, BLOCK_P, BLOCK_N),
+            o_chunk = ((c_base + i_seg * seg_chunks + i_c) * H + hh) * P * N
+            tl.store(_state_tile(p_states + o_chunk, P, N, p0, BLOCK_P, BLOCK_N, STATE_T),
                      _rnd(S, p_states.dtype.element_ty), boundary_check=(0, 1))
         w = tl.where(cnt == cnt_last, tl.exp(cs_last - cs) * dt, 0.0)
         gamma = tl.where(cnt_last == 0, tl.exp(cs_last), 0.0)
         Xw = _rnd(X.to(tl.float32) * w[:, None], DT)
-        S = _dot_acc(tl.trans(Xw), Bt, S * gamma, PREC)
-    tl.store(_tile(p_final + o_state, P, N, N, 1, p0, p0 * 0, BLOCK_P, BLOCK_N), S, boundary_check=(0, 1))
+        if STATE_T:
+            S = _dot_acc(tl.trans(Bt), Xw, S * gamma, PREC)
+        else:
+            S = _dot_acc(tl.trans(Xw), Bt, S * gamma, PREC)
+        if SEG_LOCAL:
+            seg_decay *= gamma
+    if SEG_LOCAL:
+        # Only segments before the sequence's last are folded by later ones.
+        keep = i_seg < last_seg
+        tl.store(_state_tile(p_seg_end + (pid * H + hh) * P * N, tl.where(keep, P, 0), N, p0, BLOCK_P, BLOCK_N,
+                             STATE_T), S, boundary_check=(0, 1))
+        tl.store(p_seg_decay + pid * H + hh, seg_decay, mask=keep & (i_p == 0))
+    else:
+        final_rows = tl.where(i_seg == last_seg, P, 0)
+        tl.store(_state_tile(p_final + o_state, final_rows, N, p0, BLOCK_P, BLOCK_N, STATE_T), S,
+                 boundary_check=(0, 1))
 
 
 @triton.jit
 def _ssd_bwd_dstate_kernel(
     p_dout, p_dt, p_A, p_C, p_z, p_dtb, p_dfinal, p_seq, p_cu, p_coff,
-    p_dstates, p_dinit,
-    L, H, P, N, heads_per_group, dt_min, dt_max,
+    p_dstates, p_dinit, p_seg_end, p_seg_decay,
+    L, H, P, N, heads_per_group, dt_min, dt_max, n_seg, seg_chunks,
     sg_b, sg_l, sg_h, sg_p, sdt_b, sdt_l, sdt_h, sC_b, sC_l, sC_g, sC_n, sz_b, sz_l, sz_h, sz_p,
     sseq_b, sseq_l, sdtb,
     HAS_Z: tl.constexpr, HAS_DTB: tl.constexpr, HAS_DFINAL: tl.constexpr, WRITE_DINIT: tl.constexpr,
-    HAS_SEQ: tl.constexpr, VARLEN: tl.constexpr, SOFTPLUS: tl.constexpr, PREC: tl.constexpr,
-    BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
+    HAS_SEQ: tl.constexpr, VARLEN: tl.constexpr, SOFTPLUS: tl.constexpr, SEG_LOCAL: tl.constexpr,
+    PREC: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """dS_c = dL/d(state after chunk c), walking chunks backwards:
-    dS_{c-1} = gamma_c dS_c + sum_t g_t dy_t C_t^T, seeded with the final state's gradient."""
-    i_s = tl.program_id(0).to(tl.int64)
+    dS_{c-1} = gamma_c dS_c + sum_t g_t dy_t C_t^T, seeded with the final state's gradient.
+    Segments mirror the forward's (_ssd_fwd_kernel): SEG_LOCAL walks segments 1 .. n_seg - 1 from a zero
+    gradient at their end (the last one: from the final state's) and stores the gradient at their start
+    and their decay; the main pass starts a segment from the fold of the later segments' pairs."""
+    pid = tl.program_id(0).to(tl.int64)
     hh = tl.program_id(1).to(tl.int64)
     i_p = tl.program_id(2).to(tl.int64)
+    n_launched = n_seg - 1 if SEG_LOCAL else n_seg
+    i_s = pid // n_launched
+    i_seg = pid % n_launched + (1 if SEG_LOCAL else 0)
     gg = hh // heads_per_group
     row, t_begin, t_end, c_base = _sequence(p_cu, p_coff, i_s, L, VARLEN, BLOCK_Q)
     DT = p_C.dtype.element_ty
+    seg_tokens = seg_chunks * BLOCK_Q
+    last_seg = tl.maximum(tl.cdiv(t_end - t_begin, seg_tokens) - 1, 0)
+    active = i_seg <= last_seg
+    seg_begin = t_begin + i_seg * seg_tokens
+    seg_end = tl.minimum(seg_begin + seg_tokens, t_end)
 
     o_q = tl.arange(0, BLOCK_Q).to(tl.int64)
     A_h = tl.load(p_A + hh).to(tl.float32)
     p0 = i_p * BLOCK_P
     o_state = (i_s * H + hh) * P * N
     if HAS_DFINAL:
-        dS = tl.load(_tile(p_dfinal + o_state, P, N, N, 1, p0, p0 * 0, BLOCK_P, BLOCK_N), boundary_check=(0, 1),
-                     padding_option="zero").to(tl.float32)
+        dfinal_rows = tl.where(i_seg == last_seg, P, 0)
+        dS = tl.load(_tile(p_dfinal + o_state, dfinal_rows, N, N, 1, p0, p0 * 0, BLOCK_P, BLOCK_N),
+                     boundary_check=(0, 1), padding_option="zero").to(tl.float32)
     else:
         dS = tl.zeros([BLOCK_P, BLOCK_N], dtype=tl.float32)
+    if not SEG_LOCAL:
+        n_fold = tl.where(active, last_seg - i_seg, 0)
+        for jj in range(0, n_fold):
+            i_end = i_s * (n_seg - 1) + (last_seg - jj - 1)  # segment last_seg - jj
+            decay_j = tl.load(p_seg_decay + i_end * H + hh)
+            dS = decay_j * dS + tl.load(_tile(p_seg_end + (i_end * H + hh) * P * N, P, N, N, 1, p0, p0 * 0,
+                                              BLOCK_P, BLOCK_N), boundary_check=(0, 1), padding_option="zero")
 
     p_dt_row = p_dt + row * sdt_b
-    n_chunks = tl.cdiv(t_end - t_begin, BLOCK_Q)
+    n_chunks = tl.where(active, tl.cdiv(seg_end - seg_begin, BLOCK_Q), 0)
+    seg_decay = tl.sum(tl.zeros([BLOCK_Q], dtype=tl.float32), axis=0) + 1.0
     for i in range(0, n_chunks):
         i_c = n_chunks - 1 - i
-        o_chunk = ((c_base + i_c) * H + hh) * P * N
-        tl.store(_tile(p_dstates + o_chunk, P, N, N, 1, p0, p0 * 0, BLOCK_P, BLOCK_N),
-                 _rnd(dS, p_dstates.dtype.element_ty), boundary_check=(0, 1))
-        t0 = t_begin + i_c * BLOCK_Q
+        if not SEG_LOCAL:
+            o_chunk = ((c_base + i_seg * seg_chunks + i_c) * H + hh) * P * N
+            tl.store(_tile(p_dstates + o_chunk, P, N, N, 1, p0, p0 * 0, BLOCK_P, BLOCK_N),
+                     _rnd(dS, p_dstates.dtype.element_ty), boundary_check=(0, 1))
+        t0 = seg_begin + i_c * BLOCK_Q
         t = t0 + o_q
         m_t = t < t_end
         dt, _ = _load_dt(p_dt_row + t * sdt_l + hh * sdt_h, p_dtb, hh, m_t, sdtb, dt_min, dt_max, HAS_DTB,
@@ -307,8 +383,17 @@ def _ssd_bwd_dstate_kernel(
         gamma = tl.where(cnt_last == 0, tl.exp(cs_last), 0.0)
         dYg = _rnd(dY * g[:, None], DT)
         dS = gamma * dS + _dot(tl.trans(dYg), Ct, PREC)
-    if WRITE_DINIT:
-        tl.store(_tile(p_dinit + o_state, P, N, N, 1, p0, p0 * 0, BLOCK_P, BLOCK_N), dS, boundary_check=(0, 1))
+        if SEG_LOCAL:
+            seg_decay *= gamma
+    if SEG_LOCAL:
+        # Segment i_seg (1 .. last_seg) is stored at index i_seg - 1 of its sequence.
+        i_end = i_s * (n_seg - 1) + i_seg - 1
+        tl.store(_tile(p_seg_end + (i_end * H + hh) * P * N, tl.where(active, P, 0), N, N, 1, p0, p0 * 0,
+                       BLOCK_P, BLOCK_N), dS, boundary_check=(0, 1))
+        tl.store(p_seg_decay + i_end * H + hh, seg_decay, mask=active & (i_p == 0))
+    elif WRITE_DINIT:
+        tl.store(_tile(p_dinit + o_state, tl.where(i_seg == 0, P, 0), N, N, 1, p0, p0 * 0, BLOCK_P, BLOCK_N), dS,
+                 boundary_check=(0, 1))
 
 
 @triton.jit
@@ -541,6 +626,45 @@ def _prec(x: torch.Tensor) -> str:
     return "ieee" if x.dtype == torch.float32 else "tf32"
 
 
+# Tuning overrides (scripts/ssd_chunk_scan_sweep.py): kernel name -> (BLOCK_P, num_warps, num_stages),
+# and "seg_chunks" -> chunks per segment of the sequential passes. Empty in normal use.
+_TUNE: dict = {}
+
+# The sequential passes (forward, and the states pass of the backward) walk a sequence in order. With
+# fewer programs than ~SEGMENT_FILL per SM, a sequence is cut into segments of at least
+# MIN_SEGMENT_CHUNKS chunks: a first pass stores each segment's end state from a zero start (reading x,
+# dt, B only), the main pass starts each segment from the fold of the earlier ones.
+SEGMENT_FILL = 4
+MIN_SEGMENT_CHUNKS = 8
+# The forward's state in registers as (n, p) instead of (p, n): both of its products then have the
+# 128-row n side as M (C S^T = C @ S_T, S_T += B^T (w x)), which suits Hopper's 64-row MMA tiles.
+STATE_T = False
+
+
+def _maxnreg(kind: str) -> dict:
+    """A register cap for a kernel (tuning only: _TUNE["maxnreg"] = {kind: registers})."""
+    cap = _TUNE.get("maxnreg", {}).get(kind)
+    return {"maxnreg": cap} if cap else {}
+
+
+def segments(kind: str, device, programs: int, L: int, block_q: int) -> tuple[int, int]:
+    """(segments per sequence, chunks per segment) of a sequential pass with `programs` programs per
+    segment index over sequences of at most L tokens."""
+    chunks = max(1, triton.cdiv(L, block_q))
+    if "seg_chunks" in _TUNE:
+        per = max(1, min(chunks, _TUNE["seg_chunks"]))
+        return triton.cdiv(chunks, per), per
+    if programs <= 0:
+        return 1, chunks
+    if device.type != "cuda":
+        per = 1  # the interpreter: exercise the segment fold (several segments) in every multi-chunk test
+        return triton.cdiv(chunks, per), per
+    want = SEGMENT_FILL * torch.cuda.get_device_properties(device).multi_processor_count
+    n_seg = max(1, min(triton.cdiv(want, programs), chunks // MIN_SEGMENT_CHUNKS))
+    per = triton.cdiv(chunks, n_seg)
+    return triton.cdiv(chunks, per), per
+
+
 def config(kernel: str, dtype: torch.dtype, P: int, N: int) -> tuple[int, int, int]:
     """(BLOCK_P, num_warps, num_stages) of a kernel ("fwd", "states", "dstate", "dx", "dbc").
 
@@ -551,6 +675,11 @@ def config(kernel: str, dtype: torch.dtype, P: int, N: int) -> tuple[int, int, i
     it stays within the 227 KB of shared memory at n = 256."""
     bn = _block_n(N)
     bp = 32 if P > 16 else 16
+    if kernel == "segment":
+        kernel = "states"  # the same walk without the per-chunk stores
+    override = _TUNE.get(kernel)
+    if override is not None:
+        return override
     if kernel == "dbc":
         bp = min(64, max(16, triton.next_power_of_2(P)))
     warps = 8 if bn >= 64 else 4
@@ -608,7 +737,7 @@ def _d_strides(D, H):
 
 def ssd_fwd(x, dt, A, B, C, D, z, dt_bias, init, seq_idx, cu_seqlens, dt_softplus: bool, dt_min: float,
             dt_max: float, *, write_out: bool = True, store_states: bool = False, state_dtype=None,
-            block_q: int = FWD_BLOCK_Q):
+            block_q: int | None = None):
     """Forward. Shapes: x (b, l, h, p), dt (b, l, h), A (h,), B/C (b, l, g, n), D (h,) / (h, p), z like
     x, dt_bias (h,), init fp32 contiguous (num_states, h, p, n), seq_idx (b, l), cu_seqlens (ns+1,)
     (b == 1). Returns (out, final fp32 (num_states, h, p, n), states or None); num_states = b, or ns
@@ -616,6 +745,7 @@ def ssd_fwd(x, dt, A, B, C, D, z, dt_bias, init, seq_idx, cu_seqlens, dt_softplu
     bsz, L, H, P = x.shape
     G, N = B.shape[2], B.shape[3]
     check_sizes(N, L)
+    block_q = block_q or FWD_BLOCK_Q
     varlen = cu_seqlens is not None
     n_seq = cu_seqlens.numel() - 1 if varlen else bsz
     out = new_output(x.shape, dtype=x.dtype, device=x.device) if write_out else None
@@ -631,26 +761,41 @@ def ssd_fwd(x, dt, A, B, C, D, z, dt_bias, init, seq_idx, cu_seqlens, dt_softplu
         states = new_output((n_chunks, H, P, N), dtype=state_dtype or x.dtype, device=x.device)
     if n_seq == 0 or H == 0 or P == 0:
         return out, final, states
-    bp, warps, stages = config("fwd" if write_out else "states", x.dtype, P, N)
+    kind = "fwd" if write_out else "states"
+    bp, warps, stages = config(kind, x.dtype, P, N)
     bn = _block_n(N)
+    n_pb = triton.cdiv(P, bp)
+    n_seg, seg_chunks = segments(kind, x.device, n_seq * H * n_pb, L, block_q)
     sD_h, sD_p = _d_strides(D, H)
     o = out if out is not None else x
-    grid = (n_seq, H, triton.cdiv(P, bp))
-    wrap_triton(_ssd_fwd_kernel)[grid](
+    seg_end = seg_decay = None
+    if n_seg > 1:
+        seg_end = new_output((n_seq * (n_seg - 1), H, P, N), dtype=torch.float32, device=x.device)
+        seg_decay = new_output((n_seq * (n_seg - 1), H), dtype=torch.float32, device=x.device)
+    args = [
         x, dt, A, B, C, D if D is not None else x, z if z is not None else x,
         dt_bias if dt_bias is not None else A, init if init is not None else final,
         seq_idx if seq_idx is not None else dt, cu if cu is not None else A, coff if coff is not None else A,
         o, final, states if states is not None else final,
-        L, H, P, N, H // G, dt_min, dt_max,
+        seg_end if seg_end is not None else final, seg_decay if seg_decay is not None else final,
+        L, H, P, N, H // G, dt_min, dt_max, n_seg, seg_chunks,
         *x.stride(), *dt.stride(), *B.stride(), *C.stride(), *_strides4(z, x.shape), *o.stride(),
         *(seq_idx.stride() if seq_idx is not None else (0, 0)), sD_h, sD_p,
         dt_bias.stride(0) if dt_bias is not None else 0,
-        HAS_D=D is not None, D_PER_HEAD=D is not None and D.dim() == 1, HAS_Z=z is not None,
-        HAS_DTB=dt_bias is not None, HAS_INIT=init is not None,
-        HAS_SEQ=seq_idx is not None and not varlen, VARLEN=varlen, SOFTPLUS=dt_softplus,
-        WRITE_OUT=write_out, STORE_STATES=store_states, PREC=_prec(x),
-        BLOCK_Q=block_q, BLOCK_P=bp, BLOCK_N=bn, num_warps=warps, num_stages=stages,
-    )
+    ]
+    flags = dict(HAS_D=D is not None, D_PER_HEAD=D is not None and D.dim() == 1, HAS_Z=z is not None,
+                 HAS_DTB=dt_bias is not None, HAS_INIT=init is not None,
+                 HAS_SEQ=seq_idx is not None and not varlen, VARLEN=varlen, SOFTPLUS=dt_softplus, PREC=_prec(x),
+                 BLOCK_Q=block_q, BLOCK_P=bp, BLOCK_N=bn, STATE_T=_TUNE.get("state_t", STATE_T))
+    if n_seg > 1:
+        # The end state of every segment but the last, from a zero start: only x, dt, B are read.
+        _, swarps, sstages = config("segment", x.dtype, P, N)  # the p tiling is the main pass's
+        wrap_triton(_ssd_fwd_kernel)[(n_seq * (n_seg - 1), H, n_pb)](
+            *args, WRITE_OUT=False, STORE_STATES=False, SEG_LOCAL=True, **flags,
+            num_warps=swarps, num_stages=sstages)
+    wrap_triton(_ssd_fwd_kernel)[(n_seq * n_seg, H, n_pb)](
+        *args, WRITE_OUT=write_out, STORE_STATES=store_states, SEG_LOCAL=False, **flags,
+        num_warps=warps, num_stages=stages, **_maxnreg(kind))
     return out, final, states
 
 
@@ -717,22 +862,33 @@ def ssd_bwd(dout, dfinal, x, dt, A, B, C, D, z, dt_bias, init, seq_idx, cu_seqle
         table = coff = cu = None
     bn = _block_n(N)
     bp, warps, stages = config("dstate", x.dtype, P, N)
+    n_pb = triton.cdiv(P, bp)
+    n_seg, seg_chunks = segments("dstate", dev, n_seq * H * n_pb, L, Q)
+    seg_end = seg_decay = None
+    if n_seg > 1:
+        seg_end = new_output((n_seq * (n_seg - 1), H, P, N), dtype=torch.float32, device=dev)
+        seg_decay = new_output((n_seq * (n_seg - 1), H), dtype=torch.float32, device=dev)
     sD_h, sD_p = _d_strides(D, H)
     seq_strides = seq_idx.stride() if seq_idx is not None else (0, 0)
     has_seq = seq_idx is not None and not varlen
-    wrap_triton(_ssd_bwd_dstate_kernel)[(n_seq, H, triton.cdiv(P, bp))](
+    dstate_args = [
         dout, dt, A, C, z if z is not None else x, dt_bias if dt_bias is not None else A,
         dfinal if dfinal is not None else dstates,
         seq_idx if seq_idx is not None else dt, cu if cu is not None else A, coff if coff is not None else A,
         dstates, dinit if dinit is not None else dstates,
-        L, H, P, N, heads_per_group, dt_min, dt_max,
+        seg_end if seg_end is not None else dstates, seg_decay if seg_decay is not None else dA_part,
+        L, H, P, N, heads_per_group, dt_min, dt_max, n_seg, seg_chunks,
         *dout.stride(), *dt.stride(), *C.stride(), *_strides4(z, x.shape), *seq_strides,
         dt_bias.stride(0) if dt_bias is not None else 0,
-        HAS_Z=z is not None, HAS_DTB=dt_bias is not None, HAS_DFINAL=dfinal is not None,
-        WRITE_DINIT=dinit is not None, HAS_SEQ=has_seq, VARLEN=varlen,
-        SOFTPLUS=dt_softplus, PREC=_prec(x), BLOCK_Q=Q, BLOCK_P=bp, BLOCK_N=bn,
-        num_warps=warps, num_stages=stages,
-    )
+    ]
+    dstate_flags = dict(HAS_Z=z is not None, HAS_DTB=dt_bias is not None, HAS_DFINAL=dfinal is not None,
+                        WRITE_DINIT=dinit is not None, HAS_SEQ=has_seq, VARLEN=varlen,
+                        SOFTPLUS=dt_softplus, PREC=_prec(x), BLOCK_Q=Q, BLOCK_P=bp, BLOCK_N=bn,
+                        num_warps=warps, num_stages=stages)
+    if n_seg > 1:
+        wrap_triton(_ssd_bwd_dstate_kernel)[(n_seq * (n_seg - 1), H, n_pb)](*dstate_args, SEG_LOCAL=True,
+                                                                            **dstate_flags)
+    wrap_triton(_ssd_bwd_dstate_kernel)[(n_seq * n_seg, H, n_pb)](*dstate_args, SEG_LOCAL=False, **dstate_flags)
     if n_chunks > 0:
         cfg = {k: config(k, x.dtype, P, N) for k in ("dx", "dbc")}
         common = dict(HAS_Z=z is not None, HAS_DTB=dt_bias is not None, HAS_SEQ=has_seq, VARLEN=varlen,

@@ -567,6 +567,18 @@ def test_ssd_chunk_scan_matches_peer_cuda(dtype, features, rng):
 
 
 @gpu
+@pytest.mark.parametrize("seg_chunks", [1, 3, 7])
+@pytest.mark.parametrize("name", ["full", "seq_idx", "varlen"])
+def test_ssd_chunk_scan_segments_cuda(name, seg_chunks, rng, monkeypatch):
+    """The sequential passes cut into segments of 1, 3 and 7 chunks (the GPU default picks them by
+    occupancy, only for long inputs): forward, final states and every gradient still match float64."""
+    from arkernels.triton_kernels import ssd_chunk_scan as tk
+
+    monkeypatch.setitem(tk._TUNE, "seg_chunks", seg_chunks)
+    check(_op("triton"), config(name, 1134, BF16), rng, "cuda")
+
+
+@gpu
 def test_ssd_chunk_scan_backward_is_deterministic_cuda(rng):
     case = config("full", 1134, BF16)
     leaves, seq_idx, cu = make_leaves(case, rng, "cuda")
