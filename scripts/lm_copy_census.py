@@ -79,8 +79,13 @@ def aten_chain(e):
     return "/".join(reversed(names))
 
 
+def no_kernel(name, chain):
+    # baddbmm_ "copies" self into its in-place result first: copy_ of a tensor onto itself returns at once
+    return name == "aten::copy_" and chain == "baddbmm_"
+
+
 def cpu_only(name, chain, node, where):
-    if "bmm" in chain.split("/"):
+    if {"bmm", "baddbmm_"} & set(chain.split("/")):
         return True  # CPU bmm makes expanded / transposed operands contiguous; cuBLAS reads them in place
     if "rms_norm" in chain or node in ("PowBackward0", "MeanBackward1", "RsqrtBackward0") or (
             node == "MulBackward0" and f"_lm.py:{_RMS_LINE} " in where and name != "aten::add_"):
@@ -126,13 +131,14 @@ def collect(n_layer):
     events = prof.events()
     fwd_src = {}
     for e in events:
-        if e.sequence_nr >= 0 and e.name.startswith("aten::") and not _in_backward(e):
+        if e.sequence_nr >= 0 and not e.name.startswith("autograd::") and not _in_backward(e):
+            # a custom autograd Function's forward is recorded under its class name
             fwd_src.setdefault(e.sequence_nr, (e.name.replace("aten::", ""), source(e)))
 
     rows = collections.OrderedDict()
     for e in events:
         node = _in_backward(e)
-        if e.name not in COPY and not (node and e.name in BWD_EXTRA):
+        if e.name not in COPY and not (node and e.name in BWD_EXTRA) or no_kernel(e.name, aten_chain(e)):
             continue
         chain = aten_chain(e)
         if node:
@@ -151,7 +157,8 @@ def collect(n_layer):
         elif e.name == "aten::add_":
             b = 2 * nbytes(shapes[0], dtypes[0]) + nbytes(shapes[1], dtypes[1])
         elif e.name == "aten::sum":
-            b = nbytes(shapes[0], dtypes[0]) + nbytes(shapes[0][1:], dtypes[0])
+            out_dtype = dtypes[1] if len(shapes) > 1 and shapes[1] else dtypes[0]  # sum(dtype=, out=)
+            b = nbytes(shapes[0], dtypes[0]) + nbytes(shapes[0][1:], out_dtype)
         else:
             b = nbytes(shapes[0], dtypes[0])
         shp = ", ".join("x".join(map(str, s)) for s in shapes if s)
