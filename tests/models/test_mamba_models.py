@@ -291,9 +291,20 @@ def test_mamba1_proj_gradcheck(x_lk, out_lm, splits):
     assert torch.autograd.gradcheck(f, (weight, x))
 
 
+def test_mamba1_split_dt_bc():
+    from arkernels.models.mamba1 import _SplitDtBC
+
+    x = torch.randn(2, 3 + 2 * 4, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    dt, B, C = _SplitDtBC.apply(x, 3, 4)
+    assert B.is_contiguous() and C.is_contiguous()
+    for got, want in zip((dt, B, C), x.split([3, 4, 4], dim=1)):
+        assert torch.equal(got, want)
+    assert torch.autograd.gradcheck(lambda x: _SplitDtBC.apply(x, 3, 4), (x.requires_grad_(),))
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_mamba1_autocast_step_layouts_and_grads(device):
-    """autocast(bf16) training step, impl="fast": the scan gets contiguous bf16 u, delta, z and a
+    """autocast(bf16) training step, impl="fast": the scan gets contiguous bf16 u, delta, B, C, z and a
     contiguous dout (strided ones are copied by the op, forward and backward), every parameter gradient is
     float32 in its parameter's layout (AccumulateGrad copies any other), and the gradients stay close to
     the float32 step's."""
@@ -305,7 +316,7 @@ def test_mamba1_autocast_step_layouts_and_grads(device):
         scan = mixer._scan
 
         def checked(u, delta, A, B, C, D, z, *rest, _scan=scan):
-            for name, t in (("u", u), ("delta", delta), ("z", z)):
+            for name, t in (("u", u), ("delta", delta), ("B", B), ("C", C), ("z", z)):
                 if torch.is_autocast_enabled(device):
                     assert t.dtype == torch.bfloat16, name
                 assert t.is_contiguous(), name

@@ -104,6 +104,24 @@ def _proj(weight, x, *, x_lk=False, out_lm=False, splits=None):
     return out[0] if out_lm else out
 
 
+class _SplitDtBC(torch.autograd.Function):
+    """x_dbl (batch, dt_rank + 2 N, L) -> dt (a view), B, C (batch, N, L) each contiguous.
+
+    The scan copies strided B and C into contiguous buffers, in its forward and again in its backward (4
+    small copies per layer); here one copy makes both contiguous ((2, batch, N, L), then unbound), and the
+    backward is the one concatenation that the split's backward was anyway."""
+
+    @staticmethod
+    def forward(ctx, x_dbl, r, n):
+        bc = x_dbl[:, r:].unflatten(1, (2, n)).transpose(0, 1).contiguous()
+        return x_dbl[:, :r], bc[0], bc[1]
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, d_dt, dB, dC):
+        return torch.cat([d_dt, dB, dC], dim=1), None, None
+
+
 class Mamba1Mixer(nn.Module):
     def __init__(self, cfg: Mamba1Config, impl: str = "reference"):
         super().__init__()
@@ -152,7 +170,7 @@ class Mamba1Mixer(nn.Module):
         if keep:
             x, state.conv_state = x
         (x_dbl,) = _proj(self.x_proj.weight, x)  # (batch, dt_rank + 2 N, L)
-        dt, B, C = x_dbl.split([r, n, n], dim=1)
+        dt, B, C = _SplitDtBC.apply(x_dbl, r, n)
         (delta,) = _proj(self.dt_proj.weight, dt)  # the bias goes into the scan (delta_bias, in float32)
         A = -torch.exp(self.A_log.float())
         y = self._scan(x, delta, A, B, C, self.D.float(), z, self.dt_proj.bias.float(), True, keep)
