@@ -267,3 +267,77 @@ def test_bf16_fast_forward_close_to_fp32(kind, device):
         bf = model.to(torch.bfloat16)(ids)
     assert bf.dtype == torch.bfloat16
     assert relative_error(bf, ref) < 5e-2
+
+
+# ---- Mamba-1 training step under autocast: layouts and dtypes at the scan and the parameters ----
+
+@pytest.mark.parametrize("x_lk", [False, True])
+@pytest.mark.parametrize("out_lm, splits", [(False, (5,)), (False, (2, 3)), (True, (5,))])
+def test_mamba1_proj_gradcheck(x_lk, out_lm, splits):
+    from arkernels.models.mamba1 import _proj
+
+    g = torch.Generator().manual_seed(3)
+    weight = torch.randn(5, 4, dtype=torch.float64, generator=g, requires_grad=True)
+    x = torch.randn(2, 6, 4, dtype=torch.float64, generator=g)  # (batch, L, k)
+    x = (x if x_lk else x.transpose(1, 2).contiguous()).requires_grad_()
+
+    def f(w, x):
+        out = _proj(w, x, x_lk=x_lk, out_lm=out_lm, splits=None if out_lm else splits)
+        return out if out_lm else torch.cat(out, dim=1)
+
+    want = torch.einsum("mk,blk->bml", weight, x if x_lk else x.transpose(1, 2))
+    got = f(weight, x)
+    torch.testing.assert_close(got.transpose(1, 2) if out_lm else got, want)
+    assert torch.autograd.gradcheck(f, (weight, x))
+
+
+def test_mamba1_split_dt_bc():
+    from arkernels.models.mamba1 import _SplitDtBC
+
+    x = torch.randn(2, 3 + 2 * 4, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    dt, B, C = _SplitDtBC.apply(x, 3, 4)
+    assert B.is_contiguous() and C.is_contiguous()
+    for got, want in zip((dt, B, C), x.split([3, 4, 4], dim=1)):
+        assert torch.equal(got, want)
+    assert torch.autograd.gradcheck(lambda x: _SplitDtBC.apply(x, 3, 4), (x.requires_grad_(),))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_mamba1_autocast_step_layouts_and_grads(device):
+    """autocast(bf16) training step, impl="fast": the scan gets contiguous bf16 u, delta, B, C, z and a
+    contiguous dout (strided ones are copied by the op, forward and backward), every parameter gradient is
+    float32 in its parameter's layout (AccumulateGrad copies any other), and the gradients stay close to
+    the float32 step's."""
+    model = _model("mamba1", device, "fast")
+    ids = _ids(device)
+    seen = []
+    for layer in model.backbone.layers:
+        mixer = layer.mixer
+        scan = mixer._scan
+
+        def checked(u, delta, A, B, C, D, z, *rest, _scan=scan):
+            for name, t in (("u", u), ("delta", delta), ("B", B), ("C", C), ("z", z)):
+                if torch.is_autocast_enabled(device):
+                    assert t.dtype == torch.bfloat16, name
+                assert t.is_contiguous(), name
+            out = _scan(u, delta, A, B, C, D, z, *rest)
+            if out.requires_grad:
+                out.register_hook(lambda g: seen.append((g.dtype, g.is_contiguous())))
+            return out
+
+        mixer._scan = checked
+    grads = {}
+    for amp in (False, True):
+        model.zero_grad(set_to_none=True)
+        seen.clear()
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=amp):
+            logits = model(ids)
+            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), ids.reshape(-1))
+        loss.backward()
+        assert seen == [(torch.bfloat16 if amp else torch.float32, True)] * len(model.backbone.layers)
+        for name, p in model.named_parameters():
+            assert p.grad.dtype == torch.float32 and p.grad.stride() == p.stride(), name
+        grads[amp] = {n: p.grad.clone() for n, p in model.named_parameters()}
+    for name in grads[False]:
+        err = relative_error(grads[True][name], grads[False][name])
+        assert err < 5e-2, f"{name}: bf16 gradient relative error {err:.2e}"
