@@ -2,12 +2,14 @@
 headline shape (bench/ops/bench_ssd_chunk_scan.py: b4 l4096 h32 p64 n128 g1, bf16, D (h,), dt_bias,
 softplus), timed as the report times them (bench.timing.time_ms), with the peer in the same run.
 
-    python scripts/ssd_chunk_scan_sweep.py [fwd|bwd|profile|all|once]
+    python scripts/ssd_chunk_scan_sweep.py [fwd-first|fwd|bwd|bwd-final|small|small-bwd|profile|once ...]
+                                           (default: fwd bwd profile)
 
-fwd: forward variants (p tile, warps, stages of the main pass; chunks per segment; BLOCK_Q), each
+fwd(-first): forward variants (p tile, warps, stages; chunks per segment; BLOCK_Q; maxnreg), each
 checked against the default's output (max |diff| / max |out|) so that a broken variant cannot win.
 bwd: fwd+bwd of a few variants. profile: the torch profiler's kernels of one fwd+bwd call, ours and
 the peer's. once: two default forward calls (for ncu). Overrides go through triton_kernels.ssd_chunk_scan._TUNE (empty in normal use)."""
+import dataclasses
 import os
 import sys
 
@@ -21,19 +23,21 @@ from bench.ops import bench_ssd_chunk_scan as bench
 from bench.timing import time_ms
 
 dev = torch.device(os.environ.get("SWEEP_DEVICE", "cuda"))  # cpu: a smoke run under TRITON_INTERPRET=1
-what = sys.argv[1] if len(sys.argv) > 1 else "all"
+what = " ".join(sys.argv[1:]) or "all"
 
 
 def case(mode):
     return next(c for c in bench.cases(dev, quick=True) if c.mode == mode and "headline" in c.tags)
 
 
-def run_variant(label, tune, fn, x, ref=None, block_q=None):
+def run_variant(label, tune, fn, x, ref=None, block_q=None, bwd_block_q=None):
     tk._TUNE.clear()
     tk._TUNE.update(tune)
-    old_q = tk.FWD_BLOCK_Q
+    old_q, old_bq = tk.FWD_BLOCK_Q, tk.BWD_BLOCK_Q
     if block_q:
         tk.FWD_BLOCK_Q = block_q
+    if bwd_block_q:
+        tk.BWD_BLOCK_Q = bwd_block_q
     try:
         call = bench._call(fn, x)
         out = call()
@@ -50,7 +54,7 @@ def run_variant(label, tune, fn, x, ref=None, block_q=None):
         return None
     finally:
         tk._TUNE.clear()
-        tk.FWD_BLOCK_Q = old_q
+        tk.FWD_BLOCK_Q, tk.BWD_BLOCK_Q = old_q, old_bq
 
 
 ours = bench._provider_fn("arkernels-triton")
@@ -59,46 +63,91 @@ try:
 except Exception:  # noqa: BLE001
     peer = None
 
-if what == "once":
-    x = bench._make_inputs(case("fwd"))
-    for _ in range(2):
-        bench._call(ours, x)()
-    torch.cuda.synchronize()
 
-if what in ("fwd", "all"):
-    x = bench._make_inputs(case("fwd"))
-    print("== forward, headline shape")
-    if peer is not None and bench._peer()[0] is not None:
-        run_variant("peer mamba_chunk_scan_combined", {}, peer, x)
-    ref = run_variant("default (auto segments)", {}, ours, x)
-    # (label, _TUNE overrides, BLOCK_Q); "seg_chunks" 64 = one segment at l 4096 (the old kernel's walk).
-    variants = [(f"seg_chunks {seg}", {"seg_chunks": seg}, None) for seg in (64, 16, 8, 4)]
-    variants += [(f"state_t seg {seg}", {"state_t": True, "seg_chunks": seg}, None) for seg in (64, 8)]
+def fwd_first():
+    """The first sweep (2026-12-04, bench/NOTES.md): segments, state_t, BLOCK_Q 32, warps, maxnreg."""
+    out = [(f"seg_chunks {seg}", {"seg_chunks": seg}, None) for seg in (64, 16, 8, 4)]
+    out += [(f"state_t seg {seg}", {"state_t": True, "seg_chunks": seg}, None) for seg in (64, 8)]
     for cfg, seg, q, reg in (((32, 8, 2), 16, 32, 0), ((32, 8, 2), 128, 32, 0), ((32, 4, 2), 16, 32, 0),
                              ((32, 8, 2), 16, 32, 128), ((32, 4, 2), 16, 32, 128), ((32, 8, 2), 8, 64, 128),
                              ((16, 8, 2), 64, 64, 0), ((16, 8, 2), 8, 64, 0), ((64, 8, 2), 64, 64, 0),
                              ((32, 8, 3), 8, 64, 0), ((16, 4, 2), 8, 64, 128), ((32, 4, 2), 64, 64, 0)):
-        tune = {"fwd": cfg, "seg_chunks": seg}
-        if reg:
-            tune["maxnreg"] = {"fwd": reg}
-        variants.append((f"Q {q} cfg {cfg} seg {seg} maxnreg {reg or '-'}", tune, q))
-    for label, tune, q in variants:
-        run_variant(label, tune, ours, x, ref, block_q=q)
-        run_variant(label + " state_t", dict(tune, state_t=True), ours, x, ref, block_q=q) \
-            if "state_t" not in tune and q == 32 else None
+        out.append(_fwd_variant(cfg, seg, q, reg))
+        if q == 32:
+            out.append(_fwd_variant(cfg, seg, q, reg, state_t=True))
+    return out
 
-if what in ("bwd", "all"):
-    x = bench._make_inputs(case("fwd+bwd"))
-    print("== fwd+bwd, headline shape")
+
+def _fwd_variant(cfg, seg, q, reg, state_t=False):
+    tune = {"fwd": cfg, "seg_chunks": seg, "state_t": state_t}
+    if reg:
+        tune["maxnreg"] = {"fwd": reg}
+    return (f"Q {q} cfg {cfg} seg {seg} maxnreg {reg or '-'}{' state_t' if state_t else ''}", tune, q)
+
+
+def fwd_second():
+    """Around the first sweep's winner (4 warps, BLOCK_P 32, BLOCK_Q 64, one segment)."""
+    return [_fwd_variant(*v) for v in (
+        ((32, 4, 2), 64, 64, 0), ((32, 4, 2), 64, 64, 0, True), ((32, 4, 3), 64, 64, 0), ((32, 4, 1), 64, 64, 0),
+        ((16, 4, 2), 64, 64, 0), ((16, 4, 2), 64, 64, 0, True), ((32, 4, 2), 22, 64, 168),
+        ((16, 4, 2), 64, 64, 168), ((32, 4, 2), 32, 64, 0), ((32, 4, 2), 128, 32, 0), ((32, 4, 3), 128, 32, 0),
+        ((16, 4, 2), 128, 32, 0))]
+
+
+def bwd_variants():
+    out = [(f"seg_chunks {seg}", {"seg_chunks": seg}, None) for seg in (64, 16)]
+    for states, dstate, dx, dbc, seg in (((32, 4, 2), (32, 4, 2), None, None, 64),
+                                         ((32, 4, 2), (32, 4, 2), None, None, 32),
+                                         ((32, 4, 2), (32, 4, 2), (32, 4, 2), None, 64),
+                                         ((32, 4, 2), (32, 4, 2), None, (64, 4, 2), 64),
+                                         ((32, 4, 2), (32, 4, 2), None, (32, 8, 2), 64),
+                                         ((32, 4, 2), (16, 4, 2), (16, 8, 2), None, 64)):
+        tune = {"seg_chunks": seg, "fwd": (32, 4, 2)}
+        for k, v in (("states", states), ("dstate", dstate), ("dx", dx), ("dbc", dbc)):
+            if v:
+                tune[k] = v
+        out.append((" ".join(f"{k} {v}" for k, v in tune.items()), tune, None))
+    return out
+
+
+def bwd_final():
+    """Around the new defaults (sequential passes at 4 warps, dB/dC p tiles of 32): the dx kernel's
+    stages, and the backward's BLOCK_Q at 32 (twice the per-chunk state buffers, smaller tiles)."""
+    return [("dx (32, 8, 1)", {"dx": (32, 8, 1)}, None), ("dx (32, 8, 3)", {"dx": (32, 8, 3)}, None),
+            ("dbc (16, 8, 2)", {"dbc": (16, 8, 2)}, None), ("BWD_BLOCK_Q 32", {}, None, 32),
+            ("BWD_BLOCK_Q 32 dx (32, 4, 2)", {"dx": (32, 4, 2)}, None, 32)]
+
+
+def small_grid():
+    """b1 h8 (16 programs of the forward): auto segments against one segment."""
+    return [("one segment", {"seg_chunks": 1 << 20}, None), ("segments of 16 chunks", {"seg_chunks": 16}, None)]
+
+
+SETS = {"fwd-first": ("fwd", fwd_first), "fwd": ("fwd", fwd_second), "bwd": ("fwd+bwd", bwd_variants),
+        "bwd-final": ("fwd+bwd", bwd_final), "small": ("fwd", small_grid), "small-bwd": ("fwd+bwd", small_grid)}
+if what == "all":
+    what = "fwd bwd profile"
+for name in what.split():
+    if name == "once":
+        x = bench._make_inputs(case("fwd"))
+        for _ in range(2):
+            bench._call(ours, x)()
+        torch.cuda.synchronize()
+    if name not in SETS:
+        continue
+    mode, variants = SETS[name]
+    c = case(mode)
+    if name.startswith("small"):
+        c = dataclasses.replace(c, shape=(1, 4096, 8, 64, 128, 1))
+    x = bench._make_inputs(c)
+    print(f"== {name}: {mode}, headline shape")
     if peer is not None and bench._peer()[0] is not None:
         run_variant("peer mamba_chunk_scan_combined", {}, peer, x)
-    ref = run_variant("default (auto segments)", {}, ours, x)
-    for seg in (64, 16, 8):
-        run_variant(f"seg_chunks {seg}", {"seg_chunks": seg}, ours, x, ref)
-    for cfg in ((32, 4, 2), (64, 8, 2)):
-        run_variant(f"states+dstate cfg {cfg} seg 8", {"states": cfg, "dstate": cfg, "seg_chunks": 8}, ours, x, ref)
+    ref = run_variant("default", {}, ours, x)
+    for label, tune, q, *bq in variants():
+        run_variant(label, tune, ours, x, ref, block_q=q, bwd_block_q=bq[0] if bq else None)
 
-if what in ("profile", "all"):
+if "profile" in what.split():
     x = bench._make_inputs(case("fwd+bwd"))
     for name, fn in (("arkernels", ours), ("peer", peer)):
         if fn is None or (name == "peer" and bench._peer()[0] is None):

@@ -2,7 +2,7 @@
 machine: do_bench as the report times it (256 MB write flush before each call), the same calls replayed
 from a CUDA graph (no host work inside the timing), the host time per call, and the kernels the profiler
 sees in one call, for arkernels and the peer (mamba-ssm's Triton kernel, where it imports).
-Usage (repo root, GPU machine): python scripts/ssu_timing.py"""
+Usage (repo root, GPU machine): python scripts/ssu_timing.py [once mamba1|mamba2]  (once: three calls, for ncu)"""
 import os
 import sys
 import time
@@ -30,7 +30,20 @@ def graph_of(fn):
     return graph
 
 
+def once(layout):
+    """Three arkernels calls of one layout and nothing else (for ncu)."""
+    gen = torch.Generator().manual_seed(0)
+    case = next(c for c in ssu.cases("cuda", quick=True) if c.params["layout"] == layout)
+    args = ssu._make_args(case, gen)
+    op = ssu._provider_fn("arkernels-cuda", case)
+    for _ in range(3):
+        op(**args)
+    torch.cuda.synchronize()
+
+
 def main():
+    if len(sys.argv) > 2 and sys.argv[1] == "once":
+        return once(sys.argv[2])
     gen = torch.Generator().manual_seed(0)
     for case in ssu.cases("cuda", quick=True):
         args = ssu._make_args(case, gen)
@@ -55,7 +68,7 @@ def main():
             with profile(activities=[ProfilerActivity.CUDA]) as prof:
                 fn()
                 torch.cuda.synchronize()
-            kernels = [(e.key[:70], e.device_time_total) for e in prof.key_averages()
+            kernels = [(e.key, e.device_time_total) for e in prof.key_averages()
                        if e.device_type == torch.autograd.DeviceType.CUDA]
             print(f"{case.params['layout']:7s} {name:15s} do_bench {bench_ms * 1e3:7.1f} us | graph replay "
                   f"{graph_ms * 1e3:7.1f} us | host per call (no sync) {host_us:6.1f} us | kernels: "

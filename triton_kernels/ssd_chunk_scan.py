@@ -44,7 +44,7 @@ INTERPRETED: tl.constexpr = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0")
 # rounding). The forward's is free; the three backward kernels share theirs (it indexes the per-chunk
 # state buffers). 64 keeps the backward's (Q, Q) and (Q, n) fp32 tiles in registers; a smaller one
 # trades register pressure for larger state buffers (n_chunks x h x p x n each).
-FWD_BLOCK_Q = 64
+FWD_BLOCK_Q = 32  # measured on the H200 (bf16, n 128): 0.32 ms against 0.42 at 64 (4 warps each)
 BWD_BLOCK_Q = 64
 MAX_N = 256  # the state's n dimension lives in registers whole
 
@@ -630,11 +630,13 @@ def _prec(x: torch.Tensor) -> str:
 # and "seg_chunks" -> chunks per segment of the sequential passes. Empty in normal use.
 _TUNE: dict = {}
 
-# The sequential passes (forward, and the states pass of the backward) walk a sequence in order. With
-# fewer programs than ~SEGMENT_FILL per SM, a sequence is cut into segments of at least
-# MIN_SEGMENT_CHUNKS chunks: a first pass stores each segment's end state from a zero start (reading x,
-# dt, B only), the main pass starts each segment from the fold of the earlier ones.
-SEGMENT_FILL = 4
+# The sequential passes (forward, the backward's states and dstate) walk a sequence in order. Where the
+# programs do not fill the GPU (fewer than SEGMENT_FILL per SM: two 4-warp programs of ~255 registers
+# share an SM), a sequence is cut into segments of at least MIN_SEGMENT_CHUNKS chunks: a first pass
+# stores each segment's end state from a zero start (reading x, dt, B only), the main pass starts each
+# segment from the fold of the earlier ones. Measured at the headline (256 programs, one wave): 2 or 3
+# segments cost 15-20% (the extra pass, more waves), so a full wave is never cut.
+SEGMENT_FILL = 2
 MIN_SEGMENT_CHUNKS = 8
 # The forward's state in registers as (n, p) instead of (p, n): both of its products then have the
 # 128-row n side as M (C S^T = C @ S_T, S_T += B^T (w x)), which suits Hopper's 64-row MMA tiles.
@@ -660,19 +662,21 @@ def segments(kind: str, device, programs: int, L: int, block_q: int) -> tuple[in
         per = 1  # the interpreter: exercise the segment fold (several segments) in every multi-chunk test
         return triton.cdiv(chunks, per), per
     want = SEGMENT_FILL * torch.cuda.get_device_properties(device).multi_processor_count
-    n_seg = max(1, min(triton.cdiv(want, programs), chunks // MIN_SEGMENT_CHUNKS))
+    n_seg = max(1, min(want // programs, chunks // MIN_SEGMENT_CHUNKS))
     per = triton.cdiv(chunks, n_seg)
     return triton.cdiv(chunks, per), per
 
 
 def config(kernel: str, dtype: torch.dtype, P: int, N: int) -> tuple[int, int, int]:
-    """(BLOCK_P, num_warps, num_stages) of a kernel ("fwd", "states", "dstate", "dx", "dbc").
+    """(BLOCK_P, num_warps, num_stages) of a kernel ("fwd", "segment", "states", "dstate", "dx", "dbc").
 
-    Chosen without a GPU from the compiled resource usage for sm_90 (scripts/ssd_chunk_scan_resources.py:
-    registers, spills, shared memory), to be tuned on the H100: p tiles of 32 halve the fp32 (Q, p)
-    tiles that spill at 64 and double the programs of the sequential kernels; dB/dC accumulate over
-    whole p tiles of up to 64. fp32 (dots with fp32 FMA) takes narrow tiles and no pipelining so that
-    it stays within the 227 KB of shared memory at n = 256."""
+    Measured on the H200 (bf16, n = 128, p = 64; bench/NOTES.md, scripts/ssd_chunk_scan_sweep.py): every
+    configuration compiles to ~255 registers per thread, so the number of warps sets how many programs
+    share an SM. The sequential walks (fwd, states, dstate) are one dependent chain per program: 4 warps
+    (two programs per SM) ran the forward 2.2x faster than 8 (one per SM). p tiles of 32: 16 halves the
+    programs' work but not their chain (slower), 64 spills. dB/dC: p tiles of 32 measured faster than
+    64. Not measured, kept from the resource-usage choice: n = 256 (8 warps) and fp32 (narrow tiles,
+    no pipelining, to stay within the 227 KB of shared memory at n = 256)."""
     bn = _block_n(N)
     bp = 32 if P > 16 else 16
     if kernel == "segment":
@@ -680,9 +684,10 @@ def config(kernel: str, dtype: torch.dtype, P: int, N: int) -> tuple[int, int, i
     override = _TUNE.get(kernel)
     if override is not None:
         return override
-    if kernel == "dbc":
-        bp = min(64, max(16, triton.next_power_of_2(P)))
+    sequential = kernel in ("fwd", "states", "dstate")
     warps = 8 if bn >= 64 else 4
+    if sequential and bn <= 128 and dtype != torch.float32:
+        warps = 4
     stages = 2
     if dtype == torch.float32:
         bp = min(bp, 32 if bn <= 64 else 16)

@@ -132,7 +132,8 @@ def _make_args(case: Case, gen: torch.Generator) -> dict:
     if mamba2:
         H, P = channel
         args["dt"] = (randn(lead + (H,), scale=0.5) - 1.0).to(x_dtype)[..., None].expand(lead + channel)
-        args["A"] = -torch.rand(H, generator=gen).add(0.1).to(dev)[:, None, None].expand(H, P, N)
+        # Negate before expanding: negating the expanded view would materialise a dense (H, P, N) A.
+        args["A"] = (-torch.rand(H, generator=gen).add(0.1)).to(dev)[:, None, None].expand(H, P, N)
         args["D"] = randn((H,))[:, None].expand(channel)
         args["dt_bias"] = (randn((H,)) * 0.1)[:, None].expand(channel)
         bc = lead + (1, N)
