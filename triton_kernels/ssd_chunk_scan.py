@@ -6,7 +6,8 @@ attention-like product, across chunks a p x n state is carried.
 * ``_ssd_fwd_kernel``: one program per (sequence, head, block of p) walks its chunks in order with
   the state in registers (fp32): the output of a chunk is (L o C B^T)(dt x) + decay * C S^T (+ D x,
   * silu(z)), then S <- decay * S + B^T (w x). dt processing and the in-chunk cumsum are fused in;
-  the per-chunk states are never written (the backward recomputes them with STORE_STATES).
+  the per-chunk states are never written (the backward recomputes them with STORE_STATES). Where the
+  programs are too few to fill the GPU, a sequence is cut into segments (SEG_LOCAL pass + fold).
 * ``_ssd_bwd_dstate_kernel``: the same walk in reverse carries dL/dS (fp32) and stores it per chunk.
 * ``_ssd_bwd_kernel``: one program per (chunk, group, head split), all chunks in parallel: loops over
   the heads of its group so that dB and dC (shared by the heads of a group) are summed in registers
@@ -175,6 +176,24 @@ def _sequence(p_cu, p_coff, i_s, L, VARLEN: tl.constexpr, BLOCK_Q: tl.constexpr)
 
 
 @triton.jit
+def _segment_of(pid, p_cu, p_coff, L, n_seg, seg_chunks, SEG_LOCAL: tl.constexpr, FIRST_LOCAL: tl.constexpr,
+                VARLEN: tl.constexpr, BLOCK_Q: tl.constexpr):
+    """(sequence, segment, row, sequence end, first chunk id, last segment, active, segment begin,
+    segment end) of program `pid` of a segmented walk. The SEG_LOCAL pass launches n_seg - 1 segments per
+    sequence, starting at FIRST_LOCAL (0 forward, 1 backward). Segments past a (varlen) sequence's end are
+    inactive; the one holding its last token is the last."""
+    n_launched = n_seg - 1 if SEG_LOCAL else n_seg
+    i_s = pid // n_launched
+    i_seg = pid % n_launched + (FIRST_LOCAL if SEG_LOCAL else 0)
+    row, t_begin, t_end, c_base = _sequence(p_cu, p_coff, i_s, L, VARLEN, BLOCK_Q)
+    seg_tokens = seg_chunks * BLOCK_Q
+    last_seg = tl.maximum(tl.cdiv(t_end - t_begin, seg_tokens) - 1, 0)
+    seg_begin = t_begin + i_seg * seg_tokens
+    seg_end = tl.minimum(seg_begin + seg_tokens, t_end)
+    return i_s, i_seg, row, t_end, c_base, last_seg, i_seg <= last_seg, seg_begin, seg_end
+
+
+@triton.jit
 def _ssd_fwd_kernel(
     p_x, p_dt, p_A, p_B, p_C, p_D, p_z, p_dtb, p_init, p_seq, p_cu, p_coff,
     p_out, p_final, p_states, p_seg_end, p_seg_decay,
@@ -195,18 +214,10 @@ def _ssd_fwd_kernel(
     pid = tl.program_id(0).to(tl.int64)
     hh = tl.program_id(1).to(tl.int64)
     i_p = tl.program_id(2).to(tl.int64)
-    n_launched = n_seg - 1 if SEG_LOCAL else n_seg
-    i_s = pid // n_launched
-    i_seg = pid % n_launched
+    i_s, i_seg, row, t_end, c_base, last_seg, active, seg_begin, seg_end = _segment_of(
+        pid, p_cu, p_coff, L, n_seg, seg_chunks, SEG_LOCAL, 0, VARLEN, BLOCK_Q)
     gg = hh // heads_per_group
-    row, t_begin, t_end, c_base = _sequence(p_cu, p_coff, i_s, L, VARLEN, BLOCK_Q)
     DT = p_x.dtype.element_ty
-    # Segments past a (varlen) sequence's end do nothing; the one holding its last token is the last.
-    seg_tokens = seg_chunks * BLOCK_Q
-    last_seg = tl.maximum(tl.cdiv(t_end - t_begin, seg_tokens) - 1, 0)
-    active = i_seg <= last_seg
-    seg_begin = t_begin + i_seg * seg_tokens
-    seg_end = tl.minimum(seg_begin + seg_tokens, t_end)
 
     o_q = tl.arange(0, BLOCK_Q).to(tl.int64)
     o_p = i_p * BLOCK_P + tl.arange(0, BLOCK_P).to(tl.int64)
@@ -323,17 +334,10 @@ def _ssd_bwd_dstate_kernel(
     pid = tl.program_id(0).to(tl.int64)
     hh = tl.program_id(1).to(tl.int64)
     i_p = tl.program_id(2).to(tl.int64)
-    n_launched = n_seg - 1 if SEG_LOCAL else n_seg
-    i_s = pid // n_launched
-    i_seg = pid % n_launched + (1 if SEG_LOCAL else 0)
+    i_s, i_seg, row, t_end, c_base, last_seg, active, seg_begin, seg_end = _segment_of(
+        pid, p_cu, p_coff, L, n_seg, seg_chunks, SEG_LOCAL, 1, VARLEN, BLOCK_Q)
     gg = hh // heads_per_group
-    row, t_begin, t_end, c_base = _sequence(p_cu, p_coff, i_s, L, VARLEN, BLOCK_Q)
     DT = p_C.dtype.element_ty
-    seg_tokens = seg_chunks * BLOCK_Q
-    last_seg = tl.maximum(tl.cdiv(t_end - t_begin, seg_tokens) - 1, 0)
-    active = i_seg <= last_seg
-    seg_begin = t_begin + i_seg * seg_tokens
-    seg_end = tl.minimum(seg_begin + seg_tokens, t_end)
 
     o_q = tl.arange(0, BLOCK_Q).to(tl.int64)
     A_h = tl.load(p_A + hh).to(tl.float32)
@@ -634,8 +638,10 @@ _TUNE: dict = {}
 # programs do not fill the GPU (fewer than SEGMENT_FILL per SM: two 4-warp programs of ~255 registers
 # share an SM), a sequence is cut into segments of at least MIN_SEGMENT_CHUNKS chunks: a first pass
 # stores each segment's end state from a zero start (reading x, dt, B only), the main pass starts each
-# segment from the fold of the earlier ones. Measured at the headline (256 programs, one wave): 2 or 3
-# segments cost 15-20% (the extra pass, more waves), so a full wave is never cut.
+# segment from the fold of the earlier ones. Measured on the H200: at the headline (256 programs, one
+# wave) 2 or 3 segments cost 15-20% (the extra pass, more waves), so a full wave is never cut; at b1 h8
+# (16 programs) the forward took 0.19 ms with its 16 segments against 0.29 with one. The GPU default
+# cuts the forward only (see segments()); the backward's walks take segments through _TUNE.
 SEGMENT_FILL = 2
 MIN_SEGMENT_CHUNKS = 8
 # The forward's state in registers as (n, p) instead of (p, n): both of its products then have the
@@ -661,6 +667,10 @@ def segments(kind: str, device, programs: int, L: int, block_q: int) -> tuple[in
     if device.type != "cuda":
         per = 1  # the interpreter: exercise the segment fold (several segments) in every multi-chunk test
         return triton.cdiv(chunks, per), per
+    if kind != "fwd":
+        # The backward's walks: segments measured slower at b1 h8 (2.44 against 1.96 ms fwd+bwd, one
+        # run with a peer build loading the host), so they stay off there until measured cleanly.
+        return 1, chunks
     want = SEGMENT_FILL * torch.cuda.get_device_properties(device).multi_processor_count
     n_seg = max(1, min(want // programs, chunks // MIN_SEGMENT_CHUNKS))
     per = triton.cdiv(chunks, n_seg)
@@ -688,7 +698,7 @@ def config(kernel: str, dtype: torch.dtype, P: int, N: int) -> tuple[int, int, i
     warps = 8 if bn >= 64 else 4
     if sequential and bn <= 128 and dtype != torch.float32:
         warps = 4
-    stages = 2
+    stages = 3 if kernel == "dx" else 2  # dx: 3 stages measured 1.90 against 2.30 ms fwd+bwd (same run)
     if dtype == torch.float32:
         bp = min(bp, 32 if bn <= 64 else 16)
         stages = 1
