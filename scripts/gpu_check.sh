@@ -6,8 +6,9 @@
 #   logs.tgz      every log of the run
 #   bench.tgz     the report (bench/*.md, .json, .png)
 # Usage: scripts/gpu_check.sh [stages...]   stages: build test capi sanitize (= sanitize-capi + sanitize-pytest)
-#   sweep bench (default: all but sweep), mamba-src (mamba-ssm's sources on PYTHONPATH, unbuilt), ssdsweep
-#   (scripts/ssd_chunk_scan_sweep.py $SSD_SWEEP_ARGS), ssutime (scripts/ssu_timing.py), kit (runs the carried device kit), lmprof (profile of a Mamba LM
+#   sweep bench (default: all but sweep), mamba-src (mamba-ssm's sources on PYTHONPATH, unbuilt: its Triton
+#   ops only), ssdsweep (scripts/ssd_chunk_scan_sweep.py $SSD_SWEEP_ARGS), ssutime (scripts/ssu_timing.py),
+#   kit (runs the carried device kit), lmprof (profile of a Mamba LM
 #   training step, scripts/profile_mamba_lm.py), mamba-peer (starts building mamba-ssm's CUDA scan in the
 #   background: later stages that need it wait), sscan (selective_scan quick timing vs that peer)
 # Peers: wheels in .whl/ (e.g. accelerated-scan) are installed to /tmp/peers first; mamba-ssm's sdist
@@ -109,6 +110,9 @@ for stage in $stages; do
       note "sweep: rc=$?"; cat "$LOG/sweep.log" >>"$summary" ;;
     bench)
       [ -n "${peer_pid:-}" ] && wait "$peer_pid"
+      # A peer built by an earlier call on this machine: its extension and sources first on the path
+      # (mamba-src's unbuilt copy would shadow them and the scan peers would not import).
+      [ -d /tmp/mamba_peer/src ] && export PYTHONPATH=/tmp/mamba_peer:$(ls -d /tmp/mamba_peer/src/mamba_ssm-* | head -1):$PYTHONPATH
       timeout ${BENCH_TIMEOUT:-540} "$py" -m bench.report --out "$OUT/bench" ${BENCH_ARGS:-} >"$LOG/bench.log" 2>&1
       note "bench: rc=$?"
       md=$(ls "$OUT"/bench/*.md 2>/dev/null | head -1)
