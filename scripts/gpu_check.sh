@@ -75,7 +75,8 @@ for stage in $stages; do
     test)
       # TEST_WAIT_PEER=0: run the tests while the peer builds (its comparisons then skip).
       [ -n "${peer_pid:-}" ] && [ "${TEST_WAIT_PEER:-1}" = 1 ] && wait "$peer_pid"
-      timeout ${TEST_TIMEOUT:-420} "$py" -m pytest ${TEST_PATHS:-tests} ${TEST_K:+-k "$TEST_K"} ${TEST_ARGS:-} -q -ra -p no:cacheprovider --durations=10 >"$LOG/pytest.log" 2>&1
+      # SIGINT first: pytest (and its xdist workers) stop and still print the summary of what ran.
+      timeout -s INT -k 30 ${TEST_TIMEOUT:-420} "$py" -m pytest ${TEST_PATHS:-tests} ${TEST_K:+-k "$TEST_K"} ${TEST_ARGS:-} -q -ra -p no:cacheprovider --durations=10 >"$LOG/pytest.log" 2>&1
       note "pytest: rc=$? :: $(tail -1 "$LOG/pytest.log")"
       grep -E '^(FAILED|ERROR)' "$LOG/pytest.log" | head -20 | tee -a "$summary" ;;
     capi)
