@@ -70,11 +70,9 @@ def _variants(dtype: str, block_n: int, P: int, light: bool = False):
     prec = "ieee" if dtype == "fp32" else "tf32"
     base = dict(HAS_Z=not light, HAS_DTB=True, HAS_SEQ=not light, VARLEN=False, SOFTPLUS=True, PREC=prec,
                 BLOCK_N=block_n)
-    fwd = dict(base, HAS_D=True, D_PER_HEAD=light, HAS_INIT=not light, SEG_LOCAL=False, STATE_T=tk.STATE_T)
+    fwd = dict(base, HAS_D=True, D_PER_HEAD=light, HAS_INIT=not light, SEG_LOCAL=False)
     yield "fwd", tk._ssd_fwd_kernel, dict(fwd, WRITE_OUT=True, STORE_STATES=False, BLOCK_Q=tk.FWD_BLOCK_Q), \
         tk.config("fwd", tdt, P, n)
-    yield "fwd-T", tk._ssd_fwd_kernel, dict(fwd, WRITE_OUT=True, STORE_STATES=False, BLOCK_Q=tk.FWD_BLOCK_Q,
-                                            STATE_T=not tk.STATE_T), tk.config("fwd", tdt, P, n)
     yield "segment", tk._ssd_fwd_kernel, dict(fwd, WRITE_OUT=False, STORE_STATES=False, SEG_LOCAL=True,
                                               BLOCK_Q=tk.FWD_BLOCK_Q), tk.config("segment", tdt, P, n)
     yield "states", tk._ssd_fwd_kernel, dict(fwd, WRITE_OUT=False, STORE_STATES=True, BLOCK_Q=tk.BWD_BLOCK_Q), \
@@ -119,8 +117,7 @@ def main(argv=None) -> int:
                 sig, cx = _signature(fn, dtype, consts)
                 try:
                     k = triton.compile(ASTSource(fn, sig, cx), target=target,
-                                       options={"num_warps": warps, "num_stages": stages,
-                                                **tk._maxnreg(name)})
+                                       options={"num_warps": warps, "num_stages": stages})
                 except Exception as err:  # noqa: BLE001  (report and go on)
                     failures += 1
                     print(f"{name:7s} {dtype:5s} {n:4d}  COMPILE ERROR {type(err).__name__}: {str(err)[:200]}")

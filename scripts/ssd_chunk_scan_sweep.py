@@ -2,10 +2,10 @@
 headline shape (bench/ops/bench_ssd_chunk_scan.py: b4 l4096 h32 p64 n128 g1, bf16, D (h,), dt_bias,
 softplus), timed as the report times them (bench.timing.time_ms), with the peer in the same run.
 
-    python scripts/ssd_chunk_scan_sweep.py [fwd-first|fwd|bwd|bwd-final|small|small-bwd|profile|once ...]
+    python scripts/ssd_chunk_scan_sweep.py [fwd|bwd|bwd-final|small|small-bwd|profile|once ...]
                                            (default: fwd bwd profile)
 
-fwd(-first): forward variants (p tile, warps, stages; chunks per segment; BLOCK_Q; maxnreg), each
+fwd: forward variants (p tile, warps, stages; chunks per segment; BLOCK_Q), each
 checked against the default's output (max |diff| / max |out|) so that a broken variant cannot win.
 bwd: fwd+bwd of a few variants. profile: the torch profiler's kernels of one fwd+bwd call, ours and
 the peer's. once: two default forward calls (for ncu). Overrides go through triton_kernels.ssd_chunk_scan._TUNE (empty in normal use)."""
@@ -64,34 +64,17 @@ except Exception:  # noqa: BLE001
     peer = None
 
 
-def fwd_first():
-    """The first sweep (2026-12-04, bench/NOTES.md): segments, state_t, BLOCK_Q 32, warps, maxnreg."""
-    out = [(f"seg_chunks {seg}", {"seg_chunks": seg}, None) for seg in (64, 16, 8, 4)]
-    out += [(f"state_t seg {seg}", {"state_t": True, "seg_chunks": seg}, None) for seg in (64, 8)]
-    for cfg, seg, q, reg in (((32, 8, 2), 16, 32, 0), ((32, 8, 2), 128, 32, 0), ((32, 4, 2), 16, 32, 0),
-                             ((32, 8, 2), 16, 32, 128), ((32, 4, 2), 16, 32, 128), ((32, 8, 2), 8, 64, 128),
-                             ((16, 8, 2), 64, 64, 0), ((16, 8, 2), 8, 64, 0), ((64, 8, 2), 64, 64, 0),
-                             ((32, 8, 3), 8, 64, 0), ((16, 4, 2), 8, 64, 128), ((32, 4, 2), 64, 64, 0)):
-        out.append(_fwd_variant(cfg, seg, q, reg))
-        if q == 32:
-            out.append(_fwd_variant(cfg, seg, q, reg, state_t=True))
-    return out
+def _fwd_variant(cfg, seg, q):
+    return (f"Q {q} cfg {cfg} seg {seg}", {"fwd": cfg, "seg_chunks": seg}, q)
 
 
-def _fwd_variant(cfg, seg, q, reg, state_t=False):
-    tune = {"fwd": cfg, "seg_chunks": seg, "state_t": state_t}
-    if reg:
-        tune["maxnreg"] = {"fwd": reg}
-    return (f"Q {q} cfg {cfg} seg {seg} maxnreg {reg or '-'}{' state_t' if state_t else ''}", tune, q)
-
-
-def fwd_second():
-    """Around the first sweep's winner (4 warps, BLOCK_P 32, BLOCK_Q 64, one segment)."""
+def fwd_variants():
+    """Around the forward's default (4 warps, BLOCK_P 32, BLOCK_Q 32, one segment at the headline). The
+    earlier sweeps (8 warps, a state held transposed, register caps) are in bench/NOTES.md and
+    bench/results/nvidia-h200-2026-12-04c-ssd-sweeps.md."""
     return [_fwd_variant(*v) for v in (
-        ((32, 4, 2), 64, 64, 0), ((32, 4, 2), 64, 64, 0, True), ((32, 4, 3), 64, 64, 0), ((32, 4, 1), 64, 64, 0),
-        ((16, 4, 2), 64, 64, 0), ((16, 4, 2), 64, 64, 0, True), ((32, 4, 2), 22, 64, 168),
-        ((16, 4, 2), 64, 64, 168), ((32, 4, 2), 32, 64, 0), ((32, 4, 2), 128, 32, 0), ((32, 4, 3), 128, 32, 0),
-        ((16, 4, 2), 128, 32, 0))]
+        ((32, 4, 2), 64, 64), ((32, 4, 3), 64, 64), ((16, 4, 2), 64, 64), ((32, 4, 2), 32, 64),
+        ((32, 4, 2), 128, 32), ((32, 4, 3), 128, 32), ((16, 4, 2), 128, 32), ((32, 4, 2), 64, 32))]
 
 
 def bwd_variants():
@@ -123,7 +106,7 @@ def small_grid():
     return [("one segment", {"seg_chunks": 1 << 20}, None), ("segments of 16 chunks", {"seg_chunks": 16}, None)]
 
 
-SETS = {"fwd-first": ("fwd", fwd_first), "fwd": ("fwd", fwd_second), "bwd": ("fwd+bwd", bwd_variants),
+SETS = {"fwd": ("fwd", fwd_variants), "bwd": ("fwd+bwd", bwd_variants),
         "bwd-final": ("fwd+bwd", bwd_final), "small": ("fwd", small_grid), "small-bwd": ("fwd+bwd", small_grid)}
 if what == "all":
     what = "fwd bwd profile"

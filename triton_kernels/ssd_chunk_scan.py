@@ -92,14 +92,10 @@ def _tile(base, n_rows, n_cols, s_row, s_col, r0, c0, BR: tl.constexpr, BC: tl.c
 
 
 @triton.jit
-def _state_tile(base, p_rows, N, p0, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, STATE_T: tl.constexpr):
-    """Block pointer to rows p0 .. p0 + BLOCK_P of a dense (p, n) state, as a (BLOCK_P, BLOCK_N) tile, or
-    its transpose (BLOCK_N, BLOCK_P) with STATE_T; rows from p_rows on read as zero and are not stored."""
-    if STATE_T:
-        return tl.make_block_ptr(base=base, shape=(N, p_rows), strides=(1, N), offsets=(0, p0.to(tl.int32)),
-                                 block_shape=(BLOCK_N, BLOCK_P), order=(0, 1))
-    else:
-        return _tile(base, p_rows, N, N, 1, p0, p0 * 0, BLOCK_P, BLOCK_N)
+def _state_tile(base, p_rows, N, p0, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Block pointer to rows p0 .. p0 + BLOCK_P of a dense (p, n) state; rows from p_rows on read as zero
+    and are not stored (p_rows = 0 masks a whole load or store)."""
+    return _tile(base, p_rows, N, N, 1, p0, p0 * 0, BLOCK_P, BLOCK_N)
 
 
 @triton.jit
@@ -202,7 +198,7 @@ def _ssd_fwd_kernel(
     sz_b, sz_l, sz_h, sz_p, so_b, so_l, so_h, so_p, sseq_b, sseq_l, sD_h, sD_p, sdtb,
     HAS_D: tl.constexpr, D_PER_HEAD: tl.constexpr, HAS_Z: tl.constexpr, HAS_DTB: tl.constexpr,
     HAS_INIT: tl.constexpr, HAS_SEQ: tl.constexpr, VARLEN: tl.constexpr, SOFTPLUS: tl.constexpr, WRITE_OUT: tl.constexpr,
-    STORE_STATES: tl.constexpr, SEG_LOCAL: tl.constexpr, STATE_T: tl.constexpr, PREC: tl.constexpr,
+    STORE_STATES: tl.constexpr, SEG_LOCAL: tl.constexpr, PREC: tl.constexpr,
     BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """One program per (sequence, segment, head, block of p). A sequence is cut into n_seg segments of
@@ -231,10 +227,8 @@ def _ssd_fwd_kernel(
     o_state = (i_s * H + hh) * P * N
     if HAS_INIT:
         init_rows = tl.where(i_seg == 0, P, 0)
-        S = tl.load(_state_tile(p_init + o_state, init_rows, N, p0, BLOCK_P, BLOCK_N, STATE_T),
+        S = tl.load(_state_tile(p_init + o_state, init_rows, N, p0, BLOCK_P, BLOCK_N),
                     boundary_check=(0, 1), padding_option="zero").to(tl.float32)
-    elif STATE_T:
-        S = tl.zeros([BLOCK_N, BLOCK_P], dtype=tl.float32)
     else:
         S = tl.zeros([BLOCK_P, BLOCK_N], dtype=tl.float32)
     if not SEG_LOCAL:
@@ -242,8 +236,8 @@ def _ssd_fwd_kernel(
         for j in range(0, n_fold):
             i_end = i_s * (n_seg - 1) + j
             decay_j = tl.load(p_seg_decay + i_end * H + hh)
-            S = decay_j * S + tl.load(_state_tile(p_seg_end + (i_end * H + hh) * P * N, P, N, p0, BLOCK_P, BLOCK_N,
-                                                  STATE_T), boundary_check=(0, 1), padding_option="zero")
+            S = decay_j * S + tl.load(_state_tile(p_seg_end + (i_end * H + hh) * P * N, P, N, p0, BLOCK_P, BLOCK_N),
+                                      boundary_check=(0, 1), padding_option="zero")
     if HAS_D:
         Dv = _load_D(p_D, hh, o_p, m_p, sD_h, sD_p, D_PER_HEAD)
 
@@ -276,10 +270,7 @@ def _ssd_fwd_kernel(
             decay = tl.where(m_same, tl.exp(cs[:, None] - cs[None, :]), 0.0)
             Pm = _rnd(CB * decay * dt[None, :], DT)
             g = tl.where(cnt == 0, tl.exp(cs), 0.0)
-            if STATE_T:
-                y = _dot(Ct, _rnd(S, DT), PREC) * g[:, None]
-            else:
-                y = _dot(Ct, tl.trans(_rnd(S, DT)), PREC) * g[:, None]
+            y = _dot(Ct, tl.trans(_rnd(S, DT)), PREC) * g[:, None]
             y = _dot_acc(Pm, X, y, PREC)
             if HAS_D:
                 y += _times_D(X.to(tl.float32), Dv, D_PER_HEAD)
@@ -292,27 +283,23 @@ def _ssd_fwd_kernel(
         if STORE_STATES:
             # The state before this chunk, for the backward.
             o_chunk = ((c_base + i_seg * seg_chunks + i_c) * H + hh) * P * N
-            tl.store(_state_tile(p_states + o_chunk, P, N, p0, BLOCK_P, BLOCK_N, STATE_T),
+            tl.store(_state_tile(p_states + o_chunk, P, N, p0, BLOCK_P, BLOCK_N),
                      _rnd(S, p_states.dtype.element_ty), boundary_check=(0, 1))
         w = tl.where(cnt == cnt_last, tl.exp(cs_last - cs) * dt, 0.0)
         gamma = tl.where(cnt_last == 0, tl.exp(cs_last), 0.0)
         Xw = _rnd(X.to(tl.float32) * w[:, None], DT)
-        if STATE_T:
-            S = _dot_acc(tl.trans(Bt), Xw, S * gamma, PREC)
-        else:
-            S = _dot_acc(tl.trans(Xw), Bt, S * gamma, PREC)
+        S = _dot_acc(tl.trans(Xw), Bt, S * gamma, PREC)
         if SEG_LOCAL:
             seg_decay *= gamma
     if SEG_LOCAL:
         # Only segments before the sequence's last are folded by later ones.
         keep = i_seg < last_seg
-        tl.store(_state_tile(p_seg_end + (pid * H + hh) * P * N, tl.where(keep, P, 0), N, p0, BLOCK_P, BLOCK_N,
-                             STATE_T), S, boundary_check=(0, 1))
+        tl.store(_state_tile(p_seg_end + (pid * H + hh) * P * N, tl.where(keep, P, 0), N, p0, BLOCK_P, BLOCK_N),
+                 S, boundary_check=(0, 1))
         tl.store(p_seg_decay + pid * H + hh, seg_decay, mask=keep & (i_p == 0))
     else:
         final_rows = tl.where(i_seg == last_seg, P, 0)
-        tl.store(_state_tile(p_final + o_state, final_rows, N, p0, BLOCK_P, BLOCK_N, STATE_T), S,
-                 boundary_check=(0, 1))
+        tl.store(_state_tile(p_final + o_state, final_rows, N, p0, BLOCK_P, BLOCK_N), S, boundary_check=(0, 1))
 
 
 @triton.jit
@@ -345,7 +332,7 @@ def _ssd_bwd_dstate_kernel(
     o_state = (i_s * H + hh) * P * N
     if HAS_DFINAL:
         dfinal_rows = tl.where(i_seg == last_seg, P, 0)
-        dS = tl.load(_tile(p_dfinal + o_state, dfinal_rows, N, N, 1, p0, p0 * 0, BLOCK_P, BLOCK_N),
+        dS = tl.load(_state_tile(p_dfinal + o_state, dfinal_rows, N, p0, BLOCK_P, BLOCK_N),
                      boundary_check=(0, 1), padding_option="zero").to(tl.float32)
     else:
         dS = tl.zeros([BLOCK_P, BLOCK_N], dtype=tl.float32)
@@ -354,8 +341,8 @@ def _ssd_bwd_dstate_kernel(
         for jj in range(0, n_fold):
             i_end = i_s * (n_seg - 1) + (last_seg - jj - 1)  # segment last_seg - jj
             decay_j = tl.load(p_seg_decay + i_end * H + hh)
-            dS = decay_j * dS + tl.load(_tile(p_seg_end + (i_end * H + hh) * P * N, P, N, N, 1, p0, p0 * 0,
-                                              BLOCK_P, BLOCK_N), boundary_check=(0, 1), padding_option="zero")
+            dS = decay_j * dS + tl.load(_state_tile(p_seg_end + (i_end * H + hh) * P * N, P, N, p0, BLOCK_P, BLOCK_N),
+                                        boundary_check=(0, 1), padding_option="zero")
 
     p_dt_row = p_dt + row * sdt_b
     n_chunks = tl.where(active, tl.cdiv(seg_end - seg_begin, BLOCK_Q), 0)
@@ -364,7 +351,7 @@ def _ssd_bwd_dstate_kernel(
         i_c = n_chunks - 1 - i
         if not SEG_LOCAL:
             o_chunk = ((c_base + i_seg * seg_chunks + i_c) * H + hh) * P * N
-            tl.store(_tile(p_dstates + o_chunk, P, N, N, 1, p0, p0 * 0, BLOCK_P, BLOCK_N),
+            tl.store(_state_tile(p_dstates + o_chunk, P, N, p0, BLOCK_P, BLOCK_N),
                      _rnd(dS, p_dstates.dtype.element_ty), boundary_check=(0, 1))
         t0 = seg_begin + i_c * BLOCK_Q
         t = t0 + o_q
@@ -392,11 +379,11 @@ def _ssd_bwd_dstate_kernel(
     if SEG_LOCAL:
         # Segment i_seg (1 .. last_seg) is stored at index i_seg - 1 of its sequence.
         i_end = i_s * (n_seg - 1) + i_seg - 1
-        tl.store(_tile(p_seg_end + (i_end * H + hh) * P * N, tl.where(active, P, 0), N, N, 1, p0, p0 * 0,
-                       BLOCK_P, BLOCK_N), dS, boundary_check=(0, 1))
+        tl.store(_state_tile(p_seg_end + (i_end * H + hh) * P * N, tl.where(active, P, 0), N, p0, BLOCK_P, BLOCK_N),
+                 dS, boundary_check=(0, 1))
         tl.store(p_seg_decay + i_end * H + hh, seg_decay, mask=active & (i_p == 0))
     elif WRITE_DINIT:
-        tl.store(_tile(p_dinit + o_state, tl.where(i_seg == 0, P, 0), N, N, 1, p0, p0 * 0, BLOCK_P, BLOCK_N), dS,
+        tl.store(_state_tile(p_dinit + o_state, tl.where(i_seg == 0, P, 0), N, p0, BLOCK_P, BLOCK_N), dS,
                  boundary_check=(0, 1))
 
 
@@ -631,7 +618,8 @@ def _prec(x: torch.Tensor) -> str:
 
 
 # Tuning overrides (scripts/ssd_chunk_scan_sweep.py): kernel name -> (BLOCK_P, num_warps, num_stages),
-# and "seg_chunks" -> chunks per segment of the sequential passes. Empty in normal use.
+# and "seg_chunks" -> chunks per segment of the sequential passes. Empty in normal use. (A state held
+# transposed and register caps were measured too and dropped: bench/NOTES.md.)
 _TUNE: dict = {}
 
 # The sequential passes (forward, the backward's states and dstate) walk a sequence in order. Where the
@@ -644,17 +632,6 @@ _TUNE: dict = {}
 # cuts the forward only (see segments()); the backward's walks take segments through _TUNE.
 SEGMENT_FILL = 2
 MIN_SEGMENT_CHUNKS = 8
-# The forward's state in registers as (n, p) instead of (p, n): both of its products then have the
-# 128-row n side as M (C S^T = C @ S_T, S_T += B^T (w x)), which suits Hopper's 64-row MMA tiles.
-STATE_T = False
-
-
-def _maxnreg(kind: str) -> dict:
-    """A register cap for a kernel (tuning only: _TUNE["maxnreg"] = {kind: registers})."""
-    cap = _TUNE.get("maxnreg", {}).get(kind)
-    return {"maxnreg": cap} if cap else {}
-
-
 def segments(kind: str, device, programs: int, L: int, block_q: int) -> tuple[int, int]:
     """(segments per sequence, chunks per segment) of a sequential pass with `programs` programs per
     segment index over sequences of at most L tokens."""
@@ -675,6 +652,16 @@ def segments(kind: str, device, programs: int, L: int, block_q: int) -> tuple[in
     n_seg = max(1, min(want // programs, chunks // MIN_SEGMENT_CHUNKS))
     per = triton.cdiv(chunks, n_seg)
     return triton.cdiv(chunks, per), per
+
+
+def _segment_buffers(n_seq: int, n_seg: int, H: int, P: int, N: int, device):
+    """The segment pass's outputs, fp32: end states (n_seq (n_seg - 1), h, p, n) and decays
+    (n_seq (n_seg - 1), h); (None, None) without segments."""
+    if n_seg <= 1:
+        return None, None
+    rows = n_seq * (n_seg - 1)
+    return (new_output((rows, H, P, N), dtype=torch.float32, device=device),
+            new_output((rows, H), dtype=torch.float32, device=device))
 
 
 def config(kernel: str, dtype: torch.dtype, P: int, N: int) -> tuple[int, int, int]:
@@ -783,10 +770,7 @@ def ssd_fwd(x, dt, A, B, C, D, z, dt_bias, init, seq_idx, cu_seqlens, dt_softplu
     n_seg, seg_chunks = segments(kind, x.device, n_seq * H * n_pb, L, block_q)
     sD_h, sD_p = _d_strides(D, H)
     o = out if out is not None else x
-    seg_end = seg_decay = None
-    if n_seg > 1:
-        seg_end = new_output((n_seq * (n_seg - 1), H, P, N), dtype=torch.float32, device=x.device)
-        seg_decay = new_output((n_seq * (n_seg - 1), H), dtype=torch.float32, device=x.device)
+    seg_end, seg_decay = _segment_buffers(n_seq, n_seg, H, P, N, x.device)
     args = [
         x, dt, A, B, C, D if D is not None else x, z if z is not None else x,
         dt_bias if dt_bias is not None else A, init if init is not None else final,
@@ -801,7 +785,7 @@ def ssd_fwd(x, dt, A, B, C, D, z, dt_bias, init, seq_idx, cu_seqlens, dt_softplu
     flags = dict(HAS_D=D is not None, D_PER_HEAD=D is not None and D.dim() == 1, HAS_Z=z is not None,
                  HAS_DTB=dt_bias is not None, HAS_INIT=init is not None,
                  HAS_SEQ=seq_idx is not None and not varlen, VARLEN=varlen, SOFTPLUS=dt_softplus, PREC=_prec(x),
-                 BLOCK_Q=block_q, BLOCK_P=bp, BLOCK_N=bn, STATE_T=_TUNE.get("state_t", STATE_T))
+                 BLOCK_Q=block_q, BLOCK_P=bp, BLOCK_N=bn)
     if n_seg > 1:
         # The end state of every segment but the last, from a zero start: only x, dt, B are read.
         _, swarps, sstages = config("segment", x.dtype, P, N)  # the p tiling is the main pass's
@@ -810,7 +794,7 @@ def ssd_fwd(x, dt, A, B, C, D, z, dt_bias, init, seq_idx, cu_seqlens, dt_softplu
             num_warps=swarps, num_stages=sstages)
     wrap_triton(_ssd_fwd_kernel)[(n_seq * n_seg, H, n_pb)](
         *args, WRITE_OUT=write_out, STORE_STATES=store_states, SEG_LOCAL=False, **flags,
-        num_warps=warps, num_stages=stages, **_maxnreg(kind))
+        num_warps=warps, num_stages=stages)
     return out, final, states
 
 
@@ -879,10 +863,7 @@ def ssd_bwd(dout, dfinal, x, dt, A, B, C, D, z, dt_bias, init, seq_idx, cu_seqle
     bp, warps, stages = config("dstate", x.dtype, P, N)
     n_pb = triton.cdiv(P, bp)
     n_seg, seg_chunks = segments("dstate", dev, n_seq * H * n_pb, L, Q)
-    seg_end = seg_decay = None
-    if n_seg > 1:
-        seg_end = new_output((n_seq * (n_seg - 1), H, P, N), dtype=torch.float32, device=dev)
-        seg_decay = new_output((n_seq * (n_seg - 1), H), dtype=torch.float32, device=dev)
+    seg_end, seg_decay = _segment_buffers(n_seq, n_seg, H, P, N, dev)
     sD_h, sD_p = _d_strides(D, H)
     seq_strides = seq_idx.stride() if seq_idx is not None else (0, 0)
     has_seq = seq_idx is not None and not varlen
