@@ -1,9 +1,18 @@
-"""Host (CPU) time of one linear_scan call, forward and forward+backward, on tiny inputs where the
-GPU work is negligible, against accelerated-scan where it is installed. At the headline shape the
-bf16 forward+backward takes ~0.36 ms on the H100: a call whose host cost exceeds the GPU time makes
-the GPU wait, and benchmarks then measure Python rather than the kernel (bench/NOTES.md).
-Usage: python scripts/host_overhead.py [cpu|cuda]"""
-import sys
+"""Host (CPU) time per call of arkernels ops on tiny inputs, where the GPU work is negligible, so that a
+call's host cost is what the clock sees. A call whose host cost exceeds its GPU time makes the GPU wait,
+and benchmarks then time Python rather than the kernel (bench/NOTES.md):
+
+- linear_scan forward and forward+backward, against accelerated-scan where it is installed (at the
+  headline shape the bf16 forward+backward takes ~0.36 ms on the H100);
+- the decode steps (selective_state_update, Mamba-1 and Mamba-2 layouts, and causal_conv1d_update), each
+  through the public function and through its torch op directly (torch.ops.arkernels.*): the difference
+  is the Python wrapper's cost. A decode step's kernel takes ~10-20 us, so this difference matters there.
+
+Usage: python scripts/host_overhead.py [cpu|cuda] [--repeats R]
+Each number is the median over R interleaved rounds (wrapper and raw op alternate, so a noisy host
+affects both alike)."""
+import argparse
+import statistics
 import time
 
 import torch
@@ -11,9 +20,7 @@ import torch
 import arkernels
 
 
-def per_call_us(fn, device, n=2000):
-    for _ in range(50):
-        fn()
+def per_call_us(fn, device, n=1000):
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     sync()
     t0 = time.perf_counter()
@@ -23,7 +30,19 @@ def per_call_us(fn, device, n=2000):
     return (time.perf_counter() - t0) / n * 1e6
 
 
-def main(device):
+def interleaved(fns: dict, device, repeats: int) -> dict:
+    """Median per-call microseconds of each callable, rounds alternating between them."""
+    for fn in fns.values():
+        for _ in range(50):
+            fn()
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            times[name].append(per_call_us(fn, device))
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def linear_scan_rows(device, repeats):
     a = (torch.rand(1, 4, 8, device=device) * 0.5 + 0.5).requires_grad_()
     b = torch.randn(1, 4, 8, device=device).requires_grad_()
     g = torch.randn(1, 4, 8, device=device)
@@ -35,11 +54,53 @@ def main(device):
             providers["accelerated-scan"] = scan
         except ImportError:
             pass
+    fns = {}
     for name, fn in providers.items():
-        fwd = per_call_us(lambda: fn(a, b), device)
-        fwd_bwd = per_call_us(lambda: torch.autograd.grad(fn(a, b), (a, b), g), device)
-        print(f"{name:17s} host time per call: fwd {fwd:6.1f} us, fwd+bwd {fwd_bwd:6.1f} us")
+        fns[f"linear_scan fwd, {name}"] = lambda fn=fn: fn(a, b)
+        fns[f"linear_scan fwd+bwd, {name}"] = lambda fn=fn: torch.autograd.grad(fn(a, b), (a, b), g)
+    return interleaved(fns, device, repeats)
+
+
+def decode_rows(device, repeats):
+    """Public function vs torch op, for each decode step (tiny shapes: batch 2)."""
+    def t(*shape):
+        return torch.randn(*shape, device=device)
+
+    ops = torch.ops.arkernels
+    m1 = dict(state=t(2, 8, 4), x=t(2, 8), dt=t(2, 8), A=-torch.rand(8, 4, device=device), B=t(2, 4), C=t(2, 4),
+              D=t(8), z=t(2, 8), dt_bias=t(8))
+    m2 = dict(state=t(2, 4, 8, 4), x=t(2, 4, 8), dt=t(2, 4, 8), A=(-torch.rand(4, device=device))[:, None, None]
+              .expand(4, 8, 4), B=t(2, 1, 4), C=t(2, 1, 4), D=t(4, 8), z=t(2, 4, 8), dt_bias=t(4, 8))
+    conv = dict(x=t(2, 8), conv_state=t(2, 8, 3), weight=t(8, 4), bias=t(8))
+
+    def ssu_args(a):
+        return (a["state"], a["x"], a["dt"], a["A"], a["B"], a["C"], a["D"], a["z"], a["dt_bias"], True, None)
+
+    fns = {
+        "selective_state_update Mamba-1, arkernels.*": lambda: arkernels.selective_state_update(*ssu_args(m1)),
+        "selective_state_update Mamba-1, torch.ops": lambda: ops.selective_state_update(*ssu_args(m1)),
+        "selective_state_update Mamba-2, arkernels.*": lambda: arkernels.selective_state_update(*ssu_args(m2)),
+        "selective_state_update Mamba-2, torch.ops": lambda: ops.selective_state_update(*ssu_args(m2)),
+        "causal_conv1d_update, arkernels.*": lambda: arkernels.causal_conv1d_update(
+            conv["x"], conv["conv_state"], conv["weight"], conv["bias"], "silu"),
+        "causal_conv1d_update, torch.ops": lambda: ops.causal_conv1d_update(
+            conv["x"][..., None], conv["conv_state"], conv["weight"], conv["bias"], True, None, None),
+    }
+    with torch.no_grad():
+        return interleaved(fns, device, repeats)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("device", nargs="?", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--repeats", type=int, default=9)
+    args = parser.parse_args()
+    print(f"host time per call on {args.device} (median of {args.repeats} interleaved rounds)\n")
+    print("| call | us |\n|---|---|")
+    for rows in (linear_scan_rows, decode_rows):
+        for name, us in rows(args.device, args.repeats).items():
+            print(f"| {name} | {us:.1f} |")
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else ("cuda" if torch.cuda.is_available() else "cpu"))
+    main()

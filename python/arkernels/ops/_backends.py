@@ -65,3 +65,21 @@ def resolve(op: str, backend: str, device: torch.device, preference: tuple[str, 
             return candidate
     reasons = "; ".join(f"{c}: {unavailable_reason(op, c, device)}" for c in preference)
     raise ValueError(f"backend: no backend of arkernels::{op} can run on {device} ({reasons})")
+
+
+def call_native(run, validate):
+    """``run()``, the call of a native op whose C++ binding checks every argument itself, with the
+    op's Python checks (``validate()``) moved off the eager path: on the decode steps they were half
+    of a call's host time (bench/NOTES.md), and a decode step is host-bound. When the op raises,
+    ``validate()`` runs, so a bad argument still gets the Python message (a dispatcher's schema error
+    becomes the argument-named TypeError); when the arguments pass, the op's own error propagates.
+    While torch.compile traces, the fake kernel checks nothing, so ``validate()`` runs first (at trace
+    time only)."""
+    if torch.compiler.is_compiling():
+        validate()
+        return run()
+    try:
+        return run()
+    except (RuntimeError, TypeError, ValueError, IndexError):
+        validate()
+        raise

@@ -115,7 +115,7 @@ def _check_inference_only(**tensors) -> None:
     if not torch.is_grad_enabled():
         return
     for name, t in tensors.items():
-        if t is not None and t.requires_grad:
+        if isinstance(t, torch.Tensor) and t.requires_grad:
             raise ValueError(f"{name}: causal_conv1d_update is inference-only (no autograd), but {name} requires "
                              "grad while grad mode is on; call it under torch.no_grad() / torch.inference_mode() "
                              "or pass detached tensors")
@@ -144,11 +144,32 @@ def causal_conv1d_update(x, conv_state, weight, bias=None, activation=None, cach
 
     Inference-only: raises ValueError when grad mode is on and an input requires grad.
     """
+    # What the dispatcher and the C++ binding cannot see: the activation's name and autograd (the op has no
+    # Autograd kernel). Everything else is checked by the binding, or by _check_update_args where it runs.
+    check_choice("activation", activation, ACTIVATIONS)
+    _check_inference_only(x=x, conv_state=conv_state, weight=weight, bias=bias)
+
+    def validate():
+        _check_update_args(x, conv_state, weight, bias, cache_seqlens, conv_state_indices)
+
+    if not isinstance(x, torch.Tensor):
+        validate()  # raises: x names the device
+    if _resolve("causal_conv1d_update", backend, x.device) == "reference":
+        validate()
+        return causal_conv1d_update_ref(x, conv_state, weight, bias, activation, cache_seqlens, conv_state_indices)
+    x3 = x.unsqueeze(-1) if x.dim() == 2 else x
+    out = _backends.call_native(
+        lambda: torch.ops.arkernels.causal_conv1d_update(x3, conv_state, weight, bias, activation is not None,
+                                                         cache_seqlens, conv_state_indices), validate)
+    return out.squeeze(-1) if x.dim() == 2 else out
+
+
+def _check_update_args(x, conv_state, weight, bias, cache_seqlens, conv_state_indices) -> None:
+    """Every tensor argument of causal_conv1d_update, with the argument's name, expected and given."""
     check_tensor("x", x)
     if x.dim() not in (2, 3):
         raise ValueError(f"x: expected a (batch, dim) or (batch, dim, k) tensor, got shape {tuple(x.shape)}")
-    x3 = x.unsqueeze(-1) if x.dim() == 2 else x
-    batch, dim, _k = x3.shape
+    batch, dim = x.shape[:2]
     width = _check_weight_bias(x, weight, bias, dim)
     check_tensor("conv_state", conv_state)
     if conv_state.dim() != 3 or conv_state.shape[1] != dim or conv_state.shape[2] < width - 1:
@@ -166,15 +187,6 @@ def causal_conv1d_update(x, conv_state, weight, bias=None, activation=None, cach
             check_tensor(name, t, dtypes=(torch.int32,))
             check_shape(name, t, (batch,))
             check_same_device("x", x, name, t)
-    check_choice("activation", activation, ACTIVATIONS)
-    _check_inference_only(x=x, conv_state=conv_state, weight=weight, bias=bias)
-    chosen = _resolve("causal_conv1d_update", backend, x.device)
-
-    if chosen == "reference":
-        return causal_conv1d_update_ref(x, conv_state, weight, bias, activation, cache_seqlens, conv_state_indices)
-    out = torch.ops.arkernels.causal_conv1d_update(x3, conv_state, weight, bias, activation is not None,
-                                                   cache_seqlens, conv_state_indices)
-    return out.squeeze(-1) if x.dim() == 2 else out
 
 
 # ---- fake kernels and autograd of the native ops ----

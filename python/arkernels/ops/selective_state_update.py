@@ -56,12 +56,15 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, 
     Returns:
         out, the shape and dtype of x.
     """
-    _validate(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, state_batch_indices, None, tokens=False)
-    chosen = _choose(backend, state.device)
-    if chosen == "reference":
+    def validate():
+        _validate(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, state_batch_indices, None, tokens=False)
+
+    if _choose(backend, state, dt_softplus, validate) == "reference":
+        validate()
         return selective_state_update_ref(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, state_batch_indices)
-    return torch.ops.arkernels.selective_state_update(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus,
-                                                      state_batch_indices)
+    return _backends.call_native(
+        lambda: torch.ops.arkernels.selective_state_update(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus,
+                                                           state_batch_indices), validate)
 
 
 def selective_state_update_tokens(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False,
@@ -77,17 +80,28 @@ def selective_state_update_tokens(state, x, dt, A, B, C, D=None, z=None, dt_bias
     Returns:
         out, the shape and dtype of x.
     """
-    _validate(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, state_batch_indices, intermediate_states,
-              tokens=True)
-    chosen = _choose(backend, state.device)
-    if chosen == "reference":
+    def validate():
+        _validate(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, state_batch_indices, intermediate_states,
+                  tokens=True)
+
+    if _choose(backend, state, dt_softplus, validate) == "reference":
+        validate()
         return selective_state_update_tokens_ref(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus,
                                                  state_batch_indices, intermediate_states)
-    return torch.ops.arkernels.selective_state_update_tokens(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus,
-                                                             state_batch_indices, intermediate_states)
+    return _backends.call_native(
+        lambda: torch.ops.arkernels.selective_state_update_tokens(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus,
+                                                                  state_batch_indices, intermediate_states),
+        validate)
 
 
-def _choose(backend, device) -> str:
+def _choose(backend, state, dt_softplus, validate) -> str:
+    """The backend for `state`'s device. The arguments are checked by the native op (csrc/torch), or by
+    `validate` on the reference path or when the native op raises (_backends.call_native); only what
+    the dispatcher lets through is checked here (it passes an int as a bool argument)."""
+    if not isinstance(state, torch.Tensor):
+        validate()  # raises: state names the device
+    check_bool("dt_softplus", dt_softplus)
+    device = state.device
     check_choice("backend", backend, _backends.BACKENDS)
     if backend == "triton":
         raise ValueError("backend: 'triton' cannot run here: selective_state_update has no Triton kernel "
