@@ -47,8 +47,8 @@ void check_same_dtype_as_x(const char* name, const at::Tensor& t, const at::Tens
                    "), got ", t.scalar_type());
 }
 
-void check_shape(const char* name, const at::Tensor& t, const std::string& expected) {
-  TORCH_CHECK_VALUE(shape_str(t.sizes()) == expected, name, ": expected shape ", expected, ", got ",
+void check_shape(const char* name, const at::Tensor& t, at::IntArrayRef expected) {
+  TORCH_CHECK_VALUE(t.sizes() == expected, name, ": expected shape ", shape_str(expected), ", got ",
                     shape_str(t.sizes()));
 }
 
@@ -73,14 +73,13 @@ Shapes check_inputs(const at::Tensor& state, const at::Tensor& x, const at::Tens
   s.b = x.size(0);
   s.k = tokens ? x.size(1) : 1;
   const std::vector<int64_t> lead_shape = x.sizes().slice(0, s.lead).vec();
-  const std::string x_shape = shape_str(x.sizes());
   for (const auto& [name, t] : {std::pair<const char*, const at::Tensor*>{"x", &x}, {"dt", &dt}, {"A", &A}, {"B", &B},
                                 {"C", &C}}) {
     check_device(name, *t, state);
   }
-  check_shape("dt", dt, x_shape);
+  check_shape("dt", dt, x.sizes());
   check_same_dtype_as_x("dt", dt, x);
-  check_shape("A", A, shape_str(state.sizes().slice(1)));
+  check_shape("A", A, state.sizes().slice(1));
   check_param_dtype("A", A, x);
   // B, C: (lead..., N) or (lead..., G, N).
   TORCH_CHECK_VALUE((B.dim() == s.lead + 1 || B.dim() == s.lead + 2) && B.sizes().slice(0, s.lead) == at::IntArrayRef(lead_shape) &&
@@ -92,29 +91,28 @@ Shapes check_inputs(const at::Tensor& state, const at::Tensor& x, const at::Tens
   TORCH_CHECK_VALUE(s.G >= 1 && grouped % s.G == 0, "B: expected a number of groups dividing ",
                     s.mamba2 ? "nheads = " : "dim = ", num_str(grouped), ", got ", num_str(s.G));
   check_same_dtype_as_x("B", B, x);
-  check_shape("C", C, shape_str(B.sizes()));
+  check_shape("C", C, B.sizes());
   check_same_dtype_as_x("C", C, x);
-  const std::string channel_str = shape_str(s.channel_shape);
   if (D) {
     check_device("D", *D, state);
-    check_shape("D", *D, channel_str);
+    check_shape("D", *D, s.channel_shape);
     check_param_dtype("D", *D, x);
   }
   if (dt_bias) {
     check_device("dt_bias", *dt_bias, state);
-    check_shape("dt_bias", *dt_bias, channel_str);
+    check_shape("dt_bias", *dt_bias, s.channel_shape);
     check_param_dtype("dt_bias", *dt_bias, x);
   }
   if (z) {
     check_device("z", *z, state);
-    check_shape("z", *z, x_shape);
+    check_shape("z", *z, x.sizes());
     check_same_dtype_as_x("z", *z, x);
   }
   if (indices) {
     check_device("state_batch_indices", *indices, state);
     TORCH_CHECK_TYPE(indices->scalar_type() == at::kInt || indices->scalar_type() == at::kLong,
                      "state_batch_indices: expected dtype int32 or int64, got ", indices->scalar_type());
-    check_shape("state_batch_indices", *indices, shape_str({s.b}));
+    check_shape("state_batch_indices", *indices, {s.b});
   } else {
     TORCH_CHECK_VALUE(state.size(0) == s.b, "state: expected ", num_str(s.b),
                       " rows (the batch of x) without state_batch_indices, got ", num_str(state.size(0)));
@@ -123,7 +121,9 @@ Shapes check_inputs(const at::Tensor& state, const at::Tensor& x, const at::Tens
     check_device("intermediate_states", *inter, state);
     TORCH_CHECK_TYPE(inter->scalar_type() == state.scalar_type(), "intermediate_states: expected the dtype of state (",
                      state.scalar_type(), "), got ", inter->scalar_type());
-    check_shape("intermediate_states", *inter, joined({s.b, s.k}, state.sizes().slice(1)));
+    std::vector<int64_t> inter_shape{s.b, s.k};
+    inter_shape.insert(inter_shape.end(), state.sizes().begin() + 1, state.sizes().end());
+    check_shape("intermediate_states", *inter, inter_shape);
     TORCH_CHECK_VALUE(at::has_internal_overlap(*inter) != at::MemOverlap::Yes,
                       "intermediate_states: expected a tensor whose elements do not overlap (it is written)");
   }
@@ -132,24 +132,29 @@ Shapes check_inputs(const at::Tensor& state, const at::Tensor& x, const at::Tens
   return s;
 }
 
-// The C API's unified views: (b, k, H, P) for x-like tensors, (b, k, G, N) for B and C, (H, P, N) for
+// The C API's unified layout: (b, k, H, P) for x-like tensors, (b, k, G, N) for B and C, (H, P, N) for
 // A, (H, P) for D and dt_bias, (Bc, H, P, N) for the state, (b, k, H, P, N) for intermediate states.
-at::Tensor as_bkhp(at::Tensor t, const Shapes& s) {
-  if (!s.tokens) t = t.unsqueeze(1);
-  return s.mamba2 ? t : t.unsqueeze(2);
-}
-at::Tensor as_bkgn(at::Tensor t, const Shapes& s) {
-  if (t.dim() == s.lead + 1) t = t.unsqueeze(-2);
-  return s.tokens ? t : t.unsqueeze(1);
-}
-at::Tensor as_channels(const at::Tensor& t, const Shapes& s) { return s.mamba2 ? t : t.unsqueeze(0); }
-at::Tensor as_state(const at::Tensor& t, const Shapes& s) { return s.mamba2 ? t : t.unsqueeze(1); }
-at::Tensor as_inter(const at::Tensor& t, const Shapes& s) { return s.mamba2 ? t : t.unsqueeze(2); }
-
+// The layouts' extra axes (k without tokens, H = 1 for Mamba-1, G = 1 without groups) have size 1, so
+// their strides are never multiplied by anything but 0: they are written as 0 here, from the tensors'
+// own strides, instead of through unsqueezed views (about a dozen view ops per call were half of this
+// binding's host time, and a decode step is host-bound).
 template <size_t R>
-void copy_strides(int64_t (&dst)[R], const at::Tensor& t) {
-  TORCH_INTERNAL_ASSERT(t.dim() == int64_t(R));
-  for (size_t i = 0; i < R; ++i) dst[i] = t.stride(int64_t(i));
+void unified_strides(int64_t (&dst)[R], const at::Tensor& t, std::initializer_list<bool> added) {
+  TORCH_INTERNAL_ASSERT(added.size() == R);
+  int64_t src = 0;
+  size_t i = 0;
+  for (const bool unit : added) dst[i++] = unit ? 0 : t.stride(src++);
+  TORCH_INTERNAL_ASSERT(src == t.dim());
+}
+
+void bkhp_strides(int64_t (&dst)[4], const at::Tensor& t, const Shapes& s) {
+  unified_strides(dst, t, {false, !s.tokens, !s.mamba2, false});
+}
+void bkgn_strides(int64_t (&dst)[4], const at::Tensor& t, const Shapes& s) {
+  unified_strides(dst, t, {false, !s.tokens, t.dim() == s.lead + 1, false});
+}
+void channel_strides(int64_t (&dst)[2], const at::Tensor& t, const Shapes& s) {
+  unified_strides(dst, t, {!s.mamba2, false});
 }
 
 at::Tensor run(const at::Tensor& state, const at::Tensor& x, const at::Tensor& dt, const at::Tensor& A,
@@ -161,48 +166,43 @@ at::Tensor run(const at::Tensor& state, const at::Tensor& x, const at::Tensor& d
   const c10::OptionalDeviceGuard guard(state.device());
 #endif
   at::Tensor out = new_output(x.sizes(), x.options());
-  const at::Tensor st = as_state(state, s), xs = as_bkhp(x, s), dts = as_bkhp(dt, s), os = as_bkhp(out, s);
-  const at::Tensor As = as_channels(A, s), Bs = as_bkgn(B, s), Cs = as_bkgn(C, s);
   ark_selective_state_update_args a{};
   a.batch = s.b;
   a.tokens = s.k;
-  a.state_batch = st.size(0);
-  a.heads = st.size(1);
-  a.head_dim = st.size(2);
+  a.state_batch = state.size(0);
+  a.heads = s.mamba2 ? state.size(1) : 1;
+  a.head_dim = s.mamba2 ? state.size(2) : state.size(1);
   a.dstate = s.N;
   a.groups = s.G;
-  a.state = st.data_ptr();
-  copy_strides(a.state_strides, st);
-  a.x = xs.data_ptr();
-  copy_strides(a.x_strides, xs);
-  a.dt = dts.data_ptr();
-  copy_strides(a.dt_strides, dts);
-  a.A = As.data_ptr();
-  copy_strides(a.A_strides, As);
+  a.state = state.data_ptr();
+  unified_strides(a.state_strides, state, {false, !s.mamba2, false, false});
+  a.x = x.data_ptr();
+  bkhp_strides(a.x_strides, x, s);
+  a.dt = dt.data_ptr();
+  bkhp_strides(a.dt_strides, dt, s);
+  a.A = A.data_ptr();
+  unified_strides(a.A_strides, A, {!s.mamba2, false, false});
   a.A_dtype = to_ark_dtype(A, "A");
-  a.B = Bs.data_ptr();
-  copy_strides(a.B_strides, Bs);
-  a.C = Cs.data_ptr();
-  copy_strides(a.C_strides, Cs);
-  a.out = os.data_ptr();
-  copy_strides(a.out_strides, os);
+  a.B = B.data_ptr();
+  bkgn_strides(a.B_strides, B, s);
+  a.C = C.data_ptr();
+  bkgn_strides(a.C_strides, C, s);
+  a.out = out.data_ptr();
+  bkhp_strides(a.out_strides, out, s);
   a.D_dtype = a.dt_bias_dtype = ARK_FLOAT32;
   if (D) {
-    const at::Tensor Ds = as_channels(*D, s);
-    a.D = Ds.data_ptr();
-    copy_strides(a.D_strides, Ds);
+    a.D = D->data_ptr();
+    channel_strides(a.D_strides, *D, s);
     a.D_dtype = to_ark_dtype(*D, "D");
   }
   if (dt_bias) {
-    const at::Tensor bs = as_channels(*dt_bias, s);
-    a.dt_bias = bs.data_ptr();
-    copy_strides(a.dt_bias_strides, bs);
+    a.dt_bias = dt_bias->data_ptr();
+    channel_strides(a.dt_bias_strides, *dt_bias, s);
     a.dt_bias_dtype = to_ark_dtype(*dt_bias, "dt_bias");
   }
   if (z) {
-    const at::Tensor zs = as_bkhp(*z, s);
-    a.z = zs.data_ptr();
-    copy_strides(a.z_strides, zs);
+    a.z = z->data_ptr();
+    bkhp_strides(a.z_strides, *z, s);
   }
   if (indices) {
     a.state_batch_indices = indices->data_ptr();
@@ -210,9 +210,8 @@ at::Tensor run(const at::Tensor& state, const at::Tensor& x, const at::Tensor& d
     a.state_batch_indices_int64 = indices->scalar_type() == at::kLong;
   }
   if (inter) {
-    const at::Tensor is = as_inter(*inter, s);
-    a.intermediate_states = is.data_ptr();
-    copy_strides(a.intermediate_states_strides, is);
+    a.intermediate_states = inter->data_ptr();
+    unified_strides(a.intermediate_states_strides, *inter, {false, false, !s.mamba2, false, false});
   }
   a.dt_softplus = dt_softplus ? 1 : 0;
   a.state_dtype = to_ark_dtype(state, "state");
