@@ -13,6 +13,8 @@ if ! "$py" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1
   # triton is imported, hence a separate run.
   TRITON_INTERPRET=1 "$py" -m pytest tests/ops/test_linear_scan_triton_interpreter.py -q -ra || status=$?
   TRITON_INTERPRET=1 "$py" -m pytest tests/ops/test_ssd_chunk_scan_triton_interpreter.py -q -ra || status=$?
+  TRITON_INTERPRET=1 "$py" -m pytest tests/ops/test_block_sparse_attention_triton_interpreter.py -q -ra || status=$?
+  TRITON_INTERPRET=1 "$py" -m pytest tests/ops/test_decode_attention_triton_interpreter.py -q -ra || status=$?
 fi
 # C API: build libarkernels alone (no torch) and run its ctest.
 # The environment's own cmake/ninja (pip packages) come first on PATH.

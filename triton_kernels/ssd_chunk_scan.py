@@ -20,7 +20,6 @@ multiplies them. Tensor-core products take operands in the input dtype with fp32
 """
 from __future__ import annotations
 
-import os
 import warnings
 
 import torch
@@ -28,6 +27,7 @@ import triton
 import triton.language as tl
 
 from arkernels._outputs import new_output
+from arkernels.triton_kernels._common import dot as _dot, dot_acc as _dot_acc, rnd as _rnd
 
 wrap_triton = torch.library.wrap_triton
 
@@ -37,10 +37,6 @@ wrap_triton = torch.library.wrap_triton
 # aligned strides that slices of a fused projection do not always have; it is still supported.
 warnings.filterwarnings("ignore", message="tl.make_block_ptr is deprecated")
 
-# Triton 3.8's interpreter multiplies bf16 operands of tl.dot as their raw uint16 bits; operands are
-# widened to fp32 there (same products: a bf16 x bf16 product is exact in fp32).
-INTERPRETED: tl.constexpr = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") == "1")
-
 # Internal chunk lengths (the chunk_size argument is a hint: results do not depend on it beyond
 # rounding). The forward's is free; the three backward kernels share theirs (it indexes the per-chunk
 # state buffers). 64 keeps the backward's (Q, Q) and (Q, n) fp32 tiles in registers; a smaller one
@@ -48,39 +44,6 @@ INTERPRETED: tl.constexpr = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0")
 FWD_BLOCK_Q = 32  # measured on the H200 (bf16, n 128): 0.32 ms against 0.42 at 64 (4 warps each)
 BWD_BLOCK_Q = 64
 MAX_N = 256  # the state's n dimension lives in registers whole
-
-
-@triton.jit
-def _dot(a, b, PREC: tl.constexpr):
-    if INTERPRETED:
-        return tl.dot(a.to(tl.float32), b.to(tl.float32))
-    else:
-        return tl.dot(a, b, input_precision=PREC)
-
-
-@triton.jit
-def _dot_acc(a, b, acc, PREC: tl.constexpr):
-    """acc + a @ b, accumulating in place (one fp32 tile in registers instead of two)."""
-    if INTERPRETED:
-        return tl.dot(a.to(tl.float32), b.to(tl.float32), acc=acc)
-    else:
-        return tl.dot(a, b, acc=acc, input_precision=PREC)
-
-
-@triton.jit
-def _rnd(v, DT: tl.constexpr):
-    """v in dtype DT, rounded to nearest even (the interpreter would truncate fp32 -> bf16 otherwise)."""
-    if v.dtype == DT:
-        return v
-    elif DT == tl.float32:
-        return v.to(tl.float32)
-    elif INTERPRETED and DT == tl.bfloat16:
-        # Round the fp32 bits to the nearest even bf16 first; the truncating cast is then exact.
-        u = v.to(tl.float32).to(tl.uint32, bitcast=True)
-        u = (u + 0x7FFF + ((u >> 16) & 1)) & 0xFFFF0000
-        return u.to(tl.float32, bitcast=True).to(DT)
-    else:
-        return v.to(tl.float32).to(DT)
 
 
 @triton.jit

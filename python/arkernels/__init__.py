@@ -12,6 +12,8 @@ import torch  # noqa: F401  (loads libtorch before the bindings)
 from arkernels import _library
 from arkernels.ops import causal_conv1d, causal_conv1d_update, linear_scan, selective_scan, selective_state_update, selective_state_update_tokens
 from arkernels.ops import ssd_chunk_scan
+from arkernels import masks
+from arkernels.ops import block_sparse_attention, decode_attention
 
 __version__ = "0.1.0"
 
@@ -35,4 +37,4 @@ def cmake_prefix_path() -> str:
     return _os.path.join(_os.path.dirname(_os.path.abspath(_c.__file__)), "lib", "cmake")
 
 
-__all__ = ["linear_scan", "selective_scan", "native_available", "cuda_kernels_available", "cmake_prefix_path", "ssd_chunk_scan", "causal_conv1d", "causal_conv1d_update", "selective_state_update", "selective_state_update_tokens"]
+__all__ = ["linear_scan", "selective_scan", "native_available", "cuda_kernels_available", "cmake_prefix_path", "ssd_chunk_scan", "causal_conv1d", "causal_conv1d_update", "selective_state_update", "selective_state_update_tokens", "masks", "block_sparse_attention", "decode_attention"]

@@ -1,0 +1,358 @@
+"""arkernels.block_sparse_attention: softmax attention under a block-sparse mask (causal, sliding window,
+VAR block-causal, ACDiT SCAM, documents, trees, any dense mask), forward and backward.
+
+Backends: "triton" runs ``arkernels::block_sparse_attention_triton`` (triton_kernels/block_sparse_attention.py)
+on CUDA tensors (or CPU tensors under TRITON_INTERPRET=1); "cpu" runs ``arkernels::block_sparse_attention_cpu``,
+a PyTorch path over query tiles that walks the same tile layout (never builds the L x S mask; fp32 math,
+a Python loop over query tiles: a correct CPU path, not a tuned kernel); "reference" the dense PyTorch
+definition (builds the (B, Hq, L, S) scores and the L x S mask). Both ops take the layout's tensors and
+ints (the public function unpacks the layout) and have autograd (and, for the cpu op, fake kernels)
+registered here, so they work under torch.compile(fullgraph=True) and pass torch.library.opcheck.
+Design and numerics: docs/ops/block_sparse_attention.md.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from arkernels._outputs import new_output
+from arkernels.masks.layout import FULL, RULE, LevelRule, TileLayout
+from arkernels.masks.mask import Mask
+from arkernels.ops import _backends
+from arkernels.ops._checks import check_attention_qkv, check_bool, check_choice, check_scale
+from arkernels.reference.block_sparse_attention import block_sparse_attention_ref
+
+OP = "block_sparse_attention_triton"
+MAX_HEAD_DIM = 256
+CPU_TILING = (128, 128)  # the cpu backend's default layout tiling (it accepts a layout at any tiling)
+_GRID_LIMIT = 65535  # heads and batch rows are grid dimensions 1 and 2 of the kernels
+
+
+def block_sparse_attention(q, k, v, mask, scale=None, return_lse=False, backend="auto"):
+    """Softmax attention of q against k, v where `mask` allows it.
+
+    Args:
+        q: (B, Hq, L, D), float16 / bfloat16 / float32 (fp32 is computed with tf32 dots on the GPU).
+        k, v: (B, Hkv, S, D), q's dtype and device; Hq a multiple of Hkv (grouped-query attention:
+            q head h reads kv head h // (Hq / Hkv)).
+        mask: an arkernels.masks.Mask of shape (L, S) (its layout is requested at the kernel's
+            tiling, ``tiling(D, dtype, device)``), or directly a masks.layout.TileLayout built at
+            that tiling, on q's device. True = the query may attend to the key; shared by every batch
+            row and head.
+        scale: softmax scale, default 1 / sqrt(D).
+        return_lse: also return the log-sum-exp (natural log) of the scaled visible scores.
+        backend: "auto" (triton on CUDA tensors; cpu on CPU tensors, or triton there under
+            TRITON_INTERPRET=1), "triton", "cpu" or "reference" ("cuda" has no kernel and raises).
+
+    Returns:
+        out (B, Hq, L, D) in q's dtype [, lse (B, Hq, L) float32]. A query that sees no key gets
+        out = 0, lse = -inf and zero gradients. Gradients flow to q, k, v (also through lse).
+    """
+    B, Hq, L, D, Hkv, S = _validate(q, k, v, mask, scale, return_lse, backend)
+    scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
+    chosen = _choose_backend(backend, q.device)
+    if chosen == "reference":
+        out, lse = block_sparse_attention_ref(q, k, v, _dense(mask, L, S, q.device), scale)
+        lse = lse.to(torch.float32)
+        return (out, lse) if return_lse else out
+    q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
+    if chosen == "cpu":
+        lay = _layout(mask, *CPU_TILING, q.device, any_tiling=True)
+        out, lse = torch.ops.arkernels.block_sparse_attention_cpu(q, k, v, *_layout_args(lay), scale)
+    else:
+        block_q, block_k = tiling(D, q.dtype, q.device)
+        lay = _layout(mask, block_q, block_k, q.device)
+        out, lse = torch.ops.arkernels.block_sparse_attention_triton(q, k, v, *_layout_args(lay), scale)
+    return (out, lse) if return_lse else out
+
+
+def tiling(D: int, dtype: torch.dtype, device) -> tuple[int, int]:
+    """(block_q, block_k) of the Triton kernels for head dim D: the tiling a TileLayout passed as `mask`
+    must have."""
+    from arkernels.triton_kernels.block_sparse_attention import config
+
+    cfg = config(D, dtype, torch.device(device))
+    return cfg["BLOCK_M"], cfg["BLOCK_N"]
+
+
+# ---- validation and backend choice ----
+
+def _validate(q, k, v, mask, scale, return_lse, backend):
+    B, Hq, L, D, Hkv, S = check_attention_qkv(q, k, v, max_head_dim=MAX_HEAD_DIM)
+    if Hq > _GRID_LIMIT or B > _GRID_LIMIT:
+        raise ValueError(f"q: expected at most {_GRID_LIMIT} heads and batch rows, got B = {B}, Hq = {Hq}")
+    check_scale("scale", scale)
+    check_bool("return_lse", return_lse)
+    check_choice("backend", backend, _backends.BACKENDS)
+    if isinstance(mask, (Mask, TileLayout)):
+        mL, mS = mask.L, mask.S
+    else:
+        raise TypeError(f"mask: expected an arkernels.masks.Mask or a TileLayout, got {type(mask).__name__}")
+    if (mL, mS) != (L, S):
+        raise ValueError(f"mask: expected shape (L, S) = ({L}, {S}) from q and k, got ({mL}, {mS})")
+    return B, Hq, L, D, Hkv, S
+
+
+def _choose_backend(backend: str, device: torch.device) -> str:
+    if backend == "cuda":
+        raise ValueError("backend: 'cuda' cannot run block_sparse_attention: it has no CUDA C++ kernel; its GPU "
+                         "backend is 'triton' (or 'auto')")
+    if backend == "cpu" or (backend == "auto" and device.type == "cpu" and not _backends.triton_interpreted()):
+        if device.type != "cpu":
+            raise ValueError(f"backend: 'cpu' cannot run here: it needs CPU tensors, got tensors on {device}")
+        return "cpu"
+    return _backends.resolve(OP, backend, device, ("triton",))
+
+
+def _layout(mask, block_q: int, block_k: int, device: torch.device, any_tiling: bool = False) -> TileLayout:
+    if isinstance(mask, TileLayout):
+        lay = mask
+        if not any_tiling and (lay.block_q, lay.block_k) != (block_q, block_k):
+            raise ValueError(f"mask: expected a TileLayout at the kernel's tiling (block_q, block_k) = "
+                             f"({block_q}, {block_k}) (see block_sparse_attention.tiling), got "
+                             f"({lay.block_q}, {lay.block_k}); pass the Mask itself to let the op build it")
+    else:
+        lay = mask.layout(block_q, block_k, device)
+    if lay.q_runs.device != device:
+        raise ValueError(f"mask: expected a layout on {device} like q, got one on {lay.q_runs.device} "
+                         "(use layout.to(device) once, outside the step)")
+    return lay
+
+
+def _dense(mask, L: int, S: int, device) -> torch.Tensor:
+    """The (L, S) bool mask (reference backend only)."""
+    if L == 0 or S == 0:
+        return torch.zeros(L, S, dtype=torch.bool, device=device)
+    return mask.to_dense().to(device)
+
+
+def _layout_args(lay: TileLayout) -> tuple:
+    r = lay.rule
+    if r is None:
+        rule = (None,) * 6
+        window = -1
+    else:
+        rule = (r.q_level, r.k_level, r.q_doc, r.k_doc, r.q_group, r.k_group)
+        window = -1 if r.window is None else int(r.window)
+    return (lay.q_run_ptr, lay.q_runs, lay.k_run_ptr, lay.k_runs, lay.tile_bits, lay.k_tile_bits, *rule, window,
+            lay.block_q, lay.block_k)
+
+
+# ---- autograd, shared by both ops (a triton_op needs no fake kernel: it is traced with fake tensors) ----
+
+_N_LAYOUT_TENSORS = 12  # q_run_ptr, q_runs, k_run_ptr, k_runs, tile_bits, k_tile_bits, 6 rule vectors
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v = inputs[:3]
+    layout_tensors = inputs[3:3 + _N_LAYOUT_TENSORS]
+    out, lse = output
+    ctx.save_for_backward(q, k, v, out, lse, *layout_tensors)
+    ctx.ints = inputs[3 + _N_LAYOUT_TENSORS:]  # window, block_q, block_k, scale
+    # An unused lse (the common case) reaches the backward as None, not as zeros.
+    ctx.set_materialize_grads(False)
+
+
+def _make_backward(backward_op):
+    def backward(ctx, grad_out, grad_lse):
+        q, k, v, out, lse, *layout_tensors = ctx.saved_tensors
+        if grad_out is None:
+            grad_out = torch.zeros_like(out)
+        grad_out = grad_out.to(out.dtype)
+        if grad_out.stride(-1) != 1:
+            grad_out = grad_out.contiguous()
+        if grad_lse is not None:
+            grad_lse = grad_lse.to(torch.float32).contiguous()
+        dq, dk, dv = backward_op(grad_out, grad_lse, q, k, v, out, lse, *layout_tensors, *ctx.ints)
+        return (dq, dk, dv) + (None,) * (_N_LAYOUT_TENSORS + 4)
+
+    return backward
+
+
+# ---- the cpu op: PyTorch over query tiles, walking the layout ----
+
+def _query_tiles(L, S, block_q, block_k, q_run_ptr, q_runs, tile_bits, rule):
+    """Per query tile: (first row, end row, visited key columns (int64) or None, their (rows, cols) visibility
+    or None when every visited tile is FULL). Only the visited tiles are expanded: O(L x visible keys)."""
+    from arkernels.masks.bits import unpack
+
+    ptr, runs = q_run_ptr.tolist(), q_runs.tolist()
+    for i in range(len(ptr) - 1):
+        r0, r1 = i * block_q, min(L, (i + 1) * block_q)
+        segs = runs[ptr[i]:ptr[i + 1]]
+        if not segs:
+            yield r0, r1, None, None
+            continue
+        rows = torch.arange(r0, r1)
+        cols, parts, partial = [], [], False
+        for start, end, kind, bits in segs:
+            c = torch.arange(start * block_k, min(S, end * block_k))
+            cols.append(c)
+            if kind == FULL:
+                parts.append(torch.ones(r1 - r0, c.numel(), dtype=torch.bool))
+            elif kind == RULE:
+                parts.append(rule.allowed(rows[:, None], c[None, :]))
+                partial = True
+            else:
+                words = tile_bits[bits:bits + end - start]  # (tiles, block_q, words)
+                vis = unpack(words, block_k)[:, :r1 - r0]    # (tiles, rows, block_k)
+                parts.append(vis.permute(1, 0, 2).reshape(r1 - r0, -1)[:, :c.numel()])
+                partial = True
+        yield r0, r1, torch.cat(cols), (torch.cat(parts, dim=1) if partial else None)
+
+
+def _cpu_rule(q_level, k_level, q_doc, k_doc, q_group, k_group, window):
+    if q_level is None:
+        return None
+    return LevelRule(q_level, k_level, None if window < 0 else window, q_doc, k_doc, q_group, k_group)
+
+
+def _cpu_scores(q, k, r0, r1, cols, vis, scale):
+    """Scaled fp32 scores (B, Hkv, G, rows, cols) of query rows [r0, r1) against key columns `cols`."""
+    B, Hq, _, D = q.shape
+    Hkv = k.shape[1]
+    G = Hq // Hkv
+    n = r1 - r0
+    qt = q[:, :, r0:r1].float().reshape(B, Hkv, G * n, D)
+    ks = k.index_select(2, cols).float()
+    s = torch.matmul(qt, ks.transpose(-1, -2)).mul_(scale).view(B, Hkv, G, n, cols.numel())
+    if vis is not None:
+        s.masked_fill_(~vis, float("-inf"))
+    return qt, ks, s
+
+
+def _cpu_forward(q, k, v, q_run_ptr, q_runs, k_run_ptr, k_runs, tile_bits, k_tile_bits, q_level, k_level, q_doc,
+                 k_doc, q_group, k_group, window, block_q, block_k, scale):
+    B, Hq, L, D = q.shape
+    Hkv, S = k.shape[1], k.shape[2]
+    G = Hq // Hkv
+    out = new_output((B, Hq, L, D), dtype=q.dtype, device=q.device)
+    lse = new_output((B, Hq, L), dtype=torch.float32, device=q.device)
+    rule = _cpu_rule(q_level, k_level, q_doc, k_doc, q_group, k_group, window)
+    for r0, r1, cols, vis in _query_tiles(L, S, block_q, block_k, q_run_ptr, q_runs, tile_bits, rule):
+        n = r1 - r0
+        if cols is None:
+            out[:, :, r0:r1] = 0
+            lse[:, :, r0:r1] = float("-inf")
+            continue
+        _, _, s = _cpu_scores(q, k, r0, r1, cols, vis, scale)
+        m = s.amax(dim=-1, keepdim=True)
+        m = torch.where(torch.isinf(m), 0.0, m)  # empty rows: exp(-inf - 0) = 0, no NaN
+        p = torch.exp(s - m)
+        l = p.sum(dim=-1, keepdim=True)
+        seen = l > 0
+        vs = v.index_select(2, cols).float()
+        o = torch.matmul(p.view(B, Hkv, G * n, -1), vs).view(B, Hkv, G, n, D) / torch.where(seen, l, 1.0)
+        out[:, :, r0:r1] = o.reshape(B, Hq, n, D).to(q.dtype)
+        lse[:, :, r0:r1] = torch.where(seen, m + torch.log(torch.where(seen, l, 1.0)), float("-inf")).reshape(B, Hq, n)
+    return out, lse
+
+
+def _cpu_backward(grad_out, grad_lse, q, k, v, out, lse, q_run_ptr, q_runs, k_run_ptr, k_runs, tile_bits, k_tile_bits,
+                  q_level, k_level, q_doc, k_doc, q_group, k_group, window, block_q, block_k, scale):
+    B, Hq, L, D = q.shape
+    Hkv, S = k.shape[1], k.shape[2]
+    G = Hq // Hkv
+    dq = new_output(q.shape, dtype=q.dtype, device=q.device)
+    dk32 = torch.zeros((B, Hkv, S, D), dtype=torch.float32, device=q.device)
+    dv32 = torch.zeros((B, Hkv, S, D), dtype=torch.float32, device=q.device)
+    delta = (grad_out.float() * out.float()).sum(-1)
+    if grad_lse is not None:
+        delta = delta - grad_lse  # d lse / d s = p: the lse gradient folds into delta
+    # Empty rows (lse = -inf) use +inf: p = exp(s - inf) = 0.
+    lse_use = torch.where(torch.isneginf(lse), float("inf"), lse)
+    rule = _cpu_rule(q_level, k_level, q_doc, k_doc, q_group, k_group, window)
+    for r0, r1, cols, vis in _query_tiles(L, S, block_q, block_k, q_run_ptr, q_runs, tile_bits, rule):
+        n = r1 - r0
+        if cols is None:
+            dq[:, :, r0:r1] = 0
+            continue
+        qt, ks, s = _cpu_scores(q, k, r0, r1, cols, vis, scale)
+        p = torch.exp(s - lse_use[:, :, r0:r1].reshape(B, Hkv, G, n, 1)).view(B, Hkv, G * n, -1)
+        do = grad_out[:, :, r0:r1].float().reshape(B, Hkv, G * n, D)
+        vs = v.index_select(2, cols).float()
+        dv32.index_add_(2, cols, torch.matmul(p.transpose(-1, -2), do))
+        ds = p * (torch.matmul(do, vs.transpose(-1, -2)) - delta[:, :, r0:r1].reshape(B, Hkv, G * n, 1))
+        dq[:, :, r0:r1] = (torch.matmul(ds, ks) * scale).reshape(B, Hq, n, D).to(q.dtype)
+        dk32.index_add_(2, cols, torch.matmul(ds.transpose(-1, -2), qt) * scale)
+    return dq, dk32.to(k.dtype), dv32.to(v.dtype)
+
+
+@torch.library.custom_op("arkernels::block_sparse_attention_cpu", mutates_args=())
+def _block_sparse_attention_cpu(
+        q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_run_ptr: torch.Tensor, q_runs: torch.Tensor,
+        k_run_ptr: torch.Tensor, k_runs: torch.Tensor, tile_bits: torch.Tensor | None,
+        k_tile_bits: torch.Tensor | None, q_level: torch.Tensor | None, k_level: torch.Tensor | None,
+        q_doc: torch.Tensor | None, k_doc: torch.Tensor | None, q_group: torch.Tensor | None,
+        k_group: torch.Tensor | None, window: int, block_q: int, block_k: int,
+        scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    return _cpu_forward(q, k, v, q_run_ptr, q_runs, k_run_ptr, k_runs, tile_bits, k_tile_bits, q_level, k_level,
+                        q_doc, k_doc, q_group, k_group, window, block_q, block_k, scale)
+
+
+@torch.library.custom_op("arkernels::_block_sparse_attention_cpu_backward", mutates_args=())
+def _block_sparse_attention_cpu_backward(
+        grad_out: torch.Tensor, grad_lse: torch.Tensor | None, q: torch.Tensor, k: torch.Tensor,
+        v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor, q_run_ptr: torch.Tensor, q_runs: torch.Tensor,
+        k_run_ptr: torch.Tensor, k_runs: torch.Tensor, tile_bits: torch.Tensor | None,
+        k_tile_bits: torch.Tensor | None, q_level: torch.Tensor | None, k_level: torch.Tensor | None,
+        q_doc: torch.Tensor | None, k_doc: torch.Tensor | None, q_group: torch.Tensor | None,
+        k_group: torch.Tensor | None, window: int, block_q: int, block_k: int,
+        scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _cpu_backward(grad_out, grad_lse, q, k, v, out, lse, q_run_ptr, q_runs, k_run_ptr, k_runs, tile_bits,
+                         k_tile_bits, q_level, k_level, q_doc, k_doc, q_group, k_group, window, block_q, block_k,
+                         scale)
+
+
+@_block_sparse_attention_cpu.register_fake
+def _(q, k, v, *layout_and_scale):
+    B, Hq, L, D = q.shape
+    return q.new_empty((B, Hq, L, D)), q.new_empty((B, Hq, L), dtype=torch.float32)
+
+
+@_block_sparse_attention_cpu_backward.register_fake
+def _(grad_out, grad_lse, q, k, v, out, lse, *layout_and_scale):
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
+
+
+torch.library.register_autograd(
+    "arkernels::block_sparse_attention_cpu",
+    _make_backward(lambda *args: torch.ops.arkernels._block_sparse_attention_cpu_backward(*args)),
+    setup_context=_setup_context)
+
+
+# ---- the Triton op ----
+
+if _backends.triton_available():
+    from arkernels.triton_kernels import block_sparse_attention as _tk
+
+    @torch.library.triton_op("arkernels::block_sparse_attention_triton", mutates_args=())
+    def _block_sparse_attention_triton(
+            q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_run_ptr: torch.Tensor, q_runs: torch.Tensor,
+            k_run_ptr: torch.Tensor, k_runs: torch.Tensor, tile_bits: torch.Tensor | None,
+            k_tile_bits: torch.Tensor | None, q_level: torch.Tensor | None, k_level: torch.Tensor | None,
+            q_doc: torch.Tensor | None, k_doc: torch.Tensor | None, q_group: torch.Tensor | None,
+            k_group: torch.Tensor | None, window: int, block_q: int, block_k: int,
+            scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+        lay = _tk.LayoutArgs(q_run_ptr, q_runs, k_run_ptr, k_runs, tile_bits, k_tile_bits, q_level, k_level, q_doc,
+                             k_doc, q_group, k_group, window, block_q, block_k)
+        return _tk.block_sparse_attention_fwd(q, k, v, lay, scale)
+
+    @torch.library.triton_op("arkernels::_block_sparse_attention_triton_backward", mutates_args=())
+    def _block_sparse_attention_triton_backward(
+            grad_out: torch.Tensor, grad_lse: torch.Tensor | None, q: torch.Tensor, k: torch.Tensor,
+            v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor, q_run_ptr: torch.Tensor, q_runs: torch.Tensor,
+            k_run_ptr: torch.Tensor, k_runs: torch.Tensor, tile_bits: torch.Tensor | None,
+            k_tile_bits: torch.Tensor | None, q_level: torch.Tensor | None, k_level: torch.Tensor | None,
+            q_doc: torch.Tensor | None, k_doc: torch.Tensor | None, q_group: torch.Tensor | None,
+            k_group: torch.Tensor | None, window: int, block_q: int, block_k: int,
+            scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        lay = _tk.LayoutArgs(q_run_ptr, q_runs, k_run_ptr, k_runs, tile_bits, k_tile_bits, q_level, k_level, q_doc,
+                             k_doc, q_group, k_group, window, block_q, block_k)
+        return _tk.block_sparse_attention_bwd(grad_out, grad_lse, q, k, v, out, lse, lay, scale)
+
+    torch.library.register_autograd(
+        "arkernels::block_sparse_attention_triton",
+        _make_backward(lambda *args: torch.ops.arkernels._block_sparse_attention_triton_backward(*args)),
+        setup_context=_setup_context)

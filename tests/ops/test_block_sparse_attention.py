@@ -1,0 +1,556 @@
+"""arkernels.block_sparse_attention against its float64 reference: the reference itself, bad input, and the
+Triton backend on the GPU (forward and every gradient, outputs NaN-poisoned).
+
+Contract (docs/ops/block_sparse_attention.md): out = softmax(scale q k^T where the mask allows) v per
+(batch row, q head), kv head = q head // (Hq / Hkv); lse (B, Hq, L) float32, natural log; a query that
+sees no key has out = 0, lse = -inf, zero gradients. Gradients for q, k, v, also through lse.
+
+Comparisons: the reference evaluated in float64 on the same (rounded) inputs; norm-relative bounds
+(fp32 1e-5 exact dots / 2e-3 with tf32 dots on the GPU, bf16 1e-2, fp16 2e-3; gradients twice that).
+The Triton kernels run on the CPU in test_block_sparse_attention_triton_interpreter.py (TRITON_INTERPRET=1),
+which reuses the mask table and `check` of this file.
+"""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import arkernels
+from arkernels import _outputs
+from arkernels import masks as M
+from arkernels.ops import _backends
+from arkernels.reference import block_sparse_attention_ref
+from arkernels.testing import inputs
+from arkernels.testing.numerics import REL_TOL, assert_close_to_reference
+
+HAS_CUDA = torch.cuda.is_available()
+gpu = pytest.mark.gpu
+FP32, BF16, FP16 = torch.float32, torch.bfloat16, torch.float16
+INF = float("inf")
+
+
+@pytest.fixture(autouse=True)
+def _poisoned_outputs():
+    with _outputs.poisoned_outputs():
+        yield
+
+
+# ---- the masks of the tests: (Mask, dense (L, S) bool) ----
+
+def var_boundaries(patch_nums=(1, 2, 3, 4, 5, 6, 8)):
+    """VAR scale boundaries (cumulative pn^2: unequal blocks); the first 7 scales end at 155 tokens."""
+    ends = [0]
+    for p in patch_nums:
+        ends.append(ends[-1] + p * p)
+    return ends
+
+
+def tree_parents(n: int, rng) -> list[int]:
+    """A random tree in BFS order: parent[i] < i, node 0 the root."""
+    return [-1] + [int(torch.randint(0, i, (1,), generator=rng)) for i in range(1, n)]
+
+
+def make_mask(name: str, L: int, S: int, rng):
+    """The named mask kinds of the tests at (L, S)."""
+    if name == "causal":
+        return M.causal(L, S)
+    if name == "sliding_window":
+        return M.sliding_window(max(2, L // 5), L, S)
+    if name == "block_causal_var":
+        ends = var_boundaries()
+        assert ends[-1] == L == S, "block_causal_var needs L = S = 155"
+        return M.block_causal(ends)
+    if name == "scam":
+        assert L == S and L % 6 == 0, "scam: 3 clean + 3 noisy blocks"
+        return M.skip_causal(3, L // 6)
+    if name == "document":
+        assert L == S
+        cu = [0, L // 3, L // 3 + 1, L // 3 + 1 + L // 2, L]  # a document of one token
+        return M.document(cu, M.causal(L))
+    if name == "tree":
+        # S - L cached prefix keys, then L tree nodes (the queries).
+        return M.tree(tree_parents(L, rng), prefix=S - L)
+    if name == "from_dense":
+        dense = torch.rand(L, S, generator=rng) < 0.35
+        dense[L // 2] = False  # an empty row
+        return M.from_dense(dense)
+    if name == "all":
+        return M.from_dense(torch.ones(L, S, dtype=torch.bool))
+    if name == "none":
+        return M.from_dense(torch.zeros(L, S, dtype=torch.bool))
+    raise KeyError(name)
+
+
+# ---- the check: forward and every gradient against float64 ----
+
+def tolerance(dtype, device) -> float:
+    if dtype == FP32:
+        return 2e-3 if torch.device(device).type == "cuda" else REL_TOL[FP32]  # tf32 dots on the GPU
+    return REL_TOL[dtype]
+
+
+def check(backend, mask_name, *, B, Hq, Hkv, L, S, D, dtype, rng, device="cpu", use_lse=True, scale=None,
+          strided=False, mask=None):
+    """Runs the op on random inputs, compares out, lse, dq, dk, dv with the float64 reference; returns them."""
+    if mask is None:
+        mask = make_mask(mask_name, L, S, rng)
+    dense = mask.to_dense()
+    q = inputs.normal((B, Hq, L, D), generator=rng, dtype=dtype, device=device)
+    if strided:  # k, v as halves of one (B, Hkv, S, 2D) projection: last dim contiguous, rows strided
+        kv = inputs.normal((B, Hkv, S, 2 * D), generator=rng, dtype=dtype, device=device)
+        k, v = kv[..., :D], kv[..., D:]
+    else:
+        k = inputs.normal((B, Hkv, S, D), generator=rng, dtype=dtype, device=device)
+        v = inputs.normal((B, Hkv, S, D), generator=rng, dtype=dtype, device=device)
+    w_out = inputs.normal((B, Hq, L, D), generator=rng, dtype=torch.float64)
+    w_lse = inputs.normal((B, Hq, L), generator=rng, dtype=torch.float64)
+
+    def loss(out, lse):
+        total = (out.double().cpu() * w_out).sum()
+        if use_lse:
+            lse64 = lse.double().cpu()
+            total = total + (torch.where(torch.isinf(lse64), 0.0, lse64) * w_lse).sum()
+        return total
+
+    leaves = [t.detach().clone().requires_grad_(True) for t in (q, k, v)]
+    out, lse = arkernels.block_sparse_attention(*leaves, mask if backend == "reference" else mask, scale=scale,
+                                                return_lse=True, backend=backend)
+    assert out.dtype == dtype and out.shape == (B, Hq, L, D) and out.device == q.device
+    assert lse.dtype == FP32 and lse.shape == (B, Hq, L)
+    loss(out, lse).backward()
+
+    ref_leaves = [t.detach().cpu().double().requires_grad_(True) for t in (q, k, v)]
+    r_out, r_lse = block_sparse_attention_ref(*ref_leaves, dense, scale)
+    loss(r_out, r_lse).backward()
+
+    tol = tolerance(dtype, device)
+    assert_close_to_reference(out, r_out, rel_tol=tol, name="out")
+    empty = torch.isinf(r_lse)
+    lse_c = lse.detach().cpu().double()
+    assert torch.equal(torch.isneginf(lse_c), empty), "lse: -inf exactly where a query sees no key"
+    assert_close_to_reference(lse_c[~empty], r_lse.detach()[~empty], rel_tol=max(tol / 10, 1e-6), name="lse")
+    if empty.any():
+        assert (out.detach().cpu()[empty] == 0).all(), "out: 0 where a query sees no key"
+    for name, a, b in zip(("dq", "dk", "dv"), leaves, ref_leaves):
+        assert a.grad.dtype == dtype
+        assert_close_to_reference(a.grad, b.grad, rel_tol=2 * tol, name=name)
+    if empty.any():
+        assert (leaves[0].grad.cpu()[empty] == 0).all(), "dq: 0 where a query sees no key"
+    return out, lse, [t.grad for t in leaves]
+
+
+# ---- the reference against a brute-force float64 definition ----
+
+def _brute_force(q, k, v, dense, scale):
+    """Per (b, h, query) loops with the textbook softmax over the visible keys."""
+    B, Hq, L, D = q.shape
+    G = Hq // k.shape[1]
+    out = torch.zeros(B, Hq, L, D, dtype=torch.float64)
+    lse = torch.full((B, Hq, L), -INF, dtype=torch.float64)
+    for b in range(B):
+        for h in range(Hq):
+            for i in range(L):
+                idx = dense[i].nonzero().flatten()
+                if idx.numel() == 0:
+                    continue
+                s = torch.stack([scale * torch.dot(q[b, h, i], k[b, h // G, j]) for j in idx])
+                w = torch.exp(s - s.max())
+                out[b, h, i] = (w[:, None] * v[b, h // G, idx]).sum(0) / w.sum()
+                lse[b, h, i] = s.max() + torch.log(w.sum())
+    return out, lse
+
+
+@pytest.mark.parametrize("mask_name,L,S", [("causal", 9, 9), ("from_dense", 7, 12), ("tree", 6, 11), ("none", 3, 4)])
+def test_reference_matches_brute_force(mask_name, L, S, rng):
+    mask = make_mask(mask_name, L, S, rng)
+    dense = mask.to_dense()
+    q = torch.randn(2, 4, L, 8, generator=rng, dtype=torch.float64)
+    k = torch.randn(2, 2, S, 8, generator=rng, dtype=torch.float64)
+    v = torch.randn(2, 2, S, 8, generator=rng, dtype=torch.float64)
+    out, lse = block_sparse_attention_ref(q, k, v, dense, 0.3)
+    b_out, b_lse = _brute_force(q, k, v, dense, 0.3)
+    torch.testing.assert_close(out, b_out, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(lse, b_lse, rtol=1e-12, atol=1e-12)
+
+
+def test_reference_empty_rows_have_zero_gradients(rng):
+    dense = torch.ones(5, 6, dtype=torch.bool)
+    dense[2] = False
+    q, k, v = (torch.randn(1, 2, n, 8, generator=rng, dtype=torch.float64, requires_grad=True) for n in (5, 6, 6))
+    out, lse = block_sparse_attention_ref(q, k, v, dense)
+    assert (out[:, :, 2] == 0).all() and torch.isneginf(lse[:, :, 2]).all()
+    (out.sum() + torch.where(torch.isinf(lse), 0.0, lse).sum()).backward()
+    assert torch.isfinite(q.grad).all() and torch.isfinite(k.grad).all() and torch.isfinite(v.grad).all()
+    assert (q.grad[:, :, 2] == 0).all()
+
+
+def test_reference_default_scale(rng):
+    q, k, v = (torch.randn(1, 1, 4, 16, generator=rng, dtype=torch.float64) for _ in range(3))
+    dense = torch.ones(4, 4, dtype=torch.bool)
+    a, _ = block_sparse_attention_ref(q, k, v, dense)
+    b, _ = block_sparse_attention_ref(q, k, v, dense, 1 / math.sqrt(16))
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("mask_name,L,S", [("causal", 40, 40), ("scam", 36, 36), ("tree", 9, 30)])
+def test_reference_backend_matches_reference(mask_name, L, S, rng):
+    check("reference", mask_name, B=2, Hq=4, Hkv=2, L=L, S=S, D=16, dtype=FP32, rng=rng)
+
+
+# ---- the cpu backend (PyTorch over query tiles, walking the layout) ----
+
+CPU_CASES = {
+    # name: (mask, B, Hq, Hkv, L, S, D, dtype)
+    "causal_gqa": ("causal", 2, 4, 2, 300, 300, 64, FP32),
+    "sliding_window_bf16": ("sliding_window", 1, 2, 1, 333, 333, 64, BF16),
+    "block_causal_var": ("block_causal_var", 2, 2, 2, 155, 155, 32, FP32),
+    "scam_fp16": ("scam", 1, 4, 4, 384, 384, 64, FP16),
+    "document": ("document", 1, 2, 1, 260, 260, 128, FP32),
+    "tree_prefix": ("tree", 2, 4, 1, 40, 300, 64, BF16),
+    "from_dense": ("from_dense", 1, 2, 2, 200, 150, 48, FP32),
+    "l1": ("all", 2, 8, 2, 1, 500, 256, FP32),
+    "empty_mask": ("none", 1, 2, 1, 50, 70, 16, FP32),
+}
+
+
+@pytest.mark.parametrize("name", list(CPU_CASES))
+def test_cpu_matches_reference(name, rng):
+    mask, B, Hq, Hkv, L, S, D, dtype = CPU_CASES[name]
+    check("cpu", mask, B=B, Hq=Hq, Hkv=Hkv, L=L, S=S, D=D, dtype=dtype, rng=rng)
+
+
+def test_cpu_strided_no_lse_any_tiling(rng):
+    """Strided k, v, only out in the loss; a TileLayout at any tiling is accepted (here 48 x 80, BITS with
+    three words per row)."""
+    check("cpu", "from_dense", B=1, Hq=2, Hkv=1, L=120, S=170, D=32, dtype=FP32, rng=rng, strided=True,
+          use_lse=False, scale=0.2)
+    mask = make_mask("from_dense", 100, 130, rng)
+    q, k, v = (torch.randn(1, 2, n, 16, generator=rng) for n in (100, 130, 130))
+    a = arkernels.block_sparse_attention(q, k, v, mask.layout(48, 80), backend="cpu")
+    b = arkernels.block_sparse_attention(q, k, v, mask, backend="cpu")
+    torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("L,S", [(0, 20), (20, 0)], ids=["l0", "s0"])
+def test_cpu_empty_inputs(L, S):
+    run_empty("cpu", L, S)
+
+
+def _op_args(rng, device, dtype, tiling_):
+    L, S, D = 200, 200, 64
+    from arkernels.ops.block_sparse_attention import _layout_args
+
+    lay = M.sliding_window(50, L, S).layout(*tiling_, device)
+    q = torch.randn(2, 4, L, D, generator=rng).to(device, dtype).requires_grad_(True)
+    k = torch.randn(2, 2, S, D, generator=rng).to(device, dtype).requires_grad_(True)
+    v = torch.randn(2, 2, S, D, generator=rng).to(device, dtype).requires_grad_(True)
+    return (q, k, v, *_layout_args(lay), 0.125)
+
+
+@pytest.mark.parametrize("dtype", [FP32, BF16], ids=["fp32", "bf16"])
+def test_opcheck_block_sparse_attention_cpu(dtype, rng):
+    torch.library.opcheck(torch.ops.arkernels.block_sparse_attention_cpu.default, _op_args(rng, "cpu", dtype, (64, 32)))
+
+
+def test_opcheck_block_sparse_attention_cpu_backward(rng):
+    args = [a.detach() if isinstance(a, torch.Tensor) else a for a in _op_args(rng, "cpu", FP32, (64, 32))]
+    out, lse = torch.ops.arkernels.block_sparse_attention_cpu(*args)
+    for g_lse in (torch.randn_like(lse), None):
+        torch.library.opcheck(torch.ops.arkernels._block_sparse_attention_cpu_backward.default,
+                              (torch.randn_like(out), g_lse, *args[:3], out, lse, *args[3:]))
+
+
+def _compile_check(backend, device, rng):
+    from arkernels.ops.block_sparse_attention import CPU_TILING, tiling
+
+    torch._dynamo.reset()
+    L, D = 300, 64
+    tiles = CPU_TILING if backend == "cpu" else tiling(D, BF16, device)
+    lay = M.causal(L).layout(*tiles, device)
+    q, k, v = (torch.randn(2, 4, L, D, generator=rng).to(device, BF16) for _ in range(3))
+    w = torch.randn(2, 4, L, D, generator=rng).to(device)
+
+    def f(q, k, v):
+        out, lse = arkernels.block_sparse_attention(q, k, v, lay, return_lse=True, backend=backend)
+        return (out.float() * w).sum() + lse.sum()
+
+    results = []
+    for fn in (f, torch.compile(f, fullgraph=True)):
+        leaves = [t.clone().requires_grad_(True) for t in (q, k, v)]
+        y = fn(*leaves)
+        y.backward()
+        results.append([y.detach()] + [t.grad for t in leaves])
+    for a, b in zip(*results):
+        assert_close_to_reference(b, a, rel_tol=1e-5, name="compiled vs eager")
+
+
+def test_cpu_torch_compile_fullgraph(rng):
+    _compile_check("cpu", "cpu", rng)
+
+
+# ---- bad input ----
+
+def _qkv(B=1, Hq=4, Hkv=2, L=8, S=8, D=16, dtype=FP32):
+    return [torch.randn(B, Hq, L, D).to(dtype), torch.randn(B, Hkv, S, D).to(dtype),
+            torch.randn(B, Hkv, S, D).to(dtype)]
+
+
+def _call(i=None, value=None, mask=None, **kwargs):
+    args = _qkv()
+    if i is not None:
+        args[i] = value
+    mask = M.causal(8, 8) if mask is None else mask
+    kwargs.setdefault("backend", "reference")
+    return lambda: arkernels.block_sparse_attention(*args, mask, **kwargs)
+
+
+BAD_INPUTS = {
+    "q_not_tensor": (lambda: _call(0, [1.0]), TypeError, r"q.*Tensor.*list"),
+    "q_3d": (lambda: _call(0, torch.randn(4, 8, 16)), ValueError, r"q.*4 dimensions.*\(4, 8, 16\)"),
+    "q_int": (lambda: _call(0, torch.zeros(1, 4, 8, 16, dtype=torch.int32)), TypeError, r"q.*float32.*int32"),
+    "q_float64": (lambda: _call(0, torch.zeros(1, 4, 8, 16, dtype=torch.float64)), TypeError, r"q.*float64"),
+    "k_dtype": (lambda: _call(1, torch.randn(1, 2, 8, 16).to(BF16)), TypeError, r"k.*float32.*bfloat16"),
+    "k_head_dim": (lambda: _call(1, torch.randn(1, 2, 8, 32)), ValueError, r"k.*\(1, Hkv, S, 16\).*\(1, 2, 8, 32\)"),
+    "k_batch": (lambda: _call(1, torch.randn(2, 2, 8, 16)), ValueError, r"k.*\(1, Hkv, S, 16\).*\(2, 2, 8, 16\)"),
+    "k_heads": (lambda: _call(1, torch.randn(1, 3, 8, 16)), ValueError, r"k.*divides Hq = 4.*Hkv = 3"),
+    "v_shape": (lambda: _call(2, torch.randn(1, 2, 7, 16)), ValueError, r"v.*\(1, 2, 8, 16\).*\(1, 2, 7, 16\)"),
+    "v_dtype": (lambda: _call(2, torch.randn(1, 2, 8, 16).to(FP16)), TypeError, r"v.*float32.*float16"),
+    "head_dim_too_large": (lambda: lambda: arkernels.block_sparse_attention(
+        *_qkv(D=264), M.causal(8, 8), backend="reference"), ValueError, r"q.*\[1, 256\].*D = 264"),
+    "mask_type": (lambda: _call(mask=torch.ones(8, 8, dtype=torch.bool)), TypeError,
+                  r"mask.*Mask or a TileLayout.*Tensor"),
+    "mask_shape": (lambda: _call(mask=M.causal(9, 9)), ValueError, r"mask.*\(L, S\) = \(8, 8\).*\(9, 9\)"),
+    "scale_str": (lambda: _call(scale="x"), TypeError, r"scale.*'x'"),
+    "scale_nan": (lambda: _call(scale=float("nan")), TypeError, r"scale.*nan"),
+    "return_lse_int": (lambda: _call(return_lse=1), TypeError, r"return_lse.*bool.*int"),
+    "backend_unknown": (lambda: _call(backend="fast"), ValueError, r"backend.*'auto'.*'fast'"),
+    "backend_cuda": (lambda: _call(backend="cuda"), ValueError, r"backend.*'cuda'.*no CUDA C\+\+ kernel"),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_INPUTS))
+def test_bad_input_raises(name):
+    make, exc, pattern = BAD_INPUTS[name]
+    with pytest.raises(exc, match=pattern):
+        make()()
+
+
+def test_mixed_devices_raise():
+    if not HAS_CUDA:
+        pytest.skip("needs a CUDA device")
+    q, k, v = _qkv()
+    with pytest.raises(ValueError, match=r"k.*cuda.*cpu|k.*cpu.*cuda"):
+        arkernels.block_sparse_attention(q.cuda(), k, v, M.causal(8, 8))
+
+
+@pytest.mark.skipif(_backends.triton_interpreted(), reason="under TRITON_INTERPRET=1 'auto' on CPU is triton")
+def test_auto_on_cpu_is_the_cpu_backend(rng):
+    q, k, v = _qkv(L=40, S=40)
+    mask = M.causal(40)
+    a = arkernels.block_sparse_attention(q, k, v, mask)
+    b = arkernels.block_sparse_attention(q, k, v, mask, backend="cpu")
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    if not HAS_CUDA:
+        with pytest.raises(ValueError, match=r"backend.*'triton' cannot run.*CUDA tensors"):
+            arkernels.block_sparse_attention(q, k, v, mask, backend="triton")
+
+
+@gpu
+def test_cpu_backend_on_cuda_raises():
+    q, k, v = (t.cuda() for t in _qkv())
+    with pytest.raises(ValueError, match=r"backend.*'cpu' cannot run.*CPU tensors.*cuda"):
+        arkernels.block_sparse_attention(q, k, v, M.causal(8), backend="cpu")
+
+
+def test_layout_at_another_tiling_raises():
+    if not (HAS_CUDA or _backends.triton_interpreted()):
+        pytest.skip("needs a backend that takes layouts (triton)")
+    device = "cuda" if HAS_CUDA else "cpu"
+    q, k, v = (t.to(device) for t in _qkv())
+    from arkernels.ops.block_sparse_attention import tiling
+
+    bq, bk = tiling(16, FP32, device)
+    lay = M.causal(8, 8).layout(bq * 2, bk, device)
+    with pytest.raises(ValueError, match=rf"mask.*tiling.*\({bq}, {bk}\).*\({2 * bq}, {bk}\)"):
+        arkernels.block_sparse_attention(q, k, v, lay, backend="triton")
+
+
+def empty_layout(L, S, block_q, block_k, device="cpu"):
+    """A TileLayout with no runs (Masks need L, S >= 1; layouts of empty sequences are built by hand)."""
+    z = lambda n: torch.zeros(n, dtype=torch.int32, device=device)  # noqa: E731
+    return M.TileLayout(L, S, block_q, block_k, z(-(-L // block_q) + 1), z((0, 4)), z(-(-S // block_k) + 1),
+                        z((0, 4)))
+
+
+def run_empty(backend, L, S, device="cpu"):
+    """L = 0 or S = 0: out 0, lse -inf, zero gradients."""
+    from arkernels.ops.block_sparse_attention import tiling
+
+    q = torch.randn(1, 2, L, 16, device=device, requires_grad=True)
+    k, v = (torch.randn(1, 2, S, 16, device=device, requires_grad=True) for _ in range(2))
+    lay = empty_layout(L, S, *tiling(16, FP32, device), device)
+    out, lse = arkernels.block_sparse_attention(q, k, v, lay, return_lse=True, backend=backend)
+    assert out.shape == (1, 2, L, 16) and (out == 0).all() and torch.isneginf(lse).all()
+    out.sum().backward()
+    for t in (q, k, v):
+        assert (t.grad == 0).all()
+
+
+@pytest.mark.parametrize("L,S", [(0, 20), (20, 0)], ids=["l0", "s0"])
+def test_empty_inputs_reference(L, S):
+    run_empty("reference", L, S)
+
+
+# ---- the Triton kernels compile for the GPU (no GPU needed: triton.compile for an sm_90a target) ----
+
+def _compile_for_sm90(kernel_name, D, dtype):
+    """triton.compile of one kernel at the GPU config of (D, dtype), every rule flag on (the largest
+    variant); returns its shared memory in bytes."""
+    import triton
+
+    from arkernels.testing.triton_compile import compile_for_sm90
+    from arkernels.triton_kernels import block_sparse_attention as tk
+
+    cfg = tk.config(D, dtype, "cuda")
+    block_d = max(16, triton.next_power_of_2(D))
+    consts = dict(HAS_RULE=True, HAS_WINDOW=True, HAS_DOC=True, HAS_GROUP=True, N_WORDS=-(-cfg["BLOCK_N"] // 32),
+                  BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_D=block_d, EVEN_D=block_d == D, PREC="tf32")
+    fn = getattr(tk, kernel_name)
+    if kernel_name.endswith("dq_kernel"):
+        consts["SUB_N"] = cfg["BWD_SUB_N"]
+    elif kernel_name.endswith("dkdv_kernel"):
+        consts["SUB_M"] = cfg["BWD_SUB_M"]
+    elif kernel_name.endswith("preprocess_kernel"):
+        consts = dict(HAS_DLSE=True, BLOCK_M=max(16, 4096 // block_d), BLOCK_D=block_d)
+    elem = {FP32: "*fp32", BF16: "*bf16", FP16: "*fp16"}[dtype]
+
+    def arg_type(name):
+        if name in consts:
+            return "constexpr"
+        if name in ("p_lse", "p_delta", "p_dlse"):
+            return "*fp32"
+        if name.startswith("p_"):
+            return "*i32" if name not in ("p_q", "p_k", "p_v", "p_o", "p_do", "p_dq", "p_dk", "p_dv") else elem
+        return "fp32" if name in ("qk_scale", "scale") else "i32"
+
+    stages = cfg["FWD_STAGES"] if "fwd" in kernel_name else cfg["BWD_STAGES"]
+    compiled = compile_for_sm90(fn, {name: arg_type(name) for name in fn.arg_names if name not in consts}, consts,
+                                num_warps=cfg["num_warps"], num_stages=stages)
+    return compiled.metadata.shared
+
+
+KERNELS = ["_block_sparse_attention_fwd_kernel", "_block_sparse_attention_bwd_preprocess_kernel",
+           "_block_sparse_attention_bwd_dkdv_kernel", "_block_sparse_attention_bwd_dq_kernel"]
+COMPILE_CASES = [pytest.param(128, BF16, id="d128-bf16"),
+                 pytest.param(64, FP16, id="d64-fp16", marks=pytest.mark.slow),
+                 pytest.param(256, BF16, id="d256-bf16", marks=pytest.mark.slow),
+                 pytest.param(128, FP32, id="d128-fp32", marks=pytest.mark.slow),
+                 pytest.param(80, BF16, id="d80-bf16", marks=pytest.mark.slow)]
+
+
+@pytest.mark.skipif(_backends.triton_interpreted(), reason="compiles for the GPU: run without TRITON_INTERPRET")
+@pytest.mark.parametrize("D,dtype", COMPILE_CASES)
+@pytest.mark.parametrize("kernel", KERNELS, ids=lambda k: k.split("_")[-2])
+def test_triton_kernels_compile_for_sm90(kernel, D, dtype):
+    """Catches GPU-only compile errors where CI has no GPU (the interpreter accepts more than the compiler);
+    the shared memory must fit an H100/H200 block (227 KB)."""
+    if not _backends.triton_available():
+        pytest.skip("triton is not installed")
+    assert _compile_for_sm90(kernel, D, dtype) <= 227 * 1024
+
+
+# ---- the Triton backend on the GPU ----
+
+GPU_CASES = {
+    # name: (mask, B, Hq, Hkv, L, S, D, dtype)
+    "var_680_bf16": ("var", 16, 16, 16, 680, 680, 64, BF16),
+    "scam_bf16_d128": ("scam_gpu", 2, 8, 8, 1024, 1024, 128, BF16),
+    "causal_fp16_gqa": ("causal", 2, 8, 2, 1000, 1000, 64, FP16),
+    "causal_d256_bf16": ("causal", 1, 4, 2, 700, 700, 256, BF16),
+    "causal_d128_fp32": ("causal", 1, 4, 4, 500, 500, 128, FP32),
+    "sliding_window_bf16": ("sliding_window", 2, 4, 2, 1100, 1100, 128, BF16),
+    "document_bf16_d96": ("document", 1, 4, 2, 900, 900, 96, BF16),
+    "tree_prefix_bf16": ("tree", 2, 8, 2, 64, 1064, 128, BF16),
+    "from_dense_fp16": ("from_dense", 1, 4, 4, 333, 517, 64, FP16),
+    "decode_l1_bf16": ("all", 4, 8, 2, 1, 2048, 128, BF16),
+}
+
+
+def _gpu_mask(name, L, S, rng):
+    if name == "var":
+        return M.block_causal(var_boundaries((1, 2, 3, 4, 5, 6, 8, 10, 13, 16)))
+    if name == "scam_gpu":
+        return M.skip_causal(4, L // 8)
+    return make_mask(name, L, S, rng)
+
+
+@gpu
+@pytest.mark.parametrize("name", list(GPU_CASES))
+def test_triton_cuda_matches_reference(name, rng):
+    mask_name, B, Hq, Hkv, L, S, D, dtype = GPU_CASES[name]
+    check("triton", mask_name, B=B, Hq=Hq, Hkv=Hkv, L=L, S=S, D=D, dtype=dtype, rng=rng, device="cuda",
+          mask=_gpu_mask(mask_name, L, S, rng))
+
+
+@gpu
+def test_triton_cuda_strided_and_auto(rng):
+    check("auto", "causal", B=2, Hq=4, Hkv=2, L=300, S=300, D=64, dtype=BF16, rng=rng, device="cuda", strided=True)
+
+
+@gpu
+def test_triton_cuda_backward_is_deterministic(rng):
+    """No atomics: two runs give bitwise equal gradients (GQA: dK/dV summed over the group in one program)."""
+    mask = make_mask("block_causal_var", 155, 155, rng)
+    q = torch.randn(2, 8, 155, 64, generator=rng).to("cuda", BF16)
+    k, v = (torch.randn(2, 2, 155, 64, generator=rng).to("cuda", BF16) for _ in range(2))
+    g = torch.randn(2, 8, 155, 64, generator=rng).to("cuda", BF16)
+    runs = []
+    for _ in range(2):
+        leaves = [t.clone().requires_grad_(True) for t in (q, k, v)]
+        runs.append(torch.autograd.grad(arkernels.block_sparse_attention(*leaves, mask), leaves, g))
+    for a, b in zip(*runs):
+        assert torch.equal(a, b)
+
+
+@gpu
+@pytest.mark.slow
+def test_triton_cuda_64bit_offsets():
+    """B * H * L * D > 2^31: the last head's last queries (sliding window) against the reference on a slice."""
+    B, H, L, D, w, n = 1, 128, 131072 + 128, 128, 128, 512
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    q, k, v = (inputs.normal_on_device((B, H, L, D), dtype=BF16, device="cuda", generator=gen) for _ in range(3))
+    assert q.numel() > 2**31
+    q.requires_grad_(True)
+    out = arkernels.block_sparse_attention(q, k, v, M.sliding_window(w, L))
+    g = torch.zeros_like(out)
+    g[:, -1:, -n:] = inputs.normal_on_device((B, 1, n, D), dtype=BF16, device="cuda", generator=gen)
+    (dq,) = torch.autograd.grad(out, (q,), g)
+    s0 = L - n - w + 1  # the keys the last n queries see
+    qs = q.detach()[:, -1:, -n:].double().requires_grad_(True)
+    r_out, _ = block_sparse_attention_ref(qs, k[:, -1:, s0:].double(), v[:, -1:, s0:].double(),
+                                          M.sliding_window(w, n, L - s0).to_dense())
+    (r_dq,) = torch.autograd.grad(r_out, (qs,), g[:, -1:, -n:].double())
+    assert_close_to_reference(out[:, -1:, -n:], r_out, rel_tol=REL_TOL[BF16], name="out")
+    assert_close_to_reference(dq[:, -1:, -n:], r_dq, rel_tol=2 * REL_TOL[BF16], name="dq")
+
+
+@gpu
+def test_triton_cuda_empty_mask(rng):
+    check("triton", "none", B=1, Hq=2, Hkv=1, L=130, S=70, D=64, dtype=BF16, rng=rng, device="cuda")
+
+
+@gpu
+def test_triton_cuda_torch_compile_fullgraph(rng):
+    _compile_check("triton", "cuda", rng)
+
+
+# Last: opcheck of the Triton op (a failing fake kernel can break the CUDA context).
+@gpu
+@pytest.mark.parametrize("dtype", [FP32, BF16], ids=["fp32", "bf16"])
+def test_opcheck_block_sparse_attention_triton_cuda(dtype, rng):
+    from arkernels.ops.block_sparse_attention import tiling
+
+    torch.library.opcheck(torch.ops.arkernels.block_sparse_attention_triton.default,
+                          _op_args(rng, "cuda", dtype, tiling(64, dtype, "cuda")))

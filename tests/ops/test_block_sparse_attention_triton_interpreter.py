@@ -1,0 +1,106 @@
+"""The Triton kernels of block_sparse_attention on the CPU, through the Triton interpreter (CI has no GPU).
+
+Run separately, with the variable set before triton is imported (scripts/run_tests.sh):
+    TRITON_INTERPRET=1 python -m pytest tests/ops/test_block_sparse_attention_triton_interpreter.py
+Tiny sizes only (the interpreter runs every program in numpy; its tiles are 32 x 16, so a few hundred
+tokens already cross many tiles of every kind), but every feature: each mask kind (FULL, RULE with
+window / groups / documents, BITS), edge tiles (L, S not multiples of the tiles), L != S, L = 1, empty
+rows and an empty mask, GQA, head dims 16, 40, 64, 128, 256, fp32 and bf16, strided k / v, the lse
+output and its gradient. Same contract as test_block_sparse_attention.py (whose `check` runs here):
+forward and every gradient against float64, outputs NaN-poisoned.
+"""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+if os.environ.get("TRITON_INTERPRET", "0") != "1":
+    pytest.skip("Triton interpreter tests: run with TRITON_INTERPRET=1 (set before triton is imported)",
+                allow_module_level=True)
+if torch.cuda.is_available():
+    pytest.skip("a GPU is present: the triton backend is tested on it (test_block_sparse_attention.py)",
+                allow_module_level=True)
+pytest.importorskip("triton")
+
+import arkernels  # noqa: E402
+from arkernels import _outputs  # noqa: E402
+from arkernels.ops.block_sparse_attention import tiling  # noqa: E402
+from test_block_sparse_attention import check, make_mask, run_empty  # noqa: E402
+
+FP32, BF16 = torch.float32, torch.bfloat16
+
+
+@pytest.fixture(autouse=True)
+def _poisoned_outputs():
+    with _outputs.poisoned_outputs():
+        yield
+
+
+CASES = {
+    # name: (mask, B, Hq, Hkv, L, S, D, dtype)
+    "causal": ("causal", 2, 2, 2, 100, 100, 16, FP32),
+    "causal_gqa_bf16_d64": ("causal", 1, 4, 2, 70, 70, 64, BF16),
+    "sliding_window": ("sliding_window", 1, 2, 1, 130, 130, 16, FP32),
+    "block_causal_var": ("block_causal_var", 1, 2, 2, 155, 155, 16, FP32),
+    "block_causal_var_bf16_d64": ("block_causal_var", 1, 2, 1, 155, 155, 64, BF16),
+    "scam_gqa": ("scam", 1, 4, 2, 120, 120, 32, FP32),
+    "document": ("document", 1, 2, 2, 100, 100, 16, FP32),
+    "tree_prefix": ("tree", 2, 4, 2, 23, 63, 16, FP32),
+    "tree_prefix_bf16_d64": ("tree", 1, 2, 1, 23, 63, 64, BF16),
+    "from_dense": ("from_dense", 1, 2, 1, 50, 83, 16, FP32),
+    "from_dense_bf16_d40": ("from_dense", 1, 2, 2, 50, 83, 40, BF16),
+    "l1": ("all", 2, 4, 2, 1, 77, 64, FP32),
+    "empty_mask": ("none", 1, 2, 1, 40, 30, 16, FP32),
+    "d128": ("causal", 1, 2, 1, 40, 40, 128, FP32),
+    "d256_bf16": ("sliding_window", 1, 2, 1, 40, 40, 256, BF16),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_triton_interpreted_matches_reference(name, rng):
+    mask, B, Hq, Hkv, L, S, D, dtype = CASES[name]
+    check("triton", mask, B=B, Hq=Hq, Hkv=Hkv, L=L, S=S, D=D, dtype=dtype, rng=rng)
+
+
+@pytest.mark.parametrize("mask", ["from_dense", "scam", "sliding_window"])
+def test_triton_interpreted_other_tiling(mask, monkeypatch, rng):
+    """Tiles 16 x 64 (the GPU's key tile: two bitmap words per row), the backward split into 16-row and
+    32-key sub-tiles: the kernels follow whatever tiling config() gives and the layout is built at it."""
+    from arkernels.triton_kernels import block_sparse_attention as tk
+
+    monkeypatch.setattr(tk, "config", lambda D, dtype, device: dict(
+        BLOCK_M=16, BLOCK_N=64, BWD_SUB_M=16, BWD_SUB_N=32, num_warps=4, FWD_STAGES=1, BWD_STAGES=1))
+    L = {"from_dense": 70, "scam": 120, "sliding_window": 150}[mask]
+    check("triton", mask, B=1, Hq=2, Hkv=1, L=L, S=L, D=16, dtype=FP32, rng=rng)
+
+
+def test_triton_interpreted_strided_kv_scale_no_lse(rng):
+    """k, v as slices of one projection (rows strided), an explicit scale, only out reaching the loss
+    (lse's gradient arrives as None)."""
+    check("triton", "causal", B=1, Hq=2, Hkv=1, L=50, S=50, D=32, dtype=FP32, rng=rng, strided=True, scale=0.3,
+          use_lse=False)
+
+
+def test_triton_interpreted_layout_passed_directly(rng):
+    """A TileLayout built at the kernels' tiling is accepted as the mask, with the same results."""
+    L, D = 60, 16
+    mask = make_mask("sliding_window", L, L, rng)
+    lay = mask.layout(*tiling(D, FP32, "cpu"), "cpu")
+    q, k, v = (torch.randn(1, 2, L, D, generator=rng) for _ in range(3))
+    a = arkernels.block_sparse_attention(q, k, v, mask, backend="triton")
+    b = arkernels.block_sparse_attention(q, k, v, lay, backend="triton")
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    c = arkernels.block_sparse_attention(q, k, v, mask, backend="auto")  # auto on CPU: the interpreter
+    torch.testing.assert_close(a, c, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("L,S", [(0, 20), (20, 0)], ids=["l0", "s0"])
+def test_triton_interpreted_empty(L, S):
+    run_empty("triton", L, S)
+
+
+# No opcheck / torch.compile here: under TRITON_INTERPRET=1, torch.library.wrap_triton returns the
+# interpreted kernel unchanged, so a triton_op cannot be traced with fake tensors in the interpreter.
+# Both run on the GPU (test_block_sparse_attention.py).

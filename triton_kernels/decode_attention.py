@@ -1,0 +1,169 @@
+"""Triton kernels of decode_attention: a few new queries per batch row against that row's KV cache
+(split-KV, FlashDecoding style).
+
+* ``_decode_attention_split_kernel``: one program per (batch row x kv head, key split, query tile). The
+  query tile holds the rows (g, i) of every q head g of the kv head's GQA group and every new query i
+  (G * Lq rows), so each K/V tile is read once for the whole group. It walks the split's keys up to the
+  row's length (seqlens[b], read on the device: no host sync), applies the optional mask over the newest
+  Lq keys, and keeps an online softmax in fp32 in the log2 domain. With one split it writes the output
+  and log-sum-exp directly; else a normalised partial output and its log2-sum-exp per split.
+* ``_decode_attention_combine_kernel``: one program per (batch row, q head, query): weights the splits by
+  their log-sum-exp. A query that sees no key gets out = 0, lse = -inf.
+
+Decoding is bound by reading the cache, so the splits are chosen to give every SM programs
+(``num_splits``): B * Hkv programs per split.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from arkernels._outputs import new_output
+from arkernels.triton_kernels._common import dot as _dot, low as _low, rnd as _rnd
+
+LOG2E = 1.4426950408889634
+LN2: tl.constexpr = tl.constexpr(0.6931471805599453)
+
+
+def config(D: int, device) -> dict:
+    if torch.device(device).type != "cuda":
+        return dict(BLOCK_N=16, num_warps=4)  # the interpreter: every program is a numpy loop
+    return dict(BLOCK_N=64 if D <= 128 else 32, num_warps=4)
+
+
+def num_splits(batch_heads: int, s_max: int, block_n: int, device) -> int:
+    """Key splits per (row, kv head): enough programs for two per SM, no split shorter than a key tile."""
+    dev = torch.device(device)
+    if dev.type != "cuda":
+        return 1
+    sms = torch.cuda.get_device_properties(dev).multi_processor_count
+    return max(1, min(triton.cdiv(s_max, block_n), triton.cdiv(2 * sms, max(batch_heads, 1)), 128))
+
+
+@triton.jit
+def _decode_attention_split_kernel(
+        Q, K, V, SEQLENS, NEW_MASK, OUT, LSE, O_PART, LSE_PART,
+        s_qb, s_qh, s_qi, s_kb, s_kh, s_ks, s_vb, s_vh, s_vs,
+        Hkv, Lq, S_MAX, D, G, split_len, num_splits, qk_scale,
+        HAS_MASK: tl.constexpr, DIRECT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+        BLOCK_D: tl.constexpr, PREC: tl.constexpr):
+    i_bh = tl.program_id(0)
+    i_split = tl.program_id(1)
+    i_m = tl.program_id(2)
+    b = i_bh // Hkv
+    hk = i_bh % Hkv
+    seqlen = tl.minimum(tl.load(SEQLENS + b).to(tl.int32), S_MAX)
+    rows = i_m * BLOCK_M + tl.arange(0, BLOCK_M)  # (g, i) flattened: g = rows // Lq, i = rows % Lq
+    m_row = rows < G * Lq
+    g = rows // Lq
+    qi = rows % Lq
+    hq = hk * G + g
+    offs_d = tl.arange(0, BLOCK_D)
+    m_d = offs_d < D
+    p_q = Q + b.to(tl.int64) * s_qb + hq[:, None].to(tl.int64) * s_qh + qi[:, None].to(tl.int64) * s_qi + offs_d[None, :]
+    b_q = tl.load(p_q, mask=m_row[:, None] & m_d[None, :], other=0.0)
+    p_k = K + b.to(tl.int64) * s_kb + hk.to(tl.int64) * s_kh
+    p_v = V + b.to(tl.int64) * s_vb + hk.to(tl.int64) * s_vh
+    new0 = seqlen - Lq  # first key of the new tokens
+
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    lo = i_split * split_len
+    hi = tl.minimum(lo + split_len, seqlen)
+    for start in range(lo, hi, BLOCK_N):
+        cols = start + tl.arange(0, BLOCK_N)
+        m_col = cols < hi
+        b_k = tl.load(p_k + cols[:, None].to(tl.int64) * s_ks + offs_d[None, :], mask=m_col[:, None] & m_d[None, :],
+                      other=0.0)
+        s = _dot(b_q, tl.trans(b_k), PREC) * qk_scale
+        vis = m_row[:, None] & m_col[None, :]
+        if HAS_MASK:
+            c = cols - new0
+            is_new = c >= 0
+            b_m = tl.load(NEW_MASK + qi[:, None] * Lq + c[None, :], mask=vis & is_new[None, :], other=1)
+            vis = vis & (b_m != 0)
+        s = tl.where(vis, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with no visible key yet: exp2(-inf) = 0
+        p = tl.math.exp2(s - m_use[:, None])
+        alpha = tl.math.exp2(m_i - m_use)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        b_v = tl.load(p_v + cols[:, None].to(tl.int64) * s_vs + offs_d[None, :], mask=m_col[:, None] & m_d[None, :],
+                      other=0.0)
+        acc = acc * alpha[:, None] + _dot(_low(p, b_v.dtype), b_v, PREC)
+        m_i = m_new
+
+    seen = l_i > 0
+    o = acc / tl.where(seen, l_i, 1.0)[:, None]
+    lse2 = tl.where(seen, m_i + tl.math.log2(tl.where(seen, l_i, 1.0)), float("-inf"))
+    row_id = (b * Hkv * G + hq).to(tl.int64) * Lq + qi  # index of (b, hq, i) in (B, Hq, Lq)
+    if DIRECT:
+        tl.store(OUT + row_id[:, None] * D + offs_d[None, :], _rnd(o, OUT.dtype.element_ty),
+                 mask=m_row[:, None] & m_d[None, :])
+        tl.store(LSE + row_id, lse2 * LN2, mask=m_row)
+    else:
+        part = row_id * num_splits + i_split
+        tl.store(O_PART + part[:, None] * D + offs_d[None, :], o, mask=m_row[:, None] & m_d[None, :])
+        tl.store(LSE_PART + part, lse2, mask=m_row)
+
+
+@triton.jit
+def _decode_attention_combine_kernel(OUT, LSE, O_PART, LSE_PART, D, num_splits,
+                                     BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)  # (b, hq, i) flattened
+    offs_s = tl.arange(0, BLOCK_S)
+    offs_d = tl.arange(0, BLOCK_D)
+    m_s = offs_s < num_splits
+    lse2 = tl.load(LSE_PART + row * num_splits + offs_s, mask=m_s, other=float("-inf"))
+    m = tl.max(lse2, 0)
+    m_use = tl.where(m == float("-inf"), 0.0, m)
+    w = tl.math.exp2(lse2 - m_use)  # 0 for empty splits
+    total = tl.sum(w, 0)
+    o = tl.load(O_PART + (row * num_splits + offs_s)[:, None] * D + offs_d[None, :],
+                mask=m_s[:, None] & (offs_d[None, :] < D), other=0.0)
+    out = tl.sum(o * w[:, None], 0) / tl.where(total > 0, total, 1.0)
+    tl.store(OUT + row * D + offs_d, _rnd(out, OUT.dtype.element_ty), mask=offs_d < D)
+    tl.store(LSE + row, tl.where(total > 0, (m_use + tl.math.log2(tl.where(total > 0, total, 1.0))) * LN2,
+                                 float("-inf")))
+
+
+
+def decode_attention_fwd(q, k_cache, v_cache, seqlens, new_mask, scale: float, splits: int | None = None):
+    """(out (B, Hq, Lq, D) in q's dtype, lse (B, Hq, Lq) float32). q, k_cache, v_cache with a unit last
+    stride; seqlens (B,) int32/int64 on q's device; new_mask None or (Lq, Lq) contiguous int8."""
+    B, Hq, Lq, D = q.shape
+    Hkv, S_max = k_cache.shape[1], k_cache.shape[2]
+    G = Hq // Hkv
+    cfg = config(D, q.device)
+    block_n = cfg["BLOCK_N"]
+    if splits is None:
+        splits = num_splits(B * Hkv, S_max, block_n, q.device)
+    split_len = triton.cdiv(triton.cdiv(max(S_max, 1), splits), block_n) * block_n
+    splits = max(1, triton.cdiv(max(S_max, 1), split_len))
+    out = new_output((B, Hq, Lq, D), dtype=q.dtype, device=q.device)
+    lse = new_output((B, Hq, Lq), dtype=torch.float32, device=q.device)
+    if out.numel() == 0 or lse.numel() == 0:
+        lse.fill_(float("-inf"))
+        return out.zero_(), lse
+    rows = G * Lq
+    block_m = min(64, max(16, triton.next_power_of_2(rows)))
+    block_d = max(16, triton.next_power_of_2(D))
+    direct = splits == 1
+    o_part = out if direct else torch.empty((B, Hq, Lq, splits, D), dtype=torch.float32, device=q.device)
+    lse_part = lse if direct else torch.empty((B, Hq, Lq, splits), dtype=torch.float32, device=q.device)
+    prec = "ieee" if q.dtype == torch.float32 else "tf32"
+    grid = (B * Hkv, splits, triton.cdiv(rows, block_m))
+    torch.library.wrap_triton(_decode_attention_split_kernel)[grid](
+        q, k_cache, v_cache, seqlens, new_mask if new_mask is not None else seqlens, out, lse, o_part, lse_part,
+        q.stride(0), q.stride(1), q.stride(2), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
+        Hkv, Lq, S_max, D, G, split_len, splits, scale * LOG2E,
+        HAS_MASK=new_mask is not None, DIRECT=direct, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d,
+        PREC=prec, num_warps=cfg["num_warps"])
+    if not direct:
+        torch.library.wrap_triton(_decode_attention_combine_kernel)[(B * Hq * Lq,)](
+            out, lse, o_part, lse_part, D, splits, BLOCK_S=triton.next_power_of_2(splits), BLOCK_D=block_d,
+            num_warps=1 if block_d <= 64 else 2)
+    return out, lse
