@@ -34,6 +34,8 @@ OPS = [
     "bench.ops.bench_selective_state_update",
     "bench.ops.bench_ssd_chunk_scan",
     "bench.ops.bench_mamba_lm",
+    "bench.ops.bench_block_sparse_attention",
+    "bench.ops.bench_decode_attention",
 ]
 
 DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16", torch.float64: "fp64"}

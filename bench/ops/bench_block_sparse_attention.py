@@ -1,7 +1,7 @@
 """Benchmark of arkernels.block_sparse_attention against FlexAttention (compiled, same mask) and SDPA.
 
-NOT registered in bench/registry.py OPS yet: add "bench.ops.bench_block_sparse_attention" there after a
-first GPU run has checked it (written without a GPU).
+Registered in bench/registry.py before its first GPU run (written without a GPU: its CPU cases ran; the
+GPU cases are unchecked).
 
 Providers:
 * ``arkernels-triton``: the op with the mask (a Mask; its layout is built once, outside the timing).

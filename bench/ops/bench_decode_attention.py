@@ -1,7 +1,7 @@
 """Benchmark of arkernels.decode_attention (new queries against per-row KV caches of different lengths).
 
-NOT registered in bench/registry.py OPS yet: add "bench.ops.bench_decode_attention" there after a first
-GPU run has checked it (written without a GPU).
+Registered in bench/registry.py before its first GPU run (written without a GPU: its CPU cases ran; the GPU
+cases are unchecked).
 
 Providers:
 * ``arkernels-triton``: the op (split-KV Triton kernels).
