@@ -17,12 +17,17 @@ import torch.nn.functional as F
 def attend(q, k, v, impl: str, mask, dense_mask):
     """q (B, H, L, Dh), k, v (B, H, S, Dh) -> (B, H, L, Dh) where the mask allows. `mask` is the
     arkernels.masks.Mask of the fast impl, `dense_mask` a callable giving the (L, S) bool tensor for the
-    reference impl (built only when that impl runs)."""
+    reference impl (built only when that impl runs). Both None: every query sees every key, as in a cached
+    step (VAR's next scale, an ACDiT block against its cache): the fast impl then runs decode_attention
+    (split-KV over the cache, no mask object, no layout)."""
     if impl == "fast":
         import arkernels
 
+        if mask is None:
+            seqlens = torch.full((q.shape[0],), k.shape[2], dtype=torch.int32, device=q.device)
+            return arkernels.decode_attention(q, k, v, seqlens)
         return arkernels.block_sparse_attention(q, k, v, mask)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=dense_mask().to(q.device))
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=None if dense_mask is None else dense_mask().to(q.device))
 
 
 class AdaLN(nn.Module):

@@ -89,18 +89,9 @@ class ACDiTStack(nn.Module):
         return [{} for _ in self.blocks]
 
     def _run(self, x, cond, caches, keep: bool):
-        bs = x.shape[1]
-        cached = caches[0]["k"].shape[2] if "k" in caches[0] else 0
-        S = cached + bs
-        mask = None
-        if self.impl == "fast":
-            from arkernels import masks
-
-            mask = masks.full(bs, S)
-        dense = lambda: torch.ones(bs, S, dtype=torch.bool)  # noqa: E731
-        for blk, cache in zip(self.blocks, caches):
+        for blk, cache in zip(self.blocks, caches):  # the cached clean blocks and this block: all visible
             step_cache = cache if keep else dict(cache)  # a noisy block's keys/values are not kept
-            x = blk(x, cond, self.impl, mask, dense, cache=step_cache)
+            x = blk(x, cond, self.impl, None, None, cache=step_cache)
         return x
 
     @torch.no_grad()

@@ -17,7 +17,7 @@ conditioning differently; the attention pattern, which is what this library acce
 
 Teacher-forced training runs all 680 tokens in one pass under masks.block_causal(scale boundaries);
 generation runs scale by scale with a KV cache: each scale's queries see every cached key and their own
-scale's, so no mask is needed beyond the lengths. `cached_logits` runs the generation path on given
+scale's, so no mask is needed (the fast impl runs arkernels.decode_attention there). `cached_logits` runs the generation path on given
 tokens: its logits equal the teacher-forced ones (tests/models/test_attention_models.py).
 """
 from __future__ import annotations
@@ -144,16 +144,8 @@ class VARTransformer(nn.Module):
 
     def _step(self, labels, prev_tokens, s: int, caches, cond):
         x = self._scale_inputs(labels, prev_tokens, s)
-        L = x.shape[1]
-        S = self.config.boundaries[s + 1]  # cached scales plus this one: all visible
-        mask = None
-        if self.impl == "fast":
-            from arkernels import masks
-
-            mask = masks.full(L, S)
-        dense = lambda: torch.ones(L, S, dtype=torch.bool)  # noqa: E731
-        for blk, cache in zip(self.blocks, caches):
-            x = blk(x, cond, self.impl, mask, dense, cache=cache)
+        for blk, cache in zip(self.blocks, caches):  # cached scales plus this one: all visible, no mask
+            x = blk(x, cond, self.impl, None, None, cache=cache)
         return self._logits(x, cond)
 
     @torch.no_grad()
