@@ -403,6 +403,23 @@ def test_empty_inputs_reference(L, S):
     run_empty("reference", L, S)
 
 
+def test_hand_built_layout_is_validated_once(rng):
+    """The kernels trust a layout's indices: a hand-built one that names a RULE run without a rule (or a run
+    past the tiles) is refused before anything runs, and a valid one is checked only on its first use."""
+    from arkernels import masks as M
+
+    q, k, v = (torch.randn(1, 2, 40, 16, generator=rng) for _ in range(3))
+    good = M.causal(40).layout(16, 16)  # RULE runs on the diagonal tiles
+    bad = M.TileLayout(good.L, good.S, good.block_q, good.block_k, good.q_run_ptr, good.q_runs, good.k_run_ptr,
+                       good.k_runs, None)  # RULE runs, no rule
+    with pytest.raises(ValueError, match="rule"):
+        arkernels.block_sparse_attention(q, k, v, bad, backend="cpu")
+    hand = M.TileLayout(good.L, good.S, good.block_q, good.block_k, good.q_run_ptr, good.q_runs, good.k_run_ptr,
+                        good.k_runs, good.rule)
+    arkernels.block_sparse_attention(q, k, v, hand, backend="cpu")
+    assert hand.stats.get("validated") is True
+
+
 # ---- the Triton kernels compile for the GPU (no GPU needed: triton.compile for an sm_90a target) ----
 
 def _compile_for_sm90(kernel_name, D, dtype):

@@ -108,6 +108,11 @@ def _choose_backend(backend: str, device: torch.device) -> str:
 def _layout(mask, block_q: int, block_k: int, device: torch.device, any_tiling: bool = False) -> TileLayout:
     if isinstance(mask, TileLayout):
         lay = mask
+        # The kernels trust a layout's indices (checking them per call would need device syncs): a layout
+        # built by hand is validated once, eagerly (ValueError), and marked; Mask.layout()'s are built valid.
+        if not lay.stats.get("validated") and not torch.compiler.is_compiling():
+            lay.validate()
+            lay.stats["validated"] = True
         if not any_tiling and (lay.block_q, lay.block_k) != (block_q, block_k):
             raise ValueError(f"mask: expected a TileLayout at the kernel's tiling (block_q, block_k) = "
                              f"({block_q}, {block_k}) (see block_sparse_attention.tiling), got "
