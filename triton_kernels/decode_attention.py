@@ -15,6 +15,8 @@ Decoding is bound by reading the cache, so the splits are chosen to give every S
 """
 from __future__ import annotations
 
+import warnings
+
 import torch
 import triton
 import triton.language as tl
@@ -22,14 +24,23 @@ import triton.language as tl
 from arkernels._outputs import new_output
 from arkernels.triton_kernels._common import dot as _dot, low as _low, rnd as _rnd
 
+# Triton 3.8 marks tl.make_block_ptr deprecated in favour of TMA descriptors, which need 16-byte aligned
+# strides that a slice of a larger cache need not have; it is still supported.
+warnings.filterwarnings("ignore", message="tl.make_block_ptr is deprecated")
+
 LOG2E = 1.4426950408889634
 LN2: tl.constexpr = tl.constexpr(0.6931471805599453)
 
 
 def config(D: int, device) -> dict:
+    """Tiles and warps. GPU values chosen without a GPU, from ptxas -v of the sm_90a compiles (mask on, the
+    worst case): the largest tiles that do not spill (16 query rows: 215 registers at D 64 / BLOCK_N 64,
+    213 at D 128 / 32, 182 at D 256 / 32 with 8 warps; 32 rows or wider key tiles spill). Not timed yet."""
     if torch.device(device).type != "cuda":
-        return dict(BLOCK_N=16, num_warps=4)  # the interpreter: every program is a numpy loop
-    return dict(BLOCK_N=64 if D <= 128 else 32, num_warps=4)
+        return dict(BLOCK_M=16, BLOCK_N=16, num_warps=4)  # the interpreter: every program is a numpy loop
+    if D <= 64:
+        return dict(BLOCK_M=16, BLOCK_N=64, num_warps=4)
+    return dict(BLOCK_M=16, BLOCK_N=32, num_warps=4 if D <= 128 else 8)
 
 
 def num_splits(batch_heads: int, s_max: int, block_n: int, device) -> int:
@@ -39,6 +50,30 @@ def num_splits(batch_heads: int, s_max: int, block_n: int, device) -> int:
         return 1
     sms = torch.cuda.get_device_properties(dev).multi_processor_count
     return max(1, min(triton.cdiv(s_max, block_n), triton.cdiv(2 * sms, max(batch_heads, 1)), 128))
+
+
+@triton.jit
+def _attend_tile(acc, m_i, l_i, b_q, bp_k, bp_v, start, hi, new0, Lq, qi, m_row, NEW_MASK, qk_scale,
+                 BOUNDED: tl.constexpr, MASKED: tl.constexpr, BLOCK_N: tl.constexpr, PREC: tl.constexpr):
+    """One key tile of the online softmax (log2 domain). BOUNDED: keys past `hi` are cut; MASKED: the new
+    keys (from new0 on) are tested against the (Lq, Lq) mask."""
+    b_k = tl.load(bp_k, boundary_check=(0, 1), padding_option="zero")
+    s = _dot(b_q, tl.trans(b_k), PREC) * qk_scale
+    if BOUNDED:
+        cols = start + tl.arange(0, BLOCK_N)
+        vis = m_row[:, None] & (cols < hi)[None, :]
+        if MASKED:
+            c = cols - new0
+            b_m = tl.load(NEW_MASK + qi[:, None] * Lq + c[None, :], mask=vis & (c >= 0)[None, :], other=1)
+            vis = vis & (b_m != 0)
+        s = tl.where(vis, s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    m_use = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with no visible key yet: exp2(-inf) = 0
+    p = tl.math.exp2(s - m_use[:, None])
+    alpha = tl.math.exp2(m_i - m_use)
+    b_v = tl.load(bp_v, boundary_check=(0, 1), padding_option="zero")
+    acc = acc * alpha[:, None] + _dot(_low(p, b_v.dtype), b_v, PREC)
+    return acc, m_new, l_i * alpha + tl.sum(p, 1)
 
 
 @triton.jit
@@ -63,37 +98,35 @@ def _decode_attention_split_kernel(
     m_d = offs_d < D
     p_q = Q + b.to(tl.int64) * s_qb + hq[:, None].to(tl.int64) * s_qh + qi[:, None].to(tl.int64) * s_qi + offs_d[None, :]
     b_q = tl.load(p_q, mask=m_row[:, None] & m_d[None, :], other=0.0)
-    p_k = K + b.to(tl.int64) * s_kb + hk.to(tl.int64) * s_kh
-    p_v = V + b.to(tl.int64) * s_vb + hk.to(tl.int64) * s_vh
+    # K and V tiles through block pointers: per-element 64-bit pointer tensors took ~250 registers and
+    # spilled at D 128 (ptxas -v of the sm_90a compile); keys past S_MAX read as zero.
+    lo = i_split * split_len
+    hi = tl.minimum(lo + split_len, seqlen)
+    bp_k = tl.make_block_ptr(base=K + b.to(tl.int64) * s_kb + hk.to(tl.int64) * s_kh, shape=(S_MAX, D),
+                             strides=(s_ks, 1), offsets=(lo, 0), block_shape=(BLOCK_N, BLOCK_D), order=(1, 0))
+    bp_v = tl.make_block_ptr(base=V + b.to(tl.int64) * s_vb + hk.to(tl.int64) * s_vh, shape=(S_MAX, D),
+                             strides=(s_vs, 1), offsets=(lo, 0), block_shape=(BLOCK_N, BLOCK_D), order=(1, 0))
     new0 = seqlen - Lq  # first key of the new tokens
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-    lo = i_split * split_len
-    hi = tl.minimum(lo + split_len, seqlen)
-    for start in range(lo, hi, BLOCK_N):
-        cols = start + tl.arange(0, BLOCK_N)
-        m_col = cols < hi
-        b_k = tl.load(p_k + cols[:, None].to(tl.int64) * s_ks + offs_d[None, :], mask=m_col[:, None] & m_d[None, :],
-                      other=0.0)
-        s = _dot(b_q, tl.trans(b_k), PREC) * qk_scale
-        vis = m_row[:, None] & m_col[None, :]
-        if HAS_MASK:
-            c = cols - new0
-            is_new = c >= 0
-            b_m = tl.load(NEW_MASK + qi[:, None] * Lq + c[None, :], mask=vis & is_new[None, :], other=1)
-            vis = vis & (b_m != 0)
-        s = tl.where(vis, s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with no visible key yet: exp2(-inf) = 0
-        p = tl.math.exp2(s - m_use[:, None])
-        alpha = tl.math.exp2(m_i - m_use)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        b_v = tl.load(p_v + cols[:, None].to(tl.int64) * s_vs + offs_d[None, :], mask=m_col[:, None] & m_d[None, :],
-                      other=0.0)
-        acc = acc * alpha[:, None] + _dot(_low(p, b_v.dtype), b_v, PREC)
-        m_i = m_new
+    # Whole key tiles before the new tokens' keys (most of a long cache): no mask, no column bound. The
+    # mask's gather costs ~70 registers (ptxas), so it is compiled only into the second loop's tiles.
+    if HAS_MASK:
+        plain_end = lo + tl.maximum(tl.minimum(hi, new0) - lo, 0) // BLOCK_N * BLOCK_N
+    else:
+        plain_end = lo + tl.maximum(hi - lo, 0) // BLOCK_N * BLOCK_N
+    for start in range(lo, plain_end, BLOCK_N):
+        acc, m_i, l_i = _attend_tile(acc, m_i, l_i, b_q, bp_k, bp_v, start, hi, new0, Lq, qi, m_row, NEW_MASK,
+                                     qk_scale, False, False, BLOCK_N, PREC)
+        bp_k = tl.advance(bp_k, (BLOCK_N, 0))
+        bp_v = tl.advance(bp_v, (BLOCK_N, 0))
+    for start in range(plain_end, hi, BLOCK_N):  # the last partial tile, and the tiles of the new keys
+        acc, m_i, l_i = _attend_tile(acc, m_i, l_i, b_q, bp_k, bp_v, start, hi, new0, Lq, qi, m_row, NEW_MASK,
+                                     qk_scale, True, HAS_MASK, BLOCK_N, PREC)
+        bp_k = tl.advance(bp_k, (BLOCK_N, 0))
+        bp_v = tl.advance(bp_v, (BLOCK_N, 0))
 
     seen = l_i > 0
     o = acc / tl.where(seen, l_i, 1.0)[:, None]
@@ -148,7 +181,7 @@ def decode_attention_fwd(q, k_cache, v_cache, seqlens, new_mask, scale: float, s
         lse.fill_(float("-inf"))
         return out.zero_(), lse
     rows = G * Lq
-    block_m = min(64, max(16, triton.next_power_of_2(rows)))
+    block_m = cfg["BLOCK_M"]
     block_d = max(16, triton.next_power_of_2(D))
     direct = splits == 1
     o_part = out if direct else torch.empty((B, Hq, Lq, splits, D), dtype=torch.float32, device=q.device)

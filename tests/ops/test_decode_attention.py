@@ -211,7 +211,7 @@ def test_triton_kernels_compile_for_sm90(D, dtype, has_mask):
     types = {n: pointers.get(n, "fp32" if n == "qk_scale" else "i32") for n in tk._decode_attention_split_kernel.arg_names}
     for direct in (True, False):
         compiled = compile_for_sm90(tk._decode_attention_split_kernel, types, dict(
-            HAS_MASK=has_mask, DIRECT=direct, BLOCK_M=64, BLOCK_N=cfg["BLOCK_N"], BLOCK_D=block_d,
+            HAS_MASK=has_mask, DIRECT=direct, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_D=block_d,
             PREC="ieee" if dtype == FP32 else "tf32"), num_warps=cfg["num_warps"])
         assert compiled.metadata.shared <= 227 * 1024
     combine = tk._decode_attention_combine_kernel
