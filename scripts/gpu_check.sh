@@ -9,7 +9,8 @@
 #   sweep bench (default: all but sweep), mamba-src (mamba-ssm's sources on PYTHONPATH, unbuilt: its Triton
 #   ops only), ssdsweep (scripts/ssd_chunk_scan_sweep.py $SSD_SWEEP_ARGS), ssutime (scripts/ssu_timing.py),
 #   kit (runs the carried device kit), lmprof (profile of a Mamba LM
-#   training step, scripts/profile_mamba_lm.py), host (scripts/host_overhead.py cuda), mamba-peer (starts building mamba-ssm's CUDA scan in the
+#   training step, scripts/profile_mamba_lm.py), host (scripts/host_overhead.py cuda),
+#   bsasweep (scripts/block_sparse_attention_sweep.py $BSA_SWEEP_ARGS), mamba-peer (starts building mamba-ssm's CUDA scan in the
 #   background: later stages that need it wait), sscan (selective_scan quick timing vs that peer)
 # Peers: wheels in .whl/ (e.g. accelerated-scan) are installed to /tmp/peers first; mamba-ssm's sdist
 # and the build script (../shared/peers/build_mamba_scan.py) are expected in .whl/ too.
@@ -106,6 +107,11 @@ for stage in $stages; do
       [ -n "${peer_pid:-}" ] && wait "$peer_pid"
       timeout ${LMPROF_TIMEOUT:-240} "$py" scripts/profile_mamba_lm.py ${LMPROF_ARGS:-} >"$LOG/lmprof.log" 2>&1
       note "lmprof: rc=$?"; grep -v Warning "$LOG/lmprof.log" | tail -60 >>"$summary" ;;
+    bsasweep)
+      # block_sparse_attention launch configurations per case, with flex and SDPA ($BSA_SWEEP_ARGS).
+      timeout ${SWEEP_TIMEOUT:-420} "$py" scripts/block_sparse_attention_sweep.py ${BSA_SWEEP_ARGS:---peers} \
+        >"$LOG/bsasweep.log" 2>&1
+      note "bsasweep: rc=$?"; grep -v Warning "$LOG/bsasweep.log" >>"$summary" ;;
     host)
       # Host time per call of the decode steps and linear_scan (public function vs torch op).
       timeout 180 "$py" scripts/host_overhead.py cuda >"$LOG/host.log" 2>&1

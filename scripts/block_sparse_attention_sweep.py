@@ -1,0 +1,86 @@
+"""Launch-configuration sweep of block_sparse_attention's Triton kernels on the GPU machine, at the benchmark's
+cases (bench/ops/bench_block_sparse_attention.py: VAR, SCAM, causal, sliding window; bf16), with FlexAttention
+and SDPA timed in the same run, each variant checked against the float64 oracle of the benchmark first (a
+broken variant is reported, never timed as a winner).
+
+    python scripts/block_sparse_attention_sweep.py [case ...] [--modes fwd,fwd+bwd] [--peers]
+
+case: var, scam, causal, sliding_window (default: all). Variants replace triton_kernels.block_sparse_attention's
+config() for the head dim of the case (the op builds the mask's layout at each variant's tiling); the list
+below starts with the current default. SWEEP_DEVICE=cpu with TRITON_INTERPRET=1: a smoke run at the benchmark's
+CPU cases (tiny tiles only)."""
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root: bench/
+
+import torch
+
+from arkernels.triton_kernels import block_sparse_attention as tk
+from bench.ops import bench_block_sparse_attention as bench
+from bench.timing import time_ms
+
+dev = torch.device(os.environ.get("SWEEP_DEVICE", "cuda"))
+DEFAULT_CONFIG = tk.config
+
+
+def variants(D: int, dtype) -> list[tuple[str, dict]]:
+    base = DEFAULT_CONFIG(D, dtype, dev)
+    if dev.type != "cuda":
+        return [("default", base), ("16x16", dict(base, BLOCK_M=16, BLOCK_N=16))]
+    out = [("default", base)]
+    for bm, bn, w, fs in [(128, 64, 8, 3), (128, 64, 4, 3), (128, 128, 8, 2), (64, 64, 4, 3), (64, 32, 4, 3),
+                          (128, 32, 4, 3), (64, 128, 4, 2)]:
+        if D > 128 and bm * bn > 64 * 64:
+            continue
+        cfg = dict(base, BLOCK_M=bm, BLOCK_N=bn, num_warps=w, FWD_STAGES=fs,
+                   BWD_SUB_M=min(base["BWD_SUB_M"], bm), BWD_SUB_N=min(base["BWD_SUB_N"], bn))
+        if (bm, bn, w, fs) != (base["BLOCK_M"], base["BLOCK_N"], base["num_warps"], base["FWD_STAGES"]):
+            out.append((f"{bm}x{bn} w{w} s{fs}", cfg))
+    return out
+
+
+def run_case(case, peers: bool):
+    sets = [bench._make_inputs(case)]
+    oracle = bench._oracle(case, sets[0])
+    B, H, L, D = case.shape
+    label = f"{case.params['name']} {case.mode} {case.shape}"
+    for name, cfg in variants(D, case.dtype):
+        tk.config = lambda D_, dtype_, device_, cfg=cfg: cfg  # noqa: E731
+        try:
+            fn = bench._provider_fn("arkernels-triton", case)
+            err = bench._check("arkernels-triton", fn, sets[0], oracle)
+            ok = err <= 2 * 1e-2
+            t = time_ms(bench._call(fn, sets[0]), case.device) if ok else float("nan")
+            tflops = case.flops / (t * 1e-3) / 1e12 if ok else float("nan")
+            print(f"{label:44s} {name:18s} {t:8.4f} ms {tflops:7.1f} TFLOP/s  err {err:.1e}"
+                  f"{'' if ok else '  WRONG'}", flush=True)
+        except Exception as e:  # noqa: BLE001  (a variant that does not compile or launch: report, go on)
+            print(f"{label:44s} {name:18s} failed: {type(e).__name__}: {str(e)[:160]}", flush=True)
+        finally:
+            tk.config = DEFAULT_CONFIG
+    if peers:
+        for peer in ("flex", "sdpa"):
+            try:
+                fn = bench._provider_fn(peer, case)
+                t = time_ms(bench._call(fn, sets[0]), case.device)
+                print(f"{label:44s} {peer:18s} {t:8.4f} ms {case.flops / (t * 1e-3) / 1e12:7.1f} TFLOP/s", flush=True)
+            except Exception as e:  # noqa: BLE001
+                print(f"{label:44s} {peer:18s} failed: {type(e).__name__}: {str(e)[:160]}", flush=True)
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("cases", nargs="*")
+    p.add_argument("--modes", default="fwd,fwd+bwd")
+    p.add_argument("--peers", action="store_true", help="also time flex and sdpa on each case")
+    args = p.parse_args()
+    modes = args.modes.split(",")
+    for case in bench.cases(dev, quick=False):
+        if case.mode in modes and (not args.cases or case.params["name"] in args.cases):
+            run_case(case, args.peers)
+
+
+if __name__ == "__main__":
+    main()
