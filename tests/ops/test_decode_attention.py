@@ -26,24 +26,22 @@ def _poisoned_outputs():
 
 
 def oracle(q, k, v, seqlens, new_mask, scale):
-    """float64, one (row, head, query) at a time."""
+    """float64, one (row, head) at a time: softmax of each query over its visible keys."""
     B, Hq, Lq, D = q.shape
     G = Hq // k.shape[1]
     out = torch.zeros(B, Hq, Lq, D, dtype=torch.float64)
     lse = torch.full((B, Hq, Lq), float("-inf"), dtype=torch.float64)
     for b in range(B):
         n = int(seqlens[b])
+        vis = torch.ones(Lq, n, dtype=torch.bool)  # older keys: every query; the newest Lq: new_mask
+        if new_mask is not None:
+            vis[:, n - Lq:] = new_mask
+        seen = vis.any(1)
         for h in range(Hq):
             kk, vv = k[b, h // G, :n].double(), v[b, h // G, :n].double()
-            for i in range(Lq):
-                vis = torch.ones(n, dtype=torch.bool)
-                if new_mask is not None:
-                    vis[n - Lq:] = new_mask[i]
-                if not vis.any():
-                    continue
-                s = (kk[vis] @ q[b, h, i].double()) * scale
-                lse[b, h, i] = torch.logsumexp(s, 0)
-                out[b, h, i] = torch.softmax(s, 0) @ vv[vis]
+            s = (q[b, h].double() @ kk.T * scale).masked_fill(~vis, float("-inf"))[seen]
+            lse[b, h, seen] = torch.logsumexp(s, 1)
+            out[b, h, seen] = torch.softmax(s, 1) @ vv
     return out, lse
 
 
