@@ -382,6 +382,47 @@ def test_flex_attention_uses_the_mask():
     assert torch.allclose(out, ref, atol=1e-5, rtol=1e-5)
 
 
+def _tensors_of(obj, seen=None):
+    """Every tensor a mask holds, nested masks and rules included."""
+    from dataclasses import fields, is_dataclass
+
+    out = []
+    items = ([getattr(obj, f.name) for f in fields(obj)] if is_dataclass(obj) else
+             [v for n, v in vars(obj).items() if n != "_layouts"])
+    for v in items:
+        if isinstance(v, torch.Tensor):
+            out.append(v)
+        elif isinstance(v, masks.Mask) or is_dataclass(v):
+            out += _tensors_of(v)
+    return out
+
+
+@pytest.mark.parametrize("make", [
+    lambda: masks.causal(37), lambda: masks.skip_causal(3, 5),
+    lambda: masks.document([0, 10, 30], masks.sliding_window(4, 30)),
+    lambda: masks.tree([-1, 0, 0, 1], prefix=5),
+    lambda: masks.and_(masks.causal(20), masks.from_dense(torch.rand(20, 20) < 0.5)),
+], ids=["causal", "scam", "document_window", "tree", "and_dense"])
+def test_on_moves_every_tensor(make):
+    """mask.on(device) for a mask_mod evaluated on that device (FlexAttention on the GPU)."""
+    m = make()
+    moved = m.on("meta")
+    held = _tensors_of(moved)
+    assert held and all(t.device.type == "meta" for t in held)
+    assert all(t.device.type == "cpu" for t in _tensors_of(m))  # the original is untouched
+    assert torch.equal(m.on("cpu").to_dense(), m.to_dense())
+
+
+@pytest.mark.gpu
+def test_flex_attention_compiled_on_cuda_uses_the_mask():
+    m = masks.document([0, 300, 301, 700, 1000], masks.causal(1000))
+    q, k, v = (torch.randn(1, 2, 1000, 64, device="cuda") for _ in range(3))
+    flex_compiled = torch.compile(flex.flex_attention)
+    out = flex_compiled(q, k, v, block_mask=masks.to_flex_block_mask(m, 128, "cuda"))
+    ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=m.to_dense().cuda())
+    assert torch.allclose(out, ref, atol=2e-3, rtol=2e-3)
+
+
 def ref_level_rule(ql, kl, window=None, qg=None, kg=None, qd=None, kd=None):
     """layout.py's definition, element by element."""
     def ok(q, k):

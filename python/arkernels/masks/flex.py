@@ -70,7 +70,8 @@ def to_flex_block_mask(mask: Mask, block_size=128, device=None):
     full_num, full_idx = _block_lists(ti[full], tj[full], nq, nk)
     move = (lambda t: t) if device is None else (lambda t: t.to(device))  # noqa: E731
     return _block_mask_class().from_kv_blocks(move(kv_num), move(kv_idx), move(full_num), move(full_idx), BLOCK_SIZE=(bq, bk),
-                                    mask_mod=mask_mod_of(mask), seq_lengths=(mask.L, mask.S))
+                                    mask_mod=mask_mod_of(mask if device is None else mask.on(device)),
+                                    seq_lengths=(mask.L, mask.S))
 
 
 class TileGridMask(Mask):

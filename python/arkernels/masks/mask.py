@@ -1,6 +1,7 @@
 """Mask: an (L, S) boolean attention mask described by a few numbers, turned into a TileLayout on request."""
 from __future__ import annotations
 
+import copy
 from contextlib import contextmanager
 
 import torch
@@ -77,6 +78,22 @@ class Mask:
             if key != cpu_key:
                 self._layouts[key] = self._layouts[cpu_key].to(device)
         return self._layouts[key]
+
+    def on(self, device) -> "Mask":
+        """A copy whose tensors (rule vectors, grids, bitmaps, nested masks) live on `device`, so that
+        allowed() can be evaluated there, e.g. inside a compiled FlexAttention mask_mod on the GPU. Its
+        layout cache starts empty (layout() builds on the CPU and moves the result anyway)."""
+        from arkernels.masks.layout import LevelRule
+
+        device = torch.device(device)
+        out = copy.copy(self)
+        out._layouts = {}
+        for name, value in vars(self).items():
+            if isinstance(value, torch.Tensor):
+                setattr(out, name, value.to(device))
+            elif isinstance(value, (Mask, LevelRule)):
+                setattr(out, name, value.on(device) if isinstance(value, Mask) else value.to(device))
+        return out
 
     def allowed(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         """Visibility of query positions q against key positions k (broadcast together)."""
