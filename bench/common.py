@@ -46,3 +46,11 @@ def run_providers(case, providers: list[str], prepare, measure) -> list[Row]:
             row.status, row.note = "error", error_text(err)
         rows.append(row)
     return rows
+
+
+def record_error(row: Row, rel_err: float, tol: float) -> None:
+    """The row's error against its float64 oracle, and FAILED (with both numbers) where it exceeds tol; NaN and
+    inf fail too. The row is still timed: a failing provider's time is shown, marked."""
+    row.tol, row.rel_err = tol, rel_err
+    if not (rel_err <= tol):
+        row.status, row.note = "FAILED", f"rel err {rel_err:.2e} > tol {tol:.0e}"

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from bench.common import ms, run_providers
+from bench.common import ms, record_error, run_providers
 from bench.registry import MODES, Case, Row
 from bench.timing import input_sets, rotating, time_ms
 
@@ -303,10 +303,7 @@ def _run_provider(name: str, case: Case, sets: list[_Inputs], oracle, row: Row) 
         row.status, row.note = "skipped", skip
         return
     fn = _update_fn(name) if case.mode == UPDATE else _conv_fn(name, case)
-    row.tol = REL_TOL[case.dtype]
-    row.rel_err = _check(name, fn, sets[0], oracle, case)
-    if not (row.rel_err <= row.tol):  # NaN/inf fail too
-        row.status, row.note = "FAILED", f"rel err {row.rel_err:.2e} > tol {row.tol:.0e}"
+    record_error(row, _check(name, fn, sets[0], oracle, case), REL_TOL[case.dtype])
     row.time_ms = time_ms(rotating([_call(fn, inp, case) for inp in sets]), case.device)
     row.input_sets = len(sets)
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from bench.common import run_providers
+from bench.common import record_error, run_providers
 from bench.registry import Case, Row
 from bench.timing import time_ms
 
@@ -139,10 +139,7 @@ def run(case: Case, providers: list[str]) -> list[Row]:
         fn = _fn(name, case, x)
         with torch.no_grad():
             out = fn()
-            row.tol = 2 * REL_TOL[case.dtype]
-            row.rel_err = relative_error(out[:2], ref)
-            if not (row.rel_err <= row.tol):
-                row.status, row.note = "FAILED", f"rel err {row.rel_err:.2e} > tol {row.tol:.0e}"
+            record_error(row, relative_error(out[:2], ref), 2 * REL_TOL[case.dtype])
             row.time_ms = time_ms(fn, case.device)
 
     return run_providers(case, providers, prepare, measure)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from bench.common import ms, run_providers
+from bench.common import ms, record_error, run_providers
 from bench.registry import MODES, Case, Row
 
 from bench.timing import input_sets, rotating, time_ms
@@ -317,10 +317,8 @@ def _run_provider(name: str, case: Case, sets: list[_Inputs], oracle, row: Row) 
     fn = _provider_fn(name, case)
     row.tol = _tolerance(case.dtype)
     t0 = time.perf_counter()
-    row.rel_err = _check(name, fn, sets[0], oracle, case)
+    record_error(row, _check(name, fn, sets[0], oracle, case), row.tol)
     first_s = time.perf_counter() - t0
-    if not (row.rel_err <= row.tol):  # NaN/inf fail too
-        row.status, row.note = "FAILED", f"rel err {row.rel_err:.2e} > tol {row.tol:.0e}"
     if name == "reference" and first_s > REFERENCE_MAX_S:
         row.status = "skipped" if row.status == "ok" else row.status
         row.note = (row.note + "; " if row.note else "") + f"too slow to time (check took {first_s:.1f} s)"

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from bench.common import ms, run_providers
+from bench.common import ms, record_error, run_providers
 from bench.registry import Case, Row
 from bench.timing import time_ms
 
@@ -173,10 +173,7 @@ def run(case: Case, providers: list[str]) -> list[Row]:
         fn = _fn(name)
         with poisoned_outputs(name in _BACKEND):
             got = _outputs(fn, x, channels)
-        row.tol = 2 * REL_TOL[case.dtype]
-        row.rel_err = max(relative_error(o, r) for o, r in zip(got, oracle))
-        if not row.rel_err <= row.tol:
-            row.status, row.note = "FAILED", f"rel err {row.rel_err:.2e} > tol {row.tol:.0e}"
+        record_error(row, max(relative_error(o, r) for o, r in zip(got, oracle)), 2 * REL_TOL[case.dtype])
         row.time_ms = time_ms(_call(fn, x), case.device)
 
     return run_providers(case, providers, prepare, measure)

@@ -24,7 +24,7 @@ import math
 
 import torch
 
-from bench.common import run_providers
+from bench.common import record_error, run_providers
 from bench.registry import Case, Row
 from bench.timing import input_sets, rotating, time_ms
 
@@ -229,10 +229,7 @@ def run(case: Case, providers: list[str]) -> list[Row]:
             row.status, row.note = "skipped", skip
             return
         fn = _provider_fn(name, case)
-        row.tol = REL_TOL[case.dtype]
-        row.rel_err = _check(name, fn, sets[0], case)
-        if not (row.rel_err <= row.tol):  # NaN fails too
-            row.status, row.note = "FAILED", f"rel err {row.rel_err:.2e} > tol {row.tol:.0e}"
+        record_error(row, _check(name, fn, sets[0], case), REL_TOL[case.dtype])
         if name == PEER:
             row.note = (row.note + "; " if row.note else "") + _peer()[1]
 

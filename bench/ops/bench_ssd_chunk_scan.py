@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from bench.common import ms, run_providers
+from bench.common import ms, record_error, run_providers
 from bench.registry import MODES, Case, Row
 from bench.timing import input_sets, rotating, time_ms
 
@@ -258,10 +258,7 @@ def run(case: Case, providers: list[str]) -> list[Row]:
             row.status, row.note = "skipped", skip
             return
         fn = _provider_fn(name)
-        row.tol = REL_TOL[case.dtype]
-        row.rel_err = _check(name, fn, sets[0], oracle)
-        if not (row.rel_err <= row.tol):
-            row.status, row.note = "FAILED", f"rel err {row.rel_err:.2e} > tol {row.tol:.0e}"
+        record_error(row, _check(name, fn, sets[0], oracle), REL_TOL[case.dtype])
         row.time_ms = time_ms(rotating([_call(fn, x) for x in sets]), case.device)
         row.input_sets = len(sets)
 
