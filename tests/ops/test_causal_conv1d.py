@@ -543,6 +543,25 @@ def test_causal_conv1d_update_bad_input_raises(case):
         arkernels.causal_conv1d_update(*args, **kwargs)
 
 
+def test_update_python_checks_stay_off_the_eager_success_path(monkeypatch):
+    """causal_conv1d_update's tensor checks run only when the native op raises (the binding checks them):
+    a valid call must not reach them; a bad one still gets their argument-named message."""
+    import sys
+
+    mod = sys.modules["arkernels.ops.causal_conv1d"]
+    real = mod._check_update_args
+
+    def refuse(*a, **k):
+        raise AssertionError("the Python checks ran on a valid eager call")
+
+    monkeypatch.setattr(mod, "_check_update_args", refuse)
+    with torch.no_grad():
+        arkernels.causal_conv1d_update(_t(2, 3), _t(2, 3, 3), _t(3, 4), None, "silu")
+    monkeypatch.setattr(mod, "_check_update_args", real)
+    with torch.no_grad(), pytest.raises(ValueError, match=r"conv_state.*state_len >= 3.*\(2, 3, 2\)"):
+        arkernels.causal_conv1d_update(_t(2, 3), _t(2, 3, 2), _t(3, 4))
+
+
 # The torch ops validate too (they are public through torch.ops): TORCH_CHECK_VALUE/TYPE map to
 # ValueError/TypeError.
 BAD_OP_INPUTS = {

@@ -629,6 +629,34 @@ def test_torch_compile_fullgraph(backend, device, rng):
         torch.testing.assert_close(state_c, state_e, rtol=1e-6, atol=1e-6)
 
 
+def test_python_checks_stay_off_the_eager_success_path(monkeypatch, rng):
+    """The native backends' Python checks run only when the op raises (the C++ binding checks every argument):
+    a valid call must not reach them (they were half of a decode step's host time), a bad one still gets
+    their argument-named message, and so does a bad call while torch.compile traces."""
+    import sys
+
+    mod = sys.modules["arkernels.ops.selective_state_update"]
+    real = mod._validate
+    args = make_inputs(rng, b=2, channel=(6,), N=8)
+
+    def refuse(*a, **k):
+        raise AssertionError("the Python checks ran on a valid eager call")
+
+    monkeypatch.setattr(mod, "_validate", refuse)
+    with torch.no_grad():
+        arkernels.selective_state_update(**args)
+    monkeypatch.setattr(mod, "_validate", real)
+    bad = dict(args, A=torch.zeros(6, 9))
+    with pytest.raises(ValueError, match=r"A: expected shape \(6, 8\), got \(6, 9\)"):
+        with torch.no_grad():
+            arkernels.selective_state_update(**bad)
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda a: arkernels.selective_state_update(**a), fullgraph=True)
+    with pytest.raises(Exception, match=r"A: expected shape \(6, 8\), got \(6, 9\)"):
+        with torch.no_grad():
+            compiled(bad)
+
+
 # ---- against the peer (mamba-ssm's Triton kernel), where it is installed ----
 
 @gpu
