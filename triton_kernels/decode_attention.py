@@ -143,24 +143,29 @@ def _decode_attention_split_kernel(
 
 
 @triton.jit
-def _decode_attention_combine_kernel(OUT, LSE, O_PART, LSE_PART, D, num_splits,
-                                     BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr):
+def _decode_attention_combine_kernel(OUT, LSE, O_PART, LSE_PART, D, num_splits, BLOCK_D: tl.constexpr):
+    """One (row, q head, query): the splits merged one at a time with a running maximum (a (splits, D) tile
+    in registers spilled at 128 splits, ptxas)."""
     row = tl.program_id(0).to(tl.int64)  # (b, hq, i) flattened
-    offs_s = tl.arange(0, BLOCK_S)
     offs_d = tl.arange(0, BLOCK_D)
-    m_s = offs_s < num_splits
-    lse2 = tl.load(LSE_PART + row * num_splits + offs_s, mask=m_s, other=float("-inf"))
-    m = tl.max(lse2, 0)
-    m_use = tl.where(m == float("-inf"), 0.0, m)
-    w = tl.math.exp2(lse2 - m_use)  # 0 for empty splits
-    total = tl.sum(w, 0)
-    o = tl.load(O_PART + (row * num_splits + offs_s)[:, None] * D + offs_d[None, :],
-                mask=m_s[:, None] & (offs_d[None, :] < D), other=0.0)
-    out = tl.sum(o * w[:, None], 0) / tl.where(total > 0, total, 1.0)
+    m = float("-inf")
+    total = 0.0
+    acc = tl.zeros([BLOCK_D], tl.float32)
+    for sp in range(0, num_splits):
+        lse2 = tl.load(LSE_PART + row * num_splits + sp)
+        m_new = tl.maximum(m, lse2)
+        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)  # empty splits so far: weights exp2(-inf) = 0
+        alpha = tl.math.exp2(m - m_use)
+        w = tl.math.exp2(lse2 - m_use)
+        o = tl.load(O_PART + (row * num_splits + sp) * D + offs_d, mask=offs_d < D, other=0.0)
+        acc = acc * alpha + w * o
+        total = total * alpha + w
+        m = m_new
+    out = acc / tl.where(total > 0, total, 1.0)
     tl.store(OUT + row * D + offs_d, _rnd(out, OUT.dtype.element_ty), mask=offs_d < D)
+    m_use = tl.where(m == float("-inf"), 0.0, m)
     tl.store(LSE + row, tl.where(total > 0, (m_use + tl.math.log2(tl.where(total > 0, total, 1.0))) * LN2,
                                  float("-inf")))
-
 
 
 def decode_attention_fwd(q, k_cache, v_cache, seqlens, new_mask, scale: float, splits: int | None = None):
@@ -197,6 +202,5 @@ def decode_attention_fwd(q, k_cache, v_cache, seqlens, new_mask, scale: float, s
         PREC=prec, num_warps=cfg["num_warps"])
     if not direct:
         torch.library.wrap_triton(_decode_attention_combine_kernel)[(B * Hq * Lq,)](
-            out, lse, o_part, lse_part, D, splits, BLOCK_S=triton.next_power_of_2(splits), BLOCK_D=block_d,
-            num_warps=1 if block_d <= 64 else 2)
+            out, lse, o_part, lse_part, D, splits, BLOCK_D=block_d, num_warps=1 if block_d <= 64 else 2)
     return out, lse

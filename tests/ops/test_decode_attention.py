@@ -214,4 +214,4 @@ def test_triton_kernels_compile_for_sm90(D, dtype, has_mask):
         assert compiled.metadata.shared <= 227 * 1024
     combine = tk._decode_attention_combine_kernel
     compile_for_sm90(combine, {n: pointers.get(n, "i32") if n not in ("OUT",) else elem for n in combine.arg_names},
-                     dict(BLOCK_S=16, BLOCK_D=block_d), num_warps=2)
+                     dict(BLOCK_D=block_d), num_warps=2)
