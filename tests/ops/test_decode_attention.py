@@ -179,6 +179,22 @@ def test_triton_matches_oracle_cuda(name, splits, rng):
 
 
 @pytest.mark.gpu
+@pytest.mark.slow
+def test_triton_64bit_offsets_cuda(rng):
+    """A cache of more than 2^31 elements: row 1 starts past 2^31 (its short length keeps the oracle cheap)."""
+    S, D = (1 << 25) + 3, 64  # (2, 1, S, D) bf16: 2^31 + 192 elements per row, 8.6 GB per tensor
+    k = torch.empty(2, 1, S, D, device="cuda", dtype=BF16).normal_()
+    v = torch.empty(2, 1, S, D, device="cuda", dtype=BF16).normal_()
+    q = torch.randn(2, 2, 3, D, generator=rng).to("cuda", BF16)
+    seqlens = torch.tensor([50, 70], dtype=torch.int32, device="cuda")
+    with torch.no_grad():
+        out = arkernels.decode_attention(q, k, v, seqlens, masks.causal(3), num_splits=1)
+    ref, _ = oracle(q.cpu(), k[:, :, :70].cpu(), v[:, :, :70].cpu(), seqlens.cpu(), masks.causal(3).to_dense(),
+                    1 / math.sqrt(D))
+    assert_close_to_reference(out, ref, rel_tol=REL_TOL[BF16], name="out")
+
+
+@pytest.mark.gpu
 def test_triton_under_torch_compile_cuda(rng):
     q, k, v, sl = make_inputs(rng, 2, 4, 2, 3, 100, 64, BF16, "cuda")
     m = torch.tril(torch.ones(3, 3, dtype=torch.bool, device="cuda"))
