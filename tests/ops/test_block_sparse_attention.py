@@ -337,9 +337,8 @@ def test_bad_input_raises(name):
         make()()
 
 
+@gpu
 def test_mixed_devices_raise():
-    if not HAS_CUDA:
-        pytest.skip("needs a CUDA device")
     q, k, v = _qkv()
     with pytest.raises(ValueError, match=r"k.*cuda.*cpu|k.*cpu.*cuda"):
         arkernels.block_sparse_attention(q.cuda(), k, v, M.causal(8, 8))
@@ -364,10 +363,10 @@ def test_cpu_backend_on_cuda_raises():
         arkernels.block_sparse_attention(q, k, v, M.causal(8), backend="cpu")
 
 
-def test_layout_at_another_tiling_raises():
-    if not (HAS_CUDA or _backends.triton_interpreted()):
-        pytest.skip("needs a backend that takes layouts (triton)")
-    device = "cuda" if HAS_CUDA else "cpu"
+def check_layout_at_another_tiling_raises(device):
+    """The Triton backend refuses a TileLayout built at another tiling than its kernels' (run on CUDA here and
+    through the interpreter by test_block_sparse_attention_triton_interpreter.py: the cpu backend takes any
+    tiling, so plain CPU runs have no backend to check)."""
     q, k, v = (t.to(device) for t in _qkv())
     from arkernels.ops.block_sparse_attention import tiling
 
@@ -375,6 +374,11 @@ def test_layout_at_another_tiling_raises():
     lay = M.causal(8, 8).layout(bq * 2, bk, device)
     with pytest.raises(ValueError, match=rf"mask.*tiling.*\({bq}, {bk}\).*\({2 * bq}, {bk}\)"):
         arkernels.block_sparse_attention(q, k, v, lay, backend="triton")
+
+
+@gpu
+def test_layout_at_another_tiling_raises_cuda():
+    check_layout_at_another_tiling_raises("cuda")
 
 
 def empty_layout(L, S, block_q, block_k, device="cpu"):

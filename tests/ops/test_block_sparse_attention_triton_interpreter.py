@@ -27,7 +27,7 @@ pytest.importorskip("triton")
 import arkernels  # noqa: E402
 from arkernels import _outputs  # noqa: E402
 from arkernels.ops.block_sparse_attention import tiling  # noqa: E402
-from test_block_sparse_attention import check, make_mask, run_empty  # noqa: E402
+from test_block_sparse_attention import check, check_layout_at_another_tiling_raises, make_mask, run_empty  # noqa: E402,E501
 
 FP32, BF16 = torch.float32, torch.bfloat16
 
@@ -104,3 +104,7 @@ def test_triton_interpreted_empty(L, S):
 # No opcheck / torch.compile here: under TRITON_INTERPRET=1, torch.library.wrap_triton returns the
 # interpreted kernel unchanged, so a triton_op cannot be traced with fake tensors in the interpreter.
 # Both run on the GPU (test_block_sparse_attention.py).
+
+
+def test_layout_at_another_tiling_raises_interpreted():
+    check_layout_at_another_tiling_raises("cpu")

@@ -14,6 +14,7 @@ import torch
 
 import arkernels
 from arkernels import _outputs, masks
+from arkernels.ops import _backends
 from arkernels.testing.numerics import REL_TOL, assert_close_to_reference
 
 FP32, BF16, FP16 = torch.float32, torch.bfloat16, torch.float16
@@ -194,6 +195,20 @@ def test_triton_64bit_offsets_cuda(rng):
     assert_close_to_reference(out, ref, rel_tol=REL_TOL[BF16], name="out")
 
 
+def opcheck_triton_op(device, rng):
+    """torch.library.opcheck of arkernels::decode_attention_triton (schema, fake kernel, dispatch), with a
+    mask and two splits. CUDA only: under TRITON_INTERPRET=1 opcheck's fake-tensor pass runs the interpreter on
+    fake tensors, which it cannot do."""
+    q, k, v, sl = make_inputs(rng, 2, 4, 2, 3, 40, 16, FP32, device)
+    mask = torch.tril(torch.ones(3, 3, dtype=torch.int8, device=device))
+    torch.library.opcheck(torch.ops.arkernels.decode_attention_triton.default, (q, k, v, sl, mask, 0.25, 2))
+
+
+@pytest.mark.gpu
+def test_opcheck_triton_cuda(rng):
+    opcheck_triton_op("cuda", rng)
+
+
 @pytest.mark.gpu
 def test_triton_under_torch_compile_cuda(rng):
     q, k, v, sl = make_inputs(rng, 2, 4, 2, 3, 100, 64, BF16, "cuda")
@@ -207,8 +222,7 @@ def test_triton_under_torch_compile_cuda(rng):
 
 # ---- the Triton kernels compile for the GPU (no GPU needed: an sm_90a target) ----
 
-@pytest.mark.skipif(__import__("os").environ.get("TRITON_INTERPRET", "0") == "1",
-                    reason="compiles for the GPU: run without TRITON_INTERPRET")
+@pytest.mark.skipif(_backends.triton_interpreted(), reason="compiles for the GPU: run without TRITON_INTERPRET")
 @pytest.mark.parametrize("D,dtype,has_mask", [(128, BF16, False), (64, FP16, True), (256, BF16, True),
                                               (128, FP32, False)], ids=["d128-bf16", "d64-fp16-mask",
                                                                         "d256-bf16-mask", "d128-fp32"])
