@@ -13,7 +13,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
-
 def attend(q, k, v, impl: str, mask, dense_mask):
     """q (B, H, L, Dh), k, v (B, H, S, Dh) -> (B, H, L, Dh) where the mask allows. `mask` is the
     arkernels.masks.Mask of the fast impl, `dense_mask` a callable giving the (L, S) bool tensor for the

@@ -205,20 +205,22 @@ class MambaLMBase(nn.Module):
             return input_ids
         logits = self(input_ids, cache, num_last_tokens=1)[:, -1]
         for step in range(max_new_tokens):
-            token = _choose_token(logits[:, :self.config.vocab_size].float(), greedy, temperature, top_k, generator)
+            token = choose_tokens(logits[:, :self.config.vocab_size].float(), greedy, temperature, top_k, generator)
             out.append(token[:, None])
             if step + 1 < max_new_tokens:
                 logits = self(token[:, None], cache)[:, -1]
         return torch.cat(out, dim=1)
 
 
-def _choose_token(logits, greedy, temperature, top_k, generator):
+def choose_tokens(logits, greedy, temperature, top_k, generator):
+    """Token ids of shape logits.shape[:-1]: the argmax, or a sample with temperature / top_k (0: all)."""
     if greedy:
         return logits.argmax(-1)
     if temperature <= 0:
         raise ValueError(f"temperature: expected > 0 when sampling, got {temperature}")
     logits = logits / temperature
     if top_k > 0:
-        kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+        kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[..., -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
-    return torch.multinomial(F.softmax(logits, dim=-1), 1, generator=generator).squeeze(-1)
+    probs = F.softmax(logits, dim=-1).reshape(-1, logits.shape[-1])
+    return torch.multinomial(probs, 1, generator=generator).view(logits.shape[:-1])

@@ -17,8 +17,9 @@ conditioning differently; the attention pattern, which is what this library acce
 
 Teacher-forced training runs all 680 tokens in one pass under masks.block_causal(scale boundaries);
 generation runs scale by scale with a KV cache: each scale's queries see every cached key and their own
-scale's, so no mask is needed (the fast impl runs arkernels.decode_attention there). `cached_logits` runs the generation path on given
-tokens: its logits equal the teacher-forced ones (tests/models/test_attention_models.py).
+scale's, so no mask is needed (the fast impl runs arkernels.decode_attention there). `cached_logits` runs
+the generation path on given tokens: its logits equal the teacher-forced ones
+(tests/models/test_attention_models.py).
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from arkernels.models._attention import AdaLN, ConditionedBlock
-from arkernels.models._lm import check_impl
+from arkernels.models._lm import check_impl, choose_tokens
 
 
 @dataclass
@@ -165,21 +166,11 @@ class VARTransformer(nn.Module):
         """Tokens (B, 680) of every scale, generated coarse to fine: one forward per scale over that scale's
         tokens with a KV cache. Greedy, or sampling with temperature / top_k (0: all entries)."""
         self._check(labels)
-        if not greedy and temperature <= 0:
-            raise ValueError(f"temperature: expected > 0 when sampling, got {temperature}")
         caches = [{} for _ in self.blocks]
         cond = self.class_emb(labels)
         out, prev = [], None
         for s in range(len(self.config.patch_nums)):
             logits = self._step(labels, prev, s, caches, cond).float()
-            if greedy:
-                prev = logits.argmax(-1)
-            else:
-                logits = logits / temperature
-                if top_k > 0:
-                    kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[..., -1:]
-                    logits = logits.masked_fill(logits < kth, float("-inf"))
-                probs = F.softmax(logits, dim=-1).flatten(0, 1)
-                prev = torch.multinomial(probs, 1, generator=generator).view(logits.shape[:2])
+            prev = choose_tokens(logits, greedy, temperature, top_k, generator)
             out.append(prev)
         return torch.cat(out, dim=1)
