@@ -7,6 +7,7 @@ import os
 import torch
 
 from arkernels import _library
+from arkernels.ops._checks import check_choice
 
 BACKENDS = ("auto", "cuda", "triton", "cpu", "reference")
 
@@ -66,6 +67,20 @@ def resolve(op: str, backend: str, device: torch.device, preference: tuple[str, 
     reasons = "; ".join(f"{c}: {unavailable_reason(op, c, device)}" for c in preference)
     raise ValueError(f"backend: no backend of arkernels::{op} can run on {device} ({reasons})")
 
+
+def resolve_triton_or_torch_cpu(op: str, triton_op: str, backend: str, device: torch.device) -> str:
+    """The backend of an op whose GPU kernel is Triton (torch op `triton_op`) and whose "cpu" backend is
+    PyTorch code (no C++ kernel registered, so resolve() cannot see it): "auto" takes "cpu" for CPU tensors
+    (Triton under TRITON_INTERPRET=1), else "triton"; an explicit backend that cannot run raises."""
+    check_choice("backend", backend, BACKENDS)
+    if backend == "cuda":
+        raise ValueError(f"backend: 'cuda' cannot run {op}: it has no CUDA C++ kernel; its GPU backend is 'triton' "
+                         "(or 'auto')")
+    if backend == "cpu" or (backend == "auto" and device.type == "cpu" and not triton_interpreted()):
+        if device.type != "cpu":
+            raise ValueError(f"backend: 'cpu' cannot run here: it needs CPU tensors, got tensors on {device}")
+        return "cpu"
+    return resolve(triton_op, backend, device, ("triton",))
 
 def call_native(run, validate):
     """``run()``, the call of a native op whose C++ binding checks every argument itself, with the

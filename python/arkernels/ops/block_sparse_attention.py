@@ -20,7 +20,7 @@ from arkernels._outputs import new_output
 from arkernels.masks.layout import FULL, RULE, LevelRule, TileLayout
 from arkernels.masks.mask import Mask
 from arkernels.ops import _backends
-from arkernels.ops._checks import check_attention_qkv, check_bool, check_choice, check_scale
+from arkernels.ops._checks import check_attention_qkv, check_bool, check_scale
 from arkernels.reference.block_sparse_attention import block_sparse_attention_ref
 
 OP = "block_sparse_attention_triton"
@@ -51,7 +51,7 @@ def block_sparse_attention(q, k, v, mask, scale=None, return_lse=False, backend=
     """
     B, Hq, L, D, Hkv, S = _validate(q, k, v, mask, scale, return_lse, backend)
     scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
-    chosen = _choose_backend(backend, q.device)
+    chosen = _backends.resolve_triton_or_torch_cpu("block_sparse_attention", OP, backend, q.device)
     if chosen == "reference":
         out, lse = block_sparse_attention_ref(q, k, v, _dense(mask, L, S, q.device), scale)
         lse = lse.to(torch.float32)
@@ -84,7 +84,6 @@ def _validate(q, k, v, mask, scale, return_lse, backend):
         raise ValueError(f"q: expected at most {_GRID_LIMIT} heads and batch rows, got B = {B}, Hq = {Hq}")
     check_scale("scale", scale)
     check_bool("return_lse", return_lse)
-    check_choice("backend", backend, _backends.BACKENDS)
     if isinstance(mask, (Mask, TileLayout)):
         mL, mS = mask.L, mask.S
     else:
@@ -92,17 +91,6 @@ def _validate(q, k, v, mask, scale, return_lse, backend):
     if (mL, mS) != (L, S):
         raise ValueError(f"mask: expected shape (L, S) = ({L}, {S}) from q and k, got ({mL}, {mS})")
     return B, Hq, L, D, Hkv, S
-
-
-def _choose_backend(backend: str, device: torch.device) -> str:
-    if backend == "cuda":
-        raise ValueError("backend: 'cuda' cannot run block_sparse_attention: it has no CUDA C++ kernel; its GPU "
-                         "backend is 'triton' (or 'auto')")
-    if backend == "cpu" or (backend == "auto" and device.type == "cpu" and not _backends.triton_interpreted()):
-        if device.type != "cpu":
-            raise ValueError(f"backend: 'cpu' cannot run here: it needs CPU tensors, got tensors on {device}")
-        return "cpu"
-    return _backends.resolve(OP, backend, device, ("triton",))
 
 
 def _layout(mask, block_q: int, block_k: int, device: torch.device, any_tiling: bool = False) -> TileLayout:

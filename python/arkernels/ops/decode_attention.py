@@ -16,7 +16,7 @@ import math
 import torch
 
 from arkernels.ops import _backends
-from arkernels.ops._checks import check_attention_qkv, check_bool, check_choice, check_same_device, check_scale, check_tensor
+from arkernels.ops._checks import check_attention_qkv, check_bool, check_same_device, check_scale, check_tensor
 from arkernels.reference.decode_attention import decode_attention_ref
 
 OP = "decode_attention_triton"
@@ -49,7 +49,7 @@ def decode_attention(q, k_cache, v_cache, seqlens, mask=None, scale=None, return
     Lq, D = _validate(q, k_cache, v_cache, seqlens, scale, return_lse, num_splits)
     new_mask = _new_mask(mask, Lq, q.device)
     scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
-    chosen = _choose_backend(backend, q.device)
+    chosen = _backends.resolve_triton_or_torch_cpu("decode_attention", OP, backend, q.device)
     if chosen == "triton":
         q, k_cache, v_cache = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k_cache, v_cache))
         mask_i8 = None if new_mask is None else new_mask.to(torch.int8).contiguous()
@@ -103,23 +103,6 @@ def _new_mask(mask, Lq: int, device) -> torch.Tensor | None:
     if tuple(mask.shape) != (Lq, Lq):
         raise ValueError(f"mask: expected shape (Lq, Lq) = ({Lq}, {Lq}), got {tuple(mask.shape)}")
     return mask.to(device)
-
-
-def _choose_backend(backend: str, device: torch.device) -> str:
-    check_choice("backend", backend, _backends.BACKENDS)
-    if backend == "cuda":
-        raise ValueError("backend: 'cuda' cannot run decode_attention: it has no CUDA C++ kernel; its GPU backend is "
-                         "'triton' (or 'auto')")
-    if backend in ("cpu", "reference"):
-        if backend == "cpu" and device.type != "cpu":
-            raise ValueError(f"backend: 'cpu' cannot run here: it needs CPU tensors, got tensors on {device}")
-        return backend
-    if backend == "auto" and device.type == "cpu" and not _backends.triton_interpreted():
-        return "cpu"
-    reason = _backends.unavailable_reason(OP, "triton", device)
-    if reason is not None:
-        raise ValueError(f"backend: {backend!r} cannot run here: {reason}")
-    return "triton"
 
 
 if _backends.triton_available():
