@@ -15,6 +15,7 @@ Decoding is bound by reading the cache, so the splits are chosen to give every S
 """
 from __future__ import annotations
 
+import functools
 import warnings
 
 import torch
@@ -48,8 +49,14 @@ def num_splits(batch_heads: int, s_max: int, block_n: int, device) -> int:
     dev = torch.device(device)
     if dev.type != "cuda":
         return 1
-    sms = torch.cuda.get_device_properties(dev).multi_processor_count
+    sms = _sm_count(dev.index if dev.index is not None else torch.cuda.current_device())
     return max(1, min(triton.cdiv(s_max, block_n), triton.cdiv(2 * sms, max(batch_heads, 1)), 128))
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(index: int) -> int:
+    # Cached: the device query is host time on every decode step otherwise.
+    return torch.cuda.get_device_properties(index).multi_processor_count
 
 
 @triton.jit
