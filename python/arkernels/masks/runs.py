@@ -34,10 +34,6 @@ def empty_runs() -> Runs:
     return Runs(z, z, z, z, z)
 
 
-def cat_runs(parts: list[Runs]) -> Runs:
-    return Runs(*(torch.cat([getattr(p, f) for p in parts]) for f in Runs._fields))
-
-
 def sort_runs(r: Runs, n_cols: int) -> Runs:
     """Sort by (row, start); only needed when segments come from several sources."""
     order = torch.argsort(r.row * (n_cols + 1) + r.start)
