@@ -60,6 +60,16 @@ def run_case(case, peers: bool):
             print(f"{label:44s} {name:18s} failed: {type(e).__name__}: {str(e)[:160]}", flush=True)
         finally:
             tk.config = DEFAULT_CONFIG
+    # The Hopper CUDA forward (its backward is Triton's at the default config), against the same oracle.
+    try:
+        fn = bench._provider_fn("arkernels-cuda", case)
+        err = bench._check("arkernels-cuda", fn, sets[0], oracle)
+        ok = err <= 2 * 1e-2
+        t = time_ms(bench._call(fn, sets[0]), case.device) if ok else float("nan")
+        print(f"{label:44s} {'cuda (sm90)':18s} {t:8.4f} ms {case.flops / (t * 1e-3) / 1e12:7.1f} TFLOP/s  "
+              f"err {err:.1e}{'' if ok else '  WRONG'}", flush=True)
+    except Exception as e:  # noqa: BLE001
+        print(f"{label:44s} {'cuda (sm90)':18s} failed: {type(e).__name__}: {str(e)[:160]}", flush=True)
     if peers:
         for peer in ("flex", "sdpa"):
             try:

@@ -5,6 +5,8 @@ GPU cases are unchecked).
 
 Providers:
 * ``arkernels-triton``: the op with the mask (a Mask; its layout is built once, outside the timing).
+* ``arkernels-cuda``: the Hopper CUDA forward (wgmma + TMA; backend "cuda") with the Triton backward, on the
+  layout at the Triton tiling.
 * ``arkernels-cpu``: the cpu backend (PyTorch over query tiles), at the CPU cases.
 * ``flex``: ``torch.compile(flex_attention)`` with ``arkernels.masks.to_flex_block_mask(mask, 128)`` (the
   same mask: FULL tiles as full blocks, partial tiles through a mask_mod evaluating our rule).
@@ -34,8 +36,8 @@ OP = "block_sparse_attention"
 PEER = "flex"
 SWEEP_AXIS = "L"
 
-PROVIDERS = ("reference", "arkernels-triton", "arkernels-cpu", PEER, "sdpa")
-_BACKEND = {"arkernels-triton": "triton", "arkernels-cpu": "cpu"}
+PROVIDERS = ("reference", "arkernels-triton", "arkernels-cuda", "arkernels-cpu", PEER, "sdpa")
+_BACKEND = {"arkernels-triton": "triton", "arkernels-cuda": "cuda", "arkernels-cpu": "cpu"}
 
 # name -> (B, H, L, D, mask kind, mask parameter)
 SHAPES = {
@@ -92,6 +94,12 @@ def providers(device) -> dict[str, str | None]:
     out["arkernels-triton"] = (_backends.unavailable_reason("block_sparse_attention_triton", "triton", dev)
                                if dev.type == "cuda" else
                                "needs a CUDA device (the Triton interpreter on CPU is for tests, not timings)")
+    if dev.type == "cuda":
+        from arkernels.ops.block_sparse_attention import _cuda_unavailable_reason
+
+        out["arkernels-cuda"] = _cuda_unavailable_reason(128, torch.bfloat16, dev)  # every GPU case: bf16, D 64/128
+    else:
+        out["arkernels-cuda"] = "the Hopper CUDA kernel: CUDA tensors only"
     out["arkernels-cpu"] = None if dev.type == "cpu" else "CPU tensors only"
     try:
         from torch.nn.attention.flex_attention import flex_attention  # noqa: F401
@@ -125,7 +133,7 @@ def _provider_fn(name: str, case: Case):
         from arkernels.ops.block_sparse_attention import CPU_TILING, tiling
 
         backend = _BACKEND[name]
-        tiles = tiling(D, case.dtype, dev) if backend == "triton" else CPU_TILING
+        tiles = CPU_TILING if backend == "cpu" else tiling(D, case.dtype, dev)  # cuda: the Triton tiling too
         mask.layout(*tiles, dev)  # built (and cached by the Mask) outside the timing
         return lambda q, k, v: arkernels.block_sparse_attention(q, k, v, mask, backend=backend)
     if name == "reference":

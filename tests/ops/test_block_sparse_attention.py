@@ -1,5 +1,7 @@
-"""arkernels.block_sparse_attention against its float64 reference: the reference itself, bad input, and the
-Triton backend on the GPU (forward and every gradient, outputs NaN-poisoned).
+"""arkernels.block_sparse_attention against its float64 reference: the reference itself, bad input, the cpu
+backend, the native op (arkernels::block_sparse_attention_fwd: the C API's CPU kernel here, its Hopper CUDA
+kernel behind backend "cuda" on the GPU), and the Triton backend on the GPU (forward and every gradient, outputs
+NaN-poisoned).
 
 Contract (docs/ops/block_sparse_attention.md): out = softmax(scale q k^T where the mask allows) v per
 (batch row, q head), kv head = q head // (Hq / Hkv); lse (B, Hq, L) float32, natural log; a query that
@@ -92,8 +94,9 @@ def tolerance(dtype, device) -> float:
 
 
 def check(backend, mask_name, *, B, Hq, Hkv, L, S, D, dtype, rng, device="cpu", use_lse=True, scale=None,
-          strided=False, mask=None):
-    """Runs the op on random inputs, compares out, lse, dq, dk, dv with the float64 reference; returns them."""
+          strided=False, mask=None, run=None):
+    """Runs the op on random inputs, compares out, lse, dq, dk, dv with the float64 reference; returns them.
+    `run(q, k, v, mask, scale) -> (out, lse)` replaces the public op (e.g. a torch op called directly)."""
     if mask is None:
         mask = make_mask(mask_name, L, S, rng)
     dense = mask.to_dense()
@@ -115,8 +118,10 @@ def check(backend, mask_name, *, B, Hq, Hkv, L, S, D, dtype, rng, device="cpu", 
         return total
 
     leaves = [t.detach().clone().requires_grad_(True) for t in (q, k, v)]
-    out, lse = arkernels.block_sparse_attention(*leaves, mask if backend == "reference" else mask, scale=scale,
-                                                return_lse=True, backend=backend)
+    if run is None:
+        out, lse = arkernels.block_sparse_attention(*leaves, mask, scale=scale, return_lse=True, backend=backend)
+    else:
+        out, lse = run(*leaves, mask, scale)
     assert out.dtype == dtype and out.shape == (B, Hq, L, D) and out.device == q.device
     assert lse.dtype == FP32 and lse.shape == (B, Hq, L)
     loss(out, lse).backward()
@@ -290,6 +295,166 @@ def test_cpu_torch_compile_fullgraph(rng):
     _compile_check("cpu", "cpu", rng)
 
 
+# ---- the native op on CPU tensors (the C API's CPU kernel; autograd: the cpu op's backward) ----
+
+def native_run(tiling_):
+    """`run` for check(): arkernels::block_sparse_attention_fwd with the mask's layout at tiling_."""
+    from arkernels.ops.block_sparse_attention import _layout_args
+
+    def run(q, k, v, mask, scale):
+        lay = mask.layout(*tiling_, q.device)
+        s = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+        return torch.ops.arkernels.block_sparse_attention_fwd(q, k, v, *_layout_args(lay), s)
+
+    return run
+
+
+NATIVE_CPU_CASES = {
+    # name: (mask, B, Hq, Hkv, L, S, D, dtype, (block_q, block_k))
+    "causal_gqa_gpu_tiling": ("causal", 2, 4, 2, 300, 300, 64, FP32, (128, 64)),
+    "causal_prefix_keys_bf16": ("causal", 1, 2, 1, 257, 400, 64, BF16, (128, 128)),
+    "sliding_window_bf16_gqa": ("sliding_window", 1, 4, 2, 333, 333, 32, BF16, (128, 32)),
+    "block_causal_var": ("block_causal_var", 2, 2, 1, 155, 155, 48, FP32, (64, 32)),
+    "scam_fp16": ("scam", 1, 2, 2, 198, 198, 64, FP16, (128, 64)),
+    "document": ("document", 1, 2, 1, 260, 260, 128, FP32, (128, 32)),
+    "tree_prefix_bits_bf16": ("tree", 2, 4, 1, 40, 300, 64, BF16, (128, 64)),
+    "from_dense_bits_3_words": ("from_dense", 1, 2, 2, 200, 150, 40, FP32, (48, 80)),
+    "from_dense_small_tiles_bf16": ("from_dense", 1, 3, 1, 77, 91, 16, BF16, (16, 16)),
+    "l1": ("all", 2, 8, 2, 1, 500, 64, FP32, (128, 64)),
+    "empty_mask": ("none", 1, 2, 1, 50, 70, 16, FP32, (128, 64)),
+    "d256_odd_d": ("causal", 1, 2, 1, 70, 70, 256, FP32, (128, 128)),
+    "d7": ("sliding_window", 2, 2, 2, 45, 45, 7, BF16, (32, 16)),
+}
+
+
+@pytest.mark.parametrize("name", list(NATIVE_CPU_CASES))
+def test_native_cpu_matches_reference(name, rng):
+    """Forward (C++ kernel) and the gradients of its autograd (the cpu op's backward on the same layout)."""
+    mask, B, Hq, Hkv, L, S, D, dtype, tiles = NATIVE_CPU_CASES[name]
+    check("native", mask, B=B, Hq=Hq, Hkv=Hkv, L=L, S=S, D=D, dtype=dtype, rng=rng, run=native_run(tiles))
+
+
+def test_native_cpu_strided_no_lse(rng):
+    check("native", "from_dense", B=1, Hq=2, Hkv=1, L=120, S=170, D=32, dtype=BF16, rng=rng, strided=True,
+          use_lse=False, scale=0.2, run=native_run((128, 64)))
+
+
+def test_native_cpu_reads_any_strides(rng):
+    """q with a strided head dim (copied), k with an odd batch stride on a batch of 1 (read in place), v as a
+    slice: the same bits as contiguous inputs."""
+    from arkernels.ops.block_sparse_attention import _layout_args
+
+    L, S, D = 90, 130, 24
+    lay = M.sliding_window(40, L, S).layout(32, 32)
+    q = torch.randn(1, 2, D, L, generator=rng).transpose(2, 3)
+    k = torch.randn(2 * S * D + 3, generator=rng)[3:].as_strided((1, 2, S, D), (7, S * D, D, 1))
+    v = torch.randn(1, 2, S, 2 * D, generator=rng)[..., D:]
+    assert q.stride(-1) != 1 and k.stride(0) == 7 and k.is_contiguous() and not v.is_contiguous()
+    run = torch.ops.arkernels.block_sparse_attention_fwd
+    a = run(q, k, v, *_layout_args(lay), 0.3)
+    b = run(q.contiguous(), k.contiguous(), v.contiguous(), *_layout_args(lay), 0.3)
+    for x, y in zip(a, b):
+        torch.testing.assert_close(x, y, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("L,S", [(0, 20), (20, 0), (0, 0)], ids=["l0", "s0", "l0s0"])
+def test_native_cpu_empty_inputs(L, S):
+    from arkernels.ops.block_sparse_attention import _layout_args
+
+    q = torch.randn(2, 2, L, 16)
+    k, v = torch.randn(2, 1, S, 16), torch.randn(2, 1, S, 16)
+    out, lse = torch.ops.arkernels.block_sparse_attention_fwd(q, k, v, *_layout_args(empty_layout(L, S, 32, 16)), 0.25)
+    assert out.shape == (2, 2, L, 16) and lse.shape == (2, 2, L)
+    assert (out == 0).all() and torch.isneginf(lse).all()
+
+
+@pytest.mark.parametrize("dtype", [FP32, BF16], ids=["fp32", "bf16"])
+def test_opcheck_block_sparse_attention_fwd_cpu(dtype, rng):
+    torch.library.opcheck(torch.ops.arkernels.block_sparse_attention_fwd.default, _op_args(rng, "cpu", dtype, (64, 32)))
+
+
+def test_native_cpu_torch_compile_fullgraph(rng):
+    """The native op (fake kernel, autograd) traced whole by torch.compile, forward and backward."""
+    from arkernels.ops.block_sparse_attention import _layout_args
+
+    torch._dynamo.reset()
+    L, D = 200, 32
+    args = _layout_args(M.causal(L).layout(64, 32))
+    q, k, v = (torch.randn(2, 4, L, D, generator=rng).to(BF16) for _ in range(3))
+    w = torch.randn(2, 4, L, D, generator=rng)
+
+    def f(q, k, v):
+        out, lse = torch.ops.arkernels.block_sparse_attention_fwd(q, k, v, *args, 0.2)
+        return (out.float() * w).sum() + lse.sum()
+
+    results = []
+    for fn in (f, torch.compile(f, fullgraph=True)):
+        leaves = [t.clone().requires_grad_(True) for t in (q, k, v)]
+        y = fn(*leaves)
+        y.backward()
+        results.append([y.detach()] + [t.grad for t in leaves])
+    for a, b in zip(*results):
+        assert_close_to_reference(b, a, rel_tol=1e-5, name="compiled vs eager")
+
+
+def _native_bad(**changes):
+    """A call of the native op on CPU tensors with one argument replaced (names as in the schema)."""
+    from arkernels.ops.block_sparse_attention import _layout_args
+
+    names = ["q", "k", "v", "q_run_ptr", "q_runs", "k_run_ptr", "k_runs", "tile_bits", "k_tile_bits", "q_level",
+             "k_level", "q_doc", "k_doc", "q_group", "k_group", "window", "block_q", "block_k", "scale"]
+    q, k, v = _qkv(L=40, S=40)
+    args = dict(zip(names, (q, k, v, *_layout_args(M.causal(40).layout(16, 16)), 0.25)))
+    args.update(changes)
+    return lambda: torch.ops.arkernels.block_sparse_attention_fwd(*(args[n] for n in names))
+
+
+NATIVE_BAD_INPUTS = {
+    "q_3d": (lambda: _native_bad(q=torch.randn(4, 40, 16)), ValueError, r"q: expected 4 dimensions.*\[4, 40, 16\]"),
+    "q_int": (lambda: _native_bad(q=torch.zeros(1, 4, 40, 16, dtype=torch.int32)), TypeError, r"q: expected dtype"),
+    "k_dtype": (lambda: _native_bad(k=torch.randn(1, 2, 40, 16).to(BF16)), TypeError,
+                r"k: expected the dtype of q \(Float\), got BFloat16"),
+    "k_head_dim": (lambda: _native_bad(k=torch.randn(1, 2, 40, 8)), ValueError, r"k: expected shape.*\[1, 2, 40, 8\]"),
+    "k_heads": (lambda: _native_bad(k=torch.randn(1, 3, 40, 16)), ValueError, r"k:.*divides Hq = 4.*Hkv = 3"),
+    "v_shape": (lambda: _native_bad(v=torch.randn(1, 2, 39, 16)), ValueError, r"v: expected the shape of k"),
+    "q_run_ptr_int64": (lambda: _native_bad(q_run_ptr=torch.zeros(4, dtype=torch.int64)), TypeError,
+                        r"q_run_ptr: expected dtype int32, got Long"),
+    "q_run_ptr_length": (lambda: _native_bad(q_run_ptr=torch.zeros(5, dtype=torch.int32)), ValueError,
+                         r"q_run_ptr: expected shape \[4\], got \[5\]"),
+    "q_runs_shape": (lambda: _native_bad(q_runs=torch.zeros(6, 3, dtype=torch.int32)), ValueError,
+                     r"q_runs: expected shape \[runs, 4\]"),
+    "tile_bits_shape": (lambda: _native_bad(tile_bits=torch.zeros(2, 16, 2, dtype=torch.int32)), ValueError,
+                        r"tile_bits: expected shape \[tiles, 16, 1\]"),
+    "k_level_missing": (lambda: _native_bad(k_level=None), ValueError,
+                        r"q_level and k_level: expected both or neither"),
+    "k_level_length": (lambda: _native_bad(k_level=torch.zeros(39, dtype=torch.int32)), ValueError,
+                       r"k_level: expected shape \[40\]"),
+    "doc_without_level": (lambda: _native_bad(q_level=None, k_level=None, q_doc=torch.zeros(40, dtype=torch.int32),
+                                              k_doc=torch.zeros(40, dtype=torch.int32)), ValueError,
+                          r"q_doc / q_group: expected none without q_level"),
+    "block_q_zero": (lambda: _native_bad(block_q=0), ValueError, r"block_q: expected an int32 value >= 1, got 0"),
+    "window_too_large": (lambda: _native_bad(window=2**31), ValueError, r"window: expected an int32 value"),
+    "scale_zero": (lambda: _native_bad(scale=0.0), ValueError, r"scale: expected a finite number > 0"),
+    "scale_nan": (lambda: _native_bad(scale=float("nan")), ValueError, r"scale: expected a finite number > 0"),
+}
+
+
+@pytest.mark.parametrize("name", list(NATIVE_BAD_INPUTS))
+def test_native_bad_input_raises(name):
+    make, exc, pattern = NATIVE_BAD_INPUTS[name]
+    with pytest.raises(exc, match=pattern):
+        make()()
+
+
+@pytest.mark.parametrize("D,dtype", [(64, FP32), (256, BF16), (64, BF16)], ids=["fp32", "d256", "bf16"])
+def test_cuda_backend_on_cpu_tensors_raises(D, dtype, rng):
+    """backend="cuda" never falls back: CPU tensors raise, whatever D and dtype (also under TRITON_INTERPRET)."""
+    q, k, v = (torch.randn(1, 2, 30, D, generator=rng).to(dtype) for _ in range(3))
+    with pytest.raises(ValueError, match=r"backend: 'cuda' cannot run here: the cuda backend needs CUDA tensors, "
+                                         r"got tensors on cpu"):
+        arkernels.block_sparse_attention(q, k, v, M.causal(30), backend="cuda")
+
+
 # ---- bad input ----
 
 def _qkv(B=1, Hq=4, Hkv=2, L=8, S=8, D=16, dtype=FP32):
@@ -326,7 +491,8 @@ BAD_INPUTS = {
     "scale_nan": (lambda: _call(scale=float("nan")), TypeError, r"scale.*nan"),
     "return_lse_int": (lambda: _call(return_lse=1), TypeError, r"return_lse.*bool.*int"),
     "backend_unknown": (lambda: _call(backend="fast"), ValueError, r"backend.*'auto'.*'fast'"),
-    "backend_cuda": (lambda: _call(backend="cuda"), ValueError, r"backend.*'cuda'.*no CUDA C\+\+ kernel"),
+    "backend_cuda_on_cpu": (lambda: _call(backend="cuda"), ValueError,
+                            r"backend: 'cuda' cannot run here.*CUDA tensors.*cpu"),
 }
 
 
@@ -567,7 +733,128 @@ def test_triton_cuda_torch_compile_fullgraph(rng):
     _compile_check("triton", "cuda", rng)
 
 
-# Last: opcheck of the Triton op (a failing fake kernel can break the CUDA context).
+# ---- backend "cuda" on the GPU: the Hopper CUDA forward, the Triton backward on the same layout ----
+
+HOPPER = HAS_CUDA and torch.cuda.get_device_capability() == (9, 0)
+hopper = pytest.mark.skipif(not HOPPER, reason="backend 'cuda' runs on sm_90 GPUs only (H100 / H200)")
+
+CUDA_CASES = {
+    # name: (mask, B, Hq, Hkv, L, S, D, dtype)
+    "causal_d64_bf16_gqa": ("causal", 2, 8, 2, 1000, 1000, 64, BF16),
+    "causal_d128_fp16": ("causal", 1, 4, 4, 700, 700, 128, FP16),
+    "causal_prefix_keys_d128_bf16": ("causal", 2, 4, 2, 300, 1100, 128, BF16),
+    "causal_prefix_keys_d64_fp16_gqa": ("causal", 1, 8, 1, 77, 777, 64, FP16),
+    "sliding_window_d128_bf16_gqa": ("sliding_window", 2, 4, 2, 1100, 1100, 128, BF16),
+    "sliding_window_d64_fp16": ("sliding_window", 1, 4, 4, 513, 513, 64, FP16),
+    "var_680_d64_bf16": ("var", 4, 8, 8, 680, 680, 64, BF16),
+    "var_155_d128_fp16_gqa": ("block_causal_var", 2, 4, 2, 155, 155, 128, FP16),
+    "scam_d128_bf16": ("scam_gpu", 2, 8, 8, 1024, 1024, 128, BF16),
+    "scam_d64_fp16_gqa": ("scam", 1, 4, 2, 390, 390, 64, FP16),
+    "document_d64_bf16_gqa": ("document", 1, 4, 2, 900, 900, 64, BF16),
+    "document_d128_fp16": ("document", 1, 2, 1, 333, 333, 128, FP16),
+    "tree_prefix_bits_d128_bf16": ("tree", 2, 8, 2, 64, 1064, 128, BF16),
+    "tree_prefix_bits_d64_fp16": ("tree", 1, 4, 4, 37, 201, 64, FP16),
+    "from_dense_bits_empty_row_d64_fp16": ("from_dense", 1, 4, 4, 333, 517, 64, FP16),
+    "from_dense_bits_empty_row_d128_bf16": ("from_dense", 2, 2, 1, 250, 190, 128, BF16),
+    "decode_l1_d128_bf16_gqa": ("all", 4, 8, 2, 1, 2048, 128, BF16),
+    "decode_l1_d64_fp16": ("all", 2, 4, 1, 1, 300, 64, FP16),
+    "empty_mask_d64_bf16": ("none", 1, 2, 1, 130, 70, 64, BF16),
+}
+
+
+@gpu
+@hopper
+@pytest.mark.parametrize("name", list(CUDA_CASES))
+def test_cuda_matches_reference(name, rng):
+    mask_name, B, Hq, Hkv, L, S, D, dtype = CUDA_CASES[name]
+    check("cuda", mask_name, B=B, Hq=Hq, Hkv=Hkv, L=L, S=S, D=D, dtype=dtype, rng=rng, device="cuda",
+          mask=_gpu_mask(mask_name, L, S, rng))
+
+
+@gpu
+@hopper
+def test_cuda_strided_kv_no_lse(rng):
+    """k, v as halves of one projection (row stride 2D: read in place), only out in the loss."""
+    check("cuda", "causal", B=2, Hq=4, Hkv=2, L=300, S=300, D=64, dtype=BF16, rng=rng, device="cuda", strided=True,
+          use_lse=False, scale=0.1)
+
+
+@gpu
+@hopper
+def test_cuda_unaligned_inputs_are_copied(rng):
+    """Inputs the kernel cannot read with TMA (a base 8 bytes off 16-byte alignment, a row stride not a multiple
+    of 8 elements, a strided head dim) are copied by the binding: the same bits as contiguous inputs."""
+    B, H, L, D = 1, 2, 200, 64
+    n = B * H * L * D
+    q = torch.randn(n + 4, generator=rng).to("cuda", BF16)[4:].view(B, H, L, D)
+    k = torch.randn(B, H, L, D + 4, generator=rng).to("cuda", BF16)[..., :D]
+    v = torch.randn(B, H, D, L, generator=rng).to("cuda", BF16).transpose(2, 3)
+    assert q.data_ptr() % 16 != 0 and k.stride(2) % 8 != 0 and v.stride(-1) != 1
+    mask = M.causal(L)
+    a = arkernels.block_sparse_attention(q, k, v, mask, return_lse=True, backend="cuda")
+    b = arkernels.block_sparse_attention(q.contiguous(), k.contiguous(), v.contiguous(), mask, return_lse=True,
+                                         backend="cuda")
+    for x, y in zip(a, b):
+        torch.testing.assert_close(x, y, rtol=0, atol=0)
+
+
+@gpu
+@hopper
+def test_cuda_and_triton_agree(rng):
+    """Same layout, same backward: the two forwards agree to bf16 rounding, and so do the gradients."""
+    mask = _gpu_mask("var", 680, 680, rng)
+    q, k, v = (torch.randn(2, 4, 680, 128, generator=rng).to("cuda", BF16) for _ in range(3))
+    g = torch.randn(2, 4, 680, 128, generator=rng).to("cuda", BF16)
+    res = []
+    for backend in ("cuda", "triton"):
+        leaves = [t.clone().requires_grad_(True) for t in (q, k, v)]
+        out = arkernels.block_sparse_attention(*leaves, mask, backend=backend)
+        res.append([out, *torch.autograd.grad(out, leaves, g)])
+    for name, a, b in zip(("out", "dq", "dk", "dv"), *res):
+        assert_close_to_reference(a, b.double(), rel_tol=REL_TOL[BF16], name=name)
+
+
+CUDA_UNSUPPORTED = {
+    # name: (D, dtype, message)
+    "fp32": (64, FP32, r"bfloat16 or float16, got float32"),
+    "d256": (256, BF16, r"head dim D = 64 or 128, got D = 256"),
+    "d96": (96, FP16, r"head dim D = 64 or 128, got D = 96"),
+}
+
+
+@gpu
+@pytest.mark.parametrize("name", list(CUDA_UNSUPPORTED))
+def test_cuda_unsupported_cases_raise(name, rng):
+    """No silent fallback to Triton: a case the Hopper kernel does not run raises, naming why."""
+    D, dtype, pattern = CUDA_UNSUPPORTED[name]
+    q, k, v = (torch.randn(1, 2, 64, D, generator=rng).to("cuda", dtype) for _ in range(3))
+    with pytest.raises(ValueError, match=r"backend: 'cuda' cannot run here: .*" + pattern):
+        arkernels.block_sparse_attention(q, k, v, M.causal(64), backend="cuda")
+
+
+@gpu
+@pytest.mark.skipif(HOPPER, reason="checks the refusal on a GPU other than sm_90")
+def test_cuda_backend_on_other_gpus_raises(rng):
+    q, k, v = (torch.randn(1, 2, 64, 64, generator=rng).to("cuda", BF16) for _ in range(3))
+    with pytest.raises(ValueError, match=r"backend: 'cuda' cannot run here: .*Hopper GPU \(sm_90"):
+        arkernels.block_sparse_attention(q, k, v, M.causal(64), backend="cuda")
+
+
+@gpu
+def test_native_op_cuda_refusal_is_a_value_error(rng):
+    """The C API's refusal (ARK_ERROR_INVALID_ARGUMENT) reaches Python as a ValueError carrying its message."""
+    args = _op_args(rng, "cuda", FP32, (128, 64))
+    with pytest.raises(ValueError, match=r"block_sparse_attention_fwd: dtype: the CUDA forward supports ARK_BFLOAT16"):
+        torch.ops.arkernels.block_sparse_attention_fwd(*args)
+
+
+@gpu
+@hopper
+def test_cuda_torch_compile_fullgraph(rng):
+    _compile_check("cuda", "cuda", rng)
+
+
+# Last: opcheck of the Triton and the native op on CUDA (a failing fake kernel can break the CUDA context).
 @gpu
 @pytest.mark.parametrize("dtype", [FP32, BF16], ids=["fp32", "bf16"])
 def test_opcheck_block_sparse_attention_triton_cuda(dtype, rng):
@@ -575,3 +862,12 @@ def test_opcheck_block_sparse_attention_triton_cuda(dtype, rng):
 
     torch.library.opcheck(torch.ops.arkernels.block_sparse_attention_triton.default,
                           _op_args(rng, "cuda", dtype, tiling(64, dtype, "cuda")))
+
+
+@gpu
+@hopper
+def test_opcheck_block_sparse_attention_fwd_cuda(rng):
+    from arkernels.ops.block_sparse_attention import tiling
+
+    torch.library.opcheck(torch.ops.arkernels.block_sparse_attention_fwd.default,
+                          _op_args(rng, "cuda", BF16, tiling(64, BF16, "cuda")))

@@ -7,4 +7,5 @@
 #include "arkernels/causal_conv1d.h"
 #include "arkernels/selective_state_update.h"
 #include "arkernels/ssd_chunk_scan.h"
+#include "arkernels/block_sparse_attention.h"
 #endif

@@ -2,13 +2,15 @@
 VAR block-causal, ACDiT SCAM, documents, trees, any dense mask), forward and backward.
 
 Backends: "triton" runs ``arkernels::block_sparse_attention_triton`` (triton_kernels/block_sparse_attention.py)
-on CUDA tensors (or CPU tensors under TRITON_INTERPRET=1); "cpu" runs ``arkernels::block_sparse_attention_cpu``,
-a PyTorch path over query tiles that walks the same tile layout (never builds the L x S mask; fp32 math,
-a Python loop over query tiles: a correct CPU path, not a tuned kernel); "reference" the dense PyTorch
-definition (builds the (B, Hq, L, S) scores and the L x S mask). Both ops take the layout's tensors and
-ints (the public function unpacks the layout) and have autograd (and, for the cpu op, fake kernels)
-registered here, so they work under torch.compile(fullgraph=True) and pass torch.library.opcheck.
-Design and numerics: docs/ops/block_sparse_attention.md.
+on CUDA tensors (or CPU tensors under TRITON_INTERPRET=1); "cuda" runs ``arkernels::block_sparse_attention_fwd``
+(csrc/torch/block_sparse_attention.cpp: the C API's Hopper kernel, wgmma + TMA) on CUDA tensors, with the
+layout at the Triton tiling, and the Triton backward on that same layout (explicit only: "auto" keeps Triton
+until GPU timings say otherwise); "cpu" runs ``arkernels::block_sparse_attention_cpu``, a PyTorch path over
+query tiles that walks the same tile layout (never builds the L x S mask; fp32 math, a Python loop over query
+tiles); "reference" the dense PyTorch definition (builds the (B, Hq, L, S) scores and the L x S mask). The ops
+take the layout's tensors and ints (the public function unpacks the layout) and have autograd (and fake
+kernels where torch needs them) registered here, so they work under torch.compile(fullgraph=True) and pass
+torch.library.opcheck. Design and numerics: docs/ops/block_sparse_attention.md.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import math
 
 import torch
 
+from arkernels import _library
 from arkernels._outputs import new_output
 from arkernels.masks.layout import FULL, RULE, LevelRule, TileLayout
 from arkernels.masks.mask import Mask
@@ -24,6 +27,8 @@ from arkernels.ops._checks import check_attention_qkv, check_bool, check_scale
 from arkernels.reference.block_sparse_attention import block_sparse_attention_ref
 
 OP = "block_sparse_attention_triton"
+NATIVE_OP = "block_sparse_attention_fwd"  # the C++ op (C API: CPU kernel, Hopper CUDA kernel)
+CUDA_HEAD_DIMS = (64, 128)  # what the Hopper kernel supports (also bf16 / fp16 only, sm_90 only)
 MAX_HEAD_DIM = 256
 CPU_TILING = (128, 128)  # the cpu backend's default layout tiling (it accepts a layout at any tiling)
 _GRID_LIMIT = 65535  # heads and batch rows are grid dimensions 1 and 2 of the kernels
@@ -43,7 +48,9 @@ def block_sparse_attention(q, k, v, mask, scale=None, return_lse=False, backend=
         scale: softmax scale, default 1 / sqrt(D).
         return_lse: also return the log-sum-exp (natural log) of the scaled visible scores.
         backend: "auto" (triton on CUDA tensors; cpu on CPU tensors, or triton there under
-            TRITON_INTERPRET=1), "triton", "cpu" or "reference" ("cuda" has no kernel and raises).
+            TRITON_INTERPRET=1), "triton", "cuda", "cpu" or "reference". "cuda" is the Hopper CUDA
+            forward (sm_90 GPU, bfloat16 / float16, D 64 or 128; anything else raises ValueError) with the
+            Triton backward; it is not chosen by "auto" until GPU timings show it is faster.
 
     Returns:
         out (B, Hq, L, D) in q's dtype [, lse (B, Hq, L) float32]. A query that sees no key gets
@@ -51,7 +58,13 @@ def block_sparse_attention(q, k, v, mask, scale=None, return_lse=False, backend=
     """
     B, Hq, L, D, Hkv, S = _validate(q, k, v, mask, scale, return_lse, backend)
     scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
-    chosen = _backends.resolve_triton_or_torch_cpu("block_sparse_attention", OP, backend, q.device)
+    if backend == "cuda":
+        reason = _cuda_unavailable_reason(D, q.dtype, q.device)
+        if reason is not None:
+            raise ValueError(f"backend: 'cuda' cannot run here: {reason}")
+        chosen = "cuda"
+    else:
+        chosen = _backends.resolve_triton_or_torch_cpu("block_sparse_attention", OP, backend, q.device)
     if chosen == "reference":
         out, lse = block_sparse_attention_ref(q, k, v, _dense(mask, L, S, q.device), scale)
         lse = lse.to(torch.float32)
@@ -61,9 +74,12 @@ def block_sparse_attention(q, k, v, mask, scale=None, return_lse=False, backend=
         lay = _layout(mask, *CPU_TILING, q.device, any_tiling=True)
         out, lse = torch.ops.arkernels.block_sparse_attention_cpu(q, k, v, *_layout_args(lay), scale)
     else:
+        # "cuda" builds the layout at the Triton tiling too: its backward is the Triton one, on that layout.
         block_q, block_k = tiling(D, q.dtype, q.device)
         lay = _layout(mask, block_q, block_k, q.device)
-        out, lse = torch.ops.arkernels.block_sparse_attention_triton(q, k, v, *_layout_args(lay), scale)
+        op = torch.ops.arkernels.block_sparse_attention_fwd if chosen == "cuda" else \
+            torch.ops.arkernels.block_sparse_attention_triton
+        out, lse = op(q, k, v, *_layout_args(lay), scale)
     return (out, lse) if return_lse else out
 
 
@@ -91,6 +107,48 @@ def _validate(q, k, v, mask, scale, return_lse, backend):
     if (mL, mS) != (L, S):
         raise ValueError(f"mask: expected shape (L, S) = ({L}, {S}) from q and k, got ({mL}, {mS})")
     return B, Hq, L, D, Hkv, S
+
+
+def _native_available() -> bool:
+    """arkernels._C is loaded and has the C++ op (a build older than the op lacks it)."""
+    return _library.native_available() and hasattr(torch.ops.arkernels, NATIVE_OP)
+
+
+_cuda_reasons: dict = {}
+
+
+# Constant under torch.compile (decided once while tracing, from the build, the device and the shape class).
+@torch.compiler.assume_constant_result
+def _cuda_unavailable_reason(D: int, dtype: torch.dtype, device: torch.device) -> str | None:
+    """Why backend "cuda" cannot run head dim D in `dtype` on `device`, or None when it can (cached: the
+    device and dispatcher queries cost tens of microseconds per call otherwise)."""
+    key = (D, dtype, device)
+    if key not in _cuda_reasons:
+        _cuda_reasons[key] = _cuda_reason_uncached(D, dtype, device)
+    return _cuda_reasons[key]
+
+
+def _cuda_reason_uncached(D: int, dtype: torch.dtype, device: torch.device) -> str | None:
+    if device.type != "cuda":
+        return f"the cuda backend needs CUDA tensors, got tensors on {device}"
+    if not _native_available() or not _library.has_kernel(NATIVE_OP, "CUDA"):
+        return ("this build of arkernels has no CUDA kernel of block_sparse_attention (built without nvcc, against "
+                "a CPU-only torch, or before the op existed)")
+    if not _backends.triton_available():
+        return "its backward is the Triton kernel, and triton is not installed"
+    if dtype not in (torch.bfloat16, torch.float16):
+        return f"the CUDA kernel takes bfloat16 or float16, got {str(dtype).replace('torch.', '')} (use 'triton')"
+    if D not in CUDA_HEAD_DIMS:
+        return f"the CUDA kernel takes head dim D = 64 or 128, got D = {D} (use 'triton')"
+    major, minor = torch.cuda.get_device_capability(device)
+    if (major, minor) != (9, 0):
+        return (f"the CUDA kernel needs a Hopper GPU (sm_90: wgmma, TMA), got sm_{major}{minor} "
+                f"({torch.cuda.get_device_name(device)}) (use 'triton')")
+    block_q, block_k = tiling(D, dtype, device)
+    if not torch.ops.arkernels.block_sparse_attention_cuda_supported(D, block_q, block_k, dtype, device):
+        return (f"the CUDA kernel does not run D = {D}, {str(dtype).replace('torch.', '')}, tiling {block_q} x "
+                f"{block_k} on {device} (libarkernels built without sm_90a?) (use 'triton')")
+    return None
 
 
 def _layout(mask, block_q: int, block_k: int, device: torch.device, any_tiling: bool = False) -> TileLayout:
@@ -313,6 +371,24 @@ torch.library.register_autograd(
     "arkernels::block_sparse_attention_cpu",
     _make_backward(lambda *args: torch.ops.arkernels._block_sparse_attention_cpu_backward(*args)),
     setup_context=_setup_context)
+
+
+# ---- the native op (C++ through the C API: the CPU kernel, the Hopper CUDA kernel); forward only ----
+
+if _native_available():
+    @torch.library.register_fake(f"arkernels::{NATIVE_OP}")
+    def _(q, k, v, *layout_and_scale):
+        B, Hq, L, D = q.shape
+        return q.new_empty((B, Hq, L, D)), q.new_empty((B, Hq, L), dtype=torch.float32)
+
+    def _native_backward_op(*args):
+        """The backward of the native forward on the same layout: Triton on CUDA tensors, the cpu op's on CPU."""
+        if args[2].is_cuda:  # grad_out, grad_lse, q, ...
+            return torch.ops.arkernels._block_sparse_attention_triton_backward(*args)
+        return torch.ops.arkernels._block_sparse_attention_cpu_backward(*args)
+
+    torch.library.register_autograd(f"arkernels::{NATIVE_OP}", _make_backward(_native_backward_op),
+                                    setup_context=_setup_context)
 
 
 # ---- the Triton op ----
