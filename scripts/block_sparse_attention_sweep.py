@@ -25,6 +25,31 @@ dev = torch.device(os.environ.get("SWEEP_DEVICE", "cuda"))
 DEFAULT_CONFIG = tk.config
 
 
+_tuning = []
+
+
+def _tuning_set(name: str, value: int) -> None:
+    """libarkernels' process-wide launch knobs (csrc/common/tuning.hpp), through the already loaded library."""
+    if not _tuning:
+        import ctypes
+        import glob
+
+        import arkernels
+
+        here = os.path.dirname(arkernels.__file__)
+        for cand in ["libarkernels.so", *glob.glob(os.path.join(here, "lib", "libarkernels.so*")),
+                     *glob.glob(os.path.join(here, "libarkernels.so*"))]:
+            try:
+                _tuning.append(ctypes.CDLL(cand).ark_tuning_set)
+                break
+            except OSError:
+                continue
+        else:
+            raise RuntimeError("libarkernels not found for ark_tuning_set")
+    if not _tuning[0](name.encode(), int(value)):
+        raise ValueError(f"unknown knob {name}")
+
+
 def variants(D: int, dtype) -> list[tuple[str, dict]]:
     base = DEFAULT_CONFIG(D, dtype, dev)
     if dev.type != "cuda":
@@ -60,16 +85,23 @@ def run_case(case, peers: bool):
             print(f"{label:44s} {name:18s} failed: {type(e).__name__}: {str(e)[:160]}", flush=True)
         finally:
             tk.config = DEFAULT_CONFIG
-    # The Hopper CUDA forward (its backward is Triton's at the default config), against the same oracle.
-    try:
-        fn = bench._provider_fn("arkernels-cuda", case)
-        err = bench._check("arkernels-cuda", fn, sets[0], oracle)
-        ok = err <= 2 * 1e-2
-        t = time_ms(bench._call(fn, sets[0]), case.device) if ok else float("nan")
-        print(f"{label:44s} {'cuda (sm90)':18s} {t:8.4f} ms {case.flops / (t * 1e-3) / 1e12:7.1f} TFLOP/s  "
-              f"err {err:.1e}{'' if ok else '  WRONG'}", flush=True)
-    except Exception as e:  # noqa: BLE001
-        print(f"{label:44s} {'cuda (sm90)':18s} failed: {type(e).__name__}: {str(e)[:160]}", flush=True)
+    # The Hopper CUDA forward's instances (its backward is Triton's at the default config), same oracle.
+    for schedule, stages in ((1, 2), (1, 3), (2, 2), (2, 3)):
+        name = f"cuda s{schedule} x{stages}"
+        try:
+            _tuning_set("bsa_fwd_schedule", schedule)
+            _tuning_set("bsa_fwd_stages", stages)
+            fn = bench._provider_fn("arkernels-cuda", case)
+            err = bench._check("arkernels-cuda", fn, sets[0], oracle)
+            ok = err <= 2 * 1e-2
+            t = time_ms(bench._call(fn, sets[0]), case.device) if ok else float("nan")
+            print(f"{label:44s} {name:18s} {t:8.4f} ms {case.flops / (t * 1e-3) / 1e12:7.1f} TFLOP/s  "
+                  f"err {err:.1e}{'' if ok else '  WRONG'}", flush=True)
+        except Exception as e:  # noqa: BLE001
+            print(f"{label:44s} {name:18s} failed: {type(e).__name__}: {str(e)[:160]}", flush=True)
+        finally:
+            _tuning_set("bsa_fwd_schedule", 0)
+            _tuning_set("bsa_fwd_stages", 0)
     if peers:
         for peer in ("flex", "sdpa"):
             try:

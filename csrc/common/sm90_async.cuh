@@ -14,6 +14,9 @@
 //    apart (SBO), consecutive 64-element MN panels LBO bytes apart.
 #pragma once
 
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
 #include <cstdint>
 
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -87,16 +90,17 @@ template <int R> __device__ __forceinline__ void fence_operands(float (&r)[R]) {
       "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]),            \
       "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
 
-// D (64 x N, fp32) (+)= A (64 x 16) * B (16 x N). SS: A and B by descriptor, both K-major. RS: A from
-// registers (4 x 2 halves a thread, the m64nNk16 A fragment), B by descriptor, MN-major (transposed).
-// `accumulate` 0 overwrites D. TY: the PTX type of A and B (bf16 or f16).
-#define ARK_DEFINE_WGMMA(N, NREG, TY)                                                                       \
-  __device__ __forceinline__ void wgmma_ss_m64n##N##k16_##TY(float(&d)[NREG], uint64_t desc_a,             \
-                                                            uint64_t desc_b, int accumulate) {             \
+// D (64 x N, fp32) (+)= A (64 x 16) * B (16 x N), N = 2 x (registers of d). wgmma_ss: A and B by descriptor,
+// both K-major. wgmma_rs_tb: A from registers (4 x 2 halves a thread, the m64nNk16 A fragment), B by
+// descriptor, MN-major (transposed). `accumulate` 0 overwrites D. The first argument selects the element
+// type of A and B (bf16 or fp16; only its type matters).
+#define ARK_DEFINE_WGMMA(N, NREG, TY, CTYPE)                                                                \
+  __device__ __forceinline__ void wgmma_ss(CTYPE, float(&d)[NREG], uint64_t desc_a, uint64_t desc_b,       \
+                                           int accumulate) {                                               \
     ARK_WGMMA_BODY_SS(N, NREG, TY)                                                                         \
   }                                                                                                        \
-  __device__ __forceinline__ void wgmma_rs_m64n##N##k16_##TY##_tb(float(&d)[NREG], const uint32_t(&a)[4],  \
-                                                                  uint64_t desc_b, int accumulate) {       \
+  __device__ __forceinline__ void wgmma_rs_tb(CTYPE, float(&d)[NREG], const uint32_t(&a)[4], uint64_t desc_b, \
+                                              int accumulate) {                                            \
     ARK_WGMMA_BODY_RS(N, NREG, TY)                                                                         \
   }
 
@@ -133,10 +137,10 @@ template <int R> __device__ __forceinline__ void fence_operands(float (&r)[R]) {
 #define ARK_WGMMA_BODY_RS(N, NREG, TY)
 #endif
 
-ARK_DEFINE_WGMMA(64, 32, bf16)
-ARK_DEFINE_WGMMA(128, 64, bf16)
-ARK_DEFINE_WGMMA(64, 32, f16)
-ARK_DEFINE_WGMMA(128, 64, f16)
+ARK_DEFINE_WGMMA(64, 32, bf16, __nv_bfloat16)
+ARK_DEFINE_WGMMA(128, 64, bf16, __nv_bfloat16)
+ARK_DEFINE_WGMMA(64, 32, f16, __half)
+ARK_DEFINE_WGMMA(128, 64, f16, __half)
 
 // ---- mbarriers ----
 
@@ -190,6 +194,32 @@ __device__ __forceinline__ void tma_load_4d(void* dst, const void* tmap, uint64_
       "[%2];\n" ::"r"(smem_addr(dst)),
       "l"(reinterpret_cast<uint64_t>(tmap)), "r"(smem_addr(bar)), "r"(c0), "r"(c1), "r"(c2), "r"(c3)
       : "memory");
+#endif
+}
+
+// Named barriers (ids 1-15; 0 is __syncthreads): arrive without waiting, or wait until `threads` threads
+// (arrivals and waiters together) have reached barrier `id`.
+__device__ __forceinline__ void named_barrier_sync(int id, int threads) {
+#if ARK_SM90A_DEVICE
+  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+#endif
+}
+__device__ __forceinline__ void named_barrier_arrive(int id, int threads) {
+#if ARK_SM90A_DEVICE
+  asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+#endif
+}
+
+// Per-warpgroup register budgets (every warp of the warpgroup executes it): a producer gives registers
+// back, consumers take them, within the CTA's allocation at launch.
+template <int R> __device__ __forceinline__ void regs_release() {
+#if ARK_SM90A_DEVICE
+  asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(R));
+#endif
+}
+template <int R> __device__ __forceinline__ void regs_claim() {
+#if ARK_SM90A_DEVICE
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(R));
 #endif
 }
 

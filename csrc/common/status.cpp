@@ -17,6 +17,24 @@ ark_status fail(ark_status status, const char* fmt, ...) {
 
 void clear_error() { g_message[0] = '\0'; }
 
+ark_status check_float_dtype(const char* name, ark_dtype d) {
+  ARK_REQUIRE(d == ARK_FLOAT32 || d == ARK_FLOAT16 || d == ARK_BFLOAT16,
+              "%s: expected ARK_FLOAT32, ARK_FLOAT16 or ARK_BFLOAT16, got %d", name, (int)d);
+  return ARK_SUCCESS;
+}
+
+// ARKERNELS_WITH_CUDA is a compile definition of the whole arkernels target (CMakeLists.txt), so it
+// is seen here exactly as in the ops' C API files.
+ark_status check_device(ark_device device) {
+  ARK_REQUIRE(device == ARK_DEVICE_CPU || device == ARK_DEVICE_CUDA,
+              "device: expected ARK_DEVICE_CPU or ARK_DEVICE_CUDA, got %d", (int)device);
+#ifndef ARKERNELS_WITH_CUDA
+  if (device == ARK_DEVICE_CUDA)
+    return fail(ARK_ERROR_NOT_COMPILED, "device: ARK_DEVICE_CUDA requested, but this libarkernels was built without CUDA");
+#endif
+  return ARK_SUCCESS;
+}
+
 }  // namespace ark
 
 extern "C" {

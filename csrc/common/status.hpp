@@ -25,6 +25,14 @@ inline const char* dtype_name(ark_dtype d) {
   return "unknown";
 }
 
+// Checks that `d` is one of the floating dtypes every op takes (ARK_FLOAT32, ARK_FLOAT16,
+// ARK_BFLOAT16); `name` is the argument's name in the message.
+ark_status check_float_dtype(const char* name, ark_dtype d);
+
+// Checks that `device` is ARK_DEVICE_CPU or ARK_DEVICE_CUDA (ARK_ERROR_INVALID_ARGUMENT otherwise),
+// and that CUDA was compiled in when it is requested (ARK_ERROR_NOT_COMPILED otherwise).
+ark_status check_device(ark_device device);
+
 }  // namespace ark
 
 // Validates an argument of a C API function: returns ARK_ERROR_INVALID_ARGUMENT with a message

@@ -26,6 +26,8 @@ enum class Knob : int {
   Conv1dFwdPersistent,  // causal_conv1d forward: 1 = persistent grid, next tile's loads issued before this tile's math
   Conv1dFwdVecHalo,   // causal_conv1d forward: 1 = the tile's halo read as one 16-byte vector with the tile
   SscanBwdRowsumVec,  // selective_scan backward: 1 = dB/dC row sums with 16-byte shared loads + reduce-scatter
+  BsaFwdSchedule,     // block_sparse_attention CUDA forward: 1 = serial (producer warp), 2 = pipelined (ping-pong)
+  BsaFwdStages,       // block_sparse_attention CUDA forward: K/V ring slots, 2 or 3
   Count
 };
 

@@ -617,6 +617,12 @@ void test_cuda_matches_cpu() {
                   (long long)D, bk);
       continue;
     }
+    // Every pair visible (FULL runs only: no mask code runs), one query tile and two chunks: the simplest
+    // case, first, so that a wrong MMA layout shows before any mask question.
+    Rule all_visible = causal_rule(128, 256);
+    std::fill(all_visible.q_level.begin(), all_visible.q_level.end(), 0);
+    std::fill(all_visible.k_level.begin(), all_visible.k_level.end(), 0);
+    const MaskDef full = rule_mask(128, 256, all_visible);
     const MaskDef causal = rule_mask(300, 300, causal_rule(300, 300));
     const MaskDef window = rule_mask(1000, 1000, causal_rule(1000, 1000, 200));
     const MaskDef docs = rule_mask(1000, 1000, doc_rule(1000, {100, 333, 7, 260, 150, 150}));
@@ -627,6 +633,8 @@ void test_cuda_matches_cpu() {
     const MaskDef groups = rule_mask(1000, 1000, mixed_rule(1000, 1000));
     const MaskDef bits = random_bits_mask(1000, 1000, 128, bk, seed);
     const Problem problems[] = {
+        make_problem("cuda full", 1, 1, 1, D, full, build_layout(full, 128, bk, Partial::kRule), Order::kBHND,
+                     Order::kBHND, Order::kBHND, seed++, 8),
         make_problem("cuda causal", 2, 4, 4, D, causal, build_layout(causal, 128, bk, Partial::kRule), Order::kBHND,
                      Order::kBHND, Order::kBHND, seed++, 8),
         make_problem("cuda causal strided GQA", 2, 4, 2, D, causal, build_layout(causal, 128, bk, Partial::kRule),
@@ -642,10 +650,22 @@ void test_cuda_matches_cpu() {
         make_problem("cuda bits", 1, 2, 2, D, bits, build_layout(bits, 128, bk, Partial::kBits), Order::kBHND,
                      Order::kBHND, Order::kBHND, seed++, 8),
     };
-    for (const Problem& p : problems) {
-      check_cuda(p, ARK_BFLOAT16);
-      if (ark_block_sparse_attention_cuda_supported(D, 128, bk, ARK_FLOAT16)) check_cuda(p, ARK_FLOAT16);
+    // Every kernel instance: schedule 1 (serial) / 2 (pipelined) x 2 / 3 ring slots (tuning knobs).
+    for (const int schedule : {1, 2}) {
+      for (const int stages : {2, 3}) {
+        ark_tuning_set("bsa_fwd_schedule", schedule);
+        ark_tuning_set("bsa_fwd_stages", stages);
+        std::printf("CUDA forward, head_dim %lld, schedule %d, %d slots:\n", (long long)D, schedule, stages);
+        const int before = g_failures;
+        for (const Problem& p : problems) {
+          check_cuda(p, ARK_BFLOAT16);
+          if (ark_block_sparse_attention_cuda_supported(D, 128, bk, ARK_FLOAT16)) check_cuda(p, ARK_FLOAT16);
+        }
+        std::printf("  %s\n", g_failures == before ? "ok" : "FAILED");
+      }
     }
+    ark_tuning_set("bsa_fwd_schedule", 0);
+    ark_tuning_set("bsa_fwd_stages", 0);
     // Refused before any launch: a stride that is not a multiple of 8, a misaligned pointer.
     const Problem& p = problems[0];
     const std::vector<uint8_t> hq = encode(p.q.buf, ARK_BFLOAT16);

@@ -270,15 +270,21 @@ def test_opcheck_block_sparse_attention_cpu_backward(rng):
 def _compile_check(backend, device, rng):
     from arkernels.ops.block_sparse_attention import CPU_TILING, tiling
 
-    torch._dynamo.reset()
     L, D = 300, 64
     tiles = CPU_TILING if backend == "cpu" else tiling(D, BF16, device)
     lay = M.causal(L).layout(*tiles, device)
+    _compiled_matches_eager(lambda q, k, v: arkernels.block_sparse_attention(q, k, v, lay, return_lse=True,
+                                                                            backend=backend), L, D, device, rng)
+
+
+def _compiled_matches_eager(attend, L, D, device, rng):
+    """attend(q, k, v) -> (out, lse) under torch.compile(fullgraph=True) against eager: a loss and every gradient."""
+    torch._dynamo.reset()
     q, k, v = (torch.randn(2, 4, L, D, generator=rng).to(device, BF16) for _ in range(3))
     w = torch.randn(2, 4, L, D, generator=rng).to(device)
 
     def f(q, k, v):
-        out, lse = arkernels.block_sparse_attention(q, k, v, lay, return_lse=True, backend=backend)
+        out, lse = attend(q, k, v)
         return (out.float() * w).sum() + lse.sum()
 
     results = []
@@ -377,24 +383,10 @@ def test_native_cpu_torch_compile_fullgraph(rng):
     """The native op (fake kernel, autograd) traced whole by torch.compile, forward and backward."""
     from arkernels.ops.block_sparse_attention import _layout_args
 
-    torch._dynamo.reset()
-    L, D = 200, 32
+    L = 200
     args = _layout_args(M.causal(L).layout(64, 32))
-    q, k, v = (torch.randn(2, 4, L, D, generator=rng).to(BF16) for _ in range(3))
-    w = torch.randn(2, 4, L, D, generator=rng)
-
-    def f(q, k, v):
-        out, lse = torch.ops.arkernels.block_sparse_attention_fwd(q, k, v, *args, 0.2)
-        return (out.float() * w).sum() + lse.sum()
-
-    results = []
-    for fn in (f, torch.compile(f, fullgraph=True)):
-        leaves = [t.clone().requires_grad_(True) for t in (q, k, v)]
-        y = fn(*leaves)
-        y.backward()
-        results.append([y.detach()] + [t.grad for t in leaves])
-    for a, b in zip(*results):
-        assert_close_to_reference(b, a, rel_tol=1e-5, name="compiled vs eager")
+    _compiled_matches_eager(lambda q, k, v: torch.ops.arkernels.block_sparse_attention_fwd(q, k, v, *args, 0.2), L, 32,
+                            "cpu", rng)
 
 
 def _native_bad(**changes):

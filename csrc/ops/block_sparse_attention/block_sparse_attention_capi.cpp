@@ -109,15 +109,8 @@ extern "C" ark_status ark_block_sparse_attention_fwd(const void* q, const void* 
   ARK_REQUIRE(head_dim >= 1 && head_dim <= INT_MAX, "head_dim: expected 1 .. %d, got %lld", INT_MAX,
               (long long)head_dim);
   ARK_REQUIRE(std::isfinite(scale) && scale > 0.0f, "scale: expected a finite value > 0, got %g", (double)scale);
-  ARK_REQUIRE(dtype == ARK_FLOAT32 || dtype == ARK_FLOAT16 || dtype == ARK_BFLOAT16,
-              "dtype: expected ARK_FLOAT32, ARK_FLOAT16 or ARK_BFLOAT16, got %d", (int)dtype);
-  ARK_REQUIRE(device == ARK_DEVICE_CPU || device == ARK_DEVICE_CUDA,
-              "device: expected ARK_DEVICE_CPU or ARK_DEVICE_CUDA, got %d", (int)device);
-#ifndef ARKERNELS_WITH_CUDA
-  if (device == ARK_DEVICE_CUDA)
-    return ark::fail(ARK_ERROR_NOT_COMPILED,
-                     "device: ARK_DEVICE_CUDA requested, but this libarkernels was built without CUDA");
-#endif
+  ARK_TRY(ark::check_float_dtype("dtype", dtype));
+  ARK_TRY(ark::check_device(device));
   ARK_TRY(check_strides("q_strides", q_strides));
   ARK_TRY(check_strides("k_strides", k_strides));
   ARK_TRY(check_strides("v_strides", v_strides));

@@ -1,17 +1,5 @@
-// block_sparse_attention forward for Hopper (sm_90a): TMA-fed warpgroup MMAs over the runs of a tile layout.
-//
-// One CTA per (query tile of 128 rows, q head, batch row), 288 threads:
-//  * warp 8 (the producer): one lane loads the Q tile once and then, for every 128-key chunk the tile
-//    visits, the K and V chunk into a ring of STAGES shared-memory slots (TMA, 128-byte swizzle);
-//  * warps 0-7 (two consumer warpgroups, 64 query rows each): per chunk S = Q K^T (wgmma, both operands
-//    in shared memory), the mask on partial chunks, online softmax in fp32 (log2 domain), then
-//    O += P V (wgmma, P from registers as the A operand, V transposed from shared memory); each warp
-//    frees the slot when done.
-// The chunks are walked from the layout's runs (masks/layout.py): a run of key tiles [start, end) becomes
-// ceil(keys / 128) chunks; chunks of FULL runs that lie wholly inside the run skip all mask work; the
-// others test each element (the run's end and S, the level rule, or the bitmaps). The layout's query tile
-// must be 128 rows and its key tile a divisor of 128, so the same layout also serves the Triton backward.
-// Out-of-range rows of Q/K/V read as zeros (TMA bounds), out-of-range rows of out are never written.
+// block_sparse_attention forward for Hopper (sm_90a), host side: tensor maps, schedule choice, launch. The
+// kernels and their design: block_sparse_attention_sm90.cuh.
 #include <cuda.h>
 #include <cudaTypedefs.h>
 #include <cuda_bf16.h>
@@ -21,351 +9,21 @@
 #include <cmath>
 #include <type_traits>
 
-#include "common/sm90_async.cuh"
 #include "common/status.hpp"
+#include "common/tuning.hpp"
 #include "ops/block_sparse_attention/block_sparse_attention.cuh"
+#include "ops/block_sparse_attention/block_sparse_attention_sm90.cuh"
 
 namespace ark {
 namespace {
 
-constexpr int BM = kBsaCudaBlockQ;  // query rows per CTA
-constexpr int BN = kBsaCudaChunk;   // keys per chunk
-constexpr int kConsumerWarps = 8;
-constexpr int kThreads = (kConsumerWarps + 1) * 32;
-constexpr int kPanelCols = 64;      // 128-byte rows of 16-bit elements: one swizzle panel
-constexpr uint32_t kSwizzleRowBytes = 128;
-
-template <int D, int STAGES>
-struct Smem {
-  static constexpr int kPanels = D / kPanelCols;
-  static constexpr uint32_t kQBytes = BM * D * 2;
-  static constexpr uint32_t kChunkBytes = BN * D * 2;  // one K or one V chunk
-  static constexpr uint32_t kQ = 0;
-  static constexpr uint32_t kK = kQ + kQBytes;
-  static constexpr uint32_t kV = kK + STAGES * kChunkBytes;
-  static constexpr uint32_t kBars = kV + STAGES * kChunkBytes;  // q_full, k_full[S], v_full[S], empty[S]
-  static constexpr uint32_t kBytes = kBars + (1 + 3 * STAGES) * 8;
-  static constexpr uint32_t kLaunchBytes = kBytes + 1024;  // room to align the base to 1024 bytes
-};
-
-struct Rule {
-  const int32_t *q_level, *k_level, *q_doc, *k_doc, *q_group, *k_group;
-  int32_t window;
-};
-
-struct KernelArgs {
-  void* out;
-  float* lse;
-  int64_t L, S;
-  int Hq, group;  // group: q heads per kv head
-  float scale_log2, scale;
-  const int32_t* q_run_ptr;
-  const int32_t* q_runs;
-  const int32_t* tile_bits;
-  int block_k, bits_words;  // bitmap words per row: ceil(block_k / 32)
-  Rule rule;
-};
-
-// The chunk sequence of one query tile, identical in the producer and every consumer thread.
-struct ChunkCursor {
-  const int32_t* runs;
-  int r, r_end;
-  int key, key_end;  // this chunk starts at `key`; the run's keys end at key_end (clipped to S)
-  int kind, bits, run_key0;
-
-  __device__ void load_run(int S, int block_k) {
-    const int start = runs[4 * r], end = runs[4 * r + 1];
-    kind = runs[4 * r + 2];
-    bits = runs[4 * r + 3];
-    run_key0 = start * block_k;
-    key = run_key0;
-    key_end = min(end * block_k, S);
-  }
-  __device__ void init(const KernelArgs& a, int tile) {
-    runs = a.q_runs;
-    r = a.q_run_ptr[tile];
-    r_end = a.q_run_ptr[tile + 1];
-    if (r < r_end) load_run(int(a.S), a.block_k);
-  }
-  __device__ bool valid() const { return r < r_end; }
-  __device__ void next(const KernelArgs& a) {
-    key += BN;
-    if (key >= key_end) {
-      ++r;
-      if (r < r_end) load_run(int(a.S), a.block_k);
-    }
-  }
-  // FULL and the whole chunk inside the run: no element needs a test.
-  __device__ bool unmasked() const { return kind == 0 && key + BN <= key_end; }
-};
-
-// Visibility of (row, col) in a chunk that needs tests. q_* hold the row's rule values.
-__device__ __forceinline__ bool visible(const KernelArgs& a, const ChunkCursor& c, int row_in_tile, int col, int ql,
-                                        int qd, int qg) {
-  if (col >= c.key_end) return false;
-  if (c.kind == 1) {
-    const Rule& r = a.rule;
-    const int kl = r.k_level[col];
-    bool ok = kl <= ql && (r.window < 0 || ql - kl < r.window);
-    if (r.k_group) ok = ok || qg == r.k_group[col];
-    if (r.k_doc) ok = ok && qd == r.k_doc[col];
-    return ok;
-  }
-  if (c.kind == 2) {
-    const int in_run = col - c.run_key0;
-    const int tile = c.bits + in_run / a.block_k;
-    const int k_in_tile = in_run % a.block_k;
-    const int64_t word = (int64_t(tile) * BM + row_in_tile) * a.bits_words + (k_in_tile >> 5);
-    return (a.tile_bits[word] >> (k_in_tile & 31)) & 1;
-  }
-  return true;  // FULL, only the run's end and S to respect
-}
-
-template <typename T> struct Pack2;
-template <> struct Pack2<__nv_bfloat16> {
-  static __device__ __forceinline__ uint32_t pack(float lo, float hi) {
-    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-    return *reinterpret_cast<uint32_t*>(&v);
-  }
-};
-template <> struct Pack2<__half> {
-  static __device__ __forceinline__ uint32_t pack(float lo, float hi) {
-    __half2 v = __floats2half2_rn(lo, hi);
-    return *reinterpret_cast<uint32_t*>(&v);
-  }
-};
-
-template <typename T, int N> struct Mma;
-template <int N> struct Mma<__nv_bfloat16, N> {
-  static __device__ __forceinline__ void ss(float (&d)[N / 2], uint64_t a, uint64_t b, int acc) {
-    if constexpr (N == 128) sm90::wgmma_ss_m64n128k16_bf16(d, a, b, acc);
-    else sm90::wgmma_ss_m64n64k16_bf16(d, a, b, acc);
-  }
-  static __device__ __forceinline__ void rs(float (&d)[N / 2], const uint32_t (&a)[4], uint64_t b, int acc) {
-    if constexpr (N == 128) sm90::wgmma_rs_m64n128k16_bf16_tb(d, a, b, acc);
-    else sm90::wgmma_rs_m64n64k16_bf16_tb(d, a, b, acc);
-  }
-};
-template <int N> struct Mma<__half, N> {
-  static __device__ __forceinline__ void ss(float (&d)[N / 2], uint64_t a, uint64_t b, int acc) {
-    if constexpr (N == 128) sm90::wgmma_ss_m64n128k16_f16(d, a, b, acc);
-    else sm90::wgmma_ss_m64n64k16_f16(d, a, b, acc);
-  }
-  static __device__ __forceinline__ void rs(float (&d)[N / 2], const uint32_t (&a)[4], uint64_t b, int acc) {
-    if constexpr (N == 128) sm90::wgmma_rs_m64n128k16_f16_tb(d, a, b, acc);
-    else sm90::wgmma_rs_m64n64k16_f16_tb(d, a, b, acc);
-  }
-};
-
-__device__ __forceinline__ float quad_max(float x) {
-  x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
-  return fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
-}
-__device__ __forceinline__ float quad_sum(float x) {
-  x += __shfl_xor_sync(0xffffffffu, x, 1);
-  return x + __shfl_xor_sync(0xffffffffu, x, 2);
-}
-
-template <typename T, int D, int STAGES>
-__device__ void producer(const KernelArgs& a, uint8_t* smem, const CUtensorMap* tq, const CUtensorMap* tk,
-                         const CUtensorMap* tv, int tile, int h, int hk, int b) {
-  using L = Smem<D, STAGES>;
-  uint64_t* bars = reinterpret_cast<uint64_t*>(smem + L::kBars);
-  uint64_t* q_full = bars;
-  uint64_t* k_full = bars + 1;
-  uint64_t* v_full = bars + 1 + STAGES;
-  uint64_t* empty = bars + 1 + 2 * STAGES;
-  sm90::mbar_arrive_expect_tx(q_full, L::kQBytes);
-  for (int p = 0; p < L::kPanels; ++p)
-    sm90::tma_load_4d(smem + L::kQ + p * BM * kSwizzleRowBytes, tq, q_full, p * kPanelCols, tile * BM, h, b);
-  ChunkCursor c;
-  c.init(a, tile);
-  for (int it = 0; c.valid(); ++it, c.next(a)) {
-    const int s = it % STAGES;
-    if (it >= STAGES) sm90::mbar_wait(&empty[s], ((it / STAGES) - 1) & 1);
-    sm90::mbar_arrive_expect_tx(&k_full[s], L::kChunkBytes);
-    for (int p = 0; p < L::kPanels; ++p)
-      sm90::tma_load_4d(smem + L::kK + s * L::kChunkBytes + p * BN * kSwizzleRowBytes, tk, &k_full[s],
-                        p * kPanelCols, c.key, hk, b);
-    sm90::mbar_arrive_expect_tx(&v_full[s], L::kChunkBytes);
-    for (int p = 0; p < L::kPanels; ++p)
-      sm90::tma_load_4d(smem + L::kV + s * L::kChunkBytes + p * BN * kSwizzleRowBytes, tv, &v_full[s],
-                        p * kPanelCols, c.key, hk, b);
-  }
-}
-
-template <typename T, int D, int STAGES>
-__device__ void consumer(const KernelArgs& a, uint8_t* smem, int tile, int h, int b) {
-  using L = Smem<D, STAGES>;
-  using M = Mma<T, BN>;
-  using MO = Mma<T, D>;
-  uint64_t* bars = reinterpret_cast<uint64_t*>(smem + L::kBars);
-  uint64_t* q_full = bars;
-  uint64_t* k_full = bars + 1;
-  uint64_t* v_full = bars + 1 + STAGES;
-  uint64_t* empty = bars + 1 + 2 * STAGES;
-
-  const int wg = threadIdx.x / 128;
-  const int warp = (threadIdx.x / 32) % 4;
-  const int lane = threadIdx.x % 32;
-  // This thread's two rows of the m64nNk16 accumulator: r and r + 8 inside its warp's 16 rows; its
-  // columns: 8 j + 2 (lane % 4) + {0, 1} for every 8-column block j.
-  const int row0_in_tile = wg * 64 + warp * 16 + lane / 4;
-  const int row0 = tile * BM + row0_in_tile;
-  const int col_in_block = 2 * (lane % 4);
-
-  int ql[2] = {0, 0}, qd[2] = {0, 0}, qg[2] = {0, 0};
-  if (a.rule.q_level) {
-    for (int i = 0; i < 2; ++i) {
-      const int row = row0 + 8 * i;
-      if (row < a.L) {
-        ql[i] = a.rule.q_level[row];
-        if (a.rule.q_doc) qd[i] = a.rule.q_doc[row];
-        if (a.rule.q_group) qg[i] = a.rule.q_group[row];
-      }
-    }
-  }
-
-  float o[D / 2];
-#pragma unroll
-  for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
-  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
-  float s[BN / 2];
-
-  sm90::mbar_wait(q_full, 0);
-  const uint32_t q_base = sm90::smem_addr(smem + L::kQ) + wg * 64 * kSwizzleRowBytes;
-  ChunkCursor c;
-  c.init(a, tile);
-  for (int it = 0; c.valid(); ++it, c.next(a)) {
-    const int st = it % STAGES;
-    const uint32_t parity = (it / STAGES) & 1;
-    const uint32_t k_base = sm90::smem_addr(smem + L::kK + st * L::kChunkBytes);
-    const uint32_t v_base = sm90::smem_addr(smem + L::kV + st * L::kChunkBytes);
-
-    // S = Q K^T: 16-column k-steps, four per 64-column panel.
-    sm90::mbar_wait(&k_full[st], parity);
-    sm90::wgmma_fence();
-#pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) {
-      const uint32_t off = (kk % 4) * 32;  // byte offset of the k-step inside its 128-byte row
-      const uint64_t da = sm90::sw128_desc(q_base + (kk / 4) * BM * kSwizzleRowBytes + off, 16, 1024);
-      const uint64_t db = sm90::sw128_desc(k_base + (kk / 4) * BN * kSwizzleRowBytes + off, 16, 1024);
-      M::ss(s, da, db, kk > 0);
-    }
-    sm90::wgmma_commit();
-    sm90::wgmma_wait<0>();
-    sm90::fence_operands(s);
-
-    if (!c.unmasked()) {
-#pragma unroll
-      for (int i = 0; i < BN / 2; ++i) {
-        const int half = (i >> 1) & 1;  // 0: row r, 1: row r + 8
-        const int col = c.key + 8 * (i >> 2) + col_in_block + (i & 1);
-        if (!visible(a, c, row0_in_tile + 8 * half, col, ql[half], qd[half], qg[half])) s[i] = -INFINITY;
-      }
-    }
-
-    // Online softmax on raw scores; exponents in the log2 domain with the scale folded in.
-    float mx[2] = {m[0], m[1]};
-#pragma unroll
-    for (int i = 0; i < BN / 2; ++i) mx[(i >> 1) & 1] = fmaxf(mx[(i >> 1) & 1], s[i]);
-    float alpha[2], neg_base[2];
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      mx[r] = quad_max(mx[r]);
-      // A row with nothing visible yet keeps m = -inf and uses base 0: its p = exp2(-inf) = 0.
-      const float base = mx[r] == -INFINITY ? 0.f : mx[r];
-      alpha[r] = sm90::ex2((m[r] - base) * a.scale_log2);  // m = -inf: 0 (and o, l are 0 anyway)
-      neg_base[r] = -base * a.scale_log2;
-      m[r] = mx[r];
-      l[r] *= alpha[r];
-    }
-    uint32_t p[BN / 16][4];
-#pragma unroll
-    for (int i = 0; i < BN / 2; i += 2) {
-      const int r = (i >> 1) & 1;
-      const float p0 = sm90::ex2(fmaf(s[i], a.scale_log2, neg_base[r]));
-      const float p1 = sm90::ex2(fmaf(s[i + 1], a.scale_log2, neg_base[r]));
-      l[r] += p0 + p1;
-      // Accumulators 8 kk .. 8 kk + 7 hold keys 16 kk .. 16 kk + 15: the A fragment of k-step kk, pair (i/2) % 4.
-      p[i / 8][(i / 2) % 4] = Pack2<T>::pack(p0, p1);
-    }
-#pragma unroll
-    for (int i = 0; i < D / 2; ++i) o[i] *= alpha[(i >> 1) & 1];
-
-    // O += P V: V (keys x D) is the MN-major B operand; 16 keys per k-step = 2048 bytes of each panel.
-    sm90::mbar_wait(&v_full[st], parity);
-    sm90::wgmma_fence();
-#pragma unroll
-    for (int kk = 0; kk < BN / 16; ++kk) {
-      const uint64_t db = sm90::sw128_desc(v_base + kk * 16 * kSwizzleRowBytes, BN * kSwizzleRowBytes, 1024);
-      MO::rs(o, p[kk], db, 1);
-    }
-    sm90::wgmma_commit();
-    sm90::wgmma_wait<0>();
-    sm90::fence_operands(o);
-    __syncwarp();
-    if (lane == 0) sm90::mbar_arrive(&empty[st]);
-  }
-
-  // Normalise and store; lse = scale * m + ln(l), -inf (and out 0) for a row that saw nothing.
-  T* out = static_cast<T*>(a.out);
-  const int64_t bh = int64_t(b) * a.Hq + h;
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    const float lr = quad_sum(l[r]);
-    const int row = row0 + 8 * r;
-    const float inv = lr > 0.f ? 1.f / lr : 0.f;
-    if (row < a.L) {
-      T* dst = out + (bh * a.L + row) * D + col_in_block;
-#pragma unroll
-      for (int j = 0; j < D / 8; ++j) {
-        const uint32_t v = Pack2<T>::pack(o[4 * j + 2 * r] * inv, o[4 * j + 2 * r + 1] * inv);
-        *reinterpret_cast<uint32_t*>(dst + 8 * j) = v;
-      }
-      if (a.lse && (lane % 4) == 0) a.lse[bh * a.L + row] = lr > 0.f ? a.scale * m[r] + logf(lr) : -INFINITY;
-    }
-  }
-}
-
-template <typename T, int D, int STAGES>
-__global__ void __launch_bounds__(kThreads, 1)
-    block_sparse_attention_fwd_sm90_kernel(const __grid_constant__ CUtensorMap tq, const __grid_constant__ CUtensorMap tk,
-                                           const __grid_constant__ CUtensorMap tv, const KernelArgs a) {
-#if ARK_SM90A_DEVICE
-  using L = Smem<D, STAGES>;
-  extern __shared__ uint8_t smem_raw[];
-  // 128-byte swizzled tiles must start on 1024-byte boundaries (the descriptors assume base offset 0).
-  uint8_t* smem = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
-  // Heaviest query tiles (under causal-like masks: the last) first, so the tail of the grid is short.
-  const int tile = gridDim.x - 1 - blockIdx.x;
-  const int h = blockIdx.y, b = blockIdx.z;
-  if (threadIdx.x == 0) {
-    uint64_t* bars = reinterpret_cast<uint64_t*>(smem + L::kBars);
-    sm90::mbar_init(&bars[0], 1);
-    for (int s = 0; s < STAGES; ++s) {
-      sm90::mbar_init(&bars[1 + s], 1);
-      sm90::mbar_init(&bars[1 + STAGES + s], 1);
-      sm90::mbar_init(&bars[1 + 2 * STAGES + s], kConsumerWarps);
-    }
-    sm90::mbar_init_fence();
-  }
-  __syncthreads();
-  if (threadIdx.x / 32 == kConsumerWarps) {
-    if (threadIdx.x % 32 == 0) producer<T, D, STAGES>(a, smem, &tq, &tk, &tv, tile, h, h / a.group, b);
-  } else {
-    consumer<T, D, STAGES>(a, smem, tile, h, b);
-  }
-#endif
-}
+using namespace bsa_sm90;
 
 // Rows with no key at all (S == 0): out 0, lse -inf.
 __global__ void fill_lse_neg_inf(float* lse, int64_t n) {
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i < n) lse[i] = -INFINITY;
 }
-
-// ---- host side ----
 
 PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
   static PFN_cuTensorMapEncodeTiled_v12000 fn = [] {
@@ -406,11 +64,30 @@ ark_status make_tensor_map(CUtensorMap* map, const char* name, const void* base,
   return ARK_SUCCESS;
 }
 
-constexpr int kStages = 2;
+// Kernel instances: schedule (serial / pipelined, see the .cuh) x ring slots (2; 3 fits D 64 and, at 224 KB,
+// D 128). Knobs bsa_fwd_schedule (1 serial, 2 pipelined) and bsa_fwd_stages (2, 3) pick one for tuning runs;
+// the default is the serial schedule with 2 slots until GPU timings choose.
+template <typename T, int D, int STAGES, bool PIPELINED>
+ark_status launch_instance(const CUtensorMap& tq, const CUtensorMap& tk, const CUtensorMap& tv, const KernelArgs& a,
+                           dim3 grid, cudaStream_t stream) {
+  using L = Smem<D, STAGES>;
+  auto kernel = block_sparse_attention_fwd_kernel<T, D, STAGES, PIPELINED>;
+  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(L::kLaunchBytes));
+  if (err == cudaSuccess) {
+    kernel<<<grid, Schedule<PIPELINED>::kThreads, L::kLaunchBytes, stream>>>(tq, tk, tv, a);
+    err = cudaGetLastError();
+  }
+  if (err != cudaSuccess) return fail(ARK_ERROR_CUDA, "block_sparse_attention: %s", cudaGetErrorString(err));
+  return ARK_SUCCESS;
+}
 
 template <typename T, int D>
 ark_status launch(const BlockSparseAttentionFwdParams& p, cudaStream_t stream) {
-  using L = Smem<D, kStages>;
+  const int schedule = knob(Knob::BsaFwdSchedule) ? knob(Knob::BsaFwdSchedule) : 1;
+  const int stages = knob(Knob::BsaFwdStages) ? knob(Knob::BsaFwdStages) : 2;
+  if ((schedule != 1 && schedule != 2) || (stages != 2 && stages != 3))
+    return fail(ARK_ERROR_INVALID_ARGUMENT, "knobs bsa_fwd_schedule / bsa_fwd_stages: expected 1 or 2 / 2 or 3, got %d / %d",
+                schedule, stages);
   CUtensorMap tq, tk, tv;
   const ark_dtype dt = std::is_same<T, __nv_bfloat16>::value ? ARK_BFLOAT16 : ARK_FLOAT16;
   ARK_TRY(make_tensor_map(&tq, "q", p.q, dt, D, p.L, p.q_heads, p.batch, p.q_strides, BM));
@@ -432,14 +109,12 @@ ark_status launch(const BlockSparseAttentionFwdParams& p, cudaStream_t stream) {
   a.bits_words = (p.mask.block_k + 31) / 32;
   a.rule = Rule{p.mask.q_level, p.mask.k_level, p.mask.q_doc, p.mask.k_doc, p.mask.q_group, p.mask.k_group,
                 p.mask.window};
-  auto kernel = block_sparse_attention_fwd_sm90_kernel<T, D, kStages>;
-  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(L::kLaunchBytes));
-  if (err != cudaSuccess) return fail(ARK_ERROR_CUDA, "block_sparse_attention: %s", cudaGetErrorString(err));
   const dim3 grid(unsigned((p.L + BM - 1) / BM), unsigned(p.q_heads), unsigned(p.batch));
-  kernel<<<grid, kThreads, L::kLaunchBytes, stream>>>(tq, tk, tv, a);
-  err = cudaGetLastError();
-  if (err != cudaSuccess) return fail(ARK_ERROR_CUDA, "block_sparse_attention: %s", cudaGetErrorString(err));
-  return ARK_SUCCESS;
+  if (schedule == 2)
+    return stages == 2 ? launch_instance<T, D, 2, true>(tq, tk, tv, a, grid, stream)
+                       : launch_instance<T, D, 3, true>(tq, tk, tv, a, grid, stream);
+  return stages == 2 ? launch_instance<T, D, 2, false>(tq, tk, tv, a, grid, stream)
+                     : launch_instance<T, D, 3, false>(tq, tk, tv, a, grid, stream);
 }
 
 // The kernel instance has sm_90a code (the library may be built without 90a, and PTX of another target
@@ -447,7 +122,7 @@ ark_status launch(const BlockSparseAttentionFwdParams& p, cudaStream_t stream) {
 template <typename T, int D>
 bool has_sm90a_code() {
   cudaFuncAttributes attr{};
-  if (cudaFuncGetAttributes(&attr, block_sparse_attention_fwd_sm90_kernel<T, D, kStages>) != cudaSuccess) {
+  if (cudaFuncGetAttributes(&attr, block_sparse_attention_fwd_kernel<T, D, 2, false>) != cudaSuccess) {
     cudaGetLastError();
     return false;
   }

@@ -6,24 +6,6 @@
 
 namespace {
 
-bool valid_dtype(ark_dtype d) { return d == ARK_FLOAT32 || d == ARK_FLOAT16 || d == ARK_BFLOAT16; }
-
-ark_status check_dtype(const char* name, ark_dtype d) {
-  ARK_REQUIRE(valid_dtype(d), "%s: expected ARK_FLOAT32, ARK_FLOAT16 or ARK_BFLOAT16, got %d", name, (int)d);
-  return ARK_SUCCESS;
-}
-
-ark_status check_device(ark_device device) {
-  ARK_REQUIRE(device == ARK_DEVICE_CPU || device == ARK_DEVICE_CUDA,
-              "device: expected ARK_DEVICE_CPU or ARK_DEVICE_CUDA, got %d", (int)device);
-#ifndef ARKERNELS_WITH_CUDA
-  if (device == ARK_DEVICE_CUDA)
-    return ark::fail(ARK_ERROR_NOT_COMPILED,
-                     "device: ARK_DEVICE_CUDA requested, but this libarkernels was built without CUDA");
-#endif
-  return ARK_SUCCESS;
-}
-
 // The checks forward, backward and update share.
 ark_status check_common(int64_t batch, int64_t dim, int64_t L, int width, int silu, ark_dtype dtype,
                         ark_dtype param_dtype, ark_device device) {
@@ -32,9 +14,9 @@ ark_status check_common(int64_t batch, int64_t dim, int64_t L, int width, int si
   ARK_REQUIRE(L >= 0, "L: expected >= 0, got %lld", (long long)L);
   ARK_REQUIRE(width >= 2 && width <= 4, "width: expected 2, 3 or 4, got %d", width);
   ARK_REQUIRE(silu == 0 || silu == 1, "silu: expected 0 or 1, got %d", silu);
-  ARK_TRY(check_dtype("dtype", dtype));
-  ARK_TRY(check_dtype("param_dtype", param_dtype));
-  return check_device(device);
+  ARK_TRY(ark::check_float_dtype("dtype", dtype));
+  ARK_TRY(ark::check_float_dtype("param_dtype", param_dtype));
+  return ark::check_device(device);
 }
 
 // Inputs may broadcast (stride 0); negative strides are not supported.
@@ -52,7 +34,7 @@ extern "C" ark_status ark_causal_conv1d_fwd(const void* x, const void* weight, c
                                             ark_device device, void* stream) {
   ark::clear_error();
   ARK_TRY(check_common(batch, dim, L, width, silu, dtype, param_dtype, device));
-  if (initial_states) ARK_TRY(check_dtype("states_dtype", states_dtype));
+  if (initial_states) ARK_TRY(ark::check_float_dtype("states_dtype", states_dtype));
   ARK_TRY(check_stride("x_batch_stride", x_batch_stride));
   ARK_TRY(check_stride("x_dim_stride", x_dim_stride));
   const bool has_elements = batch > 0 && dim > 0 && L > 0;
@@ -95,7 +77,7 @@ extern "C" ark_status ark_causal_conv1d_bwd(const void* x, const void* weight, c
                                             int silu, ark_dtype dtype, ark_device device, void* stream) {
   ark::clear_error();
   ARK_TRY(check_common(batch, dim, L, width, silu, dtype, param_dtype, device));
-  if (initial_states) ARK_TRY(check_dtype("states_dtype", states_dtype));
+  if (initial_states) ARK_TRY(ark::check_float_dtype("states_dtype", states_dtype));
   ARK_TRY(check_stride("x_batch_stride", x_batch_stride));
   ARK_TRY(check_stride("x_dim_stride", x_dim_stride));
   ARK_TRY(check_stride("g_batch_stride", g_batch_stride));

@@ -10,15 +10,8 @@ ark_status check_common(int64_t rows, int64_t T, int reverse, ark_dtype dtype, a
   ARK_REQUIRE(rows >= 0, "rows: expected >= 0, got %lld", (long long)rows);
   ARK_REQUIRE(T >= 0, "T: expected >= 0, got %lld", (long long)T);
   ARK_REQUIRE(reverse == 0 || reverse == 1, "reverse: expected 0 or 1, got %d", reverse);
-  ARK_REQUIRE(dtype == ARK_FLOAT32 || dtype == ARK_FLOAT16 || dtype == ARK_BFLOAT16,
-              "dtype: expected ARK_FLOAT32, ARK_FLOAT16 or ARK_BFLOAT16, got %d", (int)dtype);
-  ARK_REQUIRE(device == ARK_DEVICE_CPU || device == ARK_DEVICE_CUDA,
-              "device: expected ARK_DEVICE_CPU or ARK_DEVICE_CUDA, got %d", (int)device);
-#ifndef ARKERNELS_WITH_CUDA
-  if (device == ARK_DEVICE_CUDA)
-    return ark::fail(ARK_ERROR_NOT_COMPILED, "device: ARK_DEVICE_CUDA requested, but this libarkernels was built without CUDA");
-#endif
-  return ARK_SUCCESS;
+  ARK_TRY(ark::check_float_dtype("dtype", dtype));
+  return ark::check_device(device);
 }
 
 // Inputs may share rows (stride 0 broadcasts one row); outputs must not overlap.

@@ -17,14 +17,8 @@ ark_status check_args(const ark_selective_scan_args* a, ark_device device, Check
               "dstate: expected 1..%d, got %lld", ARK_SELECTIVE_SCAN_MAX_DSTATE, (long long)a->dstate);
   ARK_REQUIRE(a->ngroups >= 1 && (a->dim == 0 || a->dim % a->ngroups == 0),
               "ngroups: expected >= 1 and dividing dim = %lld, got %lld", (long long)a->dim, (long long)a->ngroups);
-  ARK_REQUIRE(a->dtype == ARK_FLOAT32 || a->dtype == ARK_FLOAT16 || a->dtype == ARK_BFLOAT16,
-              "dtype: expected ARK_FLOAT32, ARK_FLOAT16 or ARK_BFLOAT16, got %d", (int)a->dtype);
-  ARK_REQUIRE(device == ARK_DEVICE_CPU || device == ARK_DEVICE_CUDA,
-              "device: expected ARK_DEVICE_CPU or ARK_DEVICE_CUDA, got %d", (int)device);
-#ifndef ARKERNELS_WITH_CUDA
-  if (device == ARK_DEVICE_CUDA)
-    return ark::fail(ARK_ERROR_NOT_COMPILED, "device: ARK_DEVICE_CUDA requested, but this libarkernels was built without CUDA");
-#endif
+  ARK_TRY(ark::check_float_dtype("dtype", a->dtype));
+  ARK_TRY(ark::check_device(device));
   if (a->cu_seqlens) {
     ARK_REQUIRE(a->batch == 1, "cu_seqlens: packed sequences need batch == 1, got batch %lld", (long long)a->batch);
     ARK_REQUIRE(a->num_seqs >= 1, "num_seqs: expected >= 1 with cu_seqlens, got %lld", (long long)a->num_seqs);

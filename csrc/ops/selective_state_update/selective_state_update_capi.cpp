@@ -11,17 +11,10 @@ namespace {
 
 constexpr int64_t kMaxTokensOrDstate = int64_t(1) << 30;
 
-bool valid_dtype(ark_dtype d) { return d == ARK_FLOAT32 || d == ARK_FLOAT16 || d == ARK_BFLOAT16; }
-
 // a * b when it fits in int64 (sizes are >= 0), else -1.
 int64_t checked_mul(int64_t a, int64_t b) {
   int64_t r;
   return __builtin_mul_overflow(a, b, &r) ? -1 : r;
-}
-
-ark_status check_dtype(const char* name, ark_dtype d) {
-  ARK_REQUIRE(valid_dtype(d), "%s: expected ARK_FLOAT32, ARK_FLOAT16 or ARK_BFLOAT16, got %d", name, (int)d);
-  return ARK_SUCCESS;
 }
 
 ark_status check_strides(const char* name, const int64_t* strides, int rank) {
@@ -73,20 +66,15 @@ ark_status check_sizes(const ark_selective_state_update_args& a) {
 
 ark_status check_args(const ark_selective_state_update_args& a, ark_device device) {
   ARK_TRY(check_sizes(a));
-  ARK_TRY(check_dtype("state_dtype", a.state_dtype));
-  ARK_TRY(check_dtype("input_dtype", a.input_dtype));
-  ARK_TRY(check_dtype("A_dtype", a.A_dtype));
-  if (a.D) ARK_TRY(check_dtype("D_dtype", a.D_dtype));
-  if (a.dt_bias) ARK_TRY(check_dtype("dt_bias_dtype", a.dt_bias_dtype));
+  ARK_TRY(ark::check_float_dtype("state_dtype", a.state_dtype));
+  ARK_TRY(ark::check_float_dtype("input_dtype", a.input_dtype));
+  ARK_TRY(ark::check_float_dtype("A_dtype", a.A_dtype));
+  if (a.D) ARK_TRY(ark::check_float_dtype("D_dtype", a.D_dtype));
+  if (a.dt_bias) ARK_TRY(ark::check_float_dtype("dt_bias_dtype", a.dt_bias_dtype));
   ARK_REQUIRE(a.dt_softplus == 0 || a.dt_softplus == 1, "dt_softplus: expected 0 or 1, got %d", a.dt_softplus);
   ARK_REQUIRE(a.state_batch_indices_int64 == 0 || a.state_batch_indices_int64 == 1,
               "state_batch_indices_int64: expected 0 or 1, got %d", a.state_batch_indices_int64);
-  ARK_REQUIRE(device == ARK_DEVICE_CPU || device == ARK_DEVICE_CUDA,
-              "device: expected ARK_DEVICE_CPU or ARK_DEVICE_CUDA, got %d", (int)device);
-#ifndef ARKERNELS_WITH_CUDA
-  if (device == ARK_DEVICE_CUDA)
-    return ark::fail(ARK_ERROR_NOT_COMPILED, "device: ARK_DEVICE_CUDA requested, but this libarkernels was built without CUDA");
-#endif
+  ARK_TRY(ark::check_device(device));
   if (!a.state_batch_indices)
     ARK_REQUIRE(a.state_batch == a.batch, "state_batch: expected batch = %lld without state_batch_indices, got %lld",
                 (long long)a.batch, (long long)a.state_batch);

@@ -17,17 +17,17 @@ ark_status check_args(const ark_ssd_chunk_scan_args* a, ark_device device) {
   ARK_REQUIRE(a->ngroups >= 1 && a->nheads % a->ngroups == 0,
               "ngroups: expected a divisor of nheads = %lld (>= 1), got %lld", (long long)a->nheads,
               (long long)a->ngroups);
-  ARK_REQUIRE(a->dtype == ARK_FLOAT32 || a->dtype == ARK_FLOAT16 || a->dtype == ARK_BFLOAT16,
-              "dtype: expected ARK_FLOAT32, ARK_FLOAT16 or ARK_BFLOAT16, got %d", (int)a->dtype);
+  ARK_TRY(ark::check_float_dtype("dtype", a->dtype));
   ARK_REQUIRE(a->dt_softplus == 0 || a->dt_softplus == 1, "dt_softplus: expected 0 or 1, got %d", a->dt_softplus);
   ARK_REQUIRE(!std::isnan(a->dt_min) && !std::isnan(a->dt_max) && a->dt_min <= a->dt_max,
               "dt_min, dt_max: expected dt_min <= dt_max, got %g and %g", (double)a->dt_min, (double)a->dt_max);
-  ARK_REQUIRE(device == ARK_DEVICE_CPU || device == ARK_DEVICE_CUDA,
-              "device: expected ARK_DEVICE_CPU or ARK_DEVICE_CUDA, got %d", (int)device);
+  // CUDA is a valid device, but this op has none in libarkernels: answer that before
+  // check_device, whose NOT_COMPILED message (CPU-only builds) would be the wrong reason.
   if (device == ARK_DEVICE_CUDA)
     return ark::fail(ARK_ERROR_NOT_COMPILED,
                      "device: ssd_chunk_scan has no CUDA kernel in libarkernels (its GPU path is the Triton kernel "
                      "of the Python package)");
+  ARK_TRY(ark::check_device(device));
   const bool tokens = a->batch > 0 && a->seqlen > 0 && a->nheads > 0;
   ARK_REQUIRE(!tokens || (a->x && a->dt && a->A && a->B && a->C),
               "x, dt, A, B, C: expected non-NULL pointers, got x=%p dt=%p A=%p B=%p C=%p", a->x, (const void*)a->dt,

@@ -1,0 +1,501 @@
+// Device code of the Hopper (sm_90a) block_sparse_attention forward: TMA-fed warpgroup MMAs over the runs of
+// a tile layout. Host side (tensor maps, launch): block_sparse_attention_cuda.cu.
+//
+// One CTA per (query tile of 128 rows, q head, batch row). A producer loads the Q tile once and then, for
+// every 128-key chunk the tile visits, the K and the V chunk into rings of STAGES shared-memory slots (TMA,
+// 128-byte swizzle; separate full / empty mbarriers for K and V, so a K slot is refilled as soon as S = Q K^T
+// has read it). Two consumer warpgroups own 64 query rows each: S = Q K^T (wgmma, both operands in shared
+// memory), the mask on partial chunks, online softmax in fp32 (log2 domain, scale folded into one FFMA),
+// O += P V (wgmma, P from registers as the A operand, V as the transposed B operand).
+// Two schedules (template parameter PIPELINED):
+//  * serial: a producer warp (288 threads, 168 registers a thread); per chunk a consumer waits for S, does
+//    the softmax, then runs P V and waits for it;
+//  * pipelined: a producer warpgroup that gives registers back (setmaxnreg) so consumers get 232; per chunk a
+//    consumer issues S(j) and P(j-1) V(j-1) together, does the softmax of S(j) while P V runs, and the two
+//    warpgroups take turns issuing MMAs (named barriers), so one's softmax runs under the other's MMAs.
+// The chunks are walked from the layout's runs (masks/layout.py): a run of key tiles [start, end) becomes
+// ceil(keys / 128) chunks; chunks of FULL runs that lie wholly inside their run do no mask work; the others
+// test each element (the run's end and S, the level rule, or the bitmaps). The layout's query tile must be
+// 128 rows and its key tile divide 128, so one layout also serves the Triton backward. Rows of Q/K/V past
+// the ends read as zeros (TMA bounds); rows of out past L are never written.
+#pragma once
+
+#include <cuda.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cmath>
+#include <cstring>
+#include <type_traits>
+
+#include "common/sm90_async.cuh"
+#include "ops/block_sparse_attention/block_sparse_attention.cuh"
+
+namespace ark {
+namespace bsa_sm90 {
+
+constexpr int BM = kBsaCudaBlockQ;  // query rows per CTA
+constexpr int BN = kBsaCudaChunk;   // keys per chunk
+constexpr int kPanelCols = 64;      // a 128-byte row of 16-bit elements: one swizzle panel
+constexpr uint32_t kRowBytes = 128;
+constexpr int kConsumerThreads = 256;
+
+template <bool PIPELINED> struct Schedule {
+  static constexpr int kThreads = PIPELINED ? 384 : 288;  // + producer warpgroup / warp
+  static constexpr int kProducerRegs = 40, kConsumerRegs = 232;  // pipelined: 40 x 128 + 232 x 256 <= 64 K
+};
+
+template <int D, int STAGES>
+struct Smem {
+  static constexpr int kPanels = D / kPanelCols;
+  static constexpr uint32_t kQBytes = BM * D * 2;
+  static constexpr uint32_t kChunkBytes = BN * D * 2;  // one K or one V chunk
+  static constexpr uint32_t kQ = 0;
+  static constexpr uint32_t kK = kQ + kQBytes;
+  static constexpr uint32_t kV = kK + STAGES * kChunkBytes;
+  static constexpr uint32_t kBars = kV + STAGES * kChunkBytes;
+  static constexpr int kNumBars = 1 + 4 * STAGES;  // q_full; k_full, v_full, k_empty, v_empty per slot
+  static constexpr uint32_t kBytes = kBars + kNumBars * 8;
+  static constexpr uint32_t kLaunchBytes = kBytes + 1024;  // room to align the base to 1024 bytes
+};
+
+struct Rule {
+  const int32_t *q_level, *k_level, *q_doc, *k_doc, *q_group, *k_group;
+  int32_t window;
+};
+
+struct KernelArgs {
+  void* out;
+  float* lse;
+  int64_t L, S;
+  int Hq, group;  // group: q heads per kv head
+  float scale_log2, scale;
+  const int32_t* q_run_ptr;
+  const int32_t* q_runs;
+  const int32_t* tile_bits;
+  int block_k, bits_words;  // bitmap words per row: ceil(block_k / 32)
+  Rule rule;
+};
+
+template <int STAGES>
+struct Barriers {
+  uint64_t* base;
+  __device__ uint64_t* q_full() const { return base; }
+  __device__ uint64_t* k_full(int s) const { return base + 1 + s; }
+  __device__ uint64_t* v_full(int s) const { return base + 1 + STAGES + s; }
+  __device__ uint64_t* k_empty(int s) const { return base + 1 + 2 * STAGES + s; }
+  __device__ uint64_t* v_empty(int s) const { return base + 1 + 3 * STAGES + s; }
+};
+
+// The chunk sequence of one query tile, identical in the producer and every consumer thread.
+struct ChunkCursor {
+  const int32_t* runs;
+  int r, r_end;
+  int key, key_end;  // this chunk starts at `key`; the run's keys end at key_end (clipped to S)
+  int kind, bits, run_key0;
+
+  __device__ void load_run(int S, int block_k) {
+    const int start = runs[4 * r], end = runs[4 * r + 1];
+    kind = runs[4 * r + 2];
+    bits = runs[4 * r + 3];
+    run_key0 = start * block_k;
+    key = run_key0;
+    key_end = min(end * block_k, S);
+  }
+  __device__ void init(const KernelArgs& a, int tile) {
+    runs = a.q_runs;
+    r = a.q_run_ptr[tile];
+    r_end = a.q_run_ptr[tile + 1];
+    if (r < r_end) load_run(int(a.S), a.block_k);
+  }
+  __device__ bool valid() const { return r < r_end; }
+  __device__ void next(const KernelArgs& a) {
+    key += BN;
+    if (key >= key_end) {
+      ++r;
+      if (r < r_end) load_run(int(a.S), a.block_k);
+    }
+  }
+  // FULL and the whole chunk inside the run: no element needs a test.
+  __device__ bool unmasked() const { return kind == 0 && key + BN <= key_end; }
+};
+
+// Stage and phase parity of the it-th chunk in a ring of STAGES slots.
+template <int STAGES> struct Slot {
+  int stage;
+  uint32_t parity;
+  __device__ explicit Slot(int it) : stage(it % STAGES), parity((it / STAGES) & 1) {}
+};
+
+// ---- producer ----
+
+template <int D, int STAGES>
+__device__ void produce(const KernelArgs& a, uint8_t* smem, const CUtensorMap* tq, const CUtensorMap* tk,
+                        const CUtensorMap* tv, int tile, int h, int b) {
+  using L = Smem<D, STAGES>;
+  const Barriers<STAGES> bar{reinterpret_cast<uint64_t*>(smem + L::kBars)};
+  const int hk = h / a.group;
+  sm90::mbar_arrive_expect_tx(bar.q_full(), L::kQBytes);
+  for (int p = 0; p < L::kPanels; ++p)
+    sm90::tma_load_4d(smem + L::kQ + p * BM * kRowBytes, tq, bar.q_full(), p * kPanelCols, tile * BM, h, b);
+  ChunkCursor c;
+  c.init(a, tile);
+  for (int it = 0; c.valid(); ++it, c.next(a)) {
+    const Slot<STAGES> slot(it);
+    const uint32_t reuse_parity = ((it / STAGES) - 1) & 1;  // the slot's previous use must be released
+    if (it >= STAGES) sm90::mbar_wait(bar.k_empty(slot.stage), reuse_parity);
+    sm90::mbar_arrive_expect_tx(bar.k_full(slot.stage), L::kChunkBytes);
+    for (int p = 0; p < L::kPanels; ++p)
+      sm90::tma_load_4d(smem + L::kK + slot.stage * L::kChunkBytes + p * BN * kRowBytes, tk, bar.k_full(slot.stage),
+                        p * kPanelCols, c.key, hk, b);
+    if (it >= STAGES) sm90::mbar_wait(bar.v_empty(slot.stage), reuse_parity);
+    sm90::mbar_arrive_expect_tx(bar.v_full(slot.stage), L::kChunkBytes);
+    for (int p = 0; p < L::kPanels; ++p)
+      sm90::tma_load_4d(smem + L::kV + slot.stage * L::kChunkBytes + p * BN * kRowBytes, tv, bar.v_full(slot.stage),
+                        p * kPanelCols, c.key, hk, b);
+  }
+}
+
+// ---- consumer pieces (one thread's share of a warpgroup's 64 rows) ----
+
+// Two floats rounded to T, as the 32-bit register an MMA fragment (or a paired store) takes.
+template <typename T> __device__ __forceinline__ uint32_t pack2(float lo, float hi) {
+  uint32_t bits;
+  if constexpr (std::is_same<T, __nv_bfloat16>::value) {
+    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    memcpy(&bits, &v, 4);
+  } else {
+    __half2 v = __floats2half2_rn(lo, hi);
+    memcpy(&bits, &v, 4);
+  }
+  return bits;
+}
+
+__device__ __forceinline__ float quad_max(float x) {
+  x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
+  return fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
+}
+__device__ __forceinline__ float quad_sum(float x) {
+  x += __shfl_xor_sync(0xffffffffu, x, 1);
+  return x + __shfl_xor_sync(0xffffffffu, x, 2);
+}
+
+// Where this thread sits in the m64nNk16 accumulator of its warpgroup: rows row and row + 8 of its warp's
+// 16, columns 8 j + col + {0, 1} of every 8-column block j. Accumulator register i is (row + 8 ((i >> 1) & 1),
+// 8 (i >> 2) + col + (i & 1)).
+struct ThreadRows {
+  int wg, lane;
+  int row_in_tile;  // first of the two rows, inside the 128-row query tile
+  int row;          // its absolute query index
+  int col;          // first column inside each 8-column block
+  int ql[2], qd[2], qg[2];  // the rows' rule values
+
+  __device__ ThreadRows(const KernelArgs& a, int tile, int consumer_thread) {
+    wg = consumer_thread / 128;
+    lane = consumer_thread % 32;
+    row_in_tile = wg * 64 + ((consumer_thread / 32) % 4) * 16 + lane / 4;
+    row = tile * BM + row_in_tile;
+    col = 2 * (lane % 4);
+    for (int i = 0; i < 2; ++i) {
+      ql[i] = qd[i] = qg[i] = 0;
+      const int r = row + 8 * i;
+      if (a.rule.q_level && r < a.L) {
+        ql[i] = a.rule.q_level[r];
+        if (a.rule.q_doc) qd[i] = a.rule.q_doc[r];
+        if (a.rule.q_group) qg[i] = a.rule.q_group[r];
+      }
+    }
+  }
+};
+
+// Visibility of (row, col) in a chunk that needs tests.
+__device__ __forceinline__ bool visible(const KernelArgs& a, const ChunkCursor& c, const ThreadRows& t, int half,
+                                        int col) {
+  if (col >= c.key_end) return false;
+  if (c.kind == 1) {
+    const Rule& r = a.rule;
+    const int kl = r.k_level[col], ql = t.ql[half];
+    bool ok = kl <= ql && (r.window < 0 || ql - kl < r.window);
+    if (r.k_group) ok = ok || t.qg[half] == r.k_group[col];
+    if (r.k_doc) ok = ok && t.qd[half] == r.k_doc[col];
+    return ok;
+  }
+  if (c.kind == 2) {
+    const int in_run = col - c.run_key0;
+    const int tile = c.bits + in_run / a.block_k;
+    const int k_in_tile = in_run % a.block_k;
+    const int64_t word = (int64_t(tile) * BM + t.row_in_tile + 8 * half) * a.bits_words + (k_in_tile >> 5);
+    return (a.tile_bits[word] >> (k_in_tile & 31)) & 1;
+  }
+  return true;  // FULL: only the run's end and S to respect
+}
+
+__device__ __forceinline__ void apply_mask(float (&s)[BN / 2], const KernelArgs& a, const ChunkCursor& c,
+                                           const ThreadRows& t) {
+  if (c.unmasked()) return;
+#pragma unroll
+  for (int i = 0; i < BN / 2; ++i)
+    if (!visible(a, c, t, (i >> 1) & 1, c.key + 8 * (i >> 2) + t.col + (i & 1))) s[i] = -INFINITY;
+}
+
+// Issues S = Q K^T (no commit): 16-column k-steps, four per 64-column panel of both operands.
+template <typename T, int D>
+__device__ __forceinline__ void issue_qk(float (&s)[BN / 2], uint32_t q_base, uint32_t k_base) {
+#pragma unroll
+  for (int kk = 0; kk < D / 16; ++kk) {
+    const uint32_t off = (kk % 4) * 32;  // byte offset of the k-step inside its 128-byte row
+    const uint64_t da = sm90::sw128_desc(q_base + (kk / 4) * BM * kRowBytes + off, 16, 1024);
+    const uint64_t db = sm90::sw128_desc(k_base + (kk / 4) * BN * kRowBytes + off, 16, 1024);
+    sm90::wgmma_ss(T{}, s, da, db, kk > 0);
+  }
+}
+
+// Issues O += P V (no commit): V (keys x D) is the MN-major B operand, 16 keys per k-step = 2048 bytes of each
+// 64-column panel; the panels are BN rows apart.
+template <typename T, int D>
+__device__ __forceinline__ void issue_pv(float (&o)[D / 2], const uint32_t (&p)[BN / 16][4], uint32_t v_base) {
+#pragma unroll
+  for (int kk = 0; kk < BN / 16; ++kk)
+    sm90::wgmma_rs_tb(T{}, o, p[kk], sm90::sw128_desc(v_base + kk * 16 * kRowBytes, BN * kRowBytes, 1024), 1);
+}
+
+// Online softmax of a masked chunk: s becomes p = exp2((s - m_new) scale log2e) in place, m and l move to the
+// new maximum; returns the factor alpha the previous O must be scaled by, per row.
+struct RowState {
+  float m[2] = {-INFINITY, -INFINITY};
+  float l[2] = {0.f, 0.f};  // this thread's partial row sums (the quad's add up at the end)
+
+  __device__ __forceinline__ void update(float (&s)[BN / 2], float scale_log2, float (&alpha)[2]) {
+    float mx[2] = {m[0], m[1]};
+#pragma unroll
+    for (int i = 0; i < BN / 2; ++i) mx[(i >> 1) & 1] = fmaxf(mx[(i >> 1) & 1], s[i]);
+    float neg_base[2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      mx[r] = quad_max(mx[r]);
+      // A row with nothing visible yet keeps m = -inf and uses base 0: its p = exp2(-inf) = 0.
+      const float base = mx[r] == -INFINITY ? 0.f : mx[r];
+      alpha[r] = sm90::ex2((m[r] - base) * scale_log2);  // m = -inf: 0 (O and l are 0 then anyway)
+      neg_base[r] = -base * scale_log2;
+      m[r] = mx[r];
+      l[r] *= alpha[r];
+    }
+#pragma unroll
+    for (int i = 0; i < BN / 2; ++i) {
+      s[i] = sm90::ex2(fmaf(s[i], scale_log2, neg_base[(i >> 1) & 1]));
+      l[(i >> 1) & 1] += s[i];
+    }
+  }
+};
+
+// p as the A fragments of the P V MMA: accumulators 8 kk .. 8 kk + 7 hold keys 16 kk .. 16 kk + 15, which is
+// k-step kk's fragment, register pair (i / 2) % 4.
+template <typename T>
+__device__ __forceinline__ void to_fragments(const float (&s)[BN / 2], uint32_t (&p)[BN / 16][4]) {
+#pragma unroll
+  for (int i = 0; i < BN / 2; i += 2) p[i / 8][(i / 2) % 4] = pack2<T>(s[i], s[i + 1]);
+}
+
+template <int D> __device__ __forceinline__ void rescale(float (&o)[D / 2], const float (&alpha)[2]) {
+#pragma unroll
+  for (int i = 0; i < D / 2; ++i) o[i] *= alpha[(i >> 1) & 1];
+}
+
+// One arrival per consumer warp (8 in all) frees a slot.
+__device__ __forceinline__ void release(uint64_t* empty, int lane) {
+  __syncwarp();
+  if (lane == 0) sm90::mbar_arrive(empty);
+}
+
+// Normalise and store; lse = scale * m + ln(l), -inf (and out 0) for a row that saw nothing.
+template <typename T, int D>
+__device__ void store_rows(const KernelArgs& a, const ThreadRows& t, const float (&o)[D / 2], const RowState& rs,
+                           int h, int b) {
+  T* out = static_cast<T*>(a.out);
+  const int64_t bh = int64_t(b) * a.Hq + h;
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const float lr = quad_sum(rs.l[r]);
+    const int row = t.row + 8 * r;
+    const float inv = lr > 0.f ? 1.f / lr : 0.f;
+    if (row < a.L) {
+      T* dst = out + (bh * a.L + row) * D + t.col;
+#pragma unroll
+      for (int j = 0; j < D / 8; ++j)
+        *reinterpret_cast<uint32_t*>(dst + 8 * j) = pack2<T>(o[4 * j + 2 * r] * inv, o[4 * j + 2 * r + 1] * inv);
+      if (a.lse && (t.lane % 4) == 0) a.lse[bh * a.L + row] = lr > 0.f ? a.scale * rs.m[r] + logf(lr) : -INFINITY;
+    }
+  }
+}
+
+// ---- the two consumer schedules ----
+
+// What both schedules start from: the barriers, this thread's rows, the Q tile landed, the chunk cursor.
+template <int STAGES> struct ConsumerStart {
+  Barriers<STAGES> bar;
+  ThreadRows t;
+  ChunkCursor c;
+  __device__ ConsumerStart(const KernelArgs& a, uint8_t* smem, uint32_t bars_offset, int tile, int consumer_thread)
+      : bar{reinterpret_cast<uint64_t*>(smem + bars_offset)}, t(a, tile, consumer_thread) {
+    sm90::mbar_wait(bar.q_full(), 0);
+    c.init(a, tile);
+  }
+};
+
+template <typename T, int D, int STAGES>
+__device__ void consume_serial(const KernelArgs& a, uint8_t* smem, int tile, int h, int b, int consumer_thread) {
+  using L = Smem<D, STAGES>;
+  const ConsumerStart<STAGES> cs(a, smem, L::kBars, tile, consumer_thread);
+  const Barriers<STAGES>& bar = cs.bar;
+  const ThreadRows& t = cs.t;
+  const uint32_t q_base = sm90::smem_addr(smem + L::kQ) + t.wg * 64 * kRowBytes;
+  ChunkCursor c = cs.c;
+  float o[D / 2], s[BN / 2], alpha[2];
+  uint32_t p[BN / 16][4];
+#pragma unroll
+  for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
+  RowState rs;
+  for (int it = 0; c.valid(); ++it, c.next(a)) {
+    const Slot<STAGES> slot(it);
+    sm90::mbar_wait(bar.k_full(slot.stage), slot.parity);
+    sm90::wgmma_fence();
+    issue_qk<T, D>(s, q_base, sm90::smem_addr(smem + L::kK + slot.stage * L::kChunkBytes));
+    sm90::wgmma_commit();
+    sm90::wgmma_wait<0>();
+    sm90::fence_operands(s);
+    release(bar.k_empty(slot.stage), t.lane);
+    apply_mask(s, a, c, t);
+    rs.update(s, a.scale_log2, alpha);
+    to_fragments<T>(s, p);
+    rescale<D>(o, alpha);
+    sm90::mbar_wait(bar.v_full(slot.stage), slot.parity);
+    sm90::wgmma_fence();
+    issue_pv<T, D>(o, p, sm90::smem_addr(smem + L::kV + slot.stage * L::kChunkBytes));
+    sm90::wgmma_commit();
+    sm90::wgmma_wait<0>();
+    sm90::fence_operands(o);
+    release(bar.v_empty(slot.stage), t.lane);
+  }
+  store_rows<T, D>(a, t, o, rs, h, b);
+}
+
+// Turn-taking of the two consumer warpgroups for issuing MMAs (named barriers 1 and 2): a warpgroup waits
+// for its turn, issues, and hands the turn over. Warpgroup 1 hands warpgroup 0 the first turn; warpgroup 1
+// skips its last hand-over, so every barrier phase has exactly 128 arrivals and 128 waiters.
+struct Turns {
+  int wg;
+  __device__ void wait_mine() const { sm90::named_barrier_sync(1 + wg, kConsumerThreads); }
+  __device__ void hand_over() const { sm90::named_barrier_arrive(2 - wg, kConsumerThreads); }
+};
+
+template <typename T, int D, int STAGES>
+__device__ void consume_pipelined(const KernelArgs& a, uint8_t* smem, int tile, int h, int b, int consumer_thread) {
+  using L = Smem<D, STAGES>;
+  const ConsumerStart<STAGES> cs(a, smem, L::kBars, tile, consumer_thread);
+  const Barriers<STAGES>& bar = cs.bar;
+  const ThreadRows& t = cs.t;
+  const uint32_t q_base = sm90::smem_addr(smem + L::kQ) + t.wg * 64 * kRowBytes;
+  ChunkCursor c = cs.c;
+  const Turns turns{t.wg};
+  float o[D / 2], s[BN / 2], alpha[2];
+  uint32_t p[BN / 16][4];
+#pragma unroll
+  for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
+  RowState rs;
+  if (c.valid()) {
+    if (t.wg == 1) turns.hand_over();
+    // Chunk 0: S alone.
+    sm90::mbar_wait(bar.k_full(0), 0);
+    turns.wait_mine();
+    sm90::wgmma_fence();
+    issue_qk<T, D>(s, q_base, sm90::smem_addr(smem + L::kK));
+    sm90::wgmma_commit();
+    turns.hand_over();
+    sm90::wgmma_wait<0>();
+    sm90::fence_operands(s);
+    release(bar.k_empty(0), t.lane);
+    apply_mask(s, a, c, t);
+    rs.update(s, a.scale_log2, alpha);
+    to_fragments<T>(s, p);
+    // Chunk it: S(it) and P(it-1) V(it-1) in flight together; the softmax of S(it) runs under P V.
+    Slot<STAGES> prev(0);
+    c.next(a);
+    for (int it = 1; c.valid(); ++it, c.next(a)) {
+      const Slot<STAGES> slot(it);
+      sm90::mbar_wait(bar.k_full(slot.stage), slot.parity);
+      sm90::mbar_wait(bar.v_full(prev.stage), prev.parity);
+      turns.wait_mine();
+      sm90::wgmma_fence();
+      issue_qk<T, D>(s, q_base, sm90::smem_addr(smem + L::kK + slot.stage * L::kChunkBytes));
+      sm90::wgmma_commit();
+      issue_pv<T, D>(o, p, sm90::smem_addr(smem + L::kV + prev.stage * L::kChunkBytes));
+      sm90::wgmma_commit();
+      turns.hand_over();
+      sm90::wgmma_wait<1>();  // S (the older group) done, P V may still run
+      sm90::fence_operands(s);
+      release(bar.k_empty(slot.stage), t.lane);
+      apply_mask(s, a, c, t);
+      rs.update(s, a.scale_log2, alpha);
+      sm90::wgmma_wait<0>();
+      sm90::fence_operands(o);
+      release(bar.v_empty(prev.stage), t.lane);
+      rescale<D>(o, alpha);  // O held the sum under the previous maximum
+      to_fragments<T>(s, p);
+      prev = slot;
+    }
+    // The last chunk's P V.
+    sm90::mbar_wait(bar.v_full(prev.stage), prev.parity);
+    turns.wait_mine();
+    sm90::wgmma_fence();
+    issue_pv<T, D>(o, p, sm90::smem_addr(smem + L::kV + prev.stage * L::kChunkBytes));
+    sm90::wgmma_commit();
+    if (t.wg == 0) turns.hand_over();
+    sm90::wgmma_wait<0>();
+    sm90::fence_operands(o);
+    release(bar.v_empty(prev.stage), t.lane);
+  }
+  store_rows<T, D>(a, t, o, rs, h, b);
+}
+
+// ---- the kernel ----
+
+template <typename T, int D, int STAGES, bool PIPELINED>
+__global__ void __launch_bounds__(Schedule<PIPELINED>::kThreads, 1)
+    block_sparse_attention_fwd_kernel(const __grid_constant__ CUtensorMap tq, const __grid_constant__ CUtensorMap tk,
+                                      const __grid_constant__ CUtensorMap tv, const KernelArgs a) {
+#if ARK_SM90A_DEVICE
+  using L = Smem<D, STAGES>;
+  using Sch = Schedule<PIPELINED>;
+  extern __shared__ uint8_t smem_raw[];
+  // 128-byte swizzled tiles must start on 1024-byte boundaries (the descriptors assume base offset 0).
+  uint8_t* smem = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
+  // Heaviest query tiles (under causal-like masks: the last) first, so the tail of the grid is short.
+  const int tile = gridDim.x - 1 - blockIdx.x;
+  const int h = blockIdx.y, b = blockIdx.z;
+  if (threadIdx.x == 0) {
+    uint64_t* bars = reinterpret_cast<uint64_t*>(smem + L::kBars);
+    for (int i = 0; i < L::kNumBars; ++i)  // full barriers: the producer's one arrival; empty: 8 consumer warps
+      sm90::mbar_init(&bars[i], i < 1 + 2 * STAGES ? 1 : kConsumerThreads / 32);
+    sm90::mbar_init_fence();
+  }
+  __syncthreads();
+  if constexpr (PIPELINED) {  // warpgroup 0 produces, 1 and 2 consume
+    if (threadIdx.x < 128) {
+      sm90::regs_release<Sch::kProducerRegs>();
+      if (threadIdx.x == 0) produce<D, STAGES>(a, smem, &tq, &tk, &tv, tile, h, b);
+    } else {
+      sm90::regs_claim<Sch::kConsumerRegs>();
+      consume_pipelined<T, D, STAGES>(a, smem, tile, h, b, threadIdx.x - 128);
+    }
+  } else {  // warps 0-7 consume, warp 8 produces
+    if (threadIdx.x >= kConsumerThreads) {
+      if (threadIdx.x == kConsumerThreads) produce<D, STAGES>(a, smem, &tq, &tk, &tv, tile, h, b);
+    } else {
+      consume_serial<T, D, STAGES>(a, smem, tile, h, b, threadIdx.x);
+    }
+  }
+#endif
+}
+
+}  // namespace bsa_sm90
+}  // namespace ark
