@@ -116,6 +116,16 @@ def test_empty_batch_and_scale(rng):
     check("cpu", B=1, Hq=1, Hkv=1, Lq=2, S_max=9, D=8, dtype=FP32, rng=rng, scale=0.3)
 
 
+def test_mask_object_is_decoded_once(rng, monkeypatch):
+    """A Mask (a speculation tree reused every step) is turned into its dense bytes once, not per call."""
+    tree = masks.tree([-1, 0, 0, 1])
+    q, k, v, sl = make_inputs(rng, 2, 4, 2, 4, 10, 16, FP32, "cpu", seqlens=[5, 10])
+    first = arkernels.decode_attention(q, k, v, sl, mask=tree, backend="cpu")
+    monkeypatch.setattr(tree, "to_dense", lambda: pytest.fail("the mask was decoded again"))
+    again = arkernels.decode_attention(q, k, v, sl, mask=tree, backend="cpu")
+    assert torch.equal(first, again)
+
+
 def _args(rng, **over):
     q, k, v, sl = make_inputs(rng, 2, 4, 2, 3, 10, 16, FP32, "cpu", seqlens=[5, 10])
     args = dict(q=q, k_cache=k, v_cache=v, seqlens=sl)

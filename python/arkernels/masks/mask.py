@@ -105,6 +105,15 @@ class Mask:
         k = torch.arange(self.S, dtype=I64)[None, :]
         return self._allowed(q, k).expand(self.L, self.S).clone()
 
+    def dense_on(self, device, dtype: torch.dtype = torch.bool) -> torch.Tensor:
+        """to_dense() as `dtype` on `device`, built once per (device, dtype) and cached: for small masks used on
+        every call (decode_attention's tree masks), not for masks of long sequences."""
+        device = torch.device(device)
+        key = ("dense", str(device), dtype)
+        if key not in self._layouts:
+            self._layouts[key] = self.to_dense().to(device=device, dtype=dtype).contiguous()
+        return self._layouts[key]
+
     def num_visible(self) -> int:
         """Number of visible (q, k) pairs, from the 128 x 128 layout: full tiles by area, partial tiles evaluated."""
         lay = self.layout(128, 128)

@@ -47,9 +47,10 @@ def decode_attention(q, k_cache, v_cache, seqlens, mask=None, scale=None, return
         out (B, Hq, Lq, D) in q's dtype [, lse (B, Hq, Lq) float32]. A query that sees no key: out 0, lse -inf.
     """
     Lq, D = _validate(q, k_cache, v_cache, seqlens, scale, return_lse, num_splits)
-    new_mask = _new_mask(mask, Lq, q.device)
     scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
     chosen = _backends.resolve_triton_or_torch_cpu("decode_attention", OP, backend, q.device)
+    # The kernel reads the mask as int8 bytes: a Mask's are built once and cached by the Mask (no per-call work).
+    new_mask = _new_mask(mask, Lq, q.device, torch.int8 if chosen == "triton" else torch.bool)
     if chosen == "triton":
         q, k_cache, v_cache = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k_cache, v_cache))
         mask_i8 = None if new_mask is None else new_mask.to(torch.int8).contiguous()
@@ -86,8 +87,9 @@ def _validate(q, k, v, seqlens, scale, return_lse, num_splits):
     return Lq, D
 
 
-def _new_mask(mask, Lq: int, device) -> torch.Tensor | None:
-    """The (Lq, Lq) bool mask over the newest keys, on `device`, or None."""
+def _new_mask(mask, Lq: int, device, dtype: torch.dtype) -> torch.Tensor | None:
+    """The (Lq, Lq) mask over the newest keys on `device` (a Mask's as `dtype`, cached by it; a bool tensor as
+    given), or None."""
     if mask is None:
         return None
     from arkernels.masks import Mask
@@ -96,7 +98,7 @@ def _new_mask(mask, Lq: int, device) -> torch.Tensor | None:
         if (mask.L, mask.S) != (Lq, Lq):
             raise ValueError(f"mask: expected a mask over the newest keys, shape (Lq, Lq) = ({Lq}, {Lq}), got "
                              f"({mask.L}, {mask.S})")
-        return mask.to_dense().to(device)
+        return mask.dense_on(device, dtype)
     if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
         raise TypeError(f"mask: expected None, a bool tensor or an arkernels.masks.Mask, got "
                         f"{getattr(mask, 'dtype', type(mask).__name__)}")
