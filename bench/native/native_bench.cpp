@@ -1,15 +1,17 @@
-// Native variant benchmark: times the CUDA kernels of the Mamba ops through the public C API at the
-// issue's headline shapes, once per launch-shape variant (tuning knobs, csrc/common/tuning.hpp), and
-// checks every variant's output against the CPU kernel on the same inputs. Torch-free, so that a GPU
-// machine can run it without building the torch bindings (it is built where the kernels are built and
-// carried there, see scripts/device_kit.sh). The copy ceiling is measured in the same run.
+// Native variant benchmark: times the CUDA kernels of the Mamba ops (and the block-sparse attention
+// forward) through the public C API at the headline shapes, once per launch-shape variant
+// (tuning knobs, csrc/common/tuning.hpp), and checks every variant's output against the CPU kernel on
+// the same inputs. Torch-free, so that a GPU machine can run it without building the torch bindings (it
+// is built where the kernels are built and carried there, see scripts/device_kit.sh). The copy ceiling
+// is measured in the same run.
 //
 // Timing: CUDA events around one call, median over repetitions, a 256 MiB memset before every call to
 // evict the L2 (as triton.testing.do_bench does); the host-side cost of a C API call is a few
 // microseconds, far less than the memset, so the GPU never waits for the host inside the events.
 //
 // Usage: native_bench [results.tsv [case ...]]   prints a table (and writes it as TSV when a path is
-// given) for the named cases, or all of them (names at the end of main).
+// given) for the named cases, or all of them (names at the end of main; `bsa` names every bsa_ case;
+// results.tsv `-`: no TSV).
 //
 // Compiled as CUDA (bench/native/CMakeLists.txt) for one diagnostic kernel of its own: the copy probe
 // of the causal_conv1d cases (a copy with the forward's tiling; a benchmark probe, not a library kernel).
@@ -26,6 +28,8 @@
 #include <vector>
 
 #include "arkernels/arkernels.h"
+// Block-sparse attention masks and their tile layouts, shared with the C API test.
+#include "../../tests/capi/bsa_layouts.hpp"
 
 extern "C" int ark_tuning_set(const char* name, int value);  // csrc/common/tuning.hpp (internal)
 
@@ -575,6 +579,153 @@ void bench_sscan(int64_t b, int64_t d, int64_t L, int64_t N, bool run_variants) 
   ark_tuning_set("sscan_bwd_rowsum_vec", 0);
 }
 
+// ------------------------------------------------------------------ block_sparse_attention
+
+// Device copy of an int32 vector (NULL for an empty one).
+struct DeviceInts {
+  void* ptr = nullptr;
+  explicit DeviceInts(const std::vector<int32_t>& v) {
+    if (v.empty()) return;
+    cuda_ok(cudaMalloc(&ptr, v.size() * 4), "cudaMalloc");
+    cudaMemcpy(ptr, v.data(), v.size() * 4, cudaMemcpyHostToDevice);
+  }
+  ~DeviceInts() { cudaFree(ptr); }
+  DeviceInts(const DeviceInts&) = delete;
+  DeviceInts& operator=(const DeviceInts&) = delete;
+  const int32_t* get() const { return static_cast<const int32_t*>(ptr); }
+};
+
+// The forward (bf16, (B, H, L, D) contiguous, MHA, with lse) over `mask` at tiling 128 x bk (bk = 32 for
+// D 128, 64 for D 64: the tilings the CUDA forward is used with), once per kernel instance: the default and
+// every (bsa_fwd_schedule, bsa_fwd_stages). Each variant is checked first against the CPU forward on the
+// slice batch 0, head 0 (out relative error and lse max abs error, bf16 tolerance), and the whole output
+// must be finite (every query of these masks sees a key); a variant that fails is reported FAILED and not
+// timed. TFLOP/s counts the visible pairs only: 4 D (QK^T and PV) per visible pair and (batch, head).
+void bench_bsa(const char* name, int64_t B, int64_t H, int64_t D, const bsa_layouts::MaskDef& mask) {
+  const char* op = "block_sparse_attention";
+  const int64_t L = mask.L, S = mask.S;
+  const int32_t bq = 128, bk = D == 128 ? 32 : 64;
+  char shape[96];
+  std::snprintf(shape, sizeof(shape), "%s b%lld h%lld l%lld d%lld", name, (long long)B, (long long)H, (long long)L,
+                (long long)D);
+  if (!ark_block_sparse_attention_cuda_supported(D, bq, bk, ARK_BFLOAT16)) {
+    std::printf("%-22s %-34s skipped: the CUDA forward does not run head_dim %lld at %d x %d bf16 on this device\n",
+                op, shape, (long long)D, bq, bk);
+    if (g_tsv) std::fprintf(g_tsv, "%s\t%s\t-\tskip\tCUDA forward not supported on this device\n", op, shape);
+    std::fflush(stdout);
+    return;
+  }
+  const bsa_layouts::Layout lay = bsa_layouts::build_layout(mask, bq, bk, bsa_layouts::Partial::kRule);
+  const int64_t visible = bsa_layouts::count_visible(mask);
+  const double flops = 4.0 * double(D) * double(visible) * double(B * H);
+  const size_t n_q = size_t(B * H * L * D), n_kv = size_t(B * H * S * D);
+  Host q(n_q, ARK_BFLOAT16, normal), k(n_kv, ARK_BFLOAT16, normal), v(n_kv, ARK_BFLOAT16, normal);
+  const float scale = float(1.0 / std::sqrt(double(D)));
+  const int64_t q_st[3] = {H * L * D, L * D, D}, kv_st[3] = {H * S * D, S * D, D};
+
+  // CPU oracle on the slice batch 0, head 0: its base pointers and the full tensors' strides.
+  Host want(size_t(L * D), ARK_BFLOAT16, [] { return 0.f; }), want_lse(size_t(L), ARK_FLOAT32, [] { return 0.f; });
+  const ark_block_mask host_mask = bsa_layouts::c_mask(lay, mask);
+  if (const ark_status s = ark_block_sparse_attention_fwd(q.data(), k.data(), v.data(), want.data(),
+                                                          static_cast<float*>(want_lse.data()), 1, 1, 1, L, S, D, q_st,
+                                                          kv_st, kv_st, &host_mask, scale, ARK_BFLOAT16,
+                                                          ARK_DEVICE_CPU, nullptr))
+    return report_error(op, shape, "cpu", s);
+
+  Device d_q(q), d_k(k), d_v(v), d_out(n_q * 2), d_lse(size_t(B * H * L) * 4);
+  const bsa_layouts::Rule& ru = mask.rule;
+  const DeviceInts run_ptr(lay.run_ptr), runs(lay.runs), bits(lay.bits), q_level(ru.q_level), k_level(ru.k_level),
+      q_doc(ru.q_doc), k_doc(ru.k_doc), q_group(ru.q_group), k_group(ru.k_group);
+  const ark_block_mask dev_mask{bq,          bk,          run_ptr.get(), runs.get(),    bits.get(),    q_level.get(),
+                                k_level.get(), q_doc.get(), k_doc.get(),  q_group.get(), k_group.get(), ru.window};
+  const auto call = [&] {
+    return ark_block_sparse_attention_fwd(d_q.ptr, d_k.ptr, d_v.ptr, d_out.ptr, static_cast<float*>(d_lse.ptr), B, H,
+                                          H, L, S, D, q_st, kv_st, kv_st, &dev_mask, scale, ARK_BFLOAT16,
+                                          ARK_DEVICE_CUDA, nullptr);
+  };
+  // Bytes: q, k, v read and out written once, lse (a floor, not the traffic of a tiled kernel).
+  const double bytes = double(n_q + 2 * n_kv + n_q) * 2 + double(B * H * L) * 4;
+  const double tol = 1e-2;
+  char vis[96];
+  std::snprintf(vis, sizeof(vis), "visible %lld pairs (%.1f%%)", (long long)visible,
+                100.0 * double(visible) / double(std::max<int64_t>(L * S, 1)));
+  std::printf("%-22s %-34s %s, %zu runs at %d x %d\n", op, shape, vis, lay.runs.size() / 4, bq, bk);
+  // (bsa_fwd_schedule, bsa_fwd_stages); (0, 0): the launcher's default.
+  const int variants[][2] = {{0, 0}, {1, 2}, {1, 3}, {2, 2}, {2, 3}};
+  std::string best;
+  double best_ms = INFINITY, default_ms = NAN;
+  for (const auto& var : variants) {
+    const std::string variant =
+        var[0] == 0 ? std::string("default") : "s" + std::to_string(var[0]) + "x" + std::to_string(var[1]);
+    if (!ark_tuning_set("bsa_fwd_schedule", var[0]) || !ark_tuning_set("bsa_fwd_stages", var[1])) {
+      std::printf("%-22s %-34s %-26s error: knobs bsa_fwd_schedule / bsa_fwd_stages unknown to this library\n", op,
+                  shape, variant.c_str());
+      if (g_tsv) std::fprintf(g_tsv, "%s\t%s\t%s\terror\tknobs unknown\n", op, shape, variant.c_str());
+      break;
+    }
+    d_out.poison();
+    d_lse.poison();
+    if (const ark_status s = call()) {
+      report_error(op, shape, variant, s);
+      continue;
+    }
+    if (const cudaError_t e = cudaDeviceSynchronize()) {  // a fault: the context is lost, so is the rest
+      std::printf("%-22s %-34s %-26s error: CUDA %s\n", op, shape, variant.c_str(), cudaGetErrorString(e));
+      if (g_tsv) std::fprintf(g_tsv, "%s\t%s\t%s\terror\tCUDA %s\n", op, shape, variant.c_str(), cudaGetErrorString(e));
+      std::fflush(stdout);
+      break;
+    }
+    Host got(n_q, ARK_BFLOAT16, [] { return 0.f; }), got_lse(size_t(B * H * L), ARK_FLOAT32, [] { return 0.f; });
+    d_out.download(got);
+    d_lse.download(got_lse);
+    // The slice (batch 0, head 0) against the CPU: the first L x D elements of out, the first L of lse.
+    Host slice(size_t(L * D), ARK_BFLOAT16, [] { return 0.f; });
+    std::memcpy(slice.data(), got.data(), slice.bytes.size());
+    const double out_err = rel_error(slice, want);
+    double lse_err = 0;
+    for (int64_t i = 0; i < L; ++i) {
+      const double g = got_lse.get(size_t(i)), w = want_lse.get(size_t(i));
+      lse_err = std::max(lse_err, g == w ? 0.0 : std::isnan(g) ? INFINITY : std::fabs(g - w));
+    }
+    int64_t non_finite = 0;  // anywhere in out / lse: a tile of another (batch, head) left unwritten
+    for (size_t i = 0; i < got.n; ++i) non_finite += !std::isfinite(got.get(i));
+    for (size_t i = 0; i < got_lse.n; ++i) non_finite += !std::isfinite(got_lse.get(i));
+    const double err = non_finite ? INFINITY : std::max(out_err, lse_err);
+    char extra[192];
+    if (!(err <= tol)) {
+      std::snprintf(extra, sizeof(extra), "WRONG (not timed): out rel err %.1e, lse err %.1e, %lld non-finite; %s",
+                    out_err, lse_err, (long long)non_finite, vis);
+      report(op, shape, variant, "fwd", NAN, bytes, err, tol, extra);
+      continue;
+    }
+    const double ms = time_ms(call);
+    std::snprintf(extra, sizeof(extra), "%.1f TFLOP/s (visible), lse err %.1e; %s", flops / (ms * 1e-3) / 1e12,
+                  lse_err, vis);
+    report(op, shape, variant, "fwd", ms, bytes, err, tol, extra);
+    if (var[0] == 0) default_ms = ms;
+    if (std::isfinite(ms) && ms < best_ms) best_ms = ms, best = variant;
+  }
+  ark_tuning_set("bsa_fwd_schedule", 0);
+  ark_tuning_set("bsa_fwd_stages", 0);
+  if (!best.empty()) {
+    char vs_default[48] = "the default failed";
+    if (std::isfinite(default_ms))
+      std::snprintf(vs_default, sizeof(vs_default), "%.2fx the default", default_ms / best_ms);
+    std::printf("%-22s %-34s fastest correct: %s %.4f ms (%.1f TFLOP/s, %s)\n", op, shape, best.c_str(), best_ms,
+                flops / (best_ms * 1e-3) / 1e12, vs_default);
+  }
+  std::fflush(stdout);
+}
+
+// VAR: scales of 1, 2, 3, 4, 5, 6, 8, 10, 13, 16 squared tokens (L = 680), block-causal over the scales.
+bsa_layouts::MaskDef var_mask() {
+  std::vector<int64_t> lengths;
+  for (const int64_t side : {1, 2, 3, 4, 5, 6, 8, 10, 13, 16}) lengths.push_back(side * side);
+  const bsa_layouts::Rule r = bsa_layouts::block_causal_rule(lengths);
+  const int64_t L = int64_t(r.q_level.size());
+  return bsa_layouts::rule_mask(L, L, r);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -617,10 +768,20 @@ int main(int argc, char** argv) {
       {"sscan_small", [] { bench_sscan(2, 1536, 2048, 16, true); }},
       {"sscan_lm", [] { bench_sscan(8, 1536, 2048, 16, true); }},  // one layer of the 130M Mamba-1 LM bench
       {"sscan_big_default", [] { bench_sscan(4, 2048, 4096, 16, false); }},
+      // block_sparse_attention forward, bf16, every kernel instance (`bsa` names the four).
+      {"bsa_causal", [] { bench_bsa("causal", 4, 16, 128, bsa_layouts::rule_mask(4096, 4096, bsa_layouts::causal_rule(4096, 4096))); }},
+      {"bsa_var", [] { bench_bsa("var", 16, 16, 64, var_mask()); }},
+      // ACDiT SCAM: 16 clean + 16 noisy blocks of 256 tokens.
+      {"bsa_scam", [] { bench_bsa("scam", 2, 16, 128, bsa_layouts::rule_mask(8192, 8192, bsa_layouts::skip_causal_rule(16, 256))); }},
+      {"bsa_sliding", [] {
+         bench_bsa("sliding1024", 2, 16, 128, bsa_layouts::rule_mask(8192, 8192, bsa_layouts::causal_rule(8192, 8192, 1024)));
+       }},
   };
   for (const auto& c : cases) {
     bool wanted = argc <= 2 && std::strcmp(c.name, "sscan_big_default") != 0;
-    for (int i = 2; i < argc; ++i) wanted = wanted || std::strcmp(argv[i], c.name) == 0;
+    for (int i = 2; i < argc; ++i)
+      wanted = wanted || std::strcmp(argv[i], c.name) == 0 ||
+               (std::strcmp(argv[i], "bsa") == 0 && std::strncmp(c.name, "bsa_", 4) == 0);
     if (wanted) c.run();
   }
   if (g_tsv) std::fclose(g_tsv);

@@ -4,6 +4,7 @@
 // against the CPU one. Exit code 0 = pass.
 #include <arkernels/arkernels.h>
 
+#include "bsa_layouts.hpp"
 #include "capi_test_util.hpp"
 // Host float16 / bfloat16 conversion (header-only, torch-free; the same code the CPU kernels use).
 #include "../../csrc/common/half_convert.hpp"
@@ -20,98 +21,11 @@
 #include <cuda_runtime.h>
 #endif
 
+using namespace bsa_layouts;  // Rule, MaskDef, Layout, build_layout, the rule makers (shared with native_bench)
+
 namespace {
 
-constexpr int kFull = 0, kRule = 1, kBits = 2;
 constexpr int64_t kSlack = 40;  // NaN elements after every buffer: a read or write past the end shows
-
-// ---- masks: the definition the oracle reads, and the tile layout built from it ----
-
-// The level rule of the header, written out again from its definition (the oracle's copy).
-struct Rule {
-  std::vector<int32_t> q_level, k_level, q_doc, k_doc, q_group, k_group;
-  int32_t window = -1;
-  bool visible(int64_t i, int64_t j) const {
-    const bool doc_ok = q_doc.empty() || q_doc[i] == k_doc[j];
-    const bool level_ok = k_level[j] <= q_level[i] && (window < 0 || int64_t(q_level[i]) - k_level[j] < window);
-    const bool group_ok = !q_group.empty() && q_group[i] == k_group[j];
-    return doc_ok && (level_ok || group_ok);
-  }
-};
-
-// An (L, S) mask: a level rule (RULE tiles allowed) or an explicit L x S bitmap (BITS tiles only).
-struct MaskDef {
-  int64_t L = 0, S = 0;
-  bool has_rule = false;
-  Rule rule;
-  std::vector<uint8_t> dense;
-  bool visible(int64_t i, int64_t j) const { return has_rule ? rule.visible(i, j) : dense[size_t(i * S + j)] != 0; }
-};
-
-MaskDef rule_mask(int64_t L, int64_t S, Rule r) {
-  MaskDef m;
-  m.L = L; m.S = S; m.has_rule = true; m.rule = std::move(r);
-  return m;
-}
-
-// Causal (level = position) with an optional sliding window.
-Rule causal_rule(int64_t L, int64_t S, int32_t window = -1) {
-  Rule r;
-  for (int64_t i = 0; i < L; ++i) r.q_level.push_back(int32_t(i + (S - L)));  // bottom-right aligned
-  for (int64_t j = 0; j < S; ++j) r.k_level.push_back(int32_t(j));
-  r.window = window;
-  return r;
-}
-
-struct Layout {
-  int32_t bq = 0, bk = 0;
-  std::vector<int32_t> run_ptr, runs, bits;
-};
-
-// How tiles are encoded: partial tiles as RULE or BITS; kMixed alternates them and also encodes some
-// FULL tiles as RULE or BITS (still exact: the rule / an all-ones bitmap gives the same visibility).
-enum class Partial { kRule, kBits, kMixed };
-
-// Classifies every tile of the mask (all in-bounds pairs visible: FULL; none: no run; else partial) and
-// merges neighbouring tiles of one kind into runs. Bitmap bits of rows past L and keys past S are set:
-// the kernel must bounds-check them anyway.
-Layout build_layout(const MaskDef& m, int32_t bq, int32_t bk, Partial how) {
-  Layout lay;
-  lay.bq = bq; lay.bk = bk;
-  const int64_t n_qt = (m.L + bq - 1) / bq, n_kt = (m.S + bk - 1) / bk, words = (bk + 31) / 32;
-  lay.run_ptr.push_back(0);
-  for (int64_t t = 0; t < n_qt; ++t) {
-    int64_t open_kind = -1;
-    for (int64_t u = 0; u < n_kt; ++u) {
-      int64_t seen = 0, total = 0;
-      for (int64_t i = t * bq; i < std::min<int64_t>((t + 1) * bq, m.L); ++i)
-        for (int64_t j = u * bk; j < std::min<int64_t>((u + 1) * bk, m.S); ++j, ++total) seen += m.visible(i, j);
-      int kind = seen == 0 ? -1 : seen == total ? kFull : (how == Partial::kBits ? kBits : kRule);
-      if (how == Partial::kMixed && kind == kRule && (t * 7 + u * 3) % 2) kind = kBits;
-      if (how == Partial::kMixed && kind == kFull && (t + u) % 5 == 1) kind = kRule;
-      if (how == Partial::kMixed && kind == kFull && (t + u) % 5 == 3) kind = kBits;
-      if (kind != open_kind || kind < 0) {
-        if (kind >= 0) lay.runs.insert(lay.runs.end(), {int32_t(u), int32_t(u), kind, -1});
-        open_kind = kind;
-      }
-      if (kind < 0) continue;
-      lay.runs[lay.runs.size() - 3] = int32_t(u + 1);  // extend the open run to this tile
-      if (kind != kBits) continue;
-      if (lay.runs.back() < 0) lay.runs.back() = int32_t(lay.bits.size() / (bq * words));
-      for (int64_t r = 0; r < bq; ++r)
-        for (int64_t w = 0; w < words; ++w) {
-          uint32_t word = 0;
-          for (int64_t c = 0; c < 32 && 32 * w + c < bk; ++c) {
-            const int64_t i = t * bq + r, j = u * bk + 32 * w + c;
-            if (i >= m.L || j >= m.S || m.visible(i, j)) word |= 1u << c;
-          }
-          lay.bits.push_back(int32_t(word));
-        }
-    }
-    lay.run_ptr.push_back(int32_t(lay.runs.size() / 4));
-  }
-  return lay;
-}
 
 // ---- tensors: logical (B, H, N, D) through strides, in a NaN-filled buffer ----
 
@@ -236,13 +150,6 @@ struct Outputs {
   ark_status status;
   std::vector<float> out, lse;  // with kSlack poisoned elements after each
 };
-
-ark_block_mask c_mask(const Layout& lay, const MaskDef& m) {
-  const auto ptr = [](const std::vector<int32_t>& v) { return v.empty() ? nullptr : v.data(); };
-  return ark_block_mask{lay.bq, lay.bk, ptr(lay.run_ptr), ptr(lay.runs), ptr(lay.bits),
-                        ptr(m.rule.q_level), ptr(m.rule.k_level), ptr(m.rule.q_doc), ptr(m.rule.k_doc),
-                        ptr(m.rule.q_group), ptr(m.rule.k_group), m.rule.window};
-}
 
 Outputs run_cpu(const Problem& p, ark_dtype dtype, bool with_lse = true) {
   const std::vector<uint8_t> q = encode(p.q.buf, dtype), k = encode(p.k.buf, dtype), v = encode(p.v.buf, dtype);
@@ -384,6 +291,31 @@ Rule mixed_rule(int64_t L, int64_t S) {
   }
   r.window = 3;
   return r;
+}
+
+// The shared rule makers the benchmark's masks come from, against the definitions they are written from
+// (builders.py): skip_causal's block formula and block_causal's levels.
+void test_rule_makers() {
+  const int64_t N = 3, bs = 5;
+  const Rule scam = skip_causal_rule(N, bs);
+  bool ok = scam.q_level.size() == size_t(2 * N * bs) && scam.k_level.size() == scam.q_level.size();
+  for (int64_t i = 0; ok && i < 2 * N * bs; ++i)
+    for (int64_t j = 0; j < 2 * N * bs; ++j) {
+      const int64_t qb = i / bs, kb = j / bs;
+      const bool want = (qb < N && kb < N && qb >= kb) || (qb >= N && kb < N && qb - N > kb) || qb == kb;
+      ok = ok && scam.visible(i, j) == want;
+    }
+  EXPECT(ok, "skip_causal_rule(%lld, %lld) differs from the SCAM block formula", (long long)N, (long long)bs);
+  const std::vector<int64_t> scales = {1, 4, 9};
+  const Rule var = block_causal_rule(scales);
+  ok = var.q_level.size() == 14;
+  for (int64_t i = 0; ok && i < 14; ++i)
+    for (int64_t j = 0; j < 14; ++j) {
+      const auto block = [](int64_t t) { return t < 1 ? 0 : t < 5 ? 1 : 2; };
+      ok = ok && var.visible(i, j) == (block(j) <= block(i));
+    }
+  EXPECT(ok, "block_causal_rule({1, 4, 9}) is not block-causal");
+  EXPECT(count_visible(rule_mask(10, 10, causal_rule(10, 10, 3))) == 3 * 10 - 3, "count_visible of a window");
 }
 
 void test_cpu_matches_definition() {
@@ -698,6 +630,7 @@ void test_cuda_matches_cpu() {
 }  // namespace
 
 int main() {
+  test_rule_makers();
   test_cpu_matches_definition();
   test_bad_arguments();
 #ifdef ARKERNELS_TEST_CUDA
