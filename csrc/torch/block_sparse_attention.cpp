@@ -51,13 +51,14 @@ std::array<int64_t, 3> strides3(const at::Tensor& t) {
 }
 
 // q, k or v as the C API can read it: unit stride along the head dim (else a contiguous copy); on CUDA,
-// every stride a multiple of 8 elements and the data 16-byte aligned (the kernel's TMA descriptors need
-// 16-byte strides and base addresses), else a contiguous copy.
+// every stride a nonzero multiple of 8 elements and the data 16-byte aligned (the kernel's TMA descriptors
+// need 16-byte strides and base addresses, and cannot broadcast: an expanded tensor is copied), else a
+// contiguous copy.
 at::Tensor readable(const at::Tensor& t) {
   if (t.size(3) > 1 && t.stride(3) != 1) return t.contiguous();
   if (t.is_cuda() && t.numel() > 0) {
     const auto s = strides3(t);
-    const bool aligned = s[0] % 8 == 0 && s[1] % 8 == 0 && s[2] % 8 == 0 &&
+    const bool aligned = s[0] % 8 == 0 && s[1] % 8 == 0 && s[2] % 8 == 0 && s[0] != 0 && s[1] != 0 && s[2] != 0 &&
                          reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0;
     if (!aligned) return t.contiguous();
   }

@@ -765,6 +765,18 @@ def test_cuda_matches_reference(name, rng):
 
 @gpu
 @hopper
+def test_cuda_batch_broadcast_kv(rng):
+    """k, v expanded over the batch (stride 0, which TMA cannot describe): copied by the binding, same result."""
+    q = torch.randn(3, 4, 150, 64, generator=rng).to("cuda", BF16)
+    k1, v1 = (torch.randn(1, 2, 150, 64, generator=rng).to("cuda", BF16) for _ in range(2))
+    k, v = k1.expand(3, -1, -1, -1), v1.expand(3, -1, -1, -1)
+    mask = M.causal(150)
+    out = arkernels.block_sparse_attention(q, k, v, mask, backend="cuda")
+    assert torch.equal(out, arkernels.block_sparse_attention(q, k.contiguous(), v.contiguous(), mask, backend="cuda"))
+
+
+@gpu
+@hopper
 def test_cuda_strided_kv_no_lse(rng):
     """k, v as halves of one projection (row stride 2D: read in place), only out in the loss."""
     check("cuda", "causal", B=2, Hq=4, Hkv=2, L=300, S=300, D=64, dtype=BF16, rng=rng, device="cuda", strided=True,
