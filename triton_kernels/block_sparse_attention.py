@@ -345,7 +345,10 @@ def _bwd_dkdv_tile(dk, dv, b_k, b_v, i, p_q_bh, p_do_bh, p_lse_bh, p_delta_bh, s
                    MODE: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_DOC: tl.constexpr, HAS_GROUP: tl.constexpr,
                    N_WORDS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SUB_M: tl.constexpr,
                    BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr, PREC: tl.constexpr):
-    """Query tile i against this program's key tile, SUB_M query rows at a time."""
+    """Query tile i against this program's key tile, SUB_M query rows at a time. Everything is computed
+    transposed (keys x queries: S^T = K Q^T, dP^T = V dO^T), so that every dot has the key tile as its M
+    dimension: with BLOCK_N >= 64 the compiler emits Hopper warpgroup MMAs for all four (with the query slice as
+    M, SUB_M < 64 fell back to the older mma.sync instructions)."""
     offs_s = tl.arange(0, SUB_M)
     offs_d = tl.arange(0, BLOCK_D)
     for sub in range(0, BLOCK_M // SUB_M):
@@ -358,31 +361,31 @@ def _bwd_dkdv_tile(dk, dv, b_k, b_v, i, p_q_bh, p_do_bh, p_lse_bh, p_delta_bh, s
         b_lse = tl.load(p_lse_bh + rows, mask=rows < L, other=float("inf"))
         b_lse2 = tl.where(b_lse == float("-inf"), float("inf"), b_lse * 1.4426950408889634)
         b_delta = tl.load(p_delta_bh + rows, mask=rows < L, other=0.0)
-        s = _dot(b_q, tl.trans(b_k), PREC) * qk_scale
-        p = tl.math.exp2(s - b_lse2[:, None])
+        s_t = _dot(b_k, tl.trans(b_q), PREC) * qk_scale
+        p_t = tl.math.exp2(s_t - b_lse2[None, :])
         if MODE == 2:
             # RULE: the query-side vectors of these rows; the key side is hoisted by the caller.
             m_r = rows < L
             b_ql = tl.load(p_qlev + rows, mask=m_r, other=0)
-            ok = b_kl[None, :] <= b_ql[:, None]
+            ok = b_kl[:, None] <= b_ql[None, :]
             if HAS_WINDOW:
-                ok = ok & (b_ql[:, None] - b_kl[None, :] < window)
+                ok = ok & (b_ql[None, :] - b_kl[:, None] < window)
             if HAS_GROUP:
                 b_qg = tl.load(p_qgrp + rows, mask=m_r, other=0)
-                ok = ok | (b_qg[:, None] == b_kg[None, :])
+                ok = ok | (b_qg[None, :] == b_kg[:, None])
             if HAS_DOC:
                 b_qd = tl.load(p_qdoc + rows, mask=m_r, other=0)
-                ok = ok & (b_qd[:, None] == b_kd[None, :])
-            p = tl.where(ok, p, 0.0)
+                ok = ok & (b_qd[None, :] == b_kd[:, None])
+            p_t = tl.where(ok, p_t, 0.0)
         elif MODE == 3:
             c_tile = tl.arange(0, BLOCK_N)
-            words = tl.load(p_bits_tile + r_tile[:, None] * N_WORDS + (c_tile[None, :] >> 5))
-            p = tl.where(((words >> (c_tile[None, :] & 31)) & 1) != 0, p, 0.0)
-        # Columns past S (the last key tile only) are never stored; rows past L have lse = +inf: p = 0.
-        dv += _dot(tl.trans(_low(p, b_do.dtype)), b_do, PREC)
-        dp = _dot(b_do, tl.trans(b_v), PREC)
-        ds = p * (dp - b_delta[:, None])
-        dk += _dot(tl.trans(_low(ds, b_q.dtype)), b_q, PREC)
+            words = tl.load(p_bits_tile + r_tile[None, :] * N_WORDS + (c_tile[:, None] >> 5))
+            p_t = tl.where(((words >> (c_tile[:, None] & 31)) & 1) != 0, p_t, 0.0)
+        # Keys past S (the last key tile only) are never stored; queries past L have lse = +inf: p = 0.
+        dv += _dot(_low(p_t, b_do.dtype), b_do, PREC)
+        dp_t = _dot(b_v, tl.trans(b_do), PREC)
+        ds_t = p_t * (dp_t - b_delta[None, :])
+        dk += _dot(_low(ds_t, b_q.dtype), b_q, PREC)
     return dk, dv
 
 
