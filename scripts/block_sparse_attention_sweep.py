@@ -8,7 +8,8 @@ broken variant is reported, never timed as a winner).
 case: var, scam, causal, sliding_window (default: all). Variants replace triton_kernels.block_sparse_attention's
 config() for the head dim of the case (the op builds the mask's layout at each variant's tiling); the list
 below starts with the current default. SWEEP_DEVICE=cpu with TRITON_INTERPRET=1: a smoke run at the benchmark's
-CPU cases (tiny tiles only)."""
+CPU cases (tiny tiles only). Then the Hopper CUDA forward (backend "cuda"): its four instances (schedule x
+ring slots, through libarkernels' tuning knobs) and, for fwd+bwd, with each Triton tiling's backward."""
 import argparse
 import os
 import sys
@@ -66,6 +67,20 @@ def variants(D: int, dtype) -> list[tuple[str, dict]]:
     return out
 
 
+def _time_variant(label: str, name: str, provider: str, case, sets, oracle) -> None:
+    """One checked, timed row: a variant that misses the oracle is reported WRONG and never timed."""
+    try:
+        fn = bench._provider_fn(provider, case)
+        err = bench._check(provider, fn, sets[0], oracle)
+        ok = err <= 2 * 1e-2
+        t = time_ms(bench._call(fn, sets[0]), case.device) if ok else float("nan")
+        tflops = case.flops / (t * 1e-3) / 1e12 if ok else float("nan")
+        print(f"{label:44s} {name:22s} {t:8.4f} ms {tflops:7.1f} TFLOP/s  err {err:.1e}{'' if ok else '  WRONG'}",
+              flush=True)
+    except Exception as e:  # noqa: BLE001  (a variant that does not compile or launch: report, go on)
+        print(f"{label:44s} {name:22s} failed: {type(e).__name__}: {str(e)[:160]}", flush=True)
+
+
 def run_case(case, peers: bool):
     sets = [bench._make_inputs(case)]
     oracle = bench._oracle(case, sets[0])
@@ -74,31 +89,19 @@ def run_case(case, peers: bool):
     for name, cfg in variants(D, case.dtype):
         tk.config = lambda D_, dtype_, device_, cfg=cfg: cfg  # noqa: E731
         try:
-            fn = bench._provider_fn("arkernels-triton", case)
-            err = bench._check("arkernels-triton", fn, sets[0], oracle)
-            ok = err <= 2 * 1e-2
-            t = time_ms(bench._call(fn, sets[0]), case.device) if ok else float("nan")
-            tflops = case.flops / (t * 1e-3) / 1e12 if ok else float("nan")
-            print(f"{label:44s} {name:18s} {t:8.4f} ms {tflops:7.1f} TFLOP/s  err {err:.1e}"
-                  f"{'' if ok else '  WRONG'}", flush=True)
-        except Exception as e:  # noqa: BLE001  (a variant that does not compile or launch: report, go on)
-            print(f"{label:44s} {name:18s} failed: {type(e).__name__}: {str(e)[:160]}", flush=True)
+            _time_variant(label, name, "arkernels-triton", case, sets, oracle)
+            # fwd+bwd: the CUDA forward with this tiling's Triton backward (the CUDA kernel takes any
+            # 128 x block_k layout with block_k dividing 128).
+            if case.mode != "fwd" and cfg["BLOCK_M"] == 128 and 128 % cfg["BLOCK_N"] == 0:
+                _time_variant(label, f"{name} +cuda fwd", "arkernels-cuda", case, sets, oracle)
         finally:
             tk.config = DEFAULT_CONFIG
-    # The Hopper CUDA forward's instances (its backward is Triton's at the default config), same oracle.
+    # The Hopper CUDA forward's instances (with the default tiling's Triton backward).
     for schedule, stages in ((1, 2), (1, 3), (2, 2), (2, 3)):
-        name = f"cuda s{schedule} x{stages}"
         try:
             _tuning_set("bsa_fwd_schedule", schedule)
             _tuning_set("bsa_fwd_stages", stages)
-            fn = bench._provider_fn("arkernels-cuda", case)
-            err = bench._check("arkernels-cuda", fn, sets[0], oracle)
-            ok = err <= 2 * 1e-2
-            t = time_ms(bench._call(fn, sets[0]), case.device) if ok else float("nan")
-            print(f"{label:44s} {name:18s} {t:8.4f} ms {case.flops / (t * 1e-3) / 1e12:7.1f} TFLOP/s  "
-                  f"err {err:.1e}{'' if ok else '  WRONG'}", flush=True)
-        except Exception as e:  # noqa: BLE001
-            print(f"{label:44s} {name:18s} failed: {type(e).__name__}: {str(e)[:160]}", flush=True)
+            _time_variant(label, f"cuda s{schedule} x{stages}", "arkernels-cuda", case, sets, oracle)
         finally:
             _tuning_set("bsa_fwd_schedule", 0)
             _tuning_set("bsa_fwd_stages", 0)
