@@ -97,18 +97,13 @@ ark_status launch(const BlockSparseAttentionFwdParams& p, cudaStream_t stream) {
   a.out = p.out;
   a.lse = p.lse;
   a.L = p.L;
-  a.S = p.S;
   a.Hq = int(p.q_heads);
   a.group = int(p.q_heads / p.kv_heads);
   a.scale = p.scale;
   a.scale_log2 = p.scale * 1.4426950408889634f;
-  a.q_run_ptr = p.mask.q_run_ptr;
-  a.q_runs = p.mask.q_runs;
-  a.tile_bits = p.mask.tile_bits;
-  a.block_k = p.mask.block_k;
-  a.bits_words = (p.mask.block_k + 31) / 32;
-  a.rule = Rule{p.mask.q_level, p.mask.k_level, p.mask.q_doc, p.mask.k_doc, p.mask.q_group, p.mask.k_group,
-                p.mask.window};
+  a.walk.S = p.S;
+  a.walk.mask = p.mask;
+  a.walk.bits_words = (p.mask.block_k + 31) / 32;
   const dim3 grid(unsigned((p.L + BM - 1) / BM), unsigned(p.q_heads), unsigned(p.batch));
   if (schedule == 2)
     return stages == 2 ? launch_instance<T, D, 2, true>(tq, tk, tv, a, grid, stream)

@@ -30,12 +30,14 @@
 
 #include "common/sm90_async.cuh"
 #include "ops/block_sparse_attention/block_sparse_attention.cuh"
+#include "ops/block_sparse_attention/block_sparse_attention_walk.hpp"
 
 namespace ark {
 namespace bsa_sm90 {
 
-constexpr int BM = kBsaCudaBlockQ;  // query rows per CTA
-constexpr int BN = kBsaCudaChunk;   // keys per chunk
+using bsa_walk::BM;  // query rows per CTA
+using bsa_walk::BN;  // keys per chunk
+using bsa_walk::ChunkCursor;
 constexpr int kPanelCols = 64;      // a 128-byte row of 16-bit elements: one swizzle panel
 constexpr uint32_t kRowBytes = 128;
 constexpr int kConsumerThreads = 256;
@@ -59,22 +61,13 @@ struct Smem {
   static constexpr uint32_t kLaunchBytes = kBytes + 1024;  // room to align the base to 1024 bytes
 };
 
-struct Rule {
-  const int32_t *q_level, *k_level, *q_doc, *k_doc, *q_group, *k_group;
-  int32_t window;
-};
-
 struct KernelArgs {
   void* out;
   float* lse;
-  int64_t L, S;
+  int64_t L;
   int Hq, group;  // group: q heads per kv head
   float scale_log2, scale;
-  const int32_t* q_run_ptr;
-  const int32_t* q_runs;
-  const int32_t* tile_bits;
-  int block_k, bits_words;  // bitmap words per row: ceil(block_k / 32)
-  Rule rule;
+  bsa_walk::Walk walk;  // the layout, its rule and S
 };
 
 template <int STAGES>
@@ -85,39 +78,6 @@ struct Barriers {
   __device__ uint64_t* v_full(int s) const { return base + 1 + STAGES + s; }
   __device__ uint64_t* k_empty(int s) const { return base + 1 + 2 * STAGES + s; }
   __device__ uint64_t* v_empty(int s) const { return base + 1 + 3 * STAGES + s; }
-};
-
-// The chunk sequence of one query tile, identical in the producer and every consumer thread.
-struct ChunkCursor {
-  const int32_t* runs;
-  int r, r_end;
-  int key, key_end;  // this chunk starts at `key`; the run's keys end at key_end (clipped to S)
-  int kind, bits, run_key0;
-
-  __device__ void load_run(int S, int block_k) {
-    const int start = runs[4 * r], end = runs[4 * r + 1];
-    kind = runs[4 * r + 2];
-    bits = runs[4 * r + 3];
-    run_key0 = start * block_k;
-    key = run_key0;
-    key_end = min(end * block_k, S);
-  }
-  __device__ void init(const KernelArgs& a, int tile) {
-    runs = a.q_runs;
-    r = a.q_run_ptr[tile];
-    r_end = a.q_run_ptr[tile + 1];
-    if (r < r_end) load_run(int(a.S), a.block_k);
-  }
-  __device__ bool valid() const { return r < r_end; }
-  __device__ void next(const KernelArgs& a) {
-    key += BN;
-    if (key >= key_end) {
-      ++r;
-      if (r < r_end) load_run(int(a.S), a.block_k);
-    }
-  }
-  // FULL and the whole chunk inside the run: no element needs a test.
-  __device__ bool unmasked() const { return kind == 0 && key + BN <= key_end; }
 };
 
 // Stage and phase parity of the it-th chunk in a ring of STAGES slots.
@@ -139,8 +99,8 @@ __device__ void produce(const KernelArgs& a, uint8_t* smem, const CUtensorMap* t
   for (int p = 0; p < L::kPanels; ++p)
     sm90::tma_load_4d(smem + L::kQ + p * BM * kRowBytes, tq, bar.q_full(), p * kPanelCols, tile * BM, h, b);
   ChunkCursor c;
-  c.init(a, tile);
-  for (int it = 0; c.valid(); ++it, c.next(a)) {
+  c.init(a.walk, tile);
+  for (int it = 0; c.valid(); ++it, c.next(a.walk)) {
     const Slot<STAGES> slot(it);
     const uint32_t reuse_parity = ((it / STAGES) - 1) & 1;  // the slot's previous use must be released
     if (it >= STAGES) sm90::mbar_wait(bar.k_empty(slot.stage), reuse_parity);
@@ -180,62 +140,33 @@ __device__ __forceinline__ float quad_sum(float x) {
   return x + __shfl_xor_sync(0xffffffffu, x, 2);
 }
 
-// Where this thread sits in the m64nNk16 accumulator of its warpgroup: rows row and row + 8 of its warp's
-// 16, columns 8 j + col + {0, 1} of every 8-column block j. Accumulator register i is (row + 8 ((i >> 1) & 1),
-// 8 (i >> 2) + col + (i & 1)).
+// This thread's two accumulator rows (bsa_walk::acc_row: row and row + 8) and their rule values.
 struct ThreadRows {
-  int wg, lane;
-  int row_in_tile;  // first of the two rows, inside the 128-row query tile
+  int t, wg, lane;
+  int row_in_tile;  // the first of the two rows, inside the 128-row query tile
   int row;          // its absolute query index
-  int col;          // first column inside each 8-column block
-  int ql[2], qd[2], qg[2];  // the rows' rule values
+  int col;          // its first column inside each 8-column block (bsa_walk::acc_col)
+  bsa_walk::RowRule q[2];
 
-  __device__ ThreadRows(const KernelArgs& a, int tile, int consumer_thread) {
-    wg = consumer_thread / 128;
-    lane = consumer_thread % 32;
-    row_in_tile = wg * 64 + ((consumer_thread / 32) % 4) * 16 + lane / 4;
+  __device__ ThreadRows(const KernelArgs& a, int tile, int consumer_thread) : t(consumer_thread) {
+    wg = t / 128;
+    lane = t % 32;
+    row_in_tile = bsa_walk::acc_row(t, 0);
     row = tile * BM + row_in_tile;
-    col = 2 * (lane % 4);
-    for (int i = 0; i < 2; ++i) {
-      ql[i] = qd[i] = qg[i] = 0;
-      const int r = row + 8 * i;
-      if (a.rule.q_level && r < a.L) {
-        ql[i] = a.rule.q_level[r];
-        if (a.rule.q_doc) qd[i] = a.rule.q_doc[r];
-        if (a.rule.q_group) qg[i] = a.rule.q_group[r];
-      }
-    }
+    col = bsa_walk::acc_col(t, 0);
+    for (int h = 0; h < 2; ++h) q[h].load(a.walk, row + 8 * h, a.L);
   }
 };
-
-// Visibility of (row, col) in a chunk that needs tests.
-__device__ __forceinline__ bool visible(const KernelArgs& a, const ChunkCursor& c, const ThreadRows& t, int half,
-                                        int col) {
-  if (col >= c.key_end) return false;
-  if (c.kind == 1) {
-    const Rule& r = a.rule;
-    const int kl = r.k_level[col], ql = t.ql[half];
-    bool ok = kl <= ql && (r.window < 0 || ql - kl < r.window);
-    if (r.k_group) ok = ok || t.qg[half] == r.k_group[col];
-    if (r.k_doc) ok = ok && t.qd[half] == r.k_doc[col];
-    return ok;
-  }
-  if (c.kind == 2) {
-    const int in_run = col - c.run_key0;
-    const int tile = c.bits + in_run / a.block_k;
-    const int k_in_tile = in_run % a.block_k;
-    const int64_t word = (int64_t(tile) * BM + t.row_in_tile + 8 * half) * a.bits_words + (k_in_tile >> 5);
-    return (a.tile_bits[word] >> (k_in_tile & 31)) & 1;
-  }
-  return true;  // FULL: only the run's end and S to respect
-}
 
 __device__ __forceinline__ void apply_mask(float (&s)[BN / 2], const KernelArgs& a, const ChunkCursor& c,
                                            const ThreadRows& t) {
   if (c.unmasked()) return;
 #pragma unroll
-  for (int i = 0; i < BN / 2; ++i)
-    if (!visible(a, c, t, (i >> 1) & 1, c.key + 8 * (i >> 2) + t.col + (i & 1))) s[i] = -INFINITY;
+  for (int i = 0; i < BN / 2; ++i) {
+    const int half = (i >> 1) & 1;
+    if (!bsa_walk::visible(a.walk, c, t.row_in_tile + 8 * half, t.q[half], c.key + bsa_walk::acc_col(t.t, i)))
+      s[i] = -INFINITY;
+  }
 }
 
 // Issues S = Q K^T (no commit): 16-column k-steps, four per 64-column panel of both operands.
@@ -338,7 +269,7 @@ template <int STAGES> struct ConsumerStart {
   __device__ ConsumerStart(const KernelArgs& a, uint8_t* smem, uint32_t bars_offset, int tile, int consumer_thread)
       : bar{reinterpret_cast<uint64_t*>(smem + bars_offset)}, t(a, tile, consumer_thread) {
     sm90::mbar_wait(bar.q_full(), 0);
-    c.init(a, tile);
+    c.init(a.walk, tile);
   }
 };
 
@@ -355,7 +286,7 @@ __device__ void consume_serial(const KernelArgs& a, uint8_t* smem, int tile, int
 #pragma unroll
   for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
   RowState rs;
-  for (int it = 0; c.valid(); ++it, c.next(a)) {
+  for (int it = 0; c.valid(); ++it, c.next(a.walk)) {
     const Slot<STAGES> slot(it);
     sm90::mbar_wait(bar.k_full(slot.stage), slot.parity);
     sm90::wgmma_fence();
@@ -419,8 +350,8 @@ __device__ void consume_pipelined(const KernelArgs& a, uint8_t* smem, int tile, 
     to_fragments<T>(s, p);
     // Chunk it: S(it) and P(it-1) V(it-1) in flight together; the softmax of S(it) runs under P V.
     Slot<STAGES> prev(0);
-    c.next(a);
-    for (int it = 1; c.valid(); ++it, c.next(a)) {
+    c.next(a.walk);
+    for (int it = 1; c.valid(); ++it, c.next(a.walk)) {
       const Slot<STAGES> slot(it);
       sm90::mbar_wait(bar.k_full(slot.stage), slot.parity);
       sm90::mbar_wait(bar.v_full(prev.stage), prev.parity);

@@ -1,0 +1,107 @@
+// How the Hopper block_sparse_attention forward walks a tile layout and where each accumulator element
+// sits, as plain host/device code: the kernel (block_sparse_attention_sm90.cuh) uses it, and a host test
+// (tests/capi/test_block_sparse_attention_walk.cpp) checks it without a GPU: every visible (query, key) pair
+// is visited exactly once, nothing invisible is, and the 256 consumer threads' accumulator elements tile
+// each 128 x 128 chunk exactly once.
+#pragma once
+
+#include <cstdint>
+
+#include "arkernels/block_sparse_attention.h"
+#include "ops/block_sparse_attention/block_sparse_attention.cuh"
+
+#if defined(__CUDACC__)
+#define ARK_BSA_HD __host__ __device__ __forceinline__
+#else
+#define ARK_BSA_HD inline
+#endif
+
+namespace ark {
+namespace bsa_walk {
+
+constexpr int BM = kBsaCudaBlockQ;  // query rows per CTA (two consumer warpgroups of 64)
+constexpr int BN = kBsaCudaChunk;   // keys per chunk
+
+// What the walk reads: the forward half of the layout and its rule (ark_block_mask), and S.
+struct Walk {
+  int64_t S;
+  ark_block_mask mask;
+  int bits_words;  // bitmap words per row: ceil(block_k / 32)
+};
+
+// The chunk sequence of one query tile: a run of key tiles [start, end) is cut into 128-key chunks from its
+// first key; the last one may reach past the run's end (and S), whose keys it must not count.
+struct ChunkCursor {
+  const int32_t* runs;
+  int r, r_end;
+  int key, key_end;  // this chunk starts at `key`; the run's keys end at key_end (clipped to S)
+  int kind, bits, run_key0;
+
+  ARK_BSA_HD void load_run(const Walk& w) {
+    const int start = runs[4 * r], end = runs[4 * r + 1];
+    kind = runs[4 * r + 2];
+    bits = runs[4 * r + 3];
+    run_key0 = start * w.mask.block_k;
+    key = run_key0;
+    key_end = int(end * int64_t(w.mask.block_k) < w.S ? end * int64_t(w.mask.block_k) : w.S);
+  }
+  ARK_BSA_HD void init(const Walk& w, int tile) {
+    runs = w.mask.q_runs;
+    r = w.mask.q_run_ptr[tile];
+    r_end = w.mask.q_run_ptr[tile + 1];
+    if (r < r_end) load_run(w);
+  }
+  ARK_BSA_HD bool valid() const { return r < r_end; }
+  ARK_BSA_HD void next(const Walk& w) {
+    key += BN;
+    if (key >= key_end) {
+      ++r;
+      if (r < r_end) load_run(w);
+    }
+  }
+  // FULL and the whole chunk inside the run: no element needs a test.
+  ARK_BSA_HD bool unmasked() const { return kind == 0 && key + BN <= key_end; }
+};
+
+// Consumer thread t (0..255) of an m64nNk16 accumulator pair of warpgroups: register i is at row
+// acc_row(t, i) of the 128-row query tile and column acc_col(t, i) of the chunk. (Warp w of a warpgroup owns
+// rows 16 w .. 16 w + 15; lane l rows l / 4 and l / 4 + 8, columns 8 j + 2 (l % 4) + {0, 1} of every 8-column
+// block j, registers 4 j .. 4 j + 3 = (row, c), (row, c + 1), (row + 8, c), (row + 8, c + 1).)
+ARK_BSA_HD int acc_row(int t, int i) { return (t / 128) * 64 + ((t / 32) % 4) * 16 + (t % 32) / 4 + 8 * ((i >> 1) & 1); }
+ARK_BSA_HD int acc_col(int t, int i) { return 8 * (i >> 2) + 2 * (t % 4) + (i & 1); }
+
+// A query row's rule values (zeros without a rule).
+struct RowRule {
+  int level = 0, doc = 0, group = 0;
+  ARK_BSA_HD void load(const Walk& w, int64_t row, int64_t L) {
+    if (w.mask.q_level && row < L) {
+      level = w.mask.q_level[row];
+      if (w.mask.q_doc) doc = w.mask.q_doc[row];
+      if (w.mask.q_group) group = w.mask.q_group[row];
+    }
+  }
+};
+
+// Visibility of key `col` for the query at `row_in_tile` (rule values q) in a chunk that needs tests.
+ARK_BSA_HD bool visible(const Walk& w, const ChunkCursor& c, int row_in_tile, const RowRule& q, int col) {
+  if (col >= c.key_end) return false;
+  const ark_block_mask& m = w.mask;
+  if (c.kind == 1) {
+    const int kl = m.k_level[col];
+    bool ok = kl <= q.level && (m.window < 0 || q.level - kl < m.window);
+    if (m.k_group) ok = ok || q.group == m.k_group[col];
+    if (m.k_doc) ok = ok && q.doc == m.k_doc[col];
+    return ok;
+  }
+  if (c.kind == 2) {
+    const int in_run = col - c.run_key0;
+    const int tile = c.bits + in_run / m.block_k;
+    const int k_in_tile = in_run % m.block_k;
+    const int64_t word = (int64_t(tile) * BM + row_in_tile) * w.bits_words + (k_in_tile >> 5);
+    return (m.tile_bits[word] >> (k_in_tile & 31)) & 1;
+  }
+  return true;  // FULL: only the run's end and S to respect
+}
+
+}  // namespace bsa_walk
+}  // namespace ark
