@@ -56,14 +56,19 @@ def variants(D: int, dtype) -> list[tuple[str, dict]]:
     if dev.type != "cuda":
         return [("default", base), ("16x16", dict(base, BLOCK_M=16, BLOCK_N=16))]
     out = [("default", base)]
-    for bm, bn, w, fs in [(128, 64, 8, 3), (128, 64, 4, 3), (128, 128, 8, 2), (64, 64, 4, 3), (64, 32, 4, 3),
-                          (128, 32, 4, 3), (64, 128, 4, 2)]:
+    # (BLOCK_M, BLOCK_N, warps, forward stages, dK/dV query sub-tile or None for the default's). At D 128 the
+    # 64-key tiles put the dK/dV dots on warpgroup MMAs; sub-tile 16 spills least there (sm_90a compiles).
+    for bm, bn, w, fs, sub_m in [(128, 64, 8, 3, None), (128, 64, 8, 3, 16), (128, 64, 4, 3, None),
+                                 (128, 128, 8, 2, None), (64, 64, 4, 3, None), (64, 32, 4, 3, None),
+                                 (128, 32, 4, 3, None), (64, 128, 4, 2, None)]:
         if D > 128 and bm * bn > 64 * 64:
             continue
+        sub_m = min(base["BWD_SUB_M"] if sub_m is None else sub_m, bm)
         cfg = dict(base, BLOCK_M=bm, BLOCK_N=bn, num_warps=w, FWD_STAGES=fs,
-                   BWD_SUB_M=min(base["BWD_SUB_M"], bm), BWD_SUB_N=min(base["BWD_SUB_N"], bn))
-        if (bm, bn, w, fs) != (base["BLOCK_M"], base["BLOCK_N"], base["num_warps"], base["FWD_STAGES"]):
-            out.append((f"{bm}x{bn} w{w} s{fs}", cfg))
+                   BWD_SUB_M=sub_m, BWD_SUB_N=min(base["BWD_SUB_N"], bn))
+        if (bm, bn, w, fs, sub_m) != (base["BLOCK_M"], base["BLOCK_N"], base["num_warps"], base["FWD_STAGES"],
+                                      base["BWD_SUB_M"]):
+            out.append((f"{bm}x{bn} w{w} s{fs} sub{sub_m}", cfg))
     return out
 
 
