@@ -261,13 +261,16 @@ __device__ void store_rows(const KernelArgs& a, const ThreadRows& t, const float
 
 // ---- the two consumer schedules ----
 
-// What both schedules start from: the barriers, this thread's rows, the Q tile landed, the chunk cursor.
-template <int STAGES> struct ConsumerStart {
+// What both schedules start from: the barriers, this thread's rows, its warpgroup's rows of the Q tile
+// (landed), the chunk cursor.
+template <int D, int STAGES> struct ConsumerStart {
   Barriers<STAGES> bar;
   ThreadRows t;
+  uint32_t q_base;
   ChunkCursor c;
-  __device__ ConsumerStart(const KernelArgs& a, uint8_t* smem, uint32_t bars_offset, int tile, int consumer_thread)
-      : bar{reinterpret_cast<uint64_t*>(smem + bars_offset)}, t(a, tile, consumer_thread) {
+  __device__ ConsumerStart(const KernelArgs& a, uint8_t* smem, int tile, int consumer_thread)
+      : bar{reinterpret_cast<uint64_t*>(smem + Smem<D, STAGES>::kBars)}, t(a, tile, consumer_thread),
+        q_base(sm90::smem_addr(smem + Smem<D, STAGES>::kQ) + t.wg * 64 * kRowBytes) {
     sm90::mbar_wait(bar.q_full(), 0);
     c.init(a.walk, tile);
   }
@@ -276,21 +279,18 @@ template <int STAGES> struct ConsumerStart {
 template <typename T, int D, int STAGES>
 __device__ void consume_serial(const KernelArgs& a, uint8_t* smem, int tile, int h, int b, int consumer_thread) {
   using L = Smem<D, STAGES>;
-  const ConsumerStart<STAGES> cs(a, smem, L::kBars, tile, consumer_thread);
+  const ConsumerStart<D, STAGES> cs(a, smem, tile, consumer_thread);
   const Barriers<STAGES>& bar = cs.bar;
   const ThreadRows& t = cs.t;
-  const uint32_t q_base = sm90::smem_addr(smem + L::kQ) + t.wg * 64 * kRowBytes;
   ChunkCursor c = cs.c;
-  float o[D / 2], s[BN / 2], alpha[2];
+  float o[D / 2] = {}, s[BN / 2], alpha[2];
   uint32_t p[BN / 16][4];
-#pragma unroll
-  for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
   RowState rs;
   for (int it = 0; c.valid(); ++it, c.next(a.walk)) {
     const Slot<STAGES> slot(it);
     sm90::mbar_wait(bar.k_full(slot.stage), slot.parity);
     sm90::wgmma_fence();
-    issue_qk<T, D>(s, q_base, sm90::smem_addr(smem + L::kK + slot.stage * L::kChunkBytes));
+    issue_qk<T, D>(s, cs.q_base, sm90::smem_addr(smem + L::kK + slot.stage * L::kChunkBytes));
     sm90::wgmma_commit();
     sm90::wgmma_wait<0>();
     sm90::fence_operands(s);
@@ -322,16 +322,13 @@ struct Turns {
 template <typename T, int D, int STAGES>
 __device__ void consume_pipelined(const KernelArgs& a, uint8_t* smem, int tile, int h, int b, int consumer_thread) {
   using L = Smem<D, STAGES>;
-  const ConsumerStart<STAGES> cs(a, smem, L::kBars, tile, consumer_thread);
+  const ConsumerStart<D, STAGES> cs(a, smem, tile, consumer_thread);
   const Barriers<STAGES>& bar = cs.bar;
   const ThreadRows& t = cs.t;
-  const uint32_t q_base = sm90::smem_addr(smem + L::kQ) + t.wg * 64 * kRowBytes;
   ChunkCursor c = cs.c;
   const Turns turns{t.wg};
-  float o[D / 2], s[BN / 2], alpha[2];
+  float o[D / 2] = {}, s[BN / 2], alpha[2];
   uint32_t p[BN / 16][4];
-#pragma unroll
-  for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
   RowState rs;
   if (c.valid()) {
     if (t.wg == 1) turns.hand_over();
@@ -339,7 +336,7 @@ __device__ void consume_pipelined(const KernelArgs& a, uint8_t* smem, int tile, 
     sm90::mbar_wait(bar.k_full(0), 0);
     turns.wait_mine();
     sm90::wgmma_fence();
-    issue_qk<T, D>(s, q_base, sm90::smem_addr(smem + L::kK));
+    issue_qk<T, D>(s, cs.q_base, sm90::smem_addr(smem + L::kK));
     sm90::wgmma_commit();
     turns.hand_over();
     sm90::wgmma_wait<0>();
@@ -357,7 +354,7 @@ __device__ void consume_pipelined(const KernelArgs& a, uint8_t* smem, int tile, 
       sm90::mbar_wait(bar.v_full(prev.stage), prev.parity);
       turns.wait_mine();
       sm90::wgmma_fence();
-      issue_qk<T, D>(s, q_base, sm90::smem_addr(smem + L::kK + slot.stage * L::kChunkBytes));
+      issue_qk<T, D>(s, cs.q_base, sm90::smem_addr(smem + L::kK + slot.stage * L::kChunkBytes));
       sm90::wgmma_commit();
       issue_pv<T, D>(o, p, sm90::smem_addr(smem + L::kV + prev.stage * L::kChunkBytes));
       sm90::wgmma_commit();
