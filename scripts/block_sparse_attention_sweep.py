@@ -56,19 +56,22 @@ def variants(D: int, dtype) -> list[tuple[str, dict]]:
     if dev.type != "cuda":
         return [("default", base), ("16x16", dict(base, BLOCK_M=16, BLOCK_N=16))]
     out = [("default", base)]
-    # (BLOCK_M, BLOCK_N, warps, forward stages, dK/dV query sub-tile or None for the default's). At D 128 the
-    # 64-key tiles put the dK/dV dots on warpgroup MMAs; sub-tile 16 spills least there (sm_90a compiles).
-    for bm, bn, w, fs, sub_m in [(128, 64, 8, 3, None), (128, 64, 8, 3, 16), (128, 64, 4, 3, None),
-                                 (128, 128, 8, 2, None), (64, 64, 4, 3, None), (64, 32, 4, 3, None),
-                                 (128, 32, 4, 3, None), (64, 128, 4, 2, None)]:
+    # (BLOCK_M, BLOCK_N, warps, forward stages, dK/dV query sub-tile or None for the default's, dK/dV
+    # key-major). At D 128 the 64-key tiles put the key-major dK/dV dots on warpgroup MMAs (sub-tile 16 spills
+    # least); the 32-key tiling does so only query-major with a 64-row sub-tile (spilling ~400 B: sm_90a).
+    for bm, bn, w, fs, sub_m, km in [(128, 64, 8, 3, None, True), (128, 64, 8, 3, 16, True),
+                                     (128, 32, 8, 3, 64, False), (128, 64, 4, 3, None, True),
+                                     (128, 128, 8, 2, None, True), (64, 64, 4, 3, None, True),
+                                     (64, 32, 4, 3, None, True), (128, 32, 4, 3, None, True),
+                                     (64, 128, 4, 2, None, True)]:
         if D > 128 and bm * bn > 64 * 64:
             continue
         sub_m = min(base["BWD_SUB_M"] if sub_m is None else sub_m, bm)
         cfg = dict(base, BLOCK_M=bm, BLOCK_N=bn, num_warps=w, FWD_STAGES=fs,
-                   BWD_SUB_M=sub_m, BWD_SUB_N=min(base["BWD_SUB_N"], bn))
-        if (bm, bn, w, fs, sub_m) != (base["BLOCK_M"], base["BLOCK_N"], base["num_warps"], base["FWD_STAGES"],
-                                      base["BWD_SUB_M"]):
-            out.append((f"{bm}x{bn} w{w} s{fs} sub{sub_m}", cfg))
+                   BWD_SUB_M=sub_m, BWD_SUB_N=min(base["BWD_SUB_N"], bn), BWD_KEY_MAJOR=km)
+        if (bm, bn, w, fs, sub_m, km) != (base["BLOCK_M"], base["BLOCK_N"], base["num_warps"], base["FWD_STAGES"],
+                                          base["BWD_SUB_M"], base.get("BWD_KEY_MAJOR", True)):
+            out.append((f"{bm}x{bn} w{w} s{fs} sub{sub_m}{'' if km else ' qmaj'}", cfg))
     return out
 
 

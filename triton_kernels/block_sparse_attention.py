@@ -39,7 +39,8 @@ LOG2E = 1.4426950408889634
 def config(D: int, dtype: torch.dtype, device) -> dict:
     """Tile sizes and launch parameters for head dim D. The mask layout must be built at
     (BLOCK_M, BLOCK_N); the backward processes a query tile in BWD_SUB_M-row slices (dK/dV kernel) and a
-    key tile in BWD_SUB_N-key slices (dQ kernel). Small tiles under the interpreter (every program is a
+    key tile in BWD_SUB_N-key slices (dQ kernel); BWD_KEY_MAJOR (default True) picks the dK/dV kernel's
+    orientation (_bwd_dkdv_tile). Small tiles under the interpreter (every program is a
     numpy loop). GPU values: chosen without a GPU from sm_90a compiles (ptxas -v, worst-case rule flags):
     the configurations of each D where the three kernels compile without register spills, or with the
     fewest. Not timed yet: the next session measures them (docs/ops/block_sparse_attention.md)."""
@@ -344,11 +345,13 @@ def _bwd_dkdv_tile(dk, dv, b_k, b_v, i, p_q_bh, p_do_bh, p_lse_bh, p_delta_bh, s
                    p_bits_tile, p_qlev, p_qdoc, p_qgrp, b_kl, b_kd, b_kg, window,
                    MODE: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_DOC: tl.constexpr, HAS_GROUP: tl.constexpr,
                    N_WORDS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SUB_M: tl.constexpr,
-                   BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr, PREC: tl.constexpr):
-    """Query tile i against this program's key tile, SUB_M query rows at a time. Everything is computed
-    transposed (keys x queries: S^T = K Q^T, dP^T = V dO^T), so that every dot has the key tile as its M
-    dimension: with BLOCK_N >= 64 the compiler emits Hopper warpgroup MMAs for all four (with the query slice as
-    M, SUB_M < 64 fell back to the older mma.sync instructions)."""
+                   BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr, PREC: tl.constexpr, KEY_MAJOR: tl.constexpr):
+    """Query tile i against this program's key tile, SUB_M query rows at a time. Triton emits Hopper
+    warpgroup MMAs only for dots whose M is >= 64 (mma.sync otherwise), so the orientation follows the tiles:
+    KEY_MAJOR (key tile >= 64): everything transposed, keys x queries (S^T = K Q^T, dP^T = V dO^T,
+    dV += P^T dO, dK += dS^T Q: M = the key tile); else (query sub-tile >= 64 with a small key tile): S and dP
+    query-major (M = the sub-tile) and dK, dV accumulated transposed, D x keys (dV^T += dO^T P,
+    dK^T += Q^T dS: M = D)."""
     offs_s = tl.arange(0, SUB_M)
     offs_d = tl.arange(0, BLOCK_D)
     for sub in range(0, BLOCK_M // SUB_M):
@@ -361,32 +364,62 @@ def _bwd_dkdv_tile(dk, dv, b_k, b_v, i, p_q_bh, p_do_bh, p_lse_bh, p_delta_bh, s
         b_lse = tl.load(p_lse_bh + rows, mask=rows < L, other=float("inf"))
         b_lse2 = tl.where(b_lse == float("-inf"), float("inf"), b_lse * 1.4426950408889634)
         b_delta = tl.load(p_delta_bh + rows, mask=rows < L, other=0.0)
-        s_t = _dot(b_k, tl.trans(b_q), PREC) * qk_scale
-        p_t = tl.math.exp2(s_t - b_lse2[None, :])
+        # Per-query and per-key vectors broadcast to the score tile's orientation.
+        if KEY_MAJOR:
+            s = _dot(b_k, tl.trans(b_q), PREC) * qk_scale
+            p = tl.math.exp2(s - b_lse2[None, :])
+        else:
+            s = _dot(b_q, tl.trans(b_k), PREC) * qk_scale
+            p = tl.math.exp2(s - b_lse2[:, None])
         if MODE == 2:
             # RULE: the query-side vectors of these rows; the key side is hoisted by the caller.
             m_r = rows < L
-            b_ql = tl.load(p_qlev + rows, mask=m_r, other=0)
-            ok = b_kl[:, None] <= b_ql[None, :]
+            ql = _along_queries(tl.load(p_qlev + rows, mask=m_r, other=0), KEY_MAJOR)
+            kl = _along_keys(b_kl, KEY_MAJOR)
+            ok = kl <= ql
             if HAS_WINDOW:
-                ok = ok & (b_ql[None, :] - b_kl[:, None] < window)
+                ok = ok & (ql - kl < window)
             if HAS_GROUP:
-                b_qg = tl.load(p_qgrp + rows, mask=m_r, other=0)
-                ok = ok | (b_qg[None, :] == b_kg[:, None])
+                ok = ok | (_along_queries(tl.load(p_qgrp + rows, mask=m_r, other=0), KEY_MAJOR) ==
+                           _along_keys(b_kg, KEY_MAJOR))
             if HAS_DOC:
-                b_qd = tl.load(p_qdoc + rows, mask=m_r, other=0)
-                ok = ok & (b_qd[None, :] == b_kd[:, None])
-            p_t = tl.where(ok, p_t, 0.0)
+                ok = ok & (_along_queries(tl.load(p_qdoc + rows, mask=m_r, other=0), KEY_MAJOR) ==
+                           _along_keys(b_kd, KEY_MAJOR))
+            p = tl.where(ok, p, 0.0)
         elif MODE == 3:
-            c_tile = tl.arange(0, BLOCK_N)
-            words = tl.load(p_bits_tile + r_tile[None, :] * N_WORDS + (c_tile[:, None] >> 5))
-            p_t = tl.where(((words >> (c_tile[:, None] & 31)) & 1) != 0, p_t, 0.0)
+            c_tile = _along_keys(tl.arange(0, BLOCK_N), KEY_MAJOR)
+            words = tl.load(p_bits_tile + _along_queries(r_tile, KEY_MAJOR) * N_WORDS + (c_tile >> 5))
+            p = tl.where(((words >> (c_tile & 31)) & 1) != 0, p, 0.0)
         # Keys past S (the last key tile only) are never stored; queries past L have lse = +inf: p = 0.
-        dv += _dot(_low(p_t, b_do.dtype), b_do, PREC)
-        dp_t = _dot(b_v, tl.trans(b_do), PREC)
-        ds_t = p_t * (dp_t - b_delta[None, :])
-        dk += _dot(_low(ds_t, b_q.dtype), b_q, PREC)
+        if KEY_MAJOR:
+            dv += _dot(_low(p, b_do.dtype), b_do, PREC)
+            dp = _dot(b_v, tl.trans(b_do), PREC)
+            ds = p * (dp - b_delta[None, :])
+            dk += _dot(_low(ds, b_q.dtype), b_q, PREC)
+        else:
+            dv += _dot(tl.trans(b_do), _low(p, b_do.dtype), PREC)
+            dp = _dot(b_do, tl.trans(b_v), PREC)
+            ds = p * (dp - b_delta[:, None])
+            dk += _dot(tl.trans(b_q), _low(ds, b_q.dtype), PREC)
     return dk, dv
+
+
+@triton.jit
+def _along_queries(x, KEY_MAJOR: tl.constexpr):
+    """A per-query vector broadcast along the query axis of a score tile (columns when key-major)."""
+    if KEY_MAJOR:
+        return x[None, :]
+    else:
+        return x[:, None]
+
+
+@triton.jit
+def _along_keys(x, KEY_MAJOR: tl.constexpr):
+    """A per-key vector broadcast along the key axis of a score tile (rows when key-major)."""
+    if KEY_MAJOR:
+        return x[:, None]
+    else:
+        return x[None, :]
 
 
 @triton.jit
@@ -399,7 +432,7 @@ def _block_sparse_attention_bwd_dkdv_kernel(
     HAS_RULE: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_DOC: tl.constexpr, HAS_GROUP: tl.constexpr,
     N_WORDS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SUB_M: tl.constexpr, BLOCK_D: tl.constexpr,
-    EVEN_D: tl.constexpr, PREC: tl.constexpr,
+    EVEN_D: tl.constexpr, PREC: tl.constexpr, KEY_MAJOR: tl.constexpr,
 ):
     i_n = tl.program_id(0)
     i_hk = tl.program_id(1).to(tl.int64)
@@ -425,8 +458,13 @@ def _block_sparse_attention_bwd_dkdv_kernel(
     if HAS_GROUP:
         b_kg = tl.load(p_kgrp + cols, mask=m_c, other=0)
 
-    dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
-    dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    # dK, dV accumulate as keys x D (KEY_MAJOR) or transposed, D x keys (see _bwd_dkdv_tile).
+    if KEY_MAJOR:
+        dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+        dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    else:
+        dk = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
+        dv = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
     r_lo = tl.load(p_run_ptr + i_n)
     r_hi = tl.load(p_run_ptr + i_n + 1)
     for hh in range(0, GROUP):
@@ -445,13 +483,13 @@ def _block_sparse_attention_bwd_dkdv_kernel(
                     dk, dv = _bwd_dkdv_tile(dk, dv, b_k, b_v, i, p_q_bh, p_do_bh, p_lse_bh, p_delta_bh, sq_l, sdo_l,
                                             cols, L, S, D, qk_scale, p_bits, p_qlev, p_qdoc, p_qgrp, b_kl, b_kd, b_kg,
                                             window, 0, HAS_WINDOW, HAS_DOC, HAS_GROUP, N_WORDS, BLOCK_M, BLOCK_N,
-                                            SUB_M, BLOCK_D, EVEN_D, PREC)
+                                            SUB_M, BLOCK_D, EVEN_D, PREC, KEY_MAJOR)
             elif kind == 1:
                 for i in range(start, end):
                     dk, dv = _bwd_dkdv_tile(dk, dv, b_k, b_v, i, p_q_bh, p_do_bh, p_lse_bh, p_delta_bh, sq_l, sdo_l,
                                             cols, L, S, D, qk_scale, p_bits, p_qlev, p_qdoc, p_qgrp, b_kl, b_kd, b_kg,
                                             window, 2, HAS_WINDOW, HAS_DOC, HAS_GROUP, N_WORDS, BLOCK_M, BLOCK_N,
-                                            SUB_M, BLOCK_D, EVEN_D, PREC)
+                                            SUB_M, BLOCK_D, EVEN_D, PREC, KEY_MAJOR)
             else:
                 for i in range(start, end):
                     t = tl.load(p_tile_of + bits + i - start)
@@ -459,13 +497,18 @@ def _block_sparse_attention_bwd_dkdv_kernel(
                     dk, dv = _bwd_dkdv_tile(dk, dv, b_k, b_v, i, p_q_bh, p_do_bh, p_lse_bh, p_delta_bh, sq_l, sdo_l,
                                             cols, L, S, D, qk_scale, p_bits_tile, p_qlev, p_qdoc, p_qgrp, b_kl, b_kd,
                                             b_kg, window, 3, HAS_WINDOW, HAS_DOC, HAS_GROUP, N_WORDS, BLOCK_M,
-                                            BLOCK_N, SUB_M, BLOCK_D, EVEN_D, PREC)
+                                            BLOCK_N, SUB_M, BLOCK_D, EVEN_D, PREC, KEY_MAJOR)
     dk = dk * scale
-    m_st = m_c[:, None] & (offs_d[None, :] < D)
     p_dk_tile = p_dk + i_b * sdk_b + i_hk * sdk_h + n0.to(tl.int64) * sdk_l
     p_dv_tile = p_dv + i_b * sdv_b + i_hk * sdv_h + n0.to(tl.int64) * sdv_l
-    tl.store(p_dk_tile + offs_n[:, None] * sdk_l + offs_d[None, :], _rnd(dk, p_dk.dtype.element_ty), mask=m_st)
-    tl.store(p_dv_tile + offs_n[:, None] * sdv_l + offs_d[None, :], _rnd(dv, p_dv.dtype.element_ty), mask=m_st)
+    if KEY_MAJOR:
+        m_st = m_c[:, None] & (offs_d[None, :] < D)
+        o_dk, o_dv = offs_n[:, None] * sdk_l + offs_d[None, :], offs_n[:, None] * sdv_l + offs_d[None, :]
+    else:
+        m_st = m_c[None, :] & (offs_d[:, None] < D)
+        o_dk, o_dv = offs_n[None, :] * sdk_l + offs_d[:, None], offs_n[None, :] * sdv_l + offs_d[:, None]
+    tl.store(p_dk_tile + o_dk, _rnd(dk, p_dk.dtype.element_ty), mask=m_st)
+    tl.store(p_dv_tile + o_dv, _rnd(dv, p_dv.dtype.element_ty), mask=m_st)
 
 
 # ---------------------------------------------------------------- launchers
@@ -566,7 +609,7 @@ def block_sparse_attention_bwd(grad_out, grad_lse, q, k, v, out, lse, lay: Layou
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), grad_out.stride(0), grad_out.stride(1), grad_out.stride(2),
         dk.stride(0), dk.stride(1), dk.stride(2), dv.stride(0), dv.stride(1), dv.stride(2),
-        SUB_M=min(cfg["BWD_SUB_M"], BM), **common)
+        SUB_M=min(cfg["BWD_SUB_M"], BM), KEY_MAJOR=cfg.get("BWD_KEY_MAJOR", True), **common)
     torch.library.wrap_triton(_block_sparse_attention_bwd_dq_kernel)[grid_m](
         q, k, v, grad_out, lse, delta, dq, lay.q_run_ptr, lay.q_runs, lay.tile_bits, *lay.rule_args(),
         L, S, D, Hq, Hq // Hkv, lay.window, qk_scale, scale,

@@ -601,6 +601,7 @@ def _compile_for_sm90(kernel_name, D, dtype):
         consts["SUB_N"] = cfg["BWD_SUB_N"]
     elif kernel_name.endswith("dkdv_kernel"):
         consts["SUB_M"] = cfg["BWD_SUB_M"]
+        consts["KEY_MAJOR"] = cfg.get("BWD_KEY_MAJOR", True)
     elif kernel_name.endswith("preprocess_kernel"):
         consts = dict(HAS_DLSE=True, BLOCK_M=max(16, 4096 // block_d), BLOCK_D=block_d)
     elem = {FP32: "*fp32", BF16: "*bf16", FP16: "*fp16"}[dtype]

@@ -76,6 +76,18 @@ def test_triton_interpreted_other_tiling(mask, monkeypatch, rng):
     check("triton", mask, B=1, Hq=2, Hkv=1, L=L, S=L, D=16, dtype=FP32, rng=rng)
 
 
+@pytest.mark.parametrize("mask", ["from_dense", "scam", "sliding_window", "document"])
+def test_triton_interpreted_dkdv_query_major(mask, monkeypatch, rng):
+    """The dK/dV kernel's other orientation (S query-major, dK and dV accumulated transposed: the GPU's choice
+    where the key tile is below 64), over bitmaps, groups, windows and documents, with GQA."""
+    from arkernels.triton_kernels import block_sparse_attention as tk
+
+    monkeypatch.setattr(tk, "config", lambda D, dtype, device: dict(
+        BLOCK_M=32, BLOCK_N=16, BWD_SUB_M=16, BWD_SUB_N=16, num_warps=4, FWD_STAGES=1, BWD_STAGES=1,
+        BWD_KEY_MAJOR=False))
+    check("triton", mask, B=1, Hq=2, Hkv=1, L=78, S=78, D=16, dtype=FP32, rng=rng)
+
+
 def test_triton_interpreted_strided_kv_scale_no_lse(rng):
     """k, v as slices of one projection (rows strided), an explicit scale, only out reaching the loss
     (lse's gradient arrives as None)."""
