@@ -630,6 +630,8 @@ void test_cuda_matches_cpu() {
 }  // namespace
 
 int main() {
+  // Line-buffered: a GPU run cut off by a timeout (a hung kernel) keeps every line printed before it.
+  std::setvbuf(stdout, nullptr, _IOLBF, 0);
   test_rule_makers();
   test_cpu_matches_definition();
   test_bad_arguments();
