@@ -9,6 +9,7 @@
 #include <cmath>
 #include <type_traits>
 
+#include "common/sm90_tma_host.hpp"
 #include "common/status.hpp"
 #include "common/tuning.hpp"
 #include "ops/block_sparse_attention/block_sparse_attention.cuh"
@@ -23,45 +24,6 @@ using namespace bsa_sm90;
 __global__ void fill_lse_neg_inf(float* lse, int64_t n) {
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i < n) lse[i] = -INFINITY;
-}
-
-PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
-  static PFN_cuTensorMapEncodeTiled_v12000 fn = [] {
-    void* p = nullptr;
-    cudaDriverEntryPointQueryResult q{};
-    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &p, 12000, cudaEnableDefault, &q) != cudaSuccess ||
-        q != cudaDriverEntryPointSuccess)
-      return PFN_cuTensorMapEncodeTiled_v12000(nullptr);
-    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(p);
-  }();
-  return fn;
-}
-
-// (D, rows, heads, batch) view of a (batch, heads, rows, D) tensor; boxes of 64 columns x box_rows rows.
-ark_status make_tensor_map(CUtensorMap* map, const char* name, const void* base, ark_dtype dtype, int D, int64_t rows,
-                           int64_t heads, int64_t batch, const int64_t strides[3], int box_rows) {
-  const auto encode = tensor_map_encoder();
-  if (!encode) return fail(ARK_ERROR_CUDA, "%s: the driver has no cuTensorMapEncodeTiled (CUDA 12 driver needed)", name);
-  // A dimension of size 1 never uses its stride: give it one TMA accepts (a multiple of 16 bytes).
-  const int64_t fallback = rows * D;
-  const int64_t s_row = rows > 1 ? strides[2] : D;
-  const int64_t s_head = heads > 1 ? strides[1] : fallback;
-  const int64_t s_batch = batch > 1 ? strides[0] : fallback * heads;
-  cuuint64_t dims[4] = {cuuint64_t(D), cuuint64_t(rows), cuuint64_t(heads), cuuint64_t(batch)};
-  cuuint64_t byte_strides[3] = {cuuint64_t(s_row) * 2, cuuint64_t(s_head) * 2, cuuint64_t(s_batch) * 2};
-  for (int i = 0; i < 3; ++i)
-    if (byte_strides[i] == 0 || byte_strides[i] % 16 != 0 || byte_strides[i] >= (cuuint64_t(1) << 40))
-      return fail(ARK_ERROR_INVALID_ARGUMENT,
-                  "%s: expected nonzero strides that are multiples of 8 elements (TMA), got (%lld, %lld, %lld)", name,
-                  (long long)strides[0], (long long)strides[1], (long long)strides[2]);
-  cuuint32_t box[4] = {kPanelCols, cuuint32_t(box_rows), 1, 1};
-  cuuint32_t elem_strides[4] = {1, 1, 1, 1};
-  const CUresult r = encode(map, dtype == ARK_BFLOAT16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16,
-                            4, const_cast<void*>(base), dims, byte_strides, box, elem_strides,
-                            CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
-                            CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
-  if (r != CUDA_SUCCESS) return fail(ARK_ERROR_CUDA, "%s: cuTensorMapEncodeTiled failed (CUresult %d)", name, int(r));
-  return ARK_SUCCESS;
 }
 
 // Kernel instances: schedule (serial / pipelined, see the .cuh) x ring slots (2; 3 fits D 64 and, at 224 KB,
@@ -90,9 +52,9 @@ ark_status launch(const BlockSparseAttentionFwdParams& p, cudaStream_t stream) {
                 schedule, stages);
   CUtensorMap tq, tk, tv;
   const ark_dtype dt = std::is_same<T, __nv_bfloat16>::value ? ARK_BFLOAT16 : ARK_FLOAT16;
-  ARK_TRY(make_tensor_map(&tq, "q", p.q, dt, D, p.L, p.q_heads, p.batch, p.q_strides, BM));
-  ARK_TRY(make_tensor_map(&tk, "k", p.k, dt, D, p.S, p.kv_heads, p.batch, p.k_strides, BN));
-  ARK_TRY(make_tensor_map(&tv, "v", p.v, dt, D, p.S, p.kv_heads, p.batch, p.v_strides, BN));
+  ARK_TRY(sm90::make_tensor_map(&tq, "q", p.q, dt, D, p.L, p.q_heads, p.batch, p.q_strides, BM));
+  ARK_TRY(sm90::make_tensor_map(&tk, "k", p.k, dt, D, p.S, p.kv_heads, p.batch, p.k_strides, BN));
+  ARK_TRY(sm90::make_tensor_map(&tv, "v", p.v, dt, D, p.S, p.kv_heads, p.batch, p.v_strides, BN));
   KernelArgs a;
   a.out = p.out;
   a.lse = p.lse;

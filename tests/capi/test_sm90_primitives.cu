@@ -1,0 +1,194 @@
+// The Hopper building blocks of the block_sparse_attention forward, one at a time, on an sm_90 GPU (skipped
+// elsewhere): TMA loads with the 128-byte swizzle (csrc/common/sm90_tma_host.hpp), S = Q K^T by shared-memory
+// wgmma with K-major descriptors (issue_qk), O = P V with P as register fragments and V as the transposed
+// operand (to_fragments, issue_pv), and the accumulator placement (bsa_walk::acc_row / acc_col), each
+// against a CPU matmul, at head dims 64 and 128. When the attention kernel's C test fails, this says whether
+// the fault is in one of these pieces or in the attention logic around them.
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <cstdio>
+#include <random>
+#include <vector>
+
+#include "capi_test_util.hpp"
+#include "common/sm90_tma_host.hpp"
+#include "ops/block_sparse_attention/block_sparse_attention_sm90.cuh"
+
+namespace {
+
+using namespace ark::bsa_sm90;
+using T = __nv_bfloat16;
+constexpr int kRows = 128;  // query rows (two warpgroups) = keys of one chunk
+
+// Q (128 x D) and K (128 x D) through TMA; S = Q K^T written out by accumulator position.
+template <int D>
+__global__ void __launch_bounds__(256) qk_kernel(const __grid_constant__ CUtensorMap tq,
+                                                 const __grid_constant__ CUtensorMap tk, float* s_out) {
+#if ARK_SM90A_DEVICE
+  extern __shared__ uint8_t raw[];
+  uint8_t* smem = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(raw) + 1023) & ~uintptr_t(1023));
+  uint8_t* q = smem;
+  uint8_t* k = smem + kRows * D * 2;
+  __shared__ uint64_t bar;
+  if (threadIdx.x == 0) {
+    ark::sm90::mbar_init(&bar, 1);
+    ark::sm90::mbar_init_fence();
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    ark::sm90::mbar_arrive_expect_tx(&bar, 2 * kRows * D * 2);
+    for (int p = 0; p < D / 64; ++p) {
+      ark::sm90::tma_load_4d(q + p * kRows * 128, &tq, &bar, p * 64, 0, 0, 0);
+      ark::sm90::tma_load_4d(k + p * kRows * 128, &tk, &bar, p * 64, 0, 0, 0);
+    }
+  }
+  ark::sm90::mbar_wait(&bar, 0);
+  const int t = threadIdx.x;
+  float s[BN / 2];
+  ark::sm90::wgmma_fence();
+  issue_qk<T, D>(s, ark::sm90::smem_addr(q) + (t / 128) * 64 * 128, ark::sm90::smem_addr(k));
+  ark::sm90::wgmma_commit();
+  ark::sm90::wgmma_wait<0>();
+  ark::sm90::fence_operands(s);
+  for (int i = 0; i < BN / 2; ++i) s_out[ark::bsa_walk::acc_row(t, i) * BN + ark::bsa_walk::acc_col(t, i)] = s[i];
+#endif
+}
+
+// P (128 x 128, fp32 in global memory, read by accumulator position and rounded into fragments) times V
+// (128 keys x D, TMA): O written out by accumulator position.
+template <int D>
+__global__ void __launch_bounds__(256) pv_kernel(const float* p_in, const __grid_constant__ CUtensorMap tv,
+                                                 float* o_out) {
+#if ARK_SM90A_DEVICE
+  extern __shared__ uint8_t raw[];
+  uint8_t* v = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(raw) + 1023) & ~uintptr_t(1023));
+  __shared__ uint64_t bar;
+  if (threadIdx.x == 0) {
+    ark::sm90::mbar_init(&bar, 1);
+    ark::sm90::mbar_init_fence();
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    ark::sm90::mbar_arrive_expect_tx(&bar, kRows * D * 2);
+    for (int p = 0; p < D / 64; ++p) ark::sm90::tma_load_4d(v + p * kRows * 128, &tv, &bar, p * 64, 0, 0, 0);
+  }
+  ark::sm90::mbar_wait(&bar, 0);
+  const int t = threadIdx.x;
+  float s[BN / 2], o[D / 2] = {};
+  for (int i = 0; i < BN / 2; ++i) s[i] = p_in[ark::bsa_walk::acc_row(t, i) * BN + ark::bsa_walk::acc_col(t, i)];
+  uint32_t frag[BN / 16][4];
+  to_fragments<T>(s, frag);
+  ark::sm90::wgmma_fence();
+  issue_pv<T, D>(o, frag, ark::sm90::smem_addr(v));
+  ark::sm90::wgmma_commit();
+  ark::sm90::wgmma_wait<0>();
+  ark::sm90::fence_operands(o);
+  for (int i = 0; i < D / 2; ++i) o_out[ark::bsa_walk::acc_row(t, i) * D + ark::bsa_walk::acc_col(t, i)] = o[i];
+#endif
+}
+
+std::vector<uint16_t> random_bf16(size_t n, std::mt19937& rng) {
+  std::normal_distribution<float> dist;
+  std::vector<uint16_t> v(n);
+  for (auto& x : v) x = bf16_from(dist(rng));
+  return v;
+}
+
+template <typename E> E* to_device(const std::vector<E>& h) {
+  E* d = nullptr;
+  cudaMalloc(&d, h.size() * sizeof(E));
+  cudaMemcpy(d, h.data(), h.size() * sizeof(E), cudaMemcpyHostToDevice);
+  return d;
+}
+
+// A (128 x D) bf16 matrix as a (1, 1, 128, D) tensor map with 128-row boxes.
+bool tensor_map(CUtensorMap* map, const uint16_t* dev, int D) {
+  const int64_t strides[3] = {kRows * D, kRows * D, D};
+  return ark::sm90::make_tensor_map(map, "m", dev, ARK_BFLOAT16, D, kRows, 1, 1, strides, kRows) == ARK_SUCCESS;
+}
+
+template <int D> void check_qk(std::mt19937& rng) {
+  const auto q = random_bf16(kRows * D, rng), k = random_bf16(kRows * D, rng);
+  uint16_t *dq = to_device(q), *dk = to_device(k);
+  std::vector<float> got(kRows * BN, NAN);
+  float* ds = to_device(got);
+  CUtensorMap tq, tk;
+  EXPECT(tensor_map(&tq, dq, D) && tensor_map(&tk, dk, D), "qk D=%d: tensor maps: %s", D, ark_last_error_message());
+  const int smem = 2 * kRows * D * 2 + 1024;
+  cudaFuncSetAttribute(qk_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+  qk_kernel<D><<<1, 256, smem>>>(tq, tk, ds);
+  const cudaError_t err = cudaDeviceSynchronize();
+  EXPECT(err == cudaSuccess, "qk D=%d: %s", D, cudaGetErrorString(err));
+  cudaMemcpy(got.data(), ds, got.size() * 4, cudaMemcpyDeviceToHost);
+  std::vector<double> want(kRows * BN);
+  for (int i = 0; i < kRows; ++i)
+    for (int j = 0; j < BN; ++j) {
+      double acc = 0;
+      for (int d = 0; d < D; ++d) acc += double(bf16_to(q[i * D + d])) * bf16_to(k[j * D + d]);
+      want[i * BN + j] = acc;
+    }
+  const double rel = rel_error(got, want);
+  EXPECT(rel < 1e-5, "S = Q K^T (TMA + SS wgmma, K-major descriptors), D=%d: relative error %.3e", D, rel);
+  std::printf("S = Q K^T, D = %d: relative error %.2e\n", D, rel);
+  cudaFree(dq);
+  cudaFree(dk);
+  cudaFree(ds);
+}
+
+template <int D> void check_pv(std::mt19937& rng) {
+  std::vector<float> p(kRows * BN);
+  std::uniform_real_distribution<float> u(0.f, 1.f);
+  for (auto& x : p) x = bf16_round(u(rng));  // exactly representable: the fragments round nothing
+  const auto v = random_bf16(BN * D, rng);
+  float* dp = to_device(p);
+  uint16_t* dv = to_device(v);
+  std::vector<float> got(kRows * D, NAN);
+  float* dout = to_device(got);
+  CUtensorMap tv;
+  EXPECT(tensor_map(&tv, dv, D), "pv D=%d: tensor map: %s", D, ark_last_error_message());
+  const int smem = kRows * D * 2 + 1024;
+  cudaFuncSetAttribute(pv_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+  pv_kernel<D><<<1, 256, smem>>>(dp, tv, dout);
+  const cudaError_t err = cudaDeviceSynchronize();
+  EXPECT(err == cudaSuccess, "pv D=%d: %s", D, cudaGetErrorString(err));
+  cudaMemcpy(got.data(), dout, got.size() * 4, cudaMemcpyDeviceToHost);
+  std::vector<double> want(kRows * D);
+  for (int i = 0; i < kRows; ++i)
+    for (int d = 0; d < D; ++d) {
+      double acc = 0;
+      for (int j = 0; j < BN; ++j) acc += double(p[i * BN + j]) * bf16_to(v[j * D + d]);
+      want[i * D + d] = acc;
+    }
+  const double rel = rel_error(got, want);
+  EXPECT(rel < 1e-5, "O = P V (register fragments + RS wgmma, transposed V descriptor), D=%d: relative error %.3e", D,
+         rel);
+  std::printf("O = P V, D = %d: relative error %.2e\n", D, rel);
+  cudaFree(dp);
+  cudaFree(dv);
+  cudaFree(dout);
+}
+
+}  // namespace
+
+int main() {
+  std::setvbuf(stdout, nullptr, _IOLBF, 0);
+  int dev = 0, devices = 0, major = 0, minor = 0;
+  if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) {
+    std::printf("no CUDA device: sm_90 primitives not run\n");
+    return finish("sm_90 primitives");
+  }
+  cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
+  cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev);
+  if (major != 9 || minor != 0) {
+    std::printf("sm_%d%d: the sm_90a primitives need an sm_90 GPU; not run\n", major, minor);
+    return finish("sm_90 primitives");
+  }
+  std::mt19937 rng(7);
+  check_qk<64>(rng);
+  check_qk<128>(rng);
+  check_pv<64>(rng);
+  check_pv<128>(rng);
+  return finish("sm_90 primitives");
+}
