@@ -109,19 +109,32 @@ bool tensor_map(CUtensorMap* map, const uint16_t* dev, int D) {
   return ark::sm90::make_tensor_map(map, "m", dev, ARK_BFLOAT16, D, kRows, 1, 1, strides, kRows) == ARK_SUCCESS;
 }
 
+// One block of 256 threads with `smem` bytes of dynamic shared memory; the result (the kernel's last
+// argument) copied back into `got`.
+template <typename... Args>
+void run_one(const char* what, void (*kernel)(Args..., float*), int smem, std::vector<float>& got, Args... args) {
+  float* d_out = to_device(got);
+  cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+  kernel<<<1, 256, smem>>>(args..., d_out);
+  const cudaError_t err = cudaDeviceSynchronize();
+  EXPECT(err == cudaSuccess, "%s: %s", what, cudaGetErrorString(err));
+  cudaMemcpy(got.data(), d_out, got.size() * 4, cudaMemcpyDeviceToHost);
+  cudaFree(d_out);
+}
+
+void compare(const char* what, int D, const std::vector<float>& got, const std::vector<double>& want) {
+  const double rel = rel_error(got, want);
+  EXPECT(rel < 1e-5, "%s, D=%d: relative error %.3e", what, D, rel);
+  std::printf("%s, D = %d: relative error %.2e\n", what, D, rel);
+}
+
 template <int D> void check_qk(std::mt19937& rng) {
   const auto q = random_bf16(kRows * D, rng), k = random_bf16(kRows * D, rng);
   uint16_t *dq = to_device(q), *dk = to_device(k);
   std::vector<float> got(kRows * BN, NAN);
-  float* ds = to_device(got);
   CUtensorMap tq, tk;
   EXPECT(tensor_map(&tq, dq, D) && tensor_map(&tk, dk, D), "qk D=%d: tensor maps: %s", D, ark_last_error_message());
-  const int smem = 2 * kRows * D * 2 + 1024;
-  cudaFuncSetAttribute(qk_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
-  qk_kernel<D><<<1, 256, smem>>>(tq, tk, ds);
-  const cudaError_t err = cudaDeviceSynchronize();
-  EXPECT(err == cudaSuccess, "qk D=%d: %s", D, cudaGetErrorString(err));
-  cudaMemcpy(got.data(), ds, got.size() * 4, cudaMemcpyDeviceToHost);
+  run_one<CUtensorMap, CUtensorMap>("qk", qk_kernel<D>, 2 * kRows * D * 2 + 1024, got, tq, tk);
   std::vector<double> want(kRows * BN);
   for (int i = 0; i < kRows; ++i)
     for (int j = 0; j < BN; ++j) {
@@ -129,12 +142,9 @@ template <int D> void check_qk(std::mt19937& rng) {
       for (int d = 0; d < D; ++d) acc += double(bf16_to(q[i * D + d])) * bf16_to(k[j * D + d]);
       want[i * BN + j] = acc;
     }
-  const double rel = rel_error(got, want);
-  EXPECT(rel < 1e-5, "S = Q K^T (TMA + SS wgmma, K-major descriptors), D=%d: relative error %.3e", D, rel);
-  std::printf("S = Q K^T, D = %d: relative error %.2e\n", D, rel);
+  compare("S = Q K^T (TMA + SS wgmma, K-major descriptors)", D, got, want);
   cudaFree(dq);
   cudaFree(dk);
-  cudaFree(ds);
 }
 
 template <int D> void check_pv(std::mt19937& rng) {
@@ -145,15 +155,9 @@ template <int D> void check_pv(std::mt19937& rng) {
   float* dp = to_device(p);
   uint16_t* dv = to_device(v);
   std::vector<float> got(kRows * D, NAN);
-  float* dout = to_device(got);
   CUtensorMap tv;
   EXPECT(tensor_map(&tv, dv, D), "pv D=%d: tensor map: %s", D, ark_last_error_message());
-  const int smem = kRows * D * 2 + 1024;
-  cudaFuncSetAttribute(pv_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
-  pv_kernel<D><<<1, 256, smem>>>(dp, tv, dout);
-  const cudaError_t err = cudaDeviceSynchronize();
-  EXPECT(err == cudaSuccess, "pv D=%d: %s", D, cudaGetErrorString(err));
-  cudaMemcpy(got.data(), dout, got.size() * 4, cudaMemcpyDeviceToHost);
+  run_one<const float*, CUtensorMap>("pv", pv_kernel<D>, kRows * D * 2 + 1024, got, dp, tv);
   std::vector<double> want(kRows * D);
   for (int i = 0; i < kRows; ++i)
     for (int d = 0; d < D; ++d) {
@@ -161,13 +165,9 @@ template <int D> void check_pv(std::mt19937& rng) {
       for (int j = 0; j < BN; ++j) acc += double(p[i * BN + j]) * bf16_to(v[j * D + d]);
       want[i * D + d] = acc;
     }
-  const double rel = rel_error(got, want);
-  EXPECT(rel < 1e-5, "O = P V (register fragments + RS wgmma, transposed V descriptor), D=%d: relative error %.3e", D,
-         rel);
-  std::printf("O = P V, D = %d: relative error %.2e\n", D, rel);
+  compare("O = P V (register fragments + RS wgmma, transposed V descriptor)", D, got, want);
   cudaFree(dp);
   cudaFree(dv);
-  cudaFree(dout);
 }
 
 }  // namespace
