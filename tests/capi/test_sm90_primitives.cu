@@ -22,21 +22,26 @@ using namespace ark::bsa_sm90;
 using T = __nv_bfloat16;
 constexpr int kRows = 128;  // query rows (two warpgroups) = keys of one chunk
 
+// The block's barrier initialised for one arrival (plus TMA bytes); returns the dynamic shared memory,
+// aligned to 1024 bytes as the 128-byte swizzle needs.
+__device__ uint8_t* setup(uint64_t* bar) {
+  extern __shared__ uint8_t raw[];
+  if (threadIdx.x == 0) {
+    ark::sm90::mbar_init(bar, 1);
+    ark::sm90::mbar_init_fence();
+  }
+  __syncthreads();
+  return reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(raw) + 1023) & ~uintptr_t(1023));
+}
+
 // Q (128 x D) and K (128 x D) through TMA; S = Q K^T written out by accumulator position.
 template <int D>
 __global__ void __launch_bounds__(256) qk_kernel(const __grid_constant__ CUtensorMap tq,
                                                  const __grid_constant__ CUtensorMap tk, float* s_out) {
 #if ARK_SM90A_DEVICE
-  extern __shared__ uint8_t raw[];
-  uint8_t* smem = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(raw) + 1023) & ~uintptr_t(1023));
-  uint8_t* q = smem;
-  uint8_t* k = smem + kRows * D * 2;
   __shared__ uint64_t bar;
-  if (threadIdx.x == 0) {
-    ark::sm90::mbar_init(&bar, 1);
-    ark::sm90::mbar_init_fence();
-  }
-  __syncthreads();
+  uint8_t* q = setup(&bar);
+  uint8_t* k = q + kRows * D * 2;
   if (threadIdx.x == 0) {
     ark::sm90::mbar_arrive_expect_tx(&bar, 2 * kRows * D * 2);
     for (int p = 0; p < D / 64; ++p) {
@@ -62,14 +67,8 @@ template <int D>
 __global__ void __launch_bounds__(256) pv_kernel(const float* p_in, const __grid_constant__ CUtensorMap tv,
                                                  float* o_out) {
 #if ARK_SM90A_DEVICE
-  extern __shared__ uint8_t raw[];
-  uint8_t* v = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(raw) + 1023) & ~uintptr_t(1023));
   __shared__ uint64_t bar;
-  if (threadIdx.x == 0) {
-    ark::sm90::mbar_init(&bar, 1);
-    ark::sm90::mbar_init_fence();
-  }
-  __syncthreads();
+  uint8_t* v = setup(&bar);
   if (threadIdx.x == 0) {
     ark::sm90::mbar_arrive_expect_tx(&bar, kRows * D * 2);
     for (int p = 0; p < D / 64; ++p) ark::sm90::tma_load_4d(v + p * kRows * 128, &tv, &bar, p * 64, 0, 0, 0);
