@@ -53,7 +53,7 @@ def decode_attention(q, k_cache, v_cache, seqlens, mask=None, scale=None, return
     new_mask = _new_mask(mask, Lq, q.device, torch.int8 if chosen == "triton" else torch.bool)
     if chosen == "triton":
         q, k_cache, v_cache = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k_cache, v_cache))
-        mask_i8 = None if new_mask is None else new_mask.to(torch.int8).contiguous()
+        mask_i8 = None if new_mask is None else new_mask.contiguous()
         out, lse = torch.ops.arkernels.decode_attention_triton(q, k_cache, v_cache, seqlens, mask_i8, scale,
                                                                -1 if num_splits is None else int(num_splits))
     else:
@@ -88,8 +88,7 @@ def _validate(q, k, v, seqlens, scale, return_lse, num_splits):
 
 
 def _new_mask(mask, Lq: int, device, dtype: torch.dtype) -> torch.Tensor | None:
-    """The (Lq, Lq) mask over the newest keys on `device` (a Mask's as `dtype`, cached by it; a bool tensor as
-    given), or None."""
+    """The (Lq, Lq) mask over the newest keys on `device` as `dtype` (a Mask's cached by the Mask), or None."""
     if mask is None:
         return None
     from arkernels.masks import Mask
@@ -104,7 +103,7 @@ def _new_mask(mask, Lq: int, device, dtype: torch.dtype) -> torch.Tensor | None:
                         f"{getattr(mask, 'dtype', type(mask).__name__)}")
     if tuple(mask.shape) != (Lq, Lq):
         raise ValueError(f"mask: expected shape (Lq, Lq) = ({Lq}, {Lq}), got {tuple(mask.shape)}")
-    return mask.to(device)
+    return mask.to(device=device, dtype=dtype)
 
 
 if _backends.triton_available():
