@@ -28,7 +28,7 @@ import triton
 import triton.language as tl
 
 from arkernels._outputs import new_output
-from arkernels.triton_kernels._common import dot as _dot, low as _low, rnd as _rnd
+from arkernels.triton_kernels._common import dot, low, rnd  # unaliased: torch.compile re-emits helpers under their own names
 
 # Run kinds of the layout (arkernels.masks.layout): FULL 0, RULE 1, BITS 2. The tile bodies take a constexpr
 # MODE: 0 FULL inside the key range (no mask work), 1 FULL on the last key tile when it crosses S (column
@@ -127,7 +127,7 @@ def _fwd_tile(acc, m_i, l_i, b_q, j, p_k_bh, p_v_bh, sk_l, sv_l, rows, L, S, D, 
     s_left = S - n0  # keys left from the tile start: the in-tile bound
     b_k = _load_rows(p_k_bh + n0.to(tl.int64) * sk_l, offs_n, s_left, sk_l, offs_d, D, EVEN_D)
     b_v = _load_rows(p_v_bh + n0.to(tl.int64) * sv_l, offs_n, s_left, sv_l, offs_d, D, EVEN_D)
-    s = _dot(b_q, tl.trans(b_k), PREC) * qk_scale
+    s = dot(b_q, tl.trans(b_k), PREC) * qk_scale
     if MODE != 0:
         vis = _visible(rows, cols, L, S, p_bits_tile, b_ql, b_qd, b_qg, p_klev, p_kdoc, p_kgrp, window,
                        tl.arange(0, BLOCK_M), offs_n, MODE, HAS_WINDOW, HAS_DOC, HAS_GROUP, N_WORDS)
@@ -138,7 +138,7 @@ def _fwd_tile(acc, m_i, l_i, b_q, j, p_k_bh, p_v_bh, sk_l, sv_l, rows, L, S, D, 
     p = tl.math.exp2(s - m_use[:, None])
     alpha = tl.math.exp2(m_i - m_use)
     l_i = l_i * alpha + tl.sum(p, axis=1)
-    acc = acc * alpha[:, None] + _dot(_low(p, b_v.dtype), b_v, PREC)
+    acc = acc * alpha[:, None] + dot(low(p, b_v.dtype), b_v, PREC)
     return acc, m_new, l_i
 
 
@@ -209,7 +209,7 @@ def _block_sparse_attention_fwd_kernel(
     lse = tl.where(seen, (m_i + tl.math.log2(tl.where(seen, l_i, 1.0))) * 0.6931471805599453, float("-inf"))
     p_o_tile = p_o + i_b * so_b + i_h * so_h + m0.to(tl.int64) * so_l
     m_rows = offs_m < L - m0
-    tl.store(p_o_tile + offs_m[:, None] * so_l + offs_d[None, :], _rnd(out, p_o.dtype.element_ty),
+    tl.store(p_o_tile + offs_m[:, None] * so_l + offs_d[None, :], rnd(out, p_o.dtype.element_ty),
              mask=m_rows[:, None] & (offs_d[None, :] < D))
     p_lse_tile = p_lse + (i_b * Hq + i_h) * L + m0
     tl.store(p_lse_tile + offs_m, lse, mask=m_rows)
@@ -257,16 +257,16 @@ def _bwd_dq_tile(dq, b_q, b_do, b_lse2, b_delta, j, p_k_bh, p_v_bh, sk_l, sv_l, 
         s_left = S - n0
         b_k = _load_rows(p_k_bh + n0.to(tl.int64) * sk_l, offs_s, s_left, sk_l, offs_d, D, EVEN_D)
         b_v = _load_rows(p_v_bh + n0.to(tl.int64) * sv_l, offs_s, s_left, sv_l, offs_d, D, EVEN_D)
-        s = _dot(b_q, tl.trans(b_k), PREC) * qk_scale
+        s = dot(b_q, tl.trans(b_k), PREC) * qk_scale
         p = tl.math.exp2(s - b_lse2[:, None])
         if MODE != 0:
             # Also FULL tiles crossing S: a zero key past S would give p = exp2(-lse), unbounded.
             vis = _visible(rows, cols, L, S, p_bits_tile, b_ql, b_qd, b_qg, p_klev, p_kdoc, p_kgrp, window,
                            tl.arange(0, BLOCK_M), c_tile, MODE, HAS_WINDOW, HAS_DOC, HAS_GROUP, N_WORDS)
             p = tl.where(vis, p, 0.0)
-        dp = _dot(b_do, tl.trans(b_v), PREC)
+        dp = dot(b_do, tl.trans(b_v), PREC)
         ds = p * (dp - b_delta[:, None])
-        dq += _dot(_low(ds, b_k.dtype), b_k, PREC)
+        dq += dot(low(ds, b_k.dtype), b_k, PREC)
     return dq
 
 
@@ -336,7 +336,7 @@ def _block_sparse_attention_bwd_dq_kernel(
                                   PREC)
     dq = dq * scale
     p_dq_tile = p_dq + i_b * sdq_b + i_h * sdq_h + m0.to(tl.int64) * sdq_l
-    tl.store(p_dq_tile + offs_m[:, None] * sdq_l + offs_d[None, :], _rnd(dq, p_dq.dtype.element_ty),
+    tl.store(p_dq_tile + offs_m[:, None] * sdq_l + offs_d[None, :], rnd(dq, p_dq.dtype.element_ty),
              mask=(offs_m[:, None] < n_left) & (offs_d[None, :] < D))
 
 
@@ -366,10 +366,10 @@ def _bwd_dkdv_tile(dk, dv, b_k, b_v, i, p_q_bh, p_do_bh, p_lse_bh, p_delta_bh, s
         b_delta = tl.load(p_delta_bh + rows, mask=rows < L, other=0.0)
         # Per-query and per-key vectors broadcast to the score tile's orientation.
         if KEY_MAJOR:
-            s = _dot(b_k, tl.trans(b_q), PREC) * qk_scale
+            s = dot(b_k, tl.trans(b_q), PREC) * qk_scale
             p = tl.math.exp2(s - b_lse2[None, :])
         else:
-            s = _dot(b_q, tl.trans(b_k), PREC) * qk_scale
+            s = dot(b_q, tl.trans(b_k), PREC) * qk_scale
             p = tl.math.exp2(s - b_lse2[:, None])
         if MODE == 2:
             # RULE: the query-side vectors of these rows; the key side is hoisted by the caller.
@@ -392,15 +392,15 @@ def _bwd_dkdv_tile(dk, dv, b_k, b_v, i, p_q_bh, p_do_bh, p_lse_bh, p_delta_bh, s
             p = tl.where(((words >> (c_tile & 31)) & 1) != 0, p, 0.0)
         # Keys past S (the last key tile only) are never stored; queries past L have lse = +inf: p = 0.
         if KEY_MAJOR:
-            dv += _dot(_low(p, b_do.dtype), b_do, PREC)
-            dp = _dot(b_v, tl.trans(b_do), PREC)
+            dv += dot(low(p, b_do.dtype), b_do, PREC)
+            dp = dot(b_v, tl.trans(b_do), PREC)
             ds = p * (dp - b_delta[None, :])
-            dk += _dot(_low(ds, b_q.dtype), b_q, PREC)
+            dk += dot(low(ds, b_q.dtype), b_q, PREC)
         else:
-            dv += _dot(tl.trans(b_do), _low(p, b_do.dtype), PREC)
-            dp = _dot(b_do, tl.trans(b_v), PREC)
+            dv += dot(tl.trans(b_do), low(p, b_do.dtype), PREC)
+            dp = dot(b_do, tl.trans(b_v), PREC)
             ds = p * (dp - b_delta[:, None])
-            dk += _dot(tl.trans(b_q), _low(ds, b_q.dtype), PREC)
+            dk += dot(tl.trans(b_q), low(ds, b_q.dtype), PREC)
     return dk, dv
 
 
@@ -507,8 +507,8 @@ def _block_sparse_attention_bwd_dkdv_kernel(
     else:
         m_st = m_c[None, :] & (offs_d[:, None] < D)
         o_dk, o_dv = offs_n[None, :] * sdk_l + offs_d[:, None], offs_n[None, :] * sdv_l + offs_d[:, None]
-    tl.store(p_dk_tile + o_dk, _rnd(dk, p_dk.dtype.element_ty), mask=m_st)
-    tl.store(p_dv_tile + o_dv, _rnd(dv, p_dv.dtype.element_ty), mask=m_st)
+    tl.store(p_dk_tile + o_dk, rnd(dk, p_dk.dtype.element_ty), mask=m_st)
+    tl.store(p_dv_tile + o_dv, rnd(dv, p_dv.dtype.element_ty), mask=m_st)
 
 
 # ---------------------------------------------------------------- launchers

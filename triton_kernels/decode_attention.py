@@ -23,7 +23,7 @@ import triton
 import triton.language as tl
 
 from arkernels._outputs import new_output
-from arkernels.triton_kernels._common import dot as _dot, low as _low, rnd as _rnd
+from arkernels.triton_kernels._common import dot, low, rnd  # unaliased: torch.compile re-emits helpers under their own names
 
 # Triton 3.8 marks tl.make_block_ptr deprecated in favour of TMA descriptors, which need 16-byte aligned
 # strides that a slice of a larger cache need not have; it is still supported.
@@ -65,7 +65,7 @@ def _attend_tile(acc, m_i, l_i, b_q, bp_k, bp_v, start, hi, new0, Lq, qi, m_row,
     """One key tile of the online softmax (log2 domain). BOUNDED: keys past `hi` are cut; MASKED: the new
     keys (from new0 on) are tested against the (Lq, Lq) mask."""
     b_k = tl.load(bp_k, boundary_check=(0, 1), padding_option="zero")
-    s = _dot(b_q, tl.trans(b_k), PREC) * qk_scale
+    s = dot(b_q, tl.trans(b_k), PREC) * qk_scale
     if BOUNDED:
         cols = start + tl.arange(0, BLOCK_N)
         vis = m_row[:, None] & (cols < hi)[None, :]
@@ -79,7 +79,7 @@ def _attend_tile(acc, m_i, l_i, b_q, bp_k, bp_v, start, hi, new0, Lq, qi, m_row,
     p = tl.math.exp2(s - m_use[:, None])
     alpha = tl.math.exp2(m_i - m_use)
     b_v = tl.load(bp_v, boundary_check=(0, 1), padding_option="zero")
-    acc = acc * alpha[:, None] + _dot(_low(p, b_v.dtype), b_v, PREC)
+    acc = acc * alpha[:, None] + dot(low(p, b_v.dtype), b_v, PREC)
     return acc, m_new, l_i * alpha + tl.sum(p, 1)
 
 
@@ -140,7 +140,7 @@ def _decode_attention_split_kernel(
     lse2 = tl.where(seen, m_i + tl.math.log2(tl.where(seen, l_i, 1.0)), float("-inf"))
     row_id = (b * Hkv * G + hq).to(tl.int64) * Lq + qi  # index of (b, hq, i) in (B, Hq, Lq)
     if DIRECT:
-        tl.store(OUT + row_id[:, None] * D + offs_d[None, :], _rnd(o, OUT.dtype.element_ty),
+        tl.store(OUT + row_id[:, None] * D + offs_d[None, :], rnd(o, OUT.dtype.element_ty),
                  mask=m_row[:, None] & m_d[None, :])
         tl.store(LSE + row_id, lse2 * LN2, mask=m_row)
     else:
@@ -169,7 +169,7 @@ def _decode_attention_combine_kernel(OUT, LSE, O_PART, LSE_PART, D, num_splits, 
         total = total * alpha + w
         m = m_new
     out = acc / tl.where(total > 0, total, 1.0)
-    tl.store(OUT + row * D + offs_d, _rnd(out, OUT.dtype.element_ty), mask=offs_d < D)
+    tl.store(OUT + row * D + offs_d, rnd(out, OUT.dtype.element_ty), mask=offs_d < D)
     m_use = tl.where(m == float("-inf"), 0.0, m)
     tl.store(LSE + row, tl.where(total > 0, (m_use + tl.math.log2(tl.where(total > 0, total, 1.0))) * LN2,
                                  float("-inf")))

@@ -27,7 +27,7 @@ import triton
 import triton.language as tl
 
 from arkernels._outputs import new_output
-from arkernels.triton_kernels._common import dot as _dot, dot_acc as _dot_acc, rnd as _rnd
+from arkernels.triton_kernels._common import dot, dot_acc, rnd  # unaliased: torch.compile re-emits helpers under their own names
 
 wrap_triton = torch.library.wrap_triton
 
@@ -228,13 +228,13 @@ def _ssd_fwd_kernel(
         if WRITE_OUT:
             Ct = tl.load(_tile(p_C_row, t_end, N, sC_l, sC_n, t0, t0 * 0, BLOCK_Q, BLOCK_N),
                          boundary_check=(0, 1), padding_option="zero")
-            CB = _dot(Ct, tl.trans(Bt), PREC)
+            CB = dot(Ct, tl.trans(Bt), PREC)
             m_same = causal & (cnt[:, None] == cnt[None, :])
             decay = tl.where(m_same, tl.exp(cs[:, None] - cs[None, :]), 0.0)
-            Pm = _rnd(CB * decay * dt[None, :], DT)
+            Pm = rnd(CB * decay * dt[None, :], DT)
             g = tl.where(cnt == 0, tl.exp(cs), 0.0)
-            y = _dot(Ct, tl.trans(_rnd(S, DT)), PREC) * g[:, None]
-            y = _dot_acc(Pm, X, y, PREC)
+            y = dot(Ct, tl.trans(rnd(S, DT)), PREC) * g[:, None]
+            y = dot_acc(Pm, X, y, PREC)
             if HAS_D:
                 y += _times_D(X.to(tl.float32), Dv, D_PER_HEAD)
             if HAS_Z:
@@ -242,16 +242,16 @@ def _ssd_fwd_kernel(
                                   BLOCK_P), boundary_check=(0, 1), padding_option="zero").to(tl.float32)
                 y = y * Z * tl.sigmoid(Z)
             tl.store(_tile(p_out + row * so_b + hh * so_h, t_end, P, so_l, so_p, t0, i_p * BLOCK_P, BLOCK_Q, BLOCK_P),
-                     _rnd(y, p_out.dtype.element_ty), boundary_check=(0, 1))
+                     rnd(y, p_out.dtype.element_ty), boundary_check=(0, 1))
         if STORE_STATES:
             # The state before this chunk, for the backward.
             o_chunk = ((c_base + i_seg * seg_chunks + i_c) * H + hh) * P * N
             tl.store(_state_tile(p_states + o_chunk, P, N, p0, BLOCK_P, BLOCK_N),
-                     _rnd(S, p_states.dtype.element_ty), boundary_check=(0, 1))
+                     rnd(S, p_states.dtype.element_ty), boundary_check=(0, 1))
         w = tl.where(cnt == cnt_last, tl.exp(cs_last - cs) * dt, 0.0)
         gamma = tl.where(cnt_last == 0, tl.exp(cs_last), 0.0)
-        Xw = _rnd(X.to(tl.float32) * w[:, None], DT)
-        S = _dot_acc(tl.trans(Xw), Bt, S * gamma, PREC)
+        Xw = rnd(X.to(tl.float32) * w[:, None], DT)
+        S = dot_acc(tl.trans(Xw), Bt, S * gamma, PREC)
         if SEG_LOCAL:
             seg_decay *= gamma
     if SEG_LOCAL:
@@ -315,7 +315,7 @@ def _ssd_bwd_dstate_kernel(
         if not SEG_LOCAL:
             o_chunk = ((c_base + i_seg * seg_chunks + i_c) * H + hh) * P * N
             tl.store(_state_tile(p_dstates + o_chunk, P, N, p0, BLOCK_P, BLOCK_N),
-                     _rnd(dS, p_dstates.dtype.element_ty), boundary_check=(0, 1))
+                     rnd(dS, p_dstates.dtype.element_ty), boundary_check=(0, 1))
         t0 = seg_begin + i_c * BLOCK_Q
         t = t0 + o_q
         m_t = t < t_end
@@ -335,8 +335,8 @@ def _ssd_bwd_dstate_kernel(
                      boundary_check=(0, 1), padding_option="zero")
         g = tl.where(cnt == 0, tl.exp(cs), 0.0)
         gamma = tl.where(cnt_last == 0, tl.exp(cs_last), 0.0)
-        dYg = _rnd(dY * g[:, None], DT)
-        dS = gamma * dS + _dot(tl.trans(dYg), Ct, PREC)
+        dYg = rnd(dY * g[:, None], DT)
+        dS = gamma * dS + dot(tl.trans(dYg), Ct, PREC)
         if SEG_LOCAL:
             seg_decay *= gamma
     if SEG_LOCAL:
@@ -394,7 +394,7 @@ def _ssd_bwd_dx_kernel(
                  boundary_check=(0, 1), padding_option="zero")
     Ct = tl.load(_tile(p_C + row * sC_b + gg * sC_g, t1, N, sC_l, sC_n, t0, t0 * 0, BLOCK_Q, BLOCK_N),
                  boundary_check=(0, 1), padding_option="zero")
-    CB = _dot(Ct, tl.trans(Bt), PREC)
+    CB = dot(Ct, tl.trans(Bt), PREC)
     cnt, cnt_last = _segments(p_seq + row * sseq_b, t, m_t, sseq_l, HAS_SEQ, BLOCK_Q)
     A_h = tl.load(p_A + hh).to(tl.float32)
     dt, dt_grad = _load_dt(p_dt + row * sdt_b + t * sdt_l + hh * sdt_h, p_dtb, hh, m_t, sdtb, dt_min, dt_max,
@@ -404,7 +404,7 @@ def _ssd_bwd_dx_kernel(
     cs_last = tl.sum(dA, axis=0)
     decay = tl.where(causal & (cnt[:, None] == cnt[None, :]), tl.exp(cs[:, None] - cs[None, :]), 0.0)
     K = CB * decay  # y_intra = (K * dt_s) @ x
-    Pm = _rnd(K * dt[None, :], DT)
+    Pm = rnd(K * dt[None, :], DT)
     g = tl.where(cnt == 0, tl.exp(cs), 0.0)
     e = tl.where(cnt == cnt_last, tl.exp(cs_last - cs), 0.0)
     w = e * dt
@@ -429,7 +429,7 @@ def _ssd_bwd_dx_kernel(
                     boundary_check=(0, 1), padding_option="zero")
         dS = tl.load(_tile(p_dstates + o_head * N, p_rows, N, N, 1, p0, p0 * 0, BLOCK_P, BLOCK_N),
                      boundary_check=(0, 1), padding_option="zero")
-        CS = _dot(Ct, tl.trans(_rnd(S, DT)), PREC)  # (Q, BLOCK_P): C_t S^T
+        CS = dot(Ct, tl.trans(rnd(S, DT)), PREC)  # (Q, BLOCK_P): C_t S^T
         if HAS_D:
             o_p = p0 + tl.arange(0, BLOCK_P).to(tl.int64)
             m_p = o_p < P
@@ -438,22 +438,22 @@ def _ssd_bwd_dx_kernel(
             # Recompute y for dz = dout * y * silu'(z).
             Z = tl.load(_tile(p_z + row * sz_b + hh * sz_h, t1, P, sz_l, sz_p, t0, p0, BLOCK_Q, BLOCK_P),
                         boundary_check=(0, 1), padding_option="zero").to(tl.float32)
-            y = _dot_acc(Pm, X, g[:, None] * CS, PREC)
+            y = dot_acc(Pm, X, g[:, None] * CS, PREC)
             if HAS_D:
                 y += _times_D(Xf, Dv, D_PER_HEAD)
             sig = tl.sigmoid(Z)
             dz = dY * y * sig * (1.0 + Z * (1.0 - sig))
-            tl.store(_tile(p_dz + o_dx, t1, P, H * P, 1, t0, p0, BLOCK_Q, BLOCK_P), _rnd(dz, p_dz.dtype.element_ty),
+            tl.store(_tile(p_dz + o_dx, t1, P, H * P, 1, t0, p0, BLOCK_Q, BLOCK_P), rnd(dz, p_dz.dtype.element_ty),
                      boundary_check=(0, 1))
             dY = dY * Z * sig
-        dYc = _rnd(dY, DT)
+        dYc = rnd(dY, DT)
         # intra-chunk: y = Pm @ x
-        dX = _dot(tl.trans(Pm), dYc, PREC)
-        dP = _dot_acc(dYc, tl.trans(X), dP, PREC)
+        dX = dot(tl.trans(Pm), dYc, PREC)
+        dP = dot_acc(dYc, tl.trans(X), dP, PREC)
         # from the state before the chunk: y += g_t C_t S^T
         dg += tl.sum(dY * CS, axis=1)
         # into the state after the chunk: S' = gamma S + sum_s w_s x_s B_s^T
-        BdS = _dot(Bt, tl.trans(_rnd(dS, DT)), PREC)  # (Q, BLOCK_P)
+        BdS = dot(Bt, tl.trans(rnd(dS, DT)), PREC)  # (Q, BLOCK_P)
         dX += w[:, None] * BdS
         dw += tl.sum(Xf * BdS, axis=1)
         dgamma += tl.sum(tl.sum(dS.to(tl.float32) * S.to(tl.float32), axis=1), axis=0)
@@ -463,7 +463,7 @@ def _ssd_bwd_dx_kernel(
                 dD_acc += tl.sum(tl.sum(dY * Xf, axis=1), axis=0)
             else:
                 tl.store(p_dD_part + o_head + o_p, tl.sum(dY * Xf, axis=0), mask=m_p)
-        tl.store(_tile(p_dx + o_dx, t1, P, H * P, 1, t0, p0, BLOCK_Q, BLOCK_P), _rnd(dX, p_dx.dtype.element_ty),
+        tl.store(_tile(p_dx + o_dx, t1, P, H * P, 1, t0, p0, BLOCK_Q, BLOCK_P), rnd(dX, p_dx.dtype.element_ty),
                  boundary_check=(0, 1))
 
     # Gradients of the decays and of dt (derivation in the doc). ddA_r = d loss / d(dt_r A): each term
@@ -544,9 +544,9 @@ def _ssd_bwd_dbc_kernel(
                         boundary_check=(0, 1), padding_option="zero")
             dS = tl.load(_tile(p_dstates + o_head * N, p_rows, N, N, 1, p0, p0 * 0, BLOCK_P, BLOCK_N),
                          boundary_check=(0, 1), padding_option="zero")
-            dC_acc = _dot_acc(_rnd(dY * g[:, None], DT), _rnd(S, DT), dC_acc, PREC)
-            dB_acc = _dot_acc(_rnd(X.to(tl.float32) * w[:, None], DT), _rnd(dS, DT), dB_acc, PREC)
-            dP = _dot_acc(_rnd(dY, DT), tl.trans(X), dP, PREC)
+            dC_acc = dot_acc(rnd(dY * g[:, None], DT), rnd(S, DT), dC_acc, PREC)
+            dB_acc = dot_acc(rnd(X.to(tl.float32) * w[:, None], DT), rnd(dS, DT), dB_acc, PREC)
+            dP = dot_acc(rnd(dY, DT), tl.trans(X), dP, PREC)
         decay = tl.where(m_same, tl.exp(cs[:, None] - cs[None, :]), 0.0)
         dCB += dP * dt[None, :] * decay
 
@@ -554,14 +554,14 @@ def _ssd_bwd_dbc_kernel(
                  boundary_check=(0, 1), padding_option="zero")
     Ct = tl.load(_tile(p_C + row * sC_b + gg * sC_g, t1, N, sC_l, sC_n, t0, t0 * 0, BLOCK_Q, BLOCK_N),
                  boundary_check=(0, 1), padding_option="zero")
-    dCBc = _rnd(dCB, DT)
-    dC_acc = _dot_acc(dCBc, Bt, dC_acc, PREC)
-    dB_acc = _dot_acc(tl.trans(dCBc), Ct, dB_acc, PREC)
+    dCBc = rnd(dCB, DT)
+    dC_acc = dot_acc(dCBc, Bt, dC_acc, PREC)
+    dB_acc = dot_acc(tl.trans(dCBc), Ct, dB_acc, PREC)
     G = H // heads_per_group
     o_bc = i_split * s_split + (row * L * G + gg) * N  # dB, dC: dense (split, b, l, g, n)
-    tl.store(_tile(p_dB + o_bc, t1, N, G * N, 1, t0, t0 * 0, BLOCK_Q, BLOCK_N), _rnd(dB_acc, p_dB.dtype.element_ty),
+    tl.store(_tile(p_dB + o_bc, t1, N, G * N, 1, t0, t0 * 0, BLOCK_Q, BLOCK_N), rnd(dB_acc, p_dB.dtype.element_ty),
              boundary_check=(0, 1))
-    tl.store(_tile(p_dC + o_bc, t1, N, G * N, 1, t0, t0 * 0, BLOCK_Q, BLOCK_N), _rnd(dC_acc, p_dC.dtype.element_ty),
+    tl.store(_tile(p_dC + o_bc, t1, N, G * N, 1, t0, t0 * 0, BLOCK_Q, BLOCK_N), rnd(dC_acc, p_dC.dtype.element_ty),
              boundary_check=(0, 1))
 
 

@@ -55,12 +55,13 @@ std::array<int64_t, 3> strides3(const at::Tensor& t) {
 // need 16-byte strides and base addresses, and cannot broadcast: an expanded tensor is copied), else a
 // contiguous copy.
 at::Tensor readable(const at::Tensor& t) {
-  if (t.size(3) > 1 && t.stride(3) != 1) return t.contiguous();
+  if (t.size(3) > 1 && t.stride(3) != 1) return t.contiguous();  // a fresh, aligned allocation
   if (t.is_cuda() && t.numel() > 0) {
     const auto s = strides3(t);
     const bool aligned = s[0] % 8 == 0 && s[1] % 8 == 0 && s[2] % 8 == 0 && s[0] != 0 && s[1] != 0 && s[2] != 0 &&
                          reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0;
-    if (!aligned) return t.contiguous();
+    // clone, not contiguous(): a contiguous view at a misaligned offset would come back unchanged.
+    if (!aligned) return t.clone(at::MemoryFormat::Contiguous);
   }
   return t;
 }

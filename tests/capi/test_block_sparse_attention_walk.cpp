@@ -35,7 +35,7 @@ void test_accumulator_tiles_a_chunk() {
 // Walks every query tile as the kernel does and counts, per (query, key), how often a score is kept.
 void check_walk(const char* name, const MaskDef& m, int32_t bk, Partial how) {
   const Layout lay = build_layout(m, walk::BM, bk, how);
-  walk::Walk w{m.S, c_mask(lay, m), (bk + 31) / 32};
+  const walk::Walk w = walk::make_walk(m.S, c_mask(lay, m));
   std::vector<int> kept(size_t(m.L * m.S), 0);
   int64_t chunks = 0, outside = 0;
   const int64_t tiles = (m.L + walk::BM - 1) / walk::BM;
@@ -47,11 +47,14 @@ void check_walk(const char* name, const MaskDef& m, int32_t bk, Partial how) {
         walk::RowRule q[2];
         const int row0 = walk::acc_row(t, 0);
         for (int h = 0; h < 2; ++h) q[h].load(w, int64_t(tile) * walk::BM + row0 + 8 * h, m.L);
+        uint64_t visible = ~uint64_t(0);
+        if (!c.unmasked())
+          walk::chunk_visibility(w, c, t, q, [&](int i, bool v) { visible &= ~(uint64_t(!v) << i); });
         for (int i = 0; i < walk::BN / 2; ++i) {
-          const int half = (i >> 1) & 1, row_in_tile = walk::acc_row(t, i);
+          const int row_in_tile = walk::acc_row(t, i);
           const int64_t row = int64_t(tile) * walk::BM + row_in_tile;
           const int col = c.key + walk::acc_col(t, i);
-          const bool keep = c.unmasked() || walk::visible(w, c, row_in_tile, q[half], col);
+          const bool keep = (visible >> i) & 1;
           if (!keep || row >= m.L) continue;  // rows past L are computed but never stored
           if (col >= m.S) {
             ++outside;

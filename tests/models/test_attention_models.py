@@ -18,6 +18,9 @@ DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
 VAR_SMALL = VARConfig(patch_nums=(1, 2, 3, 4, 5, 6), vocab_size=97, num_classes=7, d_model=64, n_layer=2, n_head=2)
 ACDIT_SMALL = ACDiTConfig(num_blocks=3, block_size=5, d_model=64, n_layer=2, n_head=2)
 FP32_TOL = 1e-4
+# fp32 on the GPU: the Triton kernels' dots are tf32 (docs/ops/block_sparse_attention.md, Numerics: 2e-3 on
+# outputs, twice that on gradients); the reference impl (SDPA) computes in full fp32.
+TF32_TOL = 2e-3
 
 
 def _var(device, impl, seed=0, cfg=VAR_SMALL):
@@ -48,11 +51,12 @@ def _assert_fast_matches_reference(model, forward, weights):
         grads = _param_grads(model, (out * weights).sum())
         results[impl] = ([out.detach()] + [e.grad.detach() for e in extras], grads)
     (ref_outs, ref_grads), (fast_outs, fast_grads) = results["reference"], results["fast"]
+    tol = TF32_TOL if weights.is_cuda else FP32_TOL
     for i, (f, r) in enumerate(zip(fast_outs, ref_outs)):
-        assert relative_error(f, r) < FP32_TOL, f"output {i}"
+        assert relative_error(f, r) < tol, f"output {i}"
     assert ref_grads.keys() == fast_grads.keys() and len(ref_grads) > 10
     for name in ref_grads:
-        assert relative_error(fast_grads[name], ref_grads[name]) < FP32_TOL, name
+        assert relative_error(fast_grads[name], ref_grads[name]) < 2 * tol, name
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -64,9 +64,7 @@ ark_status launch(const BlockSparseAttentionFwdParams& p, cudaStream_t stream) {
   a.group = int(p.q_heads / p.kv_heads);
   a.scale = p.scale;
   a.scale_log2 = p.scale * 1.4426950408889634f;
-  a.walk.S = p.S;
-  a.walk.mask = p.mask;
-  a.walk.bits_words = (p.mask.block_k + 31) / 32;
+  a.walk = bsa_walk::make_walk(p.S, p.mask);
   const dim3 grid(unsigned((p.L + BM - 1) / BM), unsigned(p.q_heads), unsigned(p.batch));
   if (schedule == 2)
     return stages == 2 ? launch_instance<T, D, 2, true>(tq, tk, tv, a, grid, stream)

@@ -161,12 +161,9 @@ struct ThreadRows {
 __device__ __forceinline__ void apply_mask(float (&s)[BN / 2], const KernelArgs& a, const ChunkCursor& c,
                                            const ThreadRows& t) {
   if (c.unmasked()) return;
-#pragma unroll
-  for (int i = 0; i < BN / 2; ++i) {
-    const int half = (i >> 1) & 1;
-    if (!bsa_walk::visible(a.walk, c, t.row_in_tile + 8 * half, t.q[half], c.key + bsa_walk::acc_col(t.t, i)))
-      s[i] = -INFINITY;
-  }
+  bsa_walk::chunk_visibility(a.walk, c, t.t, t.q, [&](int i, bool visible) {
+    if (!visible) s[i] = -INFINITY;
+  });
 }
 
 // Issues S = Q K^T (no commit): 16-column k-steps, four per 64-column panel of both operands.

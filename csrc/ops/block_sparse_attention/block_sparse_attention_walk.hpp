@@ -15,6 +15,11 @@
 #else
 #define ARK_BSA_HD inline
 #endif
+#if defined(__CUDA_ARCH__)
+#define ARK_BSA_UNROLL _Pragma("unroll")  // register arrays indexed by these loops must stay in registers
+#else
+#define ARK_BSA_UNROLL
+#endif
 
 namespace ark {
 namespace bsa_walk {
@@ -27,7 +32,14 @@ struct Walk {
   int64_t S;
   ark_block_mask mask;
   int bits_words;  // bitmap words per row: ceil(block_k / 32)
+  int bk_shift;    // log2(block_k): block_k divides the 128-key chunk, so it is a power of two
 };
+
+inline Walk make_walk(int64_t S, const ark_block_mask& mask) {
+  int shift = 0;
+  while ((1 << shift) < mask.block_k) ++shift;
+  return Walk{S, mask, (mask.block_k + 31) / 32, shift};
+}
 
 // The chunk sequence of one query tile: a run of key tiles [start, end) is cut into 128-key chunks from its
 // first key; the last one may reach past the run's end (and S), whose keys it must not count.
@@ -82,25 +94,63 @@ struct RowRule {
   }
 };
 
-// Visibility of key `col` for the query at `row_in_tile` (rule values q) in a chunk that needs tests.
-ARK_BSA_HD bool visible(const Walk& w, const ChunkCursor& c, int row_in_tile, const RowRule& q, int col) {
-  if (col >= c.key_end) return false;
+// Which of consumer thread t's accumulator elements of this chunk are visible: keep(i, visible) for every
+// register i (rows acc_row(t, 0) and + 8 with rule values q[0], q[1]; columns acc_col), in a chunk that needs
+// tests (!c.unmasked()). Decided once per chunk by kind, with one key-rule read per column shared by both rows
+// and no branch per element: the per-element version's branches and divisions made a masked chunk cost ~8x
+// an unmasked one on the GPU. Columns past the run's end (or S) are invisible; reads are clamped inside the
+// run. The kernel's keep writes -inf into the scores (no mask word held: registers are at their cap).
+template <typename Keep>
+ARK_BSA_HD void chunk_visibility(const Walk& w, const ChunkCursor& c, int t, const RowRule (&q)[2], Keep&& keep) {
   const ark_block_mask& m = w.mask;
+  const int row0 = acc_row(t, 0), col0 = acc_col(t, 0);
+  const int lim = c.key_end - c.key;  // chunk columns at or past lim are outside the run
   if (c.kind == 1) {
-    const int kl = m.k_level[col];
-    bool ok = kl <= q.level && (m.window < 0 || q.level - kl < m.window);
-    if (m.k_group) ok = ok || q.group == m.k_group[col];
-    if (m.k_doc) ok = ok && q.doc == m.k_doc[col];
-    return ok;
+    const int window = m.window < 0 ? 0x7fffffff : m.window;
+    const bool has_group = m.k_group != nullptr, has_doc = m.k_doc != nullptr;
+    ARK_BSA_UNROLL
+    for (int j = 0; j < BN / 8; ++j) {
+      ARK_BSA_UNROLL
+      for (int e = 0; e < 2; ++e) {
+        const int cc = col0 + 8 * j + e;
+        const int col = c.key + (cc < lim ? cc : lim - 1);
+        const int kl = m.k_level[col];
+        const int kg = has_group ? m.k_group[col] : 0;
+        const int kd = has_doc ? m.k_doc[col] : 0;
+        ARK_BSA_UNROLL
+        for (int h = 0; h < 2; ++h)
+          keep(4 * j + 2 * h + e, ((kl <= q[h].level && q[h].level - kl < window) || (has_group && q[h].group == kg)) &&
+                                      q[h].doc == kd && cc < lim);
+      }
+    }
+  } else if (c.kind == 2) {
+    // Runs start at a tile edge and chunks at run start + 128 n, so chunk column cc is in the run's tile
+    // (key - run_key0 + cc) >> bk_shift, at (key - run_key0 + cc) & (block_k - 1) inside it.
+    ARK_BSA_UNROLL
+    for (int j = 0; j < BN / 8; ++j) {
+      ARK_BSA_UNROLL
+      for (int e = 0; e < 2; ++e) {
+        const int cc = col0 + 8 * j + e;
+        const int in_run = c.key - c.run_key0 + (cc < lim ? cc : lim - 1);
+        const int tile = c.bits + (in_run >> w.bk_shift), k_in_tile = in_run & (m.block_k - 1);
+        ARK_BSA_UNROLL
+        for (int h = 0; h < 2; ++h) {
+          const int64_t word = (int64_t(tile) * BM + row0 + 8 * h) * w.bits_words + (k_in_tile >> 5);
+          keep(4 * j + 2 * h + e, ((m.tile_bits[word] >> (k_in_tile & 31)) & 1) && cc < lim);
+        }
+      }
+    }
+  } else {  // FULL: only the run's end and S to respect
+    ARK_BSA_UNROLL
+    for (int j = 0; j < BN / 8; ++j) {
+      ARK_BSA_UNROLL
+      for (int e = 0; e < 2; ++e) {
+        const bool in = col0 + 8 * j + e < lim;
+        keep(4 * j + e, in);
+        keep(4 * j + 2 + e, in);
+      }
+    }
   }
-  if (c.kind == 2) {
-    const int in_run = col - c.run_key0;
-    const int tile = c.bits + in_run / m.block_k;
-    const int k_in_tile = in_run % m.block_k;
-    const int64_t word = (int64_t(tile) * BM + row_in_tile) * w.bits_words + (k_in_tile >> 5);
-    return (m.tile_bits[word] >> (k_in_tile & 31)) & 1;
-  }
-  return true;  // FULL: only the run's end and S to respect
 }
 
 }  // namespace bsa_walk

@@ -85,11 +85,28 @@ def _tiles(r: Runs, transposed: bool, n_k_tiles: int) -> torch.Tensor:
     return torch.sort((row * n_k_tiles + col) * 4 + r.kind[idx]).values
 
 
+def _all_tensors(lay: TileLayout) -> bool:
+    """Whether every field can move (anything else fails its own named check below)."""
+    fields = (lay.q_run_ptr, lay.q_runs, lay.k_run_ptr, lay.k_runs, lay.tile_bits, lay.k_tile_bits)
+    rule = lay.rule
+    if rule is not None:
+        fields += tuple(getattr(rule, n, None) for n in ("q_level", "k_level", "q_doc", "k_doc", "q_group", "k_group"))
+    return all(t is None or isinstance(t, torch.Tensor) for t in fields)
+
+
 def validate(lay: TileLayout, exhaustive: bool | None) -> None:
     for name in ("L", "S", "block_q", "block_k"):
         v = getattr(lay, name)
         if not isinstance(v, int) or v < (1 if name.startswith("block") else 0):
             _fail(f"{name} must be a {'positive' if name.startswith('block') else 'nonnegative'} int, got {v!r}")
+    devices = {t.device for t in (lay.q_run_ptr, lay.q_runs, lay.k_run_ptr, lay.k_runs, lay.tile_bits, lay.k_tile_bits)
+               if isinstance(t, torch.Tensor)}
+    if len(devices) > 1:
+        _fail(f"all tensors must be on one device, got {sorted(map(str, devices))}")
+    # The checks below are host-side run arithmetic with many data-dependent branches: on a CUDA layout
+    # they would sync per step, and the run helpers build their index vectors on the CPU.
+    if devices and next(iter(devices)).type != "cpu" and _all_tensors(lay):
+        lay = lay.to("cpu")
     nq, nk = lay.num_q_tiles, lay.num_k_tiles
     if nq * nk >= 2**62 or lay.L >= 2**31 or lay.S >= 2**31:
         _fail(f"sizes must stay below 2^31, got L={lay.L}, S={lay.S}")
@@ -113,10 +130,6 @@ def validate(lay: TileLayout, exhaustive: bool | None) -> None:
         _fail("BITS runs need tile_bits and k_tile_bits")
     if bool((fwd.kind == RULE).any()) or bool((bwd.kind == RULE).any()):
         _check_rule(lay)
-    devices = {t.device for t in (lay.q_run_ptr, lay.q_runs, lay.k_run_ptr, lay.k_runs, lay.tile_bits, lay.k_tile_bits)
-               if t is not None}
-    if len(devices) > 1:
-        _fail(f"all tensors must be on one device, got {sorted(map(str, devices))}")
 
     # Forward and backward describe the same (query tile, key tile, kind) triples.
     if not torch.equal(_moments(fwd, nq, nk, False), _moments(bwd, nk, nq, True)):
