@@ -89,6 +89,10 @@ def _time_variant(label: str, name: str, provider: str, case, sets, oracle) -> N
         print(f"{label:44s} {name:22s} failed: {type(e).__name__}: {str(e)[:160]}", flush=True)
 
 
+def _sdpa_causal(q, k, v):
+    return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+
 def run_case(case, peers: bool):
     sets = [bench._make_inputs(case)]
     oracle = bench._oracle(case, sets[0])
@@ -114,9 +118,11 @@ def run_case(case, peers: bool):
             _tuning_set("bsa_fwd_schedule", 0)
             _tuning_set("bsa_fwd_stages", 0)
     if peers:
-        for peer in ("flex", "sdpa"):
+        # sdpa-causal: SDPA's causal forward at the case's shape (FlashAttention inside), the yardstick
+        # for the VAR mask; TFLOP/s on the case's visible pairs, so compare its time only.
+        for peer in ("flex", "sdpa", "sdpa-causal"):
             try:
-                fn = bench._provider_fn(peer, case)
+                fn = (_sdpa_causal if peer == "sdpa-causal" else bench._provider_fn(peer, case))
                 t = time_ms(bench._call(fn, sets[0]), case.device)
                 print(f"{label:44s} {peer:18s} {t:8.4f} ms {case.flops / (t * 1e-3) / 1e12:7.1f} TFLOP/s", flush=True)
             except Exception as e:  # noqa: BLE001
