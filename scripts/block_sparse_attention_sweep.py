@@ -93,12 +93,14 @@ def _sdpa_causal(q, k, v):
     return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
 
 
-def run_case(case, peers: bool):
+def run_case(case, peers: bool, keep: set[str] | None = None):
     sets = [bench._make_inputs(case)]
     oracle = bench._oracle(case, sets[0])
     B, H, L, D = case.shape
     label = f"{case.params['name']} {case.mode} {case.shape}"
     for name, cfg in variants(D, case.dtype):
+        if keep is not None and name != "default" and name not in keep:
+            continue
         tk.config = lambda D_, dtype_, device_, cfg=cfg: cfg  # noqa: E731
         try:
             _time_variant(label, name, "arkernels-triton", case, sets, oracle)
@@ -110,6 +112,8 @@ def run_case(case, peers: bool):
             tk.config = DEFAULT_CONFIG
     # The Hopper CUDA forward's instances (with the default tiling's Triton backward).
     for schedule, stages in ((1, 2), (1, 3), (2, 2), (2, 3)):
+        if keep is not None and f"cuda s{schedule} x{stages}" not in keep:
+            continue
         try:
             _tuning_set("bsa_fwd_schedule", schedule)
             _tuning_set("bsa_fwd_stages", stages)
@@ -134,11 +138,13 @@ def main():
     p.add_argument("cases", nargs="*")
     p.add_argument("--modes", default="fwd,fwd+bwd")
     p.add_argument("--peers", action="store_true", help="also time flex and sdpa on each case")
+    p.add_argument("--variants", default="", help="comma-separated variant names to time besides the default "
+                   "(e.g. '64x32 w4 s3 sub32,cuda s2 x2'); empty: all")
     args = p.parse_args()
     modes = args.modes.split(",")
     for case in bench.cases(dev, quick=False):
         if case.mode in modes and (not args.cases or case.params["name"] in args.cases):
-            run_case(case, args.peers)
+            run_case(case, args.peers, set(args.variants.split(",")) if args.variants else None)
 
 
 if __name__ == "__main__":

@@ -152,6 +152,8 @@ def _block_sparse_attention_fwd_kernel(
     N_WORDS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr, PREC: tl.constexpr,
 ):
+    # torch.compile passes Python floats to a kernel as fp64 (the softmax state would turn fp64).
+    qk_scale = tl.cast(qk_scale, tl.float32)
     # Last query tiles first: under causal-like masks they visit the most key tiles (less tail at the end).
     i_m = tl.num_programs(0) - 1 - tl.program_id(0)
     i_h = tl.program_id(1).to(tl.int64)
@@ -281,6 +283,9 @@ def _block_sparse_attention_bwd_dq_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SUB_N: tl.constexpr, BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr,
     PREC: tl.constexpr,
 ):
+    # torch.compile passes Python floats to a kernel as fp64 (the softmax state would turn fp64).
+    qk_scale = tl.cast(qk_scale, tl.float32)
+    scale = tl.cast(scale, tl.float32)
     # Last query tiles first: under causal-like masks they visit the most key tiles (less tail at the end).
     i_m = tl.num_programs(0) - 1 - tl.program_id(0)
     i_h = tl.program_id(1).to(tl.int64)
@@ -434,6 +439,9 @@ def _block_sparse_attention_bwd_dkdv_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SUB_M: tl.constexpr, BLOCK_D: tl.constexpr,
     EVEN_D: tl.constexpr, PREC: tl.constexpr, KEY_MAJOR: tl.constexpr,
 ):
+    # torch.compile passes Python floats to a kernel as fp64 (the softmax state would turn fp64).
+    qk_scale = tl.cast(qk_scale, tl.float32)
+    scale = tl.cast(scale, tl.float32)
     i_n = tl.program_id(0)
     i_hk = tl.program_id(1).to(tl.int64)
     i_b = tl.program_id(2).to(tl.int64)

@@ -90,6 +90,7 @@ def _decode_attention_split_kernel(
         Hkv, Lq, S_MAX, D, G, split_len, num_splits, qk_scale,
         HAS_MASK: tl.constexpr, DIRECT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
         BLOCK_D: tl.constexpr, PREC: tl.constexpr):
+    qk_scale = tl.cast(qk_scale, tl.float32)  # torch.compile passes Python floats to a kernel as fp64
     i_bh = tl.program_id(0)
     i_split = tl.program_id(1)
     i_m = tl.program_id(2)
