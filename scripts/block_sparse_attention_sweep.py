@@ -23,7 +23,7 @@ from bench.ops import bench_block_sparse_attention as bench
 from bench.timing import time_ms
 
 dev = torch.device(os.environ.get("SWEEP_DEVICE", "cuda"))
-DEFAULT_CONFIG = tk.config
+DEFAULT_CONFIG, DEFAULT_CUDA_CONFIG = tk.config, tk.cuda_forward_config
 
 
 _tuning = []
@@ -63,7 +63,8 @@ def variants(D: int, dtype) -> list[tuple[str, dict]]:
                                      (128, 32, 8, 3, 64, False), (128, 64, 4, 3, None, True),
                                      (128, 128, 8, 2, None, True), (64, 64, 4, 3, None, True),
                                      (64, 32, 4, 3, None, True), (128, 32, 4, 3, None, True),
-                                     (64, 128, 4, 2, None, True)]:
+                                     (64, 128, 4, 2, None, True), (128, 32, 8, 3, None, True),
+                                     (64, 16, 4, 3, 16, True)]:
         if D > 128 and bm * bn > 64 * 64:
             continue
         sub_m = min(base["BWD_SUB_M"] if sub_m is None else sub_m, bm)
@@ -105,11 +106,12 @@ def run_case(case, peers: bool, keep: set[str] | None = None):
         try:
             _time_variant(label, name, "arkernels-triton", case, sets, oracle)
             # fwd+bwd: the CUDA forward with this tiling's Triton backward (the CUDA kernel takes any
-            # 128 x block_k layout with block_k dividing 128).
+            # 128 x block_k layout with block_k dividing 128; backend "cuda" lays out at cuda_forward_config).
             if case.mode != "fwd" and cfg["BLOCK_M"] == 128 and 128 % cfg["BLOCK_N"] == 0:
+                tk.cuda_forward_config = tk.config
                 _time_variant(label, f"{name} +cuda fwd", "arkernels-cuda", case, sets, oracle)
         finally:
-            tk.config = DEFAULT_CONFIG
+            tk.config, tk.cuda_forward_config = DEFAULT_CONFIG, DEFAULT_CUDA_CONFIG
     # The Hopper CUDA forward's instances (with the default tiling's Triton backward).
     for schedule, stages in ((1, 2), (1, 3), (2, 2), (2, 3)):
         if keep is not None and f"cuda s{schedule} x{stages}" not in keep:

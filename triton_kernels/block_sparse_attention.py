@@ -40,20 +40,42 @@ def config(D: int, dtype: torch.dtype, device) -> dict:
     """Tile sizes and launch parameters for head dim D. The mask layout must be built at
     (BLOCK_M, BLOCK_N); the backward processes a query tile in BWD_SUB_M-row slices (dK/dV kernel) and a
     key tile in BWD_SUB_N-key slices (dQ kernel); BWD_KEY_MAJOR (default True) picks the dK/dV kernel's
-    orientation (_bwd_dkdv_tile). Small tiles under the interpreter (every program is a
-    numpy loop). GPU values: chosen without a GPU from sm_90a compiles (ptxas -v, worst-case rule flags):
-    the configurations of each D where the three kernels compile without register spills, or with the
-    fewest. Not timed yet: the next session measures them (docs/ops/block_sparse_attention.md)."""
+    orientation (_bwd_dkdv_tile). Small tiles under the interpreter (every program is a numpy loop).
+    GPU, D <= 128: 64 x 32 with 4 warps, the fastest forward + backward of the H200 sweep on all four
+    benchmark masks (VAR 1.20 ms vs 1.28 at the earlier 128-row tiles, causal 5.03 vs 8.58, SCAM 5.28 vs
+    8.59, sliding window 2.52 vs 4.45) and the fastest Triton forward too (bench/NOTES.md, 2026-12-05).
+    D 256: chosen from sm_90a compiles (ptxas -v) without a GPU."""
     dev = torch.device(device)
     if dev.type != "cuda":
         return dict(BLOCK_M=32, BLOCK_N=16, BWD_SUB_M=16, BWD_SUB_N=16, num_warps=4, FWD_STAGES=1, BWD_STAGES=1)
-    if D <= 64:  # fwd 244 registers, dQ 241, dK/dV 228: no spills
-        return dict(BLOCK_M=128, BLOCK_N=64, BWD_SUB_M=32, BWD_SUB_N=32, num_warps=8, FWD_STAGES=3, BWD_STAGES=2)
-    if D <= 128:  # no spills forward and dK/dV, ~150 bytes dQ (at 128 x 64: ~210 / ~150 / 12 bytes)
-        return dict(BLOCK_M=128, BLOCK_N=32, BWD_SUB_M=32, BWD_SUB_N=32, num_warps=8,
+    if D <= 128:
+        return dict(BLOCK_M=64, BLOCK_N=32, BWD_SUB_M=32, BWD_SUB_N=32, num_warps=4,
                     FWD_STAGES=3 if dtype != torch.float32 else 2, BWD_STAGES=2)
     # D 256: forward ~30 bytes of spills, dQ ~450 (its (64, 256) fp32 accumulator), dK/dV none.
     return dict(BLOCK_M=64, BLOCK_N=32, BWD_SUB_M=16, BWD_SUB_N=32, num_warps=8, FWD_STAGES=2, BWD_STAGES=2)
+
+
+def cuda_forward_config(D: int, dtype: torch.dtype, device) -> dict | None:
+    """The configuration at the Hopper CUDA forward's tiling (128 query rows; block_k dividing its 128-key
+    chunks): the backward of backend "cuda" runs here, on that forward's layout. None where that forward
+    does not exist (D > 128, not CUDA). Its tiles (128 x 64 at D 64, 128 x 32 at D 128) are those the CUDA
+    forward was timed with; the Triton kernels at them were the earlier defaults (no spills at sm_90a)."""
+    if torch.device(device).type != "cuda" or D > 128:
+        return None
+    if D <= 64:
+        return dict(BLOCK_M=128, BLOCK_N=64, BWD_SUB_M=32, BWD_SUB_N=32, num_warps=8, FWD_STAGES=3, BWD_STAGES=2)
+    return dict(BLOCK_M=128, BLOCK_N=32, BWD_SUB_M=32, BWD_SUB_N=32, num_warps=8,
+                FWD_STAGES=3 if dtype != torch.float32 else 2, BWD_STAGES=2)
+
+
+def config_for_layout(D: int, dtype: torch.dtype, device, block_q: int, block_k: int) -> dict:
+    """config() or cuda_forward_config(), whichever has the layout's tiling; ValueError for any other."""
+    cands = [c for c in (config(D, dtype, device), cuda_forward_config(D, dtype, device)) if c is not None]
+    for cfg in cands:
+        if (block_q, block_k) == (cfg["BLOCK_M"], cfg["BLOCK_N"]):
+            return cfg
+    want = " or ".join(f"({c['BLOCK_M']}, {c['BLOCK_N']})" for c in cands)
+    raise ValueError(f"mask: expected a layout at the kernel's tiling {want}, got one at ({block_q}, {block_k})")
 
 
 # ---------------------------------------------------------------- helpers
@@ -553,18 +575,11 @@ def _precision(dtype) -> str:
     return "tf32"
 
 
-def _check_tiling(cfg: dict, lay: LayoutArgs) -> None:
-    if (lay.block_q, lay.block_k) != (cfg["BLOCK_M"], cfg["BLOCK_N"]):
-        raise ValueError(f"mask: expected a layout at the kernel's tiling ({cfg['BLOCK_M']}, {cfg['BLOCK_N']}), "
-                         f"got one at ({lay.block_q}, {lay.block_k})")
-
-
 def block_sparse_attention_fwd(q, k, v, lay: LayoutArgs, scale: float):
     """(out (B, Hq, L, D) in q's dtype, lse (B, Hq, L) float32). q, k, v: last dimension contiguous."""
     B, Hq, L, D = q.shape
     Hkv, S = k.shape[1], k.shape[2]
-    cfg = config(D, q.dtype, q.device)
-    _check_tiling(cfg, lay)
+    cfg = config_for_layout(D, q.dtype, q.device, lay.block_q, lay.block_k)
     out = new_output((B, Hq, L, D), dtype=q.dtype, device=q.device)
     lse = new_output((B, Hq, L), dtype=torch.float32, device=q.device)
     if out.numel() == 0:
@@ -586,8 +601,7 @@ def block_sparse_attention_bwd(grad_out, grad_lse, q, k, v, out, lse, lay: Layou
     """(dq, dk, dv) in the inputs' dtypes; grad_lse (B, Hq, L) float32 or None."""
     B, Hq, L, D = q.shape
     Hkv, S = k.shape[1], k.shape[2]
-    cfg = config(D, q.dtype, q.device)
-    _check_tiling(cfg, lay)
+    cfg = config_for_layout(D, q.dtype, q.device, lay.block_q, lay.block_k)
     dq = new_output(q.shape, dtype=q.dtype, device=q.device)
     dk = new_output(k.shape, dtype=k.dtype, device=k.device)
     dv = new_output(v.shape, dtype=v.dtype, device=v.device)

@@ -6,7 +6,7 @@ GPU cases are unchecked).
 Providers:
 * ``arkernels-triton``: the op with the mask (a Mask; its layout is built once, outside the timing).
 * ``arkernels-cuda``: the Hopper CUDA forward (wgmma + TMA; backend "cuda") with the Triton backward, on the
-  layout at the Triton tiling.
+  layout at the CUDA forward's tiling (``cuda_tiling``).
 * ``arkernels-cpu``: the cpu backend (PyTorch over query tiles), at the CPU cases.
 * ``flex``: ``torch.compile(flex_attention)`` with ``arkernels.masks.to_flex_block_mask(mask, 128)`` (the
   same mask: FULL tiles as full blocks, partial tiles through a mask_mod evaluating our rule).
@@ -130,10 +130,10 @@ def _provider_fn(name: str, case: Case):
     dev = torch.device(case.device)
     if name in _BACKEND:
         import arkernels
-        from arkernels.ops.block_sparse_attention import CPU_TILING, tiling
+        from arkernels.ops.block_sparse_attention import backend_tiling
 
         backend = _BACKEND[name]
-        tiles = CPU_TILING if backend == "cpu" else tiling(D, case.dtype, dev)  # cuda: the Triton tiling too
+        tiles = backend_tiling(backend, D, case.dtype, dev)
         mask.layout(*tiles, dev)  # built (and cached by the Mask) outside the timing
         return lambda q, k, v: arkernels.block_sparse_attention(q, k, v, mask, backend=backend)
     if name == "reference":

@@ -268,10 +268,10 @@ def test_opcheck_block_sparse_attention_cpu_backward(rng):
 
 
 def _compile_check(backend, device, rng):
-    from arkernels.ops.block_sparse_attention import CPU_TILING, tiling
+    from arkernels.ops.block_sparse_attention import backend_tiling
 
     L, D = 300, 64
-    tiles = CPU_TILING if backend == "cpu" else tiling(D, BF16, device)
+    tiles = backend_tiling(backend, D, BF16, device)
     lay = M.causal(L).layout(*tiles, device)
     _compiled_matches_eager(lambda q, k, v: arkernels.block_sparse_attention(q, k, v, lay, return_lse=True,
                                                                             backend=backend), L, D, device, rng)
@@ -519,6 +519,25 @@ def test_cpu_backend_on_cuda_raises():
     q, k, v = (t.cuda() for t in _qkv())
     with pytest.raises(ValueError, match=r"backend.*'cpu' cannot run.*CPU tensors.*cuda"):
         arkernels.block_sparse_attention(q, k, v, M.causal(8), backend="cpu")
+
+
+@pytest.mark.skipif(not _backends.triton_available(), reason="triton not installed")
+def test_triton_configs_by_layout_tiling():
+    """The Triton kernels run a layout at their own tiling or at the CUDA forward's (its backward), and name both
+    when refusing another. Pure Python over the config tables: no GPU needed."""
+    from arkernels.triton_kernels import block_sparse_attention as tk
+
+    for D in (64, 128):
+        own, cuda = tk.config(D, BF16, "cuda"), tk.cuda_forward_config(D, BF16, "cuda")
+        assert (cuda["BLOCK_M"], 128 % cuda["BLOCK_N"]) == (128, 0) and own["BLOCK_M"] != 128
+        for cfg in (own, cuda):
+            assert tk.config_for_layout(D, BF16, "cuda", cfg["BLOCK_M"], cfg["BLOCK_N"]) == cfg
+        with pytest.raises(ValueError, match=rf"\({own['BLOCK_M']}, {own['BLOCK_N']}\) or \(128, {cuda['BLOCK_N']}\)"
+                                             r".*got one at \(16, 16\)"):
+            tk.config_for_layout(D, BF16, "cuda", 16, 16)
+    assert tk.cuda_forward_config(256, BF16, "cuda") is None and tk.cuda_forward_config(64, BF16, "cpu") is None
+    with pytest.raises(ValueError, match=r"expected a layout at the kernel's tiling \(32, 16\), got one at \(64, 32\)"):
+        tk.config_for_layout(64, BF16, "cpu", 64, 32)
 
 
 def check_layout_at_another_tiling_raises(device):
@@ -806,7 +825,8 @@ def test_cuda_unaligned_inputs_are_copied(rng):
 @gpu
 @hopper
 def test_cuda_and_triton_agree(rng):
-    """Same layout, same backward: the two forwards agree to bf16 rounding, and so do the gradients."""
+    """Each at its own tiling (the backward at the forward's): the two forwards agree to bf16 rounding, and so
+    do the gradients."""
     mask = _gpu_mask("var", 680, 680, rng)
     q, k, v = (torch.randn(2, 4, 680, 128, generator=rng).to("cuda", BF16) for _ in range(3))
     g = torch.randn(2, 4, 680, 128, generator=rng).to("cuda", BF16)
@@ -817,6 +837,21 @@ def test_cuda_and_triton_agree(rng):
         res.append([out, *torch.autograd.grad(out, leaves, g)])
     for name, a, b in zip(("out", "dq", "dk", "dv"), *res):
         assert_close_to_reference(a, b.double(), rel_tol=REL_TOL[BF16], name=name)
+
+
+@gpu
+@hopper
+def test_auto_takes_cuda_for_inference_at_d128_only(rng):
+    """"auto" runs the CUDA forward without gradients at D 128 (bit-equal to backend "cuda"), and Triton with
+    gradients or at D 64 (bit-equal to backend "triton"); the two kernels' outputs differ in rounding."""
+    mask = _gpu_mask("var", 680, 680, rng)
+    for D, grad, want in ((128, False, "cuda"), (128, True, "triton"), (64, False, "triton")):
+        q, k, v = (torch.randn(1, 2, 680, D, generator=rng).to("cuda", BF16).requires_grad_(grad) for _ in range(3))
+        with torch.set_grad_enabled(grad):
+            got = {b: arkernels.block_sparse_attention(q, k, v, mask, backend=b) for b in ("auto", "cuda", "triton")}
+        other = "triton" if want == "cuda" else "cuda"
+        assert torch.equal(got["auto"], got[want]), (D, grad)
+        assert not torch.equal(got["auto"], got[other]), (D, grad, "the two backends should round differently")
 
 
 CUDA_UNSUPPORTED = {
@@ -872,7 +907,7 @@ def test_opcheck_block_sparse_attention_triton_cuda(dtype, rng):
 @gpu
 @hopper
 def test_opcheck_block_sparse_attention_fwd_cuda(rng):
-    from arkernels.ops.block_sparse_attention import tiling
+    from arkernels.ops.block_sparse_attention import cuda_tiling
 
     torch.library.opcheck(torch.ops.arkernels.block_sparse_attention_fwd.default,
-                          _op_args(rng, "cuda", BF16, tiling(64, BF16, "cuda")))
+                          _op_args(rng, "cuda", BF16, cuda_tiling(64, BF16, "cuda")))

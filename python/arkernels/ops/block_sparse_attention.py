@@ -4,8 +4,8 @@ VAR block-causal, ACDiT SCAM, documents, trees, any dense mask), forward and bac
 Backends: "triton" runs ``arkernels::block_sparse_attention_triton`` (triton_kernels/block_sparse_attention.py)
 on CUDA tensors (or CPU tensors under TRITON_INTERPRET=1); "cuda" runs ``arkernels::block_sparse_attention_fwd``
 (csrc/torch/block_sparse_attention.cpp: the C API's Hopper kernel, wgmma + TMA) on CUDA tensors, with the
-layout at the Triton tiling, and the Triton backward on that same layout (explicit only: "auto" keeps Triton
-until GPU timings say otherwise); "cpu" runs ``arkernels::block_sparse_attention_cpu``, a PyTorch path over
+layout at its own 128-row tiling (``cuda_tiling``) and the Triton backward on that same layout ("auto" takes it
+for inference at D 128, see _auto_takes_cuda); "cpu" runs ``arkernels::block_sparse_attention_cpu``, a PyTorch path over
 query tiles that walks the same tile layout (never builds the L x S mask; fp32 math, a Python loop over query
 tiles); "reference" the dense PyTorch definition (builds the (B, Hq, L, S) scores and the L x S mask). The ops
 take the layout's tensors and ints (the public function unpacks the layout) and have autograd (and fake
@@ -41,16 +41,16 @@ def block_sparse_attention(q, k, v, mask, scale=None, return_lse=False, backend=
         q: (B, Hq, L, D), float16 / bfloat16 / float32 (fp32 is computed with tf32 dots on the GPU).
         k, v: (B, Hkv, S, D), q's dtype and device; Hq a multiple of Hkv (grouped-query attention:
             q head h reads kv head h // (Hq / Hkv)).
-        mask: an arkernels.masks.Mask of shape (L, S) (its layout is requested at the kernel's
-            tiling, ``tiling(D, dtype, device)``), or directly a masks.layout.TileLayout built at
-            that tiling, on q's device. True = the query may attend to the key; shared by every batch
-            row and head.
+        mask: an arkernels.masks.Mask of shape (L, S) (its layout is requested at the chosen kernel's
+            tiling: ``tiling(D, dtype, device)`` for Triton, ``cuda_tiling(D, dtype, device)`` for the
+            CUDA forward), or directly a masks.layout.TileLayout built at one of them, on q's device.
+            True = the query may attend to the key; shared by every batch row and head.
         scale: softmax scale, default 1 / sqrt(D).
         return_lse: also return the log-sum-exp (natural log) of the scaled visible scores.
-        backend: "auto" (on CUDA tensors "cuda" where it runs, else triton; cpu on CPU tensors, or triton
-            there under TRITON_INTERPRET=1), "triton", "cuda", "cpu" or "reference". "cuda" is the Hopper
-            CUDA forward (sm_90 GPU, bfloat16 / float16, D 64 or 128; anything else raises ValueError) with
-            the Triton backward.
+        backend: "auto" (on CUDA tensors: "cuda" for inference at D 128 where it runs, else triton; cpu on
+            CPU tensors, or triton there under TRITON_INTERPRET=1), "triton", "cuda", "cpu" or "reference".
+            "cuda" is the Hopper CUDA forward (sm_90 GPU, bfloat16 / float16, D 64 or 128; anything else
+            raises ValueError) with the Triton backward on its layout.
 
     Returns:
         out (B, Hq, L, D) in q's dtype [, lse (B, Hq, L) float32]. A query that sees no key gets
@@ -65,9 +65,7 @@ def block_sparse_attention(q, k, v, mask, scale=None, return_lse=False, backend=
         chosen = "cuda"
     else:
         chosen = _backends.resolve_triton_or_torch_cpu("block_sparse_attention", OP, backend, q.device)
-        # "auto" on CUDA tensors: the Hopper forward wherever it runs (H200, bf16: 1.1-1.8x the Triton forward at
-        # the default tiling on all four benchmark masks, bench/NOTES.md); the backward is Triton's either way.
-        if backend == "auto" and chosen == "triton" and _cuda_unavailable_reason(D, q.dtype, q.device) is None:
+        if backend == "auto" and chosen == "triton" and _auto_takes_cuda(q, k, v, mask, D):
             chosen = "cuda"
     if chosen == "reference":
         out, lse = block_sparse_attention_ref(q, k, v, _dense(mask, L, S, q.device), scale)
@@ -75,24 +73,66 @@ def block_sparse_attention(q, k, v, mask, scale=None, return_lse=False, backend=
         return (out, lse) if return_lse else out
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
     if chosen == "cpu":
-        lay = _layout(mask, *CPU_TILING, q.device, any_tiling=True)
+        lay = _layout(mask, [CPU_TILING], q.device, any_tiling=True)
         out, lse = torch.ops.arkernels.block_sparse_attention_cpu(q, k, v, *_layout_args(lay), scale)
+    elif chosen == "cuda":
+        # At the CUDA forward's tiling; its backward is the Triton one on this same layout.
+        lay = _layout(mask, [cuda_tiling(D, q.dtype, q.device)], q.device)
+        out, lse = torch.ops.arkernels.block_sparse_attention_fwd(q, k, v, *_layout_args(lay), scale)
     else:
-        # "cuda" builds the layout at the Triton tiling too: its backward is the Triton one, on that layout.
-        block_q, block_k = tiling(D, q.dtype, q.device)
-        lay = _layout(mask, block_q, block_k, q.device)
-        op = torch.ops.arkernels.block_sparse_attention_fwd if chosen == "cuda" else \
-            torch.ops.arkernels.block_sparse_attention_triton
-        out, lse = op(q, k, v, *_layout_args(lay), scale)
+        # A Mask is laid out at the Triton tiling; a TileLayout may also be at the CUDA forward's.
+        tilings = [tiling(D, q.dtype, q.device)]
+        if _tk_cuda_config(D, q.dtype, q.device) is not None:
+            tilings.append(cuda_tiling(D, q.dtype, q.device))
+        lay = _layout(mask, tilings, q.device)
+        out, lse = torch.ops.arkernels.block_sparse_attention_triton(q, k, v, *_layout_args(lay), scale)
     return (out, lse) if return_lse else out
 
 
+def _auto_takes_cuda(q, k, v, mask, D: int) -> bool:
+    """Whether "auto" runs the Hopper CUDA forward: only for inference (no gradient needed) at D 128, where it
+    was the fastest forward on every benchmark mask (H200: causal 0.60 ms vs 0.88 for the best Triton, SCAM
+    0.51 vs 0.85, sliding window 0.43 vs 0.47). With a backward, the Triton pair at its own tiling is faster
+    (the 128-row layout the CUDA forward needs makes the Triton backward 1.5-1.7x slower); at D 64 the Triton
+    forward was faster (VAR 0.147 vs 0.193 ms). A TileLayout decides by its tiling."""
+    if D not in CUDA_HEAD_DIMS or q.device.type != "cuda":
+        return False
+    if isinstance(mask, TileLayout):
+        tile = (mask.block_q, mask.block_k)
+        return tile == cuda_tiling(D, q.dtype, q.device) and tile != tiling(D, q.dtype, q.device) and \
+            _cuda_unavailable_reason(D, q.dtype, q.device) is None
+    needs_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+    return not needs_grad and D == 128 and _cuda_unavailable_reason(D, q.dtype, q.device) is None
+
+
 def tiling(D: int, dtype: torch.dtype, device) -> tuple[int, int]:
-    """(block_q, block_k) of the Triton kernels for head dim D: the tiling a TileLayout passed as `mask`
-    must have."""
+    """(block_q, block_k) of the Triton kernels for head dim D: the tiling of a TileLayout passed as `mask`
+    to backend "triton" (which also takes one at ``cuda_tiling``)."""
     from arkernels.triton_kernels.block_sparse_attention import config
 
     cfg = config(D, dtype, torch.device(device))
+    return cfg["BLOCK_M"], cfg["BLOCK_N"]
+
+
+def backend_tiling(backend: str, D: int, dtype: torch.dtype, device) -> tuple[int, int]:
+    """The tiling at which backend "cpu", "cuda" or "triton" lays out a Mask (to build it ahead of a call)."""
+    if backend == "cpu":
+        return CPU_TILING
+    return cuda_tiling(D, dtype, device) if backend == "cuda" else tiling(D, dtype, device)
+
+
+def _tk_cuda_config(D: int, dtype: torch.dtype, device) -> dict | None:
+    from arkernels.triton_kernels.block_sparse_attention import cuda_forward_config
+
+    return cuda_forward_config(D, dtype, torch.device(device))
+
+
+def cuda_tiling(D: int, dtype: torch.dtype, device) -> tuple[int, int]:
+    """(block_q, block_k) of the Hopper CUDA forward (D 64 / 128 on CUDA devices): the tiling of a TileLayout
+    passed to backend "cuda"; its Triton backward runs on the same layout."""
+    cfg = _tk_cuda_config(D, dtype, device)
+    if cfg is None:
+        raise ValueError(f"the CUDA forward has no tiling for D = {D} on {device} (D 64 or 128 on a CUDA device)")
     return cfg["BLOCK_M"], cfg["BLOCK_N"]
 
 
@@ -148,14 +188,15 @@ def _cuda_reason_uncached(D: int, dtype: torch.dtype, device: torch.device) -> s
     if (major, minor) != (9, 0):
         return (f"the CUDA kernel needs a Hopper GPU (sm_90: wgmma, TMA), got sm_{major}{minor} "
                 f"({torch.cuda.get_device_name(device)}) (use 'triton')")
-    block_q, block_k = tiling(D, dtype, device)
+    block_q, block_k = cuda_tiling(D, dtype, device)
     if not torch.ops.arkernels.block_sparse_attention_cuda_supported(D, block_q, block_k, dtype, device):
         return (f"the CUDA kernel does not run D = {D}, {str(dtype).replace('torch.', '')}, tiling {block_q} x "
                 f"{block_k} on {device} (libarkernels built without sm_90a?) (use 'triton')")
     return None
 
 
-def _layout(mask, block_q: int, block_k: int, device: torch.device, any_tiling: bool = False) -> TileLayout:
+def _layout(mask, tilings: list[tuple[int, int]], device: torch.device, any_tiling: bool = False) -> TileLayout:
+    """A Mask's layout at tilings[0], or a TileLayout checked against the accepted tilings."""
     if isinstance(mask, TileLayout):
         lay = mask
         # The kernels trust a layout's indices (checking them per call would need device syncs): a layout
@@ -163,12 +204,13 @@ def _layout(mask, block_q: int, block_k: int, device: torch.device, any_tiling: 
         if not lay.stats.get("validated") and not torch.compiler.is_compiling():
             lay.validate()
             lay.stats["validated"] = True
-        if not any_tiling and (lay.block_q, lay.block_k) != (block_q, block_k):
-            raise ValueError(f"mask: expected a TileLayout at the kernel's tiling (block_q, block_k) = "
-                             f"({block_q}, {block_k}) (see block_sparse_attention.tiling), got "
-                             f"({lay.block_q}, {lay.block_k}); pass the Mask itself to let the op build it")
+        if not any_tiling and (lay.block_q, lay.block_k) not in tilings:
+            want = " or ".join(f"({bq}, {bk})" for bq, bk in tilings)
+            raise ValueError(f"mask: expected a TileLayout at the kernel's tiling (block_q, block_k) = {want} "
+                             f"(see block_sparse_attention.tiling / cuda_tiling), got ({lay.block_q}, "
+                             f"{lay.block_k}); pass the Mask itself to let the op build it")
     else:
-        lay = mask.layout(block_q, block_k, device)
+        lay = mask.layout(*tilings[0], device)
     if lay.q_runs.device != device:
         raise ValueError(f"mask: expected a layout on {device} like q, got one on {lay.q_runs.device} "
                          "(use layout.to(device) once, outside the step)")
