@@ -28,7 +28,8 @@ import triton
 import triton.language as tl
 
 from arkernels._outputs import new_output
-from arkernels.triton_kernels._common import dot, low, rnd  # unaliased: torch.compile re-emits helpers under their own names
+# Unaliased: torch.compile re-emits these helpers under their own names.
+from arkernels.triton_kernels._common import dot, low, rnd
 
 # Run kinds of the layout (arkernels.masks.layout): FULL 0, RULE 1, BITS 2. The tile bodies take a constexpr
 # MODE: 0 FULL inside the key range (no mask work), 1 FULL on the last key tile when it crosses S (column

@@ -23,7 +23,8 @@ import triton
 import triton.language as tl
 
 from arkernels._outputs import new_output
-from arkernels.triton_kernels._common import dot, low, rnd  # unaliased: torch.compile re-emits helpers under their own names
+# Unaliased: torch.compile re-emits these helpers under their own names.
+from arkernels.triton_kernels._common import dot, low, rnd
 
 # Triton 3.8 marks tl.make_block_ptr deprecated in favour of TMA descriptors, which need 16-byte aligned
 # strides that a slice of a larger cache need not have; it is still supported.

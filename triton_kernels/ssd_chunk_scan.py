@@ -27,7 +27,8 @@ import triton
 import triton.language as tl
 
 from arkernels._outputs import new_output
-from arkernels.triton_kernels._common import dot, dot_acc, rnd  # unaliased: torch.compile re-emits helpers under their own names
+# Unaliased: torch.compile re-emits these helpers under their own names.
+from arkernels.triton_kernels._common import dot, dot_acc, rnd
 
 wrap_triton = torch.library.wrap_triton
 
