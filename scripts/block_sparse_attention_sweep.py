@@ -56,23 +56,29 @@ def variants(D: int, dtype) -> list[tuple[str, dict]]:
     if dev.type != "cuda":
         return [("default", base), ("16x16", dict(base, BLOCK_M=16, BLOCK_N=16))]
     out = [("default", base)]
-    # (BLOCK_M, BLOCK_N, warps, forward stages, dK/dV query sub-tile or None for the default's, dK/dV
-    # key-major). At D 128 the 64-key tiles put the key-major dK/dV dots on warpgroup MMAs (sub-tile 16 spills
-    # least); the 32-key tiling does so only query-major with a 64-row sub-tile (spilling ~400 B: sm_90a).
-    for bm, bn, w, fs, sub_m, km in [(128, 64, 8, 3, None, True), (128, 64, 8, 3, 16, True),
-                                     (128, 32, 8, 3, 64, False), (128, 64, 4, 3, None, True),
-                                     (128, 128, 8, 2, None, True), (64, 64, 4, 3, None, True),
-                                     (64, 32, 4, 3, None, True), (128, 32, 4, 3, None, True),
-                                     (64, 128, 4, 2, None, True), (128, 32, 8, 3, None, True),
-                                     (64, 16, 4, 3, 16, True)]:
+    # (BLOCK_M, BLOCK_N, warps, forward stages, dK/dV query sub-tile, dQ key sub-tile (None: the default's),
+    # dK/dV key-major). At D 128 the 64-key tiles put the key-major dK/dV dots on warpgroup MMAs (sub-tile 16
+    # spills least); the 32-key tiling does so only query-major with a 64-row sub-tile (spilling ~400 B: sm_90a).
+    # FlexAttention's backward shape (dK/dV: 128 keys x 64-query steps; dQ: 128 queries x 64-key steps) is left
+    # out: in these kernels it spills 600-1800 bytes per kernel at D 128 (sm_90a compile, cuobjdump), against
+    # 16-80 for the default.
+    for bm, bn, w, fs, sub_m, sub_n, km in [
+            (128, 64, 8, 3, None, None, True), (128, 64, 8, 3, 16, None, True), (128, 32, 8, 3, 64, None, False),
+            (128, 64, 4, 3, None, None, True), (128, 128, 8, 2, None, None, True), (64, 64, 4, 3, None, None, True),
+            (64, 32, 4, 3, None, None, True), (128, 32, 4, 3, None, None, True), (64, 128, 4, 2, None, None, True),
+            (128, 32, 8, 3, None, None, True), (64, 16, 4, 3, 16, None, True), (64, 32, 4, 2, None, None, True),
+            (64, 32, 8, 3, None, None, True)]:
         if D > 128 and bm * bn > 64 * 64:
             continue
         sub_m = min(base["BWD_SUB_M"] if sub_m is None else sub_m, bm)
+        sub_n = min(base["BWD_SUB_N"] if sub_n is None else sub_n, bn)
         cfg = dict(base, BLOCK_M=bm, BLOCK_N=bn, num_warps=w, FWD_STAGES=fs,
-                   BWD_SUB_M=sub_m, BWD_SUB_N=min(base["BWD_SUB_N"], bn), BWD_KEY_MAJOR=km)
-        if (bm, bn, w, fs, sub_m, km) != (base["BLOCK_M"], base["BLOCK_N"], base["num_warps"], base["FWD_STAGES"],
-                                          base["BWD_SUB_M"], base.get("BWD_KEY_MAJOR", True)):
-            out.append((f"{bm}x{bn} w{w} s{fs} sub{sub_m}{'' if km else ' qmaj'}", cfg))
+                   BWD_SUB_M=sub_m, BWD_SUB_N=sub_n, BWD_KEY_MAJOR=km)
+        if (bm, bn, w, fs, sub_m, sub_n, km) != (base["BLOCK_M"], base["BLOCK_N"], base["num_warps"],
+                                                 base["FWD_STAGES"], base["BWD_SUB_M"], base["BWD_SUB_N"],
+                                                 base.get("BWD_KEY_MAJOR", True)):
+            out.append((f"{bm}x{bn} w{w} s{fs} sub{sub_m}{'' if sub_n == base['BWD_SUB_N'] else f'/{sub_n}'}"
+                        f"{'' if km else ' qmaj'}", cfg))
     return out
 
 
