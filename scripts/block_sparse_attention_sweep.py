@@ -6,10 +6,11 @@ broken variant is reported, never timed as a winner).
     python scripts/block_sparse_attention_sweep.py [case ...] [--modes fwd,fwd+bwd] [--peers]
 
 case: var, scam, causal, sliding_window (default: all). Variants replace triton_kernels.block_sparse_attention's
-config() for the head dim of the case (the op builds the mask's layout at each variant's tiling); the list
-below starts with the current default. SWEEP_DEVICE=cpu with TRITON_INTERPRET=1: a smoke run at the benchmark's
-CPU cases (tiny tiles only). Then the Hopper CUDA forward (backend "cuda"): its four instances (schedule x
-ring slots, through libarkernels' tuning knobs) and, for fwd+bwd, with each Triton tiling's backward."""
+config() for the head dim of the case: each changes one kernel's slice shape, warps or stages on the default
+layout (forward shapes in mode fwd, backward shapes in fwd+bwd); the list starts with the current default.
+SWEEP_DEVICE=cpu with TRITON_INTERPRET=1: a smoke run at the benchmark's CPU cases (default only). Then the
+Hopper CUDA forward (backend "cuda"): its four instances (schedule x ring slots, through libarkernels' tuning
+knobs); for fwd+bwd also with each backward variant."""
 import argparse
 import os
 import sys
@@ -23,7 +24,7 @@ from bench.ops import bench_block_sparse_attention as bench
 from bench.timing import time_ms
 
 dev = torch.device(os.environ.get("SWEEP_DEVICE", "cuda"))
-DEFAULT_CONFIG, DEFAULT_CUDA_CONFIG = tk.config, tk.cuda_forward_config
+DEFAULT_CONFIG = tk.config
 
 
 _tuning = []
@@ -51,35 +52,53 @@ def _tuning_set(name: str, value: int) -> None:
         raise ValueError(f"unknown knob {name}")
 
 
-def variants(D: int, dtype) -> list[tuple[str, dict]]:
-    base = DEFAULT_CONFIG(D, dtype, dev)
-    if dev.type != "cuda":
-        return [("default", base), ("16x16", dict(base, BLOCK_M=16, BLOCK_N=16))]
-    out = [("default", base)]
-    # (BLOCK_M, BLOCK_N, warps, forward stages, dK/dV query sub-tile, dQ key sub-tile (None: the default's),
-    # dK/dV key-major). At D 128 the 64-key tiles put the key-major dK/dV dots on warpgroup MMAs (sub-tile 16
-    # spills least); the 32-key tiling does so only query-major with a 64-row sub-tile (spilling ~400 B: sm_90a).
-    # FlexAttention's backward shape (dK/dV: 128 keys x 64-query steps; dQ: 128 queries x 64-key steps) is left
-    # out: in these kernels it spills 600-1800 bytes per kernel at D 128 (sm_90a compile, cuobjdump), against
-    # 16-80 for the default.
-    for bm, bn, w, fs, sub_m, sub_n, km in [
-            (128, 64, 8, 3, None, None, True), (128, 64, 8, 3, 16, None, True), (128, 32, 8, 3, 64, None, False),
-            (128, 64, 4, 3, None, None, True), (128, 128, 8, 2, None, None, True), (64, 64, 4, 3, None, None, True),
-            (64, 32, 4, 3, None, None, True), (128, 32, 4, 3, None, None, True), (64, 128, 4, 2, None, None, True),
-            (128, 32, 8, 3, None, None, True), (64, 16, 4, 3, 16, None, True), (64, 32, 4, 2, None, None, True),
-            (64, 32, 8, 3, None, None, True)]:
-        if D > 128 and bm * bn > 64 * 64:
-            continue
-        sub_m = min(base["BWD_SUB_M"] if sub_m is None else sub_m, bm)
-        sub_n = min(base["BWD_SUB_N"] if sub_n is None else sub_n, bn)
-        cfg = dict(base, BLOCK_M=bm, BLOCK_N=bn, num_warps=w, FWD_STAGES=fs,
-                   BWD_SUB_M=sub_m, BWD_SUB_N=sub_n, BWD_KEY_MAJOR=km)
-        if (bm, bn, w, fs, sub_m, sub_n, km) != (base["BLOCK_M"], base["BLOCK_N"], base["num_warps"],
-                                                 base["FWD_STAGES"], base["BWD_SUB_M"], base["BWD_SUB_N"],
-                                                 base.get("BWD_KEY_MAJOR", True)):
-            out.append((f"{bm}x{bn} w{w} s{fs} sub{sub_m}{'' if sub_n == base['BWD_SUB_N'] else f'/{sub_n}'}"
-                        f"{'' if km else ' qmaj'}", cfg))
+# Candidate shapes per kernel at D <= 128 (warps, stages); D 256 keeps its default. All on the default layout
+# (128 x 128 on the GPU), so that a variant changes one kernel's slices and nothing else. The backward shapes
+# are those that compile without spills at sm_90a (scripts/block_sparse_attention_resources.py --candidates).
+FWD_SHAPES = [(64, 32, 4, 3), (64, 64, 4, 3), (128, 64, 8, 3), (128, 32, 8, 3), (64, 32, 4, 2)]
+DKDV_SHAPES = [(128, 32, 8, 2, True), (128, 32, 8, 3, True), (128, 64, 8, 2, True), (64, 64, 8, 2, True),
+               (64, 32, 4, 2, True), (64, 64, 4, 2, True), (32, 32, 4, 2, True), (32, 64, 4, 2, False)]
+DQ_SHAPES = [(128, 32, 8, 2), (128, 32, 8, 3), (128, 64, 8, 2), (64, 64, 8, 2), (64, 32, 4, 2), (64, 64, 4, 2),
+             (32, 32, 4, 2)]
+
+
+def _label(kernel: str, shape: tuple) -> str:
+    a, b, w, st = shape[:4]
+    return f"{kernel} {a}x{b} w{w} s{st}" + ("" if len(shape) < 5 or shape[4] else " qmaj")
+
+
+def forward_variants(D: int, dtype, device) -> list[tuple[str, dict]]:
+    base = DEFAULT_CONFIG(D, dtype, device)
+    if device.type != "cuda" or D > 128:
+        return []
+    out = []
+    for m, n, w, st in FWD_SHAPES:
+        cfg = dict(base, FWD_M=m, FWD_N=n, FWD_WARPS=w, FWD_STAGES=st)
+        if cfg != base:
+            out.append((_label("fwd", (m, n, w, st)), cfg))
     return out
+
+
+def backward_variants(D: int, dtype, device) -> list[tuple[str, dict]]:
+    base = DEFAULT_CONFIG(D, dtype, device)
+    if device.type != "cuda" or D > 128:
+        return []
+    out = []
+    for n, m, w, st, km in DKDV_SHAPES:
+        cfg = dict(base, DKDV_N=n, DKDV_M=m, DKDV_WARPS=w, DKDV_STAGES=st, DKDV_KEY_MAJOR=km)
+        if cfg != base:
+            out.append((_label("dkdv", (n, m, w, st, km)), cfg))
+    for m, n, w, st in DQ_SHAPES:
+        cfg = dict(base, DQ_M=m, DQ_N=n, DQ_WARPS=w, DQ_STAGES=st)
+        if cfg != base:
+            out.append((_label("dq", (m, n, w, st)), cfg))
+    return out
+
+
+def variants(D: int, dtype, mode: str) -> list[tuple[str, dict]]:
+    """The default first, then the forward's shapes (mode fwd) or each backward kernel's in turn (fwd+bwd)."""
+    more = forward_variants(D, dtype, dev) if mode == "fwd" else backward_variants(D, dtype, dev)
+    return [("default", DEFAULT_CONFIG(D, dtype, dev))] + more
 
 
 def _time_variant(label: str, name: str, provider: str, case, sets, oracle) -> None:
@@ -105,19 +124,17 @@ def run_case(case, peers: bool, keep: set[str] | None = None):
     oracle = bench._oracle(case, sets[0])
     B, H, L, D = case.shape
     label = f"{case.params['name']} {case.mode} {case.shape}"
-    for name, cfg in variants(D, case.dtype):
+    for name, cfg in variants(D, case.dtype, case.mode):
         if keep is not None and name != "default" and name not in keep:
             continue
         tk.config = lambda D_, dtype_, device_, cfg=cfg: cfg  # noqa: E731
         try:
             _time_variant(label, name, "arkernels-triton", case, sets, oracle)
-            # fwd+bwd: the CUDA forward with this tiling's Triton backward (the CUDA kernel takes any
-            # 128 x block_k layout with block_k dividing 128; backend "cuda" lays out at cuda_forward_config).
-            if case.mode != "fwd" and cfg["BLOCK_M"] == 128 and 128 % cfg["BLOCK_N"] == 0:
-                tk.cuda_forward_config = tk.config
+            # fwd+bwd: the CUDA forward with this variant's Triton backward (same layout).
+            if case.mode != "fwd" and D in (64, 128) and (name == "default" or name.startswith(("dkdv", "dq"))):
                 _time_variant(label, f"{name} +cuda fwd", "arkernels-cuda", case, sets, oracle)
         finally:
-            tk.config, tk.cuda_forward_config = DEFAULT_CONFIG, DEFAULT_CUDA_CONFIG
+            tk.config = DEFAULT_CONFIG
     # The Hopper CUDA forward's instances (with the default tiling's Triton backward).
     for schedule, stages in ((1, 2), (1, 3), (2, 2), (2, 3)):
         if keep is not None and f"cuda s{schedule} x{stages}" not in keep:
@@ -147,7 +164,7 @@ def main():
     p.add_argument("--modes", default="fwd,fwd+bwd")
     p.add_argument("--peers", action="store_true", help="also time flex and sdpa on each case")
     p.add_argument("--variants", default="", help="comma-separated variant names to time besides the default "
-                   "(e.g. '64x32 w4 s3 sub32,cuda s2 x2'); empty: all")
+                   "(e.g. 'dkdv 128x64 w8 s2,cuda s2 x2'); empty: all")
     args = p.parse_args()
     modes = args.modes.split(",")
     for case in bench.cases(dev, quick=False):

@@ -12,33 +12,18 @@ timings still need the GPU.
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
 import sys
-import tempfile
 import warnings
 
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
+from arkernels.testing.triton_compile import cubin_resources
 from arkernels.triton_kernels import ssd_chunk_scan as tk
 
 SMEM_LIMIT = 232448  # bytes per block on sm_90 (227 KB)
 TORCH_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
-
-
-def _cuobjdump() -> str:
-    return os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
-
-
-def _resources(cubin: bytes) -> dict:
-    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
-        f.write(cubin)
-        f.flush()
-        out = subprocess.run([_cuobjdump(), "-res-usage", f.name], capture_output=True, text=True).stdout
-    line = next((x for x in out.splitlines() if "REG:" in x), "")
-    return dict(kv.split(":") for kv in line.split() if ":" in kv)
 
 
 def _signature(fn, dtype: str, consts: dict) -> tuple[dict, dict]:
@@ -122,7 +107,7 @@ def main(argv=None) -> int:
                     failures += 1
                     print(f"{name:7s} {dtype:5s} {n:4d}  COMPILE ERROR {type(err).__name__}: {str(err)[:200]}")
                     continue
-                res = _resources(k.asm["cubin"])
+                res = cubin_resources(k.asm["cubin"])
                 smem = k.metadata.shared
                 flag = "  > 227 KB: launch fails" if smem > SMEM_LIMIT else ""
                 failures += bool(flag)

@@ -6,7 +6,7 @@ GPU cases are unchecked).
 Providers:
 * ``arkernels-triton``: the op with the mask (a Mask; its layout is built once, outside the timing).
 * ``arkernels-cuda``: the Hopper CUDA forward (wgmma + TMA; backend "cuda") with the Triton backward, on the
-  layout at the CUDA forward's tiling (``cuda_tiling``).
+  same layout as the Triton provider's (``cuda_tiling`` = ``tiling``: 128 x 128).
 * ``arkernels-cpu``: the cpu backend (PyTorch over query tiles), at the CPU cases.
 * ``flex``: ``torch.compile(flex_attention)`` with ``arkernels.masks.to_flex_block_mask(mask, 128)`` (the
   same mask: FULL tiles as full blocks, partial tiles through a mask_mod evaluating our rule).

@@ -15,6 +15,7 @@
 #include <cstring>
 #include <functional>
 #include <random>
+#include <utility>
 #include <vector>
 
 #ifdef ARKERNELS_TEST_CUDA
@@ -542,8 +543,9 @@ void test_cuda_matches_cpu() {
   }
   unsigned seed = 1000;
   // Strides the CUDA forward takes (multiples of 8 elements): (B, H, N, D), (B, N, H, D), rows padded by 8.
-  for (const int64_t D : {int64_t(128), int64_t(64)}) {
-    const int32_t bk = D == 128 ? 32 : 64;
+  // Key tiles: the earlier defaults (32 at D 128, 64 at D 64) and 128, the layout the Python op now builds
+  // for every kernel (one 128-key tile per chunk).
+  for (const auto& [D, bk] : {std::pair<int64_t, int32_t>{128, 128}, {128, 32}, {64, 128}, {64, 64}}) {
     if (!ark_block_sparse_attention_cuda_supported(D, 128, bk, ARK_BFLOAT16)) {
       std::printf("CUDA forward does not run head_dim %lld at 128 x %d on this device: CUDA checks skipped\n",
                   (long long)D, bk);
@@ -587,7 +589,8 @@ void test_cuda_matches_cpu() {
       for (const int stages : {2, 3}) {
         ark_tuning_set("bsa_fwd_schedule", schedule);
         ark_tuning_set("bsa_fwd_stages", stages);
-        std::printf("CUDA forward, head_dim %lld, schedule %d, %d slots:\n", (long long)D, schedule, stages);
+        std::printf("CUDA forward, head_dim %lld, 128 x %d tiles, schedule %d, %d slots:\n", (long long)D, bk, schedule,
+                    stages);
         const int before = g_failures;
         for (const Problem& p : problems) {
           check_cuda(p, ARK_BFLOAT16);

@@ -523,34 +523,39 @@ def test_cpu_backend_on_cuda_raises():
 
 @pytest.mark.skipif(not _backends.triton_available(), reason="triton not installed")
 def test_triton_configs_by_layout_tiling():
-    """The Triton kernels run a layout at their own tiling or at the CUDA forward's (its backward), and name both
-    when refusing another. Pure Python over the config tables: no GPU needed."""
+    """Every kernel's slices are powers of two >= 16 dividing the layout's tile, for the default tiling and for
+    any other tiling of powers of two (slices larger than a tile shrink to it); other tilings are refused. Pure
+    Python over the config tables: no GPU needed."""
     from arkernels.triton_kernels import block_sparse_attention as tk
 
-    for D in (64, 128):
-        own, cuda = tk.config(D, BF16, "cuda"), tk.cuda_forward_config(D, BF16, "cuda")
-        assert (cuda["BLOCK_M"], 128 % cuda["BLOCK_N"]) == (128, 0) and own["BLOCK_M"] != 128
-        for cfg in (own, cuda):
-            assert tk.config_for_layout(D, BF16, "cuda", cfg["BLOCK_M"], cfg["BLOCK_N"]) == cfg
-        with pytest.raises(ValueError, match=rf"\({own['BLOCK_M']}, {own['BLOCK_N']}\) or \(128, {cuda['BLOCK_N']}\)"
-                                             r".*got one at \(16, 16\)"):
-            tk.config_for_layout(D, BF16, "cuda", 16, 16)
-    assert tk.cuda_forward_config(256, BF16, "cuda") is None and tk.cuda_forward_config(64, BF16, "cpu") is None
-    with pytest.raises(ValueError, match=r"expected a layout at the kernel's tiling \(32, 16\), got one at \(64, 32\)"):
-        tk.config_for_layout(64, BF16, "cpu", 64, 32)
+    for device in ("cuda", "cpu"):
+        for D in (16, 64, 128, 256):
+            for dtype in (FP32, BF16):
+                base = tk.config(D, dtype, device)
+                for bq, bk in ((base["BLOCK_M"], base["BLOCK_N"]), (16, 16), (16, 256), (256, 32)):
+                    cfg = tk.config_for_layout(D, dtype, device, bq, bk)
+                    assert (cfg["BLOCK_M"], cfg["BLOCK_N"]) == (bq, bk)
+                    for name in tk.SLICES:
+                        n, tile = cfg[name], bq if name in ("FWD_M", "DKDV_M", "DQ_M") else bk
+                        assert n >= 16 and n & (n - 1) == 0 and tile % n == 0, (device, D, name, n, tile)
+                        assert n == min(base[name], tile), (device, D, name)
+    for bad in ((48, 32), (8, 16), (64, 0)):
+        with pytest.raises(ValueError, match=rf"powers of two >= 16.*got one at \({bad[0]}, {bad[1]}\)"):
+            tk.config_for_layout(64, BF16, "cuda", *bad)
 
 
 def check_layout_at_another_tiling_raises(device):
-    """The Triton backend refuses a TileLayout built at another tiling than its kernels' (run on CUDA here and
-    through the interpreter by test_block_sparse_attention_triton_interpreter.py: the cpu backend takes any
-    tiling, so plain CPU runs have no backend to check)."""
+    """The Triton backend refuses a TileLayout at a tiling that is not of powers of two >= 16, naming the
+    default (run on CUDA here and through the interpreter by test_block_sparse_attention_triton_interpreter.py:
+    the cpu backend takes any tiling, so plain CPU runs have no backend to check)."""
     q, k, v = (t.to(device) for t in _qkv())
     from arkernels.ops.block_sparse_attention import tiling
 
     bq, bk = tiling(16, FP32, device)
-    lay = M.causal(8, 8).layout(bq * 2, bk, device)
-    with pytest.raises(ValueError, match=rf"mask.*tiling.*\({bq}, {bk}\).*\({2 * bq}, {bk}\)"):
-        arkernels.block_sparse_attention(q, k, v, lay, backend="triton")
+    for bad in ((bq + 16, bk), (bq, 8)):
+        lay = M.causal(8, 8).layout(*bad, device)
+        with pytest.raises(ValueError, match=rf"mask.*powers of two >= 16.*got \({bad[0]}, {bad[1]}\).*\({bq}, {bk}\)"):
+            arkernels.block_sparse_attention(q, k, v, lay, backend="triton")
 
 
 @gpu
@@ -603,45 +608,6 @@ def test_hand_built_layout_is_validated_once(rng):
 
 # ---- the Triton kernels compile for the GPU (no GPU needed: triton.compile for an sm_90a target) ----
 
-def _compile_for_sm90(kernel_name, D, dtype):
-    """triton.compile of one kernel at the GPU config of (D, dtype), every rule flag on (the largest
-    variant); returns its shared memory in bytes."""
-    import triton
-
-    from arkernels.testing.triton_compile import compile_for_sm90
-    from arkernels.triton_kernels import block_sparse_attention as tk
-
-    cfg = tk.config(D, dtype, "cuda")
-    block_d = max(16, triton.next_power_of_2(D))
-    consts = dict(HAS_RULE=True, HAS_WINDOW=True, HAS_DOC=True, HAS_GROUP=True, N_WORDS=-(-cfg["BLOCK_N"] // 32),
-                  BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_D=block_d, EVEN_D=block_d == D, PREC="tf32")
-    fn = getattr(tk, kernel_name)
-    if kernel_name.endswith("dq_kernel"):
-        consts["SUB_N"] = cfg["BWD_SUB_N"]
-    elif kernel_name.endswith("dkdv_kernel"):
-        consts["SUB_M"] = cfg["BWD_SUB_M"]
-        consts["KEY_MAJOR"] = cfg.get("BWD_KEY_MAJOR", True)
-    elif kernel_name.endswith("preprocess_kernel"):
-        consts = dict(HAS_DLSE=True, BLOCK_M=max(16, 4096 // block_d), BLOCK_D=block_d)
-    elem = {FP32: "*fp32", BF16: "*bf16", FP16: "*fp16"}[dtype]
-
-    def arg_type(name):
-        if name in consts:
-            return "constexpr"
-        if name in ("p_lse", "p_delta", "p_dlse"):
-            return "*fp32"
-        if name.startswith("p_"):
-            return "*i32" if name not in ("p_q", "p_k", "p_v", "p_o", "p_do", "p_dq", "p_dk", "p_dv") else elem
-        return "fp32" if name in ("qk_scale", "scale") else "i32"
-
-    stages = cfg["FWD_STAGES"] if "fwd" in kernel_name else cfg["BWD_STAGES"]
-    compiled = compile_for_sm90(fn, {name: arg_type(name) for name in fn.arg_names if name not in consts}, consts,
-                                num_warps=cfg["num_warps"], num_stages=stages)
-    return compiled.metadata.shared
-
-
-KERNELS = ["_block_sparse_attention_fwd_kernel", "_block_sparse_attention_bwd_preprocess_kernel",
-           "_block_sparse_attention_bwd_dkdv_kernel", "_block_sparse_attention_bwd_dq_kernel"]
 COMPILE_CASES = [pytest.param(128, BF16, id="d128-bf16"),
                  pytest.param(64, FP16, id="d64-fp16", marks=pytest.mark.slow),
                  pytest.param(256, BF16, id="d256-bf16", marks=pytest.mark.slow),
@@ -651,13 +617,15 @@ COMPILE_CASES = [pytest.param(128, BF16, id="d128-bf16"),
 
 @pytest.mark.skipif(_backends.triton_interpreted(), reason="compiles for the GPU: run without TRITON_INTERPRET")
 @pytest.mark.parametrize("D,dtype", COMPILE_CASES)
-@pytest.mark.parametrize("kernel", KERNELS, ids=lambda k: k.split("_")[-2])
+@pytest.mark.parametrize("kernel", ["fwd", "preprocess", "dkdv", "dq"])
 def test_triton_kernels_compile_for_sm90(kernel, D, dtype):
     """Catches GPU-only compile errors where CI has no GPU (the interpreter accepts more than the compiler);
     the shared memory must fit an H100/H200 block (227 KB)."""
     if not _backends.triton_available():
         pytest.skip("triton is not installed")
-    assert _compile_for_sm90(kernel, D, dtype) <= 227 * 1024
+    from arkernels.testing.block_sparse_attention_compile import compile_kernel
+
+    assert compile_kernel(kernel, D, dtype).metadata.shared <= 227 * 1024
 
 
 # ---- the Triton backend on the GPU ----
@@ -841,11 +809,11 @@ def test_cuda_and_triton_agree(rng):
 
 @gpu
 @hopper
-def test_auto_takes_cuda_for_inference_at_d128_only(rng):
-    """"auto" runs the CUDA forward without gradients at D 128 (bit-equal to backend "cuda"), and Triton with
-    gradients or at D 64 (bit-equal to backend "triton"); the two kernels' outputs differ in rounding."""
+def test_auto_takes_cuda_at_d128_only(rng):
+    """"auto" runs the CUDA forward at D 128, with or without gradients (bit-equal to backend "cuda"), and Triton
+    at D 64 (bit-equal to backend "triton"); the two kernels' outputs differ in rounding."""
     mask = _gpu_mask("var", 680, 680, rng)
-    for D, grad, want in ((128, False, "cuda"), (128, True, "triton"), (64, False, "triton")):
+    for D, grad, want in ((128, False, "cuda"), (128, True, "cuda"), (64, False, "triton"), (64, True, "triton")):
         q, k, v = (torch.randn(1, 2, 680, D, generator=rng).to("cuda", BF16).requires_grad_(grad) for _ in range(3))
         with torch.set_grad_enabled(grad):
             got = {b: arkernels.block_sparse_attention(q, k, v, mask, backend=b) for b in ("auto", "cuda", "triton")}

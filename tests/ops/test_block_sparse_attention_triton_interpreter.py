@@ -2,8 +2,8 @@
 
 Run separately, with the variable set before triton is imported (scripts/run_tests.sh):
     TRITON_INTERPRET=1 python -m pytest tests/ops/test_block_sparse_attention_triton_interpreter.py
-Tiny sizes only (the interpreter runs every program in numpy; its tiles are 32 x 16, so a few hundred
-tokens already cross many tiles of every kind), but every feature: each mask kind (FULL, RULE with
+Tiny sizes only (the interpreter runs every program in numpy; its layout tiles are 32 x 32, each kernel
+cutting them in 16 x 16 slices, so a few hundred tokens already cross many tiles of every kind), but every feature: each mask kind (FULL, RULE with
 window / groups / documents, BITS), edge tiles (L, S not multiples of the tiles), L != S, L = 1, empty
 rows and an empty mask, GQA, head dims 16, 40, 64, 128, 256, fp32 and bf16, strided k / v, the lse
 output and its gradient. Same contract as test_block_sparse_attention.py (whose `check` runs here):
@@ -64,14 +64,21 @@ def test_triton_interpreted_matches_reference(name, rng):
     check("triton", mask, B=B, Hq=Hq, Hkv=Hkv, L=L, S=S, D=D, dtype=dtype, rng=rng)
 
 
-@pytest.mark.parametrize("mask", ["from_dense", "scam", "sliding_window"])
-def test_triton_interpreted_other_tiling(mask, monkeypatch, rng):
-    """Tiles 16 x 64 (the GPU's key tile: two bitmap words per row), the backward split into 16-row and
-    32-key sub-tiles: the kernels follow whatever tiling config() gives and the layout is built at it."""
+def _cpu_config(**changes):
     from arkernels.triton_kernels import block_sparse_attention as tk
 
-    monkeypatch.setattr(tk, "config", lambda D, dtype, device: dict(
-        BLOCK_M=16, BLOCK_N=64, BWD_SUB_M=16, BWD_SUB_N=32, num_warps=4, FWD_STAGES=1, BWD_STAGES=1))
+    return dict(tk.config(16, FP32, "cpu"), **changes)
+
+
+@pytest.mark.parametrize("mask", ["from_dense", "scam", "sliding_window"])
+def test_triton_interpreted_other_tiling(mask, monkeypatch, rng):
+    """Tiles 16 x 64 (two bitmap words per row), each kernel cutting them differently: forward 16 rows x
+    32-key steps, dK/dV 32 keys x 16-row steps, dQ 16 rows x 16-key steps; the layout is built at the tiling
+    config() gives."""
+    from arkernels.triton_kernels import block_sparse_attention as tk
+
+    cfg = _cpu_config(BLOCK_M=16, BLOCK_N=64, FWD_M=16, FWD_N=32, DKDV_N=32, DKDV_M=16, DQ_M=16, DQ_N=16)
+    monkeypatch.setattr(tk, "config", lambda D, dtype, device: cfg)
     L = {"from_dense": 70, "scam": 120, "sliding_window": 150}[mask]
     check("triton", mask, B=1, Hq=2, Hkv=1, L=L, S=L, D=16, dtype=FP32, rng=rng)
 
@@ -79,13 +86,25 @@ def test_triton_interpreted_other_tiling(mask, monkeypatch, rng):
 @pytest.mark.parametrize("mask", ["from_dense", "scam", "sliding_window", "document"])
 def test_triton_interpreted_dkdv_query_major(mask, monkeypatch, rng):
     """The dK/dV kernel's other orientation (S query-major, dK and dV accumulated transposed: the GPU's choice
-    where the key tile is below 64), over bitmaps, groups, windows and documents, with GQA."""
+    where the key slice is below 64), over bitmaps, groups, windows and documents, with GQA."""
     from arkernels.triton_kernels import block_sparse_attention as tk
 
-    monkeypatch.setattr(tk, "config", lambda D, dtype, device: dict(
-        BLOCK_M=32, BLOCK_N=16, BWD_SUB_M=16, BWD_SUB_N=16, num_warps=4, FWD_STAGES=1, BWD_STAGES=1,
-        BWD_KEY_MAJOR=False))
+    cfg = _cpu_config(DKDV_KEY_MAJOR=False)
+    monkeypatch.setattr(tk, "config", lambda D, dtype, device: cfg)
     check("triton", mask, B=1, Hq=2, Hkv=1, L=78, S=78, D=16, dtype=FP32, rng=rng)
+
+
+@pytest.mark.parametrize("mask", ["from_dense", "causal", "document"])
+def test_triton_interpreted_layout_at_another_tiling(mask, rng):
+    """A TileLayout at another tiling of powers of two than the default (16 x 64 here, and 64 x 16) gives the
+    same results as the Mask laid out by the op: the kernels cut whatever tiles they get."""
+    L, D = 90, 16
+    m = make_mask(mask, L, L, rng)
+    q, k, v = (torch.randn(1, 2, L, D, generator=rng) for _ in range(3))
+    want = arkernels.block_sparse_attention(q, k, v, m, backend="triton")
+    for tiles in ((16, 64), (64, 16)):
+        got = arkernels.block_sparse_attention(q, k, v, m.layout(*tiles, "cpu"), backend="triton")
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
 def test_triton_interpreted_strided_kv_scale_no_lse(rng):

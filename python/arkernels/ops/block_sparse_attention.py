@@ -4,8 +4,8 @@ VAR block-causal, ACDiT SCAM, documents, trees, any dense mask), forward and bac
 Backends: "triton" runs ``arkernels::block_sparse_attention_triton`` (triton_kernels/block_sparse_attention.py)
 on CUDA tensors (or CPU tensors under TRITON_INTERPRET=1); "cuda" runs ``arkernels::block_sparse_attention_fwd``
 (csrc/torch/block_sparse_attention.cpp: the C API's Hopper kernel, wgmma + TMA) on CUDA tensors, with the
-layout at its own 128-row tiling (``cuda_tiling``) and the Triton backward on that same layout ("auto" takes it
-for inference at D 128, see _auto_takes_cuda); "cpu" runs ``arkernels::block_sparse_attention_cpu``, a PyTorch path over
+Triton backward on the same layout (both take the 128 x 128 layout a Mask gets on the GPU; "auto" takes it at
+D 128, see _auto_takes_cuda); "cpu" runs ``arkernels::block_sparse_attention_cpu``, a PyTorch path over
 query tiles that walks the same tile layout (never builds the L x S mask; fp32 math, a Python loop over query
 tiles); "reference" the dense PyTorch definition (builds the (B, Hq, L, S) scores and the L x S mask). The ops
 take the layout's tensors and ints (the public function unpacks the layout) and have autograd (and fake
@@ -29,6 +29,7 @@ from arkernels.reference.block_sparse_attention import block_sparse_attention_re
 OP = "block_sparse_attention_triton"
 NATIVE_OP = "block_sparse_attention_fwd"  # the C++ op (C API: CPU kernel, Hopper CUDA kernel)
 CUDA_HEAD_DIMS = (64, 128)  # what the Hopper kernel supports (also bf16 / fp16 only, sm_90 only)
+CUDA_BLOCK_Q = 128  # the Hopper kernel's query tile; its key tile divides its 128-key chunk
 MAX_HEAD_DIM = 256
 CPU_TILING = (128, 128)  # the cpu backend's default layout tiling (it accepts a layout at any tiling)
 _GRID_LIMIT = 65535  # heads and batch rows are grid dimensions 1 and 2 of the kernels
@@ -41,14 +42,15 @@ def block_sparse_attention(q, k, v, mask, scale=None, return_lse=False, backend=
         q: (B, Hq, L, D), float16 / bfloat16 / float32 (fp32 is computed with tf32 dots on the GPU).
         k, v: (B, Hkv, S, D), q's dtype and device; Hq a multiple of Hkv (grouped-query attention:
             q head h reads kv head h // (Hq / Hkv)).
-        mask: an arkernels.masks.Mask of shape (L, S) (its layout is requested at the chosen kernel's
-            tiling: ``tiling(D, dtype, device)`` for Triton, ``cuda_tiling(D, dtype, device)`` for the
-            CUDA forward), or directly a masks.layout.TileLayout built at one of them, on q's device.
-            True = the query may attend to the key; shared by every batch row and head.
+        mask: an arkernels.masks.Mask of shape (L, S) (laid out at ``backend_tiling(backend, D, dtype,
+            device)``: 128 x 128 on the GPU for D <= 128), or directly a masks.layout.TileLayout on q's
+            device: the Triton kernels take any tiling of powers of two >= 16, the CUDA forward 128 query
+            rows by 16, 32, 64 or 128 keys. True = the query may attend to the key; shared by every batch row
+            and head.
         scale: softmax scale, default 1 / sqrt(D).
         return_lse: also return the log-sum-exp (natural log) of the scaled visible scores.
-        backend: "auto" (on CUDA tensors: "cuda" for inference at D 128 where it runs, else triton; cpu on
-            CPU tensors, or triton there under TRITON_INTERPRET=1), "triton", "cuda", "cpu" or "reference".
+        backend: "auto" (on CUDA tensors: "cuda" at D 128 where it runs, else triton; cpu on CPU tensors, or
+            triton there under TRITON_INTERPRET=1), "triton", "cuda", "cpu" or "reference".
             "cuda" is the Hopper CUDA forward (sm_90 GPU, bfloat16 / float16, D 64 or 128; anything else
             raises ValueError) with the Triton backward on its layout.
 
@@ -73,41 +75,32 @@ def block_sparse_attention(q, k, v, mask, scale=None, return_lse=False, backend=
         return (out, lse) if return_lse else out
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
     if chosen == "cpu":
-        lay = _layout(mask, [CPU_TILING], q.device, any_tiling=True)
+        lay = _layout(mask, CPU_TILING, q.device, lambda bq, bk: True, "any")
         out, lse = torch.ops.arkernels.block_sparse_attention_cpu(q, k, v, *_layout_args(lay), scale)
     elif chosen == "cuda":
-        # At the CUDA forward's tiling; its backward is the Triton one on this same layout.
-        lay = _layout(mask, [cuda_tiling(D, q.dtype, q.device)], q.device)
+        # Its backward is the Triton one on this same layout.
+        lay = _layout(mask, cuda_tiling(D, q.dtype, q.device), q.device, _cuda_takes_tiling, CUDA_TILINGS_TEXT)
         out, lse = torch.ops.arkernels.block_sparse_attention_fwd(q, k, v, *_layout_args(lay), scale)
     else:
-        # A Mask is laid out at the Triton tiling; a TileLayout may also be at the CUDA forward's.
-        tilings = [tiling(D, q.dtype, q.device)]
-        if _tk_cuda_config(D, q.dtype, q.device) is not None:
-            tilings.append(cuda_tiling(D, q.dtype, q.device))
-        lay = _layout(mask, tilings, q.device)
+        lay = _layout(mask, tiling(D, q.dtype, q.device), q.device, _triton_takes_tiling, TRITON_TILINGS_TEXT)
         out, lse = torch.ops.arkernels.block_sparse_attention_triton(q, k, v, *_layout_args(lay), scale)
     return (out, lse) if return_lse else out
 
 
 def _auto_takes_cuda(q, k, v, mask, D: int) -> bool:
-    """Whether "auto" runs the Hopper CUDA forward: only for inference (no gradient needed) at D 128, where it
-    was the fastest forward on every benchmark mask (H200: causal 0.60 ms vs 0.88 for the best Triton, SCAM
-    0.51 vs 0.85, sliding window 0.43 vs 0.47). With a backward, the Triton pair at its own tiling is faster
-    (the 128-row layout the CUDA forward needs makes the Triton backward 1.5-1.7x slower); at D 64 the Triton
-    forward was faster (VAR 0.147 vs 0.193 ms). A TileLayout decides by its tiling."""
-    if D not in CUDA_HEAD_DIMS or q.device.type != "cuda":
+    """Whether "auto" runs the Hopper CUDA forward: at D 128, where it was the fastest forward on every
+    benchmark mask (H200: causal 0.60 ms vs 0.88 for the best Triton, SCAM 0.51 vs 0.85, sliding window 0.43
+    vs 0.47), with or without a backward (the Triton backward runs on the same layout either way); at D 64
+    the Triton forward was faster (VAR 0.147 vs 0.193 ms). A TileLayout must also be at a tiling it takes."""
+    if D != 128 or q.device.type != "cuda" or _cuda_unavailable_reason(D, q.dtype, q.device) is not None:
         return False
-    if isinstance(mask, TileLayout):
-        tile = (mask.block_q, mask.block_k)
-        return tile == cuda_tiling(D, q.dtype, q.device) and tile != tiling(D, q.dtype, q.device) and \
-            _cuda_unavailable_reason(D, q.dtype, q.device) is None
-    needs_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
-    return not needs_grad and D == 128 and _cuda_unavailable_reason(D, q.dtype, q.device) is None
+    return not isinstance(mask, TileLayout) or _cuda_takes_tiling(mask.block_q, mask.block_k)
 
 
 def tiling(D: int, dtype: torch.dtype, device) -> tuple[int, int]:
-    """(block_q, block_k) of the Triton kernels for head dim D: the tiling of a TileLayout passed as `mask`
-    to backend "triton" (which also takes one at ``cuda_tiling``)."""
+    """(block_q, block_k) at which backend "triton" lays out a Mask for head dim D (128 x 128 on the GPU at
+    D <= 128; the kernels cut it into their own slices). A TileLayout passed as `mask` may have any tiling of
+    powers of two >= 16."""
     from arkernels.triton_kernels.block_sparse_attention import config
 
     cfg = config(D, dtype, torch.device(device))
@@ -121,19 +114,29 @@ def backend_tiling(backend: str, D: int, dtype: torch.dtype, device) -> tuple[in
     return cuda_tiling(D, dtype, device) if backend == "cuda" else tiling(D, dtype, device)
 
 
-def _tk_cuda_config(D: int, dtype: torch.dtype, device) -> dict | None:
-    from arkernels.triton_kernels.block_sparse_attention import cuda_forward_config
-
-    return cuda_forward_config(D, dtype, torch.device(device))
-
-
 def cuda_tiling(D: int, dtype: torch.dtype, device) -> tuple[int, int]:
-    """(block_q, block_k) of the Hopper CUDA forward (D 64 / 128 on CUDA devices): the tiling of a TileLayout
-    passed to backend "cuda"; its Triton backward runs on the same layout."""
-    cfg = _tk_cuda_config(D, dtype, device)
-    if cfg is None:
+    """(block_q, block_k) at which backend "cuda" lays out a Mask (D 64 / 128 on CUDA devices): the Triton
+    tiling, which the CUDA forward takes; its Triton backward runs on the same layout."""
+    if torch.device(device).type != "cuda" or D not in CUDA_HEAD_DIMS:
         raise ValueError(f"the CUDA forward has no tiling for D = {D} on {device} (D 64 or 128 on a CUDA device)")
-    return cfg["BLOCK_M"], cfg["BLOCK_N"]
+    block_q, block_k = tiling(D, dtype, device)
+    assert _cuda_takes_tiling(block_q, block_k), (block_q, block_k)
+    return block_q, block_k
+
+
+def _triton_takes_tiling(block_q: int, block_k: int) -> bool:
+    from arkernels.triton_kernels.block_sparse_attention import MIN_TILE
+
+    return all(n >= MIN_TILE and n & (n - 1) == 0 for n in (block_q, block_k))
+
+
+def _cuda_takes_tiling(block_q: int, block_k: int) -> bool:
+    """The CUDA forward's query tile, a key tile dividing its 128-key chunk, and one its Triton backward takes."""
+    return block_q == CUDA_BLOCK_Q and 128 % block_k == 0 and _triton_takes_tiling(block_q, block_k)
+
+
+TRITON_TILINGS_TEXT = "powers of two >= 16"
+CUDA_TILINGS_TEXT = "block_q 128 and block_k 16, 32, 64 or 128"
 
 
 # ---- validation and backend choice ----
@@ -189,14 +192,16 @@ def _cuda_reason_uncached(D: int, dtype: torch.dtype, device: torch.device) -> s
         return (f"the CUDA kernel needs a Hopper GPU (sm_90: wgmma, TMA), got sm_{major}{minor} "
                 f"({torch.cuda.get_device_name(device)}) (use 'triton')")
     block_q, block_k = cuda_tiling(D, dtype, device)
+    # The default tiling stands for every tiling the CUDA forward takes: the kernel's instances differ by D and
+    # dtype only (its key tile is a runtime value).
     if not torch.ops.arkernels.block_sparse_attention_cuda_supported(D, block_q, block_k, dtype, device):
         return (f"the CUDA kernel does not run D = {D}, {str(dtype).replace('torch.', '')}, tiling {block_q} x "
                 f"{block_k} on {device} (libarkernels built without sm_90a?) (use 'triton')")
     return None
 
 
-def _layout(mask, tilings: list[tuple[int, int]], device: torch.device, any_tiling: bool = False) -> TileLayout:
-    """A Mask's layout at tilings[0], or a TileLayout checked against the accepted tilings."""
+def _layout(mask, default: tuple[int, int], device: torch.device, takes, takes_text: str) -> TileLayout:
+    """A Mask's layout at `default`, or a TileLayout whose tiling the backend takes (takes(block_q, block_k))."""
     if isinstance(mask, TileLayout):
         lay = mask
         # The kernels trust a layout's indices (checking them per call would need device syncs): a layout
@@ -204,13 +209,12 @@ def _layout(mask, tilings: list[tuple[int, int]], device: torch.device, any_tili
         if not lay.stats.get("validated") and not torch.compiler.is_compiling():
             lay.validate()
             lay.stats["validated"] = True
-        if not any_tiling and (lay.block_q, lay.block_k) not in tilings:
-            want = " or ".join(f"({bq}, {bk})" for bq, bk in tilings)
-            raise ValueError(f"mask: expected a TileLayout at the kernel's tiling (block_q, block_k) = {want} "
-                             f"(see block_sparse_attention.tiling / cuda_tiling), got ({lay.block_q}, "
-                             f"{lay.block_k}); pass the Mask itself to let the op build it")
+        if not takes(lay.block_q, lay.block_k):
+            raise ValueError(f"mask: expected a TileLayout at a tiling (block_q, block_k) of {takes_text} for this "
+                             f"backend, got ({lay.block_q}, {lay.block_k}); pass the Mask itself to let the op "
+                             f"build it (at {default})")
     else:
-        lay = mask.layout(*tilings[0], device)
+        lay = mask.layout(*default, device)
     if lay.q_runs.device != device:
         raise ValueError(f"mask: expected a layout on {device} like q, got one on {lay.q_runs.device} "
                          "(use layout.to(device) once, outside the step)")
