@@ -56,6 +56,9 @@ def _tuning_set(name: str, value: int) -> None:
 # (128 x 128 on the GPU), so that a variant changes one kernel's slices and nothing else. The backward shapes
 # are those that compile without spills at sm_90a (scripts/block_sparse_attention_resources.py --candidates).
 FWD_SHAPES = [(64, 32, 4, 3), (64, 64, 4, 3), (128, 64, 8, 3), (128, 32, 8, 3), (64, 32, 4, 2)]
+# The forward at 64 x 32 takes ~240 registers (2 programs per SM); capped at 168 it compiles without spills at
+# D 64 (3 per SM): for short sequences (VAR), where nothing hides a program's latency but other programs.
+FWD_MAXNREG = {64: 168}
 DKDV_SHAPES = [(128, 32, 8, 2, True), (128, 32, 8, 3, True), (128, 64, 8, 2, True), (64, 64, 8, 2, True),
                (64, 32, 4, 2, True), (64, 64, 4, 2, True), (32, 32, 4, 2, True), (32, 64, 4, 2, False)]
 DQ_SHAPES = [(128, 32, 8, 2), (128, 32, 8, 3), (128, 64, 8, 2), (64, 64, 8, 2), (64, 32, 4, 2), (64, 64, 4, 2),
@@ -76,6 +79,12 @@ def forward_variants(D: int, dtype, device) -> list[tuple[str, dict]]:
         cfg = dict(base, FWD_M=m, FWD_N=n, FWD_WARPS=w, FWD_STAGES=st)
         if cfg != base:
             out.append((_label("fwd", (m, n, w, st)), cfg))
+    if D in FWD_MAXNREG:
+        out.append((f"fwd default r{FWD_MAXNREG[D]}", dict(base, FWD_MAXNREG=FWD_MAXNREG[D])))
+    # The same forward on a layout at its own 64 x 32 tiling (the session-6 default): what the coarse layout
+    # costs it (steps that see nothing inside partial tiles; per head, VAR visits 190 steps (68 masked) at
+    # 128 x 128 against 168 (28), the sliding window 4320 (960) against 4080 (480)).
+    out.append(("fwd on 64x32 layout", dict(base, BLOCK_M=64, BLOCK_N=32)))
     return out
 
 

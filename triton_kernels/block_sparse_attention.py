@@ -51,7 +51,8 @@ _ALONG_Q = ("FWD_M", "DKDV_M", "DQ_M")  # slices of a query tile (the others cut
 
 def config(D: int, dtype: torch.dtype, device) -> dict:
     """The layout tiling (BLOCK_M x BLOCK_N) a Mask is laid out at, and per kernel its slice shape, warps and
-    pipeline stages: forward FWD_M query rows per program x FWD_N-key steps; dK/dV DKDV_N keys per program x
+    pipeline stages: forward FWD_M query rows per program x FWD_N-key steps (FWD_MAXNREG, optional: a register
+    cap for more programs per SM, a sweep variant); dK/dV DKDV_N keys per program x
     DKDV_M-row query steps (DKDV_KEY_MAJOR: orientation, see _bwd_dkdv_step); dQ DQ_M rows per program x
     DQ_N-key steps. Small tiles under the interpreter (every program is a numpy loop), cut in two along each
     axis so that CI runs the slicing.
@@ -615,7 +616,8 @@ def block_sparse_attention_fwd(q, k, v, lay: LayoutArgs, scale: float):
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
         **lay.flags(), FWD_M=cfg["FWD_M"], FWD_N=cfg["FWD_N"], BLOCK_D=BLOCK_D, EVEN_D=BLOCK_D == D,
-        PREC=_precision(q.dtype), num_warps=cfg["FWD_WARPS"], num_stages=cfg["FWD_STAGES"])
+        PREC=_precision(q.dtype), num_warps=cfg["FWD_WARPS"], num_stages=cfg["FWD_STAGES"],
+        **({"maxnreg": cfg["FWD_MAXNREG"]} if cfg.get("FWD_MAXNREG") else {}))
     return out, lse
 
 
