@@ -206,7 +206,8 @@ def _block_sparse_attention_fwd_kernel(
 ):
     # torch.compile passes Python floats to a kernel as fp64 (the softmax state would turn fp64).
     qk_scale = tl.cast(qk_scale, tl.float32)
-    NSTEP: tl.constexpr = BLOCK_N // FWD_N
+    # Steps per layout tile: BLOCK_N // FWD_N (a constexpr, written out where used: Triton 3.6 has no local
+    # constexpr assignment to rely on).
     # Last query rows first: under causal-like masks they visit the most key tiles (less tail at the end).
     m0 = (tl.num_programs(0) - 1 - tl.program_id(0)) * FWD_M
     i_h = tl.program_id(1).to(tl.int64)
@@ -231,29 +232,32 @@ def _block_sparse_attention_fwd_kernel(
     r_lo = tl.load(p_run_ptr + i_m)
     r_hi = tl.load(p_run_ptr + i_m + 1)
     for r in range(r_lo, r_hi):
-        s0, s1, kind, bits, start = _run(p_runs, r, NSTEP, n_steps)
+        s0, s1, kind, bits, start = _run(p_runs, r, (BLOCK_N // FWD_N), n_steps)
         if kind == 0:
             mid = tl.minimum(s1, n_even)
             for t in range(s0, mid):
                 acc, m_i, l_i = _fwd_step(acc, m_i, l_i, b_q, t, p_k_bh, p_v_bh, sk_l, sv_l, rows, L, S, D,
                                           qk_scale, p_bits, b_ql, b_qd, b_qg, p_klev, p_kdoc, p_kgrp, window, r_tile,
-                                          0, HAS_WINDOW, HAS_DOC, HAS_GROUP, N_WORDS, FWD_N, NSTEP, BLOCK_D, EVEN_D, PREC)
+                                          0, HAS_WINDOW, HAS_DOC, HAS_GROUP, N_WORDS, FWD_N,
+                                          (BLOCK_N // FWD_N), BLOCK_D, EVEN_D, PREC)
             for t in range(tl.maximum(s0, mid), s1):
                 acc, m_i, l_i = _fwd_step(acc, m_i, l_i, b_q, t, p_k_bh, p_v_bh, sk_l, sv_l, rows, L, S, D,
                                           qk_scale, p_bits, b_ql, b_qd, b_qg, p_klev, p_kdoc, p_kgrp, window, r_tile,
-                                          1, HAS_WINDOW, HAS_DOC, HAS_GROUP, N_WORDS, FWD_N, NSTEP, BLOCK_D, EVEN_D, PREC)
+                                          1, HAS_WINDOW, HAS_DOC, HAS_GROUP, N_WORDS, FWD_N,
+                                          (BLOCK_N // FWD_N), BLOCK_D, EVEN_D, PREC)
         elif kind == 1:
             for t in range(s0, s1):
                 acc, m_i, l_i = _fwd_step(acc, m_i, l_i, b_q, t, p_k_bh, p_v_bh, sk_l, sv_l, rows, L, S, D,
                                           qk_scale, p_bits, b_ql, b_qd, b_qg, p_klev, p_kdoc, p_kgrp, window, r_tile,
-                                          2, HAS_WINDOW, HAS_DOC, HAS_GROUP, N_WORDS, FWD_N, NSTEP, BLOCK_D, EVEN_D, PREC)
+                                          2, HAS_WINDOW, HAS_DOC, HAS_GROUP, N_WORDS, FWD_N,
+                                          (BLOCK_N // FWD_N), BLOCK_D, EVEN_D, PREC)
         else:
             for t in range(s0, s1):
-                p_bits_tile = p_bits + (bits + t // NSTEP - start).to(tl.int64) * (BLOCK_M * N_WORDS)
+                p_bits_tile = p_bits + (bits + t // (BLOCK_N // FWD_N) - start).to(tl.int64) * (BLOCK_M * N_WORDS)
                 acc, m_i, l_i = _fwd_step(acc, m_i, l_i, b_q, t, p_k_bh, p_v_bh, sk_l, sv_l, rows, L, S, D,
                                           qk_scale, p_bits_tile, b_ql, b_qd, b_qg, p_klev, p_kdoc, p_kgrp, window,
-                                          r_tile, 3, HAS_WINDOW, HAS_DOC, HAS_GROUP, N_WORDS, FWD_N, NSTEP, BLOCK_D,
-                                          EVEN_D, PREC)
+                                          r_tile, 3, HAS_WINDOW, HAS_DOC, HAS_GROUP, N_WORDS, FWD_N,
+                                          (BLOCK_N // FWD_N), BLOCK_D, EVEN_D, PREC)
 
     seen = l_i > 0.0
     out = acc / tl.where(seen, l_i, 1.0)[:, None]
@@ -331,7 +335,8 @@ def _block_sparse_attention_bwd_dq_kernel(
     # torch.compile passes Python floats to a kernel as fp64 (the softmax state would turn fp64).
     qk_scale = tl.cast(qk_scale, tl.float32)
     scale = tl.cast(scale, tl.float32)
-    NSTEP: tl.constexpr = BLOCK_N // DQ_N
+    # Steps per layout tile: BLOCK_N // DQ_N (a constexpr, written out where used: Triton 3.6 has no local
+    # constexpr assignment to rely on).
     # Last query rows first: under causal-like masks they visit the most key tiles (less tail at the end).
     m0 = (tl.num_programs(0) - 1 - tl.program_id(0)) * DQ_M
     i_h = tl.program_id(1).to(tl.int64)
@@ -361,28 +366,32 @@ def _block_sparse_attention_bwd_dq_kernel(
     r_lo = tl.load(p_run_ptr + i_m)
     r_hi = tl.load(p_run_ptr + i_m + 1)
     for r in range(r_lo, r_hi):
-        s0, s1, kind, bits, start = _run(p_runs, r, NSTEP, n_steps)
+        s0, s1, kind, bits, start = _run(p_runs, r, (BLOCK_N // DQ_N), n_steps)
         if kind == 0:
             mid = tl.minimum(s1, n_even)
             for t in range(s0, mid):
                 dq = _bwd_dq_step(dq, b_q, b_do, b_lse2, b_delta, t, p_k_bh, p_v_bh, sk_l, sv_l, rows, L, S, D,
                                   qk_scale, p_bits, b_ql, b_qd, b_qg, p_klev, p_kdoc, p_kgrp, window, r_tile,
-                                  0, HAS_WINDOW, HAS_DOC, HAS_GROUP, N_WORDS, DQ_N, NSTEP, BLOCK_D, EVEN_D, PREC)
+                                  0, HAS_WINDOW, HAS_DOC, HAS_GROUP, N_WORDS, DQ_N, (BLOCK_N // DQ_N), BLOCK_D,
+                                  EVEN_D, PREC)
             for t in range(tl.maximum(s0, mid), s1):
                 dq = _bwd_dq_step(dq, b_q, b_do, b_lse2, b_delta, t, p_k_bh, p_v_bh, sk_l, sv_l, rows, L, S, D,
                                   qk_scale, p_bits, b_ql, b_qd, b_qg, p_klev, p_kdoc, p_kgrp, window, r_tile,
-                                  1, HAS_WINDOW, HAS_DOC, HAS_GROUP, N_WORDS, DQ_N, NSTEP, BLOCK_D, EVEN_D, PREC)
+                                  1, HAS_WINDOW, HAS_DOC, HAS_GROUP, N_WORDS, DQ_N, (BLOCK_N // DQ_N), BLOCK_D,
+                                  EVEN_D, PREC)
         elif kind == 1:
             for t in range(s0, s1):
                 dq = _bwd_dq_step(dq, b_q, b_do, b_lse2, b_delta, t, p_k_bh, p_v_bh, sk_l, sv_l, rows, L, S, D,
                                   qk_scale, p_bits, b_ql, b_qd, b_qg, p_klev, p_kdoc, p_kgrp, window, r_tile,
-                                  2, HAS_WINDOW, HAS_DOC, HAS_GROUP, N_WORDS, DQ_N, NSTEP, BLOCK_D, EVEN_D, PREC)
+                                  2, HAS_WINDOW, HAS_DOC, HAS_GROUP, N_WORDS, DQ_N, (BLOCK_N // DQ_N), BLOCK_D,
+                                  EVEN_D, PREC)
         else:
             for t in range(s0, s1):
-                p_bits_tile = p_bits + (bits + t // NSTEP - start).to(tl.int64) * (BLOCK_M * N_WORDS)
+                p_bits_tile = p_bits + (bits + t // (BLOCK_N // DQ_N) - start).to(tl.int64) * (BLOCK_M * N_WORDS)
                 dq = _bwd_dq_step(dq, b_q, b_do, b_lse2, b_delta, t, p_k_bh, p_v_bh, sk_l, sv_l, rows, L, S, D,
                                   qk_scale, p_bits_tile, b_ql, b_qd, b_qg, p_klev, p_kdoc, p_kgrp, window, r_tile,
-                                  3, HAS_WINDOW, HAS_DOC, HAS_GROUP, N_WORDS, DQ_N, NSTEP, BLOCK_D, EVEN_D, PREC)
+                                  3, HAS_WINDOW, HAS_DOC, HAS_GROUP, N_WORDS, DQ_N, (BLOCK_N // DQ_N), BLOCK_D,
+                                  EVEN_D, PREC)
     dq = dq * scale
     p_dq_tile = p_dq + i_b * sdq_b + i_h * sdq_h + m0.to(tl.int64) * sdq_l
     tl.store(p_dq_tile + offs_m[:, None] * sdq_l + offs_d[None, :], rnd(dq, p_dq.dtype.element_ty),
@@ -483,7 +492,8 @@ def _block_sparse_attention_bwd_dkdv_kernel(
     # torch.compile passes Python floats to a kernel as fp64 (the softmax state would turn fp64).
     qk_scale = tl.cast(qk_scale, tl.float32)
     scale = tl.cast(scale, tl.float32)
-    NSTEP: tl.constexpr = BLOCK_M // DKDV_M
+    # Steps per layout tile: BLOCK_M // DKDV_M (a constexpr, written out where used: Triton 3.6 has no local
+    # constexpr assignment to rely on).
     n0 = tl.program_id(0) * DKDV_N
     i_hk = tl.program_id(1).to(tl.int64)
     i_b = tl.program_id(2).to(tl.int64)
@@ -526,28 +536,28 @@ def _block_sparse_attention_bwd_dkdv_kernel(
         p_lse_bh = p_lse + (i_b * Hq + i_h) * L
         p_delta_bh = p_delta + (i_b * Hq + i_h) * L
         for r in range(r_lo, r_hi):
-            s0, s1, kind, bits, start = _run(p_runs, r, NSTEP, n_steps)
+            s0, s1, kind, bits, start = _run(p_runs, r, (BLOCK_M // DKDV_M), n_steps)
             if kind == 0:
                 for t in range(s0, s1):
                     dk, dv = _bwd_dkdv_step(dk, dv, b_k, b_v, t, p_q_bh, p_do_bh, p_lse_bh, p_delta_bh, sq_l,
                                             sdo_l, L, qk_scale, p_bits, p_qlev, p_qdoc, p_qgrp, b_kl, b_kd, b_kg,
                                             window, c_tile, D, 0, HAS_WINDOW, HAS_DOC, HAS_GROUP, N_WORDS, DKDV_M,
-                                            NSTEP, BLOCK_D, EVEN_D, PREC, KEY_MAJOR)
+                                            (BLOCK_M // DKDV_M), BLOCK_D, EVEN_D, PREC, KEY_MAJOR)
             elif kind == 1:
                 for t in range(s0, s1):
                     dk, dv = _bwd_dkdv_step(dk, dv, b_k, b_v, t, p_q_bh, p_do_bh, p_lse_bh, p_delta_bh, sq_l,
                                             sdo_l, L, qk_scale, p_bits, p_qlev, p_qdoc, p_qgrp, b_kl, b_kd, b_kg,
                                             window, c_tile, D, 2, HAS_WINDOW, HAS_DOC, HAS_GROUP, N_WORDS, DKDV_M,
-                                            NSTEP, BLOCK_D, EVEN_D, PREC, KEY_MAJOR)
+                                            (BLOCK_M // DKDV_M), BLOCK_D, EVEN_D, PREC, KEY_MAJOR)
             else:
                 for t in range(s0, s1):
                     # The bitmap is stored per forward tile: the transposed run names it.
-                    tile = tl.load(p_tile_of + bits + t // NSTEP - start)
+                    tile = tl.load(p_tile_of + bits + t // (BLOCK_M // DKDV_M) - start)
                     p_bits_tile = p_bits + tile.to(tl.int64) * (BLOCK_M * N_WORDS)
                     dk, dv = _bwd_dkdv_step(dk, dv, b_k, b_v, t, p_q_bh, p_do_bh, p_lse_bh, p_delta_bh, sq_l,
                                             sdo_l, L, qk_scale, p_bits_tile, p_qlev, p_qdoc, p_qgrp, b_kl, b_kd, b_kg,
                                             window, c_tile, D, 3, HAS_WINDOW, HAS_DOC, HAS_GROUP, N_WORDS,
-                                            DKDV_M, NSTEP, BLOCK_D, EVEN_D, PREC, KEY_MAJOR)
+                                            DKDV_M, (BLOCK_M // DKDV_M), BLOCK_D, EVEN_D, PREC, KEY_MAJOR)
     dk = dk * scale
     p_dk_tile = p_dk + i_b * sdk_b + i_hk * sdk_h + n0.to(tl.int64) * sdk_l
     p_dv_tile = p_dv + i_b * sdv_b + i_hk * sdv_h + n0.to(tl.int64) * sdv_l
