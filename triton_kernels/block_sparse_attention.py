@@ -47,6 +47,10 @@ LOG2E = 1.4426950408889634
 MIN_TILE = 16  # a layout tile (and every slice of it) must be a power of two of at least 16: tl.dot's minimum
 SLICES = ("FWD_M", "FWD_N", "DKDV_N", "DKDV_M", "DQ_M", "DQ_N")
 _ALONG_Q = ("FWD_M", "DKDV_M", "DQ_M")  # slices of a query tile (the others cut key tiles)
+# Lengths and counts a launch would otherwise specialise on (divisible by 16, or equal to 1): every new L or S
+# class would compile the kernels again (odd lengths in tests and generation) for no gain: they only bound
+# masks, while the strides and D, which decide vectorised loads, stay specialised.
+_LENGTHS = ["L", "S", "Hq", "GROUP", "window"]
 
 
 def config(D: int, dtype: torch.dtype, device) -> dict:
@@ -194,7 +198,7 @@ def _fwd_step(acc, m_i, l_i, b_q, t, p_k_bh, p_v_bh, sk_l, sv_l, rows, L, S, D, 
     return acc, m_new, l_i
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_LENGTHS)
 def _block_sparse_attention_fwd_kernel(
     p_q, p_k, p_v, p_o, p_lse,
     p_run_ptr, p_runs, p_bits, p_qlev, p_klev, p_qdoc, p_kdoc, p_qgrp, p_kgrp,
@@ -272,7 +276,7 @@ def _block_sparse_attention_fwd_kernel(
 
 # ---------------------------------------------------------------- backward
 
-@triton.jit
+@triton.jit(do_not_specialize=["L", "Hq"])
 def _block_sparse_attention_bwd_preprocess_kernel(
     p_o, p_do, p_dlse, p_delta, L, D, Hq, so_b, so_h, so_l, sdo_b, sdo_h, sdo_l,
     HAS_DLSE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
@@ -322,7 +326,7 @@ def _bwd_dq_step(dq, b_q, b_do, b_lse2, b_delta, t, p_k_bh, p_v_bh, sk_l, sv_l, 
     return dot_acc(low(ds, b_k.dtype), b_k, dq, PREC)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_LENGTHS)
 def _block_sparse_attention_bwd_dq_kernel(
     p_q, p_k, p_v, p_do, p_lse, p_delta, p_dq,
     p_run_ptr, p_runs, p_bits, p_qlev, p_klev, p_qdoc, p_kdoc, p_qgrp, p_kgrp,
@@ -478,7 +482,7 @@ def _along_keys(x, KEY_MAJOR: tl.constexpr):
         return x[None, :]
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_LENGTHS)
 def _block_sparse_attention_bwd_dkdv_kernel(
     p_q, p_k, p_v, p_do, p_lse, p_delta, p_dk, p_dv,
     p_run_ptr, p_runs, p_tile_of, p_bits, p_qlev, p_klev, p_qdoc, p_kdoc, p_qgrp, p_kgrp,

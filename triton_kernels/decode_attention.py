@@ -84,7 +84,9 @@ def _attend_tile(acc, m_i, l_i, b_q, bp_k, bp_v, start, hi, new0, Lq, qi, m_row,
     return acc, m_new, l_i * alpha + tl.sum(p, 1)
 
 
-@triton.jit
+# Counts and lengths stay unspecialised: the cache length moves every decode step, and a launch would otherwise
+# compile again whenever it crosses a multiple of 16 or is 1 (they only bound masks and loops here).
+@triton.jit(do_not_specialize=["Hkv", "Lq", "S_MAX", "G", "split_len", "num_splits"])
 def _decode_attention_split_kernel(
         Q, K, V, SEQLENS, NEW_MASK, OUT, LSE, O_PART, LSE_PART,
         s_qb, s_qh, s_qi, s_kb, s_kh, s_ks, s_vb, s_vh, s_vs,
@@ -151,7 +153,7 @@ def _decode_attention_split_kernel(
         tl.store(LSE_PART + part, lse2, mask=m_row)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_splits"])
 def _decode_attention_combine_kernel(OUT, LSE, O_PART, LSE_PART, D, num_splits, BLOCK_D: tl.constexpr):
     """One (row, q head, query): the splits merged one at a time with a running maximum (a (splits, D) tile
     in registers spilled at 128 splits, ptxas)."""
