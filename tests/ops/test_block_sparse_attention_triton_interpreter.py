@@ -107,6 +107,19 @@ def test_triton_interpreted_layout_at_another_tiling(mask, rng):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("D", [64, 128, 256])
+@pytest.mark.parametrize("mask", ["from_dense", "sliding_window", "document"])
+def test_triton_interpreted_gpu_config(mask, D, monkeypatch, rng):
+    """The GPU's own configuration (128 x 128 layout tiles; 64 x 32 forward, 128-key dK/dV and 128-row dQ
+    programs at D <= 128) through the interpreter: the exact slices the GPU runs, on bitmaps, windows and
+    documents, L crossing a tile, GQA."""
+    from arkernels.triton_kernels import block_sparse_attention as tk
+
+    cfg = tk.config(D, FP32, "cuda")
+    monkeypatch.setattr(tk, "config", lambda D_, dtype, device: cfg)
+    check("triton", mask, B=1, Hq=2, Hkv=1, L=150, S=150, D=D, dtype=FP32, rng=rng)
+
+
 def test_triton_interpreted_strided_kv_scale_no_lse(rng):
     """k, v as slices of one projection (rows strided), an explicit scale, only out reaching the loss
     (lse's gradient arrives as None)."""
