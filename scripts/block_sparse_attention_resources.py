@@ -18,10 +18,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # scripts/: the 
 import torch
 
 from arkernels.testing.block_sparse_attention_compile import KERNELS, compile_kernel
-from arkernels.testing.triton_compile import cubin_resources
+from arkernels.testing.triton_compile import compile_report
 from arkernels.triton_kernels import block_sparse_attention as tk
 
-SMEM_LIMIT = 232448  # bytes per block on sm_90 (227 KB)
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 _SHAPE = {"fwd": ("FWD_M", "FWD_N"), "dkdv": ("DKDV_N", "DKDV_M"), "dq": ("DQ_M", "DQ_N"), "preprocess": ()}
 
@@ -54,19 +53,10 @@ def main(argv=None) -> int:
                     pre = kernel.upper() if kernel != "preprocess" else None
                     warps = cfg[f"{pre}_WARPS"] if pre else 4
                     stages = cfg[f"{pre}_STAGES"] if pre else 1
-                    try:
-                        k = compile_kernel(kernel, D, dtype, cfg)
-                    except Exception as err:  # noqa: BLE001  (report and go on)
-                        failures += 1
-                        print(f"{label:28s} {kernel:10s} {D:4d} {name:5s} COMPILE ERROR {type(err).__name__}: "
-                              f"{str(err)[:200]}")
-                        continue
-                    res = cubin_resources(k.asm["cubin"])
-                    smem = k.metadata.shared
-                    flag = "  > 227 KB: launch fails" if smem > SMEM_LIMIT else ""
-                    failures += bool(flag)
-                    print(f"{label:28s} {kernel:10s} {D:4d} {name:5s} {shape:>9s} {warps:5d} {stages:6d} "
-                          f"{res.get('REG', '?'):>5s} {res.get('STACK', '?'):>7s} {smem:7d}{flag}", flush=True)
+                    report, failed = compile_report(lambda: compile_kernel(kernel, D, dtype, cfg))
+                    failures += failed
+                    print(f"{label:28s} {kernel:10s} {D:4d} {name:5s} {shape:>9s} {warps:5d} {stages:6d} {report}",
+                          flush=True)
     return 1 if failures else 0
 
 

@@ -19,10 +19,9 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from arkernels.testing.triton_compile import cubin_resources
+from arkernels.testing.triton_compile import compile_report
 from arkernels.triton_kernels import ssd_chunk_scan as tk
 
-SMEM_LIMIT = 232448  # bytes per block on sm_90 (227 KB)
 TORCH_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 
 
@@ -100,19 +99,10 @@ def main(argv=None) -> int:
                     continue
                 consts = dict(consts, BLOCK_P=bp)
                 sig, cx = _signature(fn, dtype, consts)
-                try:
-                    k = triton.compile(ASTSource(fn, sig, cx), target=target,
-                                       options={"num_warps": warps, "num_stages": stages})
-                except Exception as err:  # noqa: BLE001  (report and go on)
-                    failures += 1
-                    print(f"{name:7s} {dtype:5s} {n:4d}  COMPILE ERROR {type(err).__name__}: {str(err)[:200]}")
-                    continue
-                res = cubin_resources(k.asm["cubin"])
-                smem = k.metadata.shared
-                flag = "  > 227 KB: launch fails" if smem > SMEM_LIMIT else ""
-                failures += bool(flag)
-                print(f"{name:7s} {dtype:5s} {n:4d} {bp:7d} {warps:5d} {stages:6d} {res.get('REG', '?'):>5s} "
-                      f"{res.get('STACK', '?'):>7s} {smem:7d}{flag}")
+                report, failed = compile_report(lambda: triton.compile(
+                    ASTSource(fn, sig, cx), target=target, options={"num_warps": warps, "num_stages": stages}))
+                failures += failed
+                print(f"{name:7s} {dtype:5s} {n:4d} {bp:7d} {warps:5d} {stages:6d} {report}")
     return 1 if failures else 0
 
 

@@ -38,3 +38,20 @@ def cubin_resources(cubin: bytes) -> dict:
         out = subprocess.run([tool, "-res-usage", f.name], capture_output=True, text=True).stdout
     line = next((x for x in out.splitlines() if "REG:" in x), "")
     return dict(kv.split(":") for kv in line.split() if ":" in kv)
+
+
+SMEM_LIMIT = 232448  # shared memory bytes a block may use on sm_90 (227 KB)
+
+
+def compile_report(compile_fn) -> tuple[str, bool]:
+    """Runs compile_fn() (returning a compiled kernel) and gives the columns "registers spill-bytes shared-bytes"
+    (or the compile error) and whether it failed: a compile error, or shared memory past what a launch gets."""
+    try:
+        k = compile_fn()
+    except Exception as err:  # noqa: BLE001  (report and go on: the callers list every variant)
+        return f"COMPILE ERROR {type(err).__name__}: {str(err)[:200]}", True
+    res = cubin_resources(k.asm["cubin"])
+    smem = k.metadata.shared
+    over = smem > SMEM_LIMIT
+    return (f"{res.get('REG', '?'):>5s} {res.get('STACK', '?'):>7s} {smem:7d}"
+            + ("  > 227 KB: launch fails" if over else "")), over
