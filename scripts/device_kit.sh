@@ -12,7 +12,8 @@ cmake -S . -B build/kit -G Ninja -DARKERNELS_BUILD_TORCH=OFF -DARKERNELS_CUDA_AR
 cmake --build build/kit
 rm -rf .kit && mkdir -p .kit
 cp build/kit/libarkernels.so* .kit/
-cp build/kit/tests/capi/test_*_capi build/kit/tests/capi/test_sm90_primitives build/kit/bench/native/native_bench .kit/
+cp build/kit/tests/capi/test_*_capi build/kit/tests/capi/test_sm90_primitives \
+   build/kit/tests/capi/test_block_sparse_attention_dkdv_sm90 build/kit/bench/native/native_bench .kit/
 # Runtime libraries the GPU machine's image may lack (found next to the binaries via LD_LIBRARY_PATH).
 for lib in libgomp.so.1 libcudart.so.13; do
   path=$(ldd .kit/test_selective_scan_capi | awk -v l="$lib" '$1 == l {print $3}')

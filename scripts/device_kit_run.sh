@@ -12,7 +12,7 @@ summary=$OUT/summary.txt
 : >"$summary"
 note() { echo "$*" | tee -a "$summary"; }
 note "== kit $(cat commit | tr '\n' ' ') on $(nvidia-smi --query-gpu=name,driver_version,clocks.sm --format=csv,noheader 2>&1)"
-tests=${KIT_TESTS:-"test_sm90_primitives test_block_sparse_attention_capi test_selective_state_update_capi test_causal_conv1d_capi test_selective_scan_capi test_linear_scan_capi"}
+tests=${KIT_TESTS:-"test_sm90_primitives test_block_sparse_attention_capi test_block_sparse_attention_dkdv_sm90 test_selective_state_update_capi test_causal_conv1d_capi test_selective_scan_capi test_linear_scan_capi"}
 for t in $tests; do
   timeout "${KIT_TEST_TIMEOUT:-60}" "./$t" >"$LOG/$t.log" 2>&1
   note "$t: rc=$? :: $(tail -1 "$LOG/$t.log")"

@@ -1,0 +1,341 @@
+// Device code of a Hopper (sm_90a) block_sparse_attention dK / dV kernel: the half of the backward with four of
+// its five matrix products, built from the forward's pieces (block_sparse_attention_sm90.cuh). PREPARED, NOT
+// YET RUN ON A GPU: only tests/capi/test_block_sparse_attention_dkdv_sm90.cu launches it (written without a
+// device; bench/NOTES.md, 2026-12-05 session 7). Nothing in the library calls it yet.
+//
+// One CTA per (128-key tile, kv head, batch row); the layout must be at 128 x 128 (one layout key tile per
+// CTA, two 64-query steps per layout query tile). A producer warpgroup loads the K and V tiles once (TMA) and,
+// for every q head of the GQA group and every 64-query step of the key tile's transposed runs (k_runs), Q and
+// dO into rings of STAGES slots (thread 0, TMA) and the step's per-query values (lse in the log2 domain,
+// delta = rowsum(dO * O) - dlse, and the rule's query vectors) into the same slot (64 other threads). Two
+// consumer warpgroups own 64 keys each:
+//   S^T = K Q^T, dP^T = V dO^T            (wgmma, both operands in shared memory, K-major: the forward's QK^T)
+//   P^T = exp2(S^T scale log2e - lse2),  dS^T = P^T (dP^T - delta)      (registers; masked on partial steps)
+//   dV += P^T dO,  dK += dS^T Q           (wgmma, P^T / dS^T as register A fragments, dO / Q as the MN-major
+//                                          B operand: the forward's P V)
+// dK and dV stay in fp32 registers over the whole group and are written once (scaled dK): deterministic, no
+// atomics. Rows of Q / dO past L read as zeros (TMA bounds) and their lse2 is +inf, so they add nothing; keys
+// past S are computed but not stored. dQ is not computed here.
+#pragma once
+
+#include "ops/block_sparse_attention/block_sparse_attention_sm90.cuh"
+
+namespace ark {
+namespace bsa_dkdv {
+
+using bsa_sm90::kPanelCols;
+using bsa_sm90::kRowBytes;
+using bsa_sm90::pack2;
+using bsa_sm90::release;
+using bsa_sm90::Slot;
+using bsa_walk::acc_col;
+using bsa_walk::acc_row;
+
+constexpr int KT = 128;  // keys per CTA: the layout's key tile
+constexpr int QT = 128;  // the layout's query tile
+constexpr int QS = 64;   // queries per step
+constexpr int kThreads = 384;
+constexpr int kConsumerThreads = 256;
+constexpr int kStatThreads = QS;  // producer threads 32 .. 95 stage the per-query values
+constexpr int kProducerRegs = 40, kConsumerRegs = 232;
+
+template <int D, int STAGES>
+struct Smem {
+  static constexpr int kPanels = D / kPanelCols;
+  static constexpr uint32_t kTileBytes = KT * D * 2;  // the K or the V tile
+  static constexpr uint32_t kStepBytes = QS * D * 2;  // one Q or one dO step
+  static constexpr int kStatFields = 5;               // lse2, delta, q_level, q_doc, q_group (4 bytes each)
+  static constexpr uint32_t kStatBytes = kStatFields * QS * 4;
+  static constexpr uint32_t kK = 0;
+  static constexpr uint32_t kV = kK + kTileBytes;
+  static constexpr uint32_t kQ = kV + kTileBytes;
+  static constexpr uint32_t kDO = kQ + STAGES * kStepBytes;
+  static constexpr uint32_t kStat = kDO + STAGES * kStepBytes;
+  static constexpr uint32_t kBars = kStat + STAGES * kStatBytes;
+  static constexpr int kNumBars = 1 + 3 * STAGES;  // kv_full; tma_full, stat_full, empty per slot
+  static constexpr uint32_t kBytes = kBars + kNumBars * 8;
+  static constexpr uint32_t kLaunchBytes = kBytes + 1024;  // room to align the base to 1024 bytes
+};
+
+struct DkdvArgs {
+  void* dk;           // (batch, kv_heads, S, D), contiguous, the inputs' dtype
+  void* dv;           // likewise
+  const float* lse;   // (batch, q_heads, L), natural log, -inf for a row that sees nothing
+  const float* delta; // (batch, q_heads, L): rowsum(dO * O) - dlse
+  int64_t L, S;
+  int Hq, Hkv, group;  // group: q heads per kv head
+  float scale, scale_log2;
+  ark_block_mask mask;  // the forward half (rule arrays and tile_bits are read here)
+  const int32_t* k_run_ptr;    // ceil(S / 128) + 1
+  const int32_t* k_runs;       // 4 per run: query tiles [start, end), kind, first k_tile_bits entry
+  const int32_t* k_tile_bits;  // BITS: the tile_bits index of each transposed run's tiles
+};
+
+template <int STAGES>
+struct Barriers {
+  uint64_t* base;
+  __device__ uint64_t* kv_full() const { return base; }
+  __device__ uint64_t* tma_full(int s) const { return base + 1 + s; }
+  __device__ uint64_t* stat_full(int s) const { return base + 1 + STAGES + s; }
+  __device__ uint64_t* empty(int s) const { return base + 1 + 2 * STAGES + s; }
+};
+
+// The 64-query steps of one key tile: its transposed runs of query tiles [start, end) become steps
+// [2 start, 2 end), clipped to the steps that hold a query (step < ceil(L / 64)).
+struct StepCursor {
+  const int32_t* runs;
+  int r, r_end, n_steps;
+  int step, step_end, kind, bits, start;
+
+  __device__ void load_run() {
+    start = runs[4 * r];
+    const int end = runs[4 * r + 1];
+    kind = runs[4 * r + 2];
+    bits = runs[4 * r + 3];
+    step = 2 * start;
+    step_end = 2 * end < n_steps ? 2 * end : n_steps;
+  }
+  __device__ void init(const DkdvArgs& a, int key_tile) {
+    runs = a.k_runs;
+    r = a.k_run_ptr[key_tile];
+    r_end = a.k_run_ptr[key_tile + 1];
+    n_steps = int((a.L + QS - 1) / QS);
+    if (r < r_end) load_run();
+  }
+  __device__ bool valid() const { return r < r_end; }
+  __device__ void next() {
+    if (++step >= step_end && ++r < r_end) load_run();
+  }
+  __device__ int q0() const { return step * QS; }
+};
+
+// ---- producer ----
+
+template <int D, int STAGES>
+__device__ void produce_tiles(const DkdvArgs& a, uint8_t* smem, const CUtensorMap* tq, const CUtensorMap* tdo,
+                              const CUtensorMap* tk, const CUtensorMap* tv, int key_tile, int hk, int b) {
+  using L = Smem<D, STAGES>;
+  const Barriers<STAGES> bar{reinterpret_cast<uint64_t*>(smem + L::kBars)};
+  sm90::mbar_arrive_expect_tx(bar.kv_full(), 2 * L::kTileBytes);
+  for (int p = 0; p < L::kPanels; ++p) {
+    sm90::tma_load_4d(smem + L::kK + p * KT * kRowBytes, tk, bar.kv_full(), p * kPanelCols, key_tile * KT, hk, b);
+    sm90::tma_load_4d(smem + L::kV + p * KT * kRowBytes, tv, bar.kv_full(), p * kPanelCols, key_tile * KT, hk, b);
+  }
+  int it = 0;
+  for (int hh = 0; hh < a.group; ++hh) {
+    const int h = hk * a.group + hh;
+    StepCursor c;
+    for (c.init(a, key_tile); c.valid(); c.next(), ++it) {
+      const Slot<STAGES> slot(it);
+      if (it >= STAGES) sm90::mbar_wait(bar.empty(slot.stage), ((it / STAGES) - 1) & 1);
+      sm90::mbar_arrive_expect_tx(bar.tma_full(slot.stage), 2 * L::kStepBytes);
+      for (int p = 0; p < L::kPanels; ++p) {
+        const uint32_t off = slot.stage * L::kStepBytes + p * QS * kRowBytes;
+        sm90::tma_load_4d(smem + L::kQ + off, tq, bar.tma_full(slot.stage), p * kPanelCols, c.q0(), h, b);
+        sm90::tma_load_4d(smem + L::kDO + off, tdo, bar.tma_full(slot.stage), p * kPanelCols, c.q0(), h, b);
+      }
+    }
+  }
+}
+
+// Thread i (0 .. 63) of the staging threads: query q0 + i's values of every step, in the step's slot.
+template <int D, int STAGES>
+__device__ void produce_stats(const DkdvArgs& a, uint8_t* smem, int key_tile, int hk, int b, int i) {
+  using L = Smem<D, STAGES>;
+  const Barriers<STAGES> bar{reinterpret_cast<uint64_t*>(smem + L::kBars)};
+  const ark_block_mask& m = a.mask;
+  int it = 0;
+  for (int hh = 0; hh < a.group; ++hh) {
+    const int64_t bh = int64_t(b) * a.Hq + hk * a.group + hh;
+    StepCursor c;
+    for (c.init(a, key_tile); c.valid(); c.next(), ++it) {
+      const Slot<STAGES> slot(it);
+      if (it >= STAGES) sm90::mbar_wait(bar.empty(slot.stage), ((it / STAGES) - 1) & 1);
+      const int64_t q = c.q0() + i;
+      float* st = reinterpret_cast<float*>(smem + L::kStat + slot.stage * L::kStatBytes);
+      int32_t* sti = reinterpret_cast<int32_t*>(st);
+      float lse2 = INFINITY, dl = 0.f;  // rows past L (and rows that see nothing): p = 0
+      if (q < a.L) {
+        const float lse = a.lse[bh * a.L + q];
+        if (lse != -INFINITY) lse2 = lse * 1.4426950408889634f;
+        dl = a.delta[bh * a.L + q];
+      }
+      st[i] = lse2;
+      st[QS + i] = dl;
+      const int64_t qc = q < a.L ? q : a.L - 1;
+      sti[2 * QS + i] = m.q_level ? m.q_level[qc] : 0;
+      sti[3 * QS + i] = m.q_doc ? m.q_doc[qc] : 0;
+      sti[4 * QS + i] = m.q_group ? m.q_group[qc] : 0;
+      sm90::mbar_arrive(bar.stat_full(slot.stage));
+    }
+  }
+}
+
+// ---- consumers ----
+
+// A key row's rule values (zeros without a rule).
+struct KeyRule {
+  int level = 0, doc = 0, group = 0;
+  __device__ void load(const ark_block_mask& m, int64_t key, int64_t S) {
+    const int64_t k = key < S ? key : S - 1;
+    if (m.k_level) {
+      level = m.k_level[k];
+      if (m.k_doc) doc = m.k_doc[k];
+      if (m.k_group) group = m.k_group[k];
+    }
+  }
+};
+
+// Visibility of (query column c of the step, key row h of this thread) on a masked step: the level rule from
+// the staged query values, or the step's bitmap (BITS: one word per element, read from global memory).
+struct StepMask {
+  const DkdvArgs& a;
+  const StepCursor& c;
+  const int32_t* sti;  // the slot's staged values (int view)
+  int key_tile;
+  __device__ bool visible(int col, const KeyRule& k, int key_in_tile) const {
+    const ark_block_mask& m = a.mask;
+    if (c.kind == 1) {
+      const int ql = sti[2 * QS + col], qd = sti[3 * QS + col], qg = sti[4 * QS + col];
+      const bool level_ok = k.level <= ql && (m.window < 0 || ql - k.level < m.window);
+      const bool group_ok = m.k_group != nullptr && qg == k.group;
+      return (m.k_doc == nullptr || qd == k.doc) && (level_ok || group_ok);
+    }
+    // BITS: the transposed run names the forward tile of each of its query tiles.
+    const int q_tile = c.step >> 1;
+    const int tile = a.k_tile_bits[c.bits + (q_tile - c.start)];
+    const int row = (c.step & 1) * QS + col;
+    const int32_t word = m.tile_bits[(int64_t(tile) * QT + row) * (KT / 32) + (key_in_tile >> 5)];
+    return (word >> (key_in_tile & 31)) & 1;
+  }
+};
+
+// Issues X^T Y^T-style products of the 64 keys of this warpgroup against the step: acc (64 keys x 64 queries)
+// = tile rows (K-major, in 128-row panels) x step rows (K-major, in 64-row panels), over D.
+template <typename T, int D>
+__device__ __forceinline__ void issue_keys_x_step(float (&acc)[QS / 2], uint32_t tile_base, uint32_t step_base) {
+#pragma unroll
+  for (int kk = 0; kk < D / 16; ++kk) {
+    const uint32_t off = (kk % 4) * 32;
+    const uint64_t da = sm90::sw128_desc(tile_base + (kk / 4) * KT * kRowBytes + off, 16, 1024);
+    const uint64_t db = sm90::sw128_desc(step_base + (kk / 4) * QS * kRowBytes + off, 16, 1024);
+    sm90::wgmma_ss(T{}, acc, da, db, kk > 0);
+  }
+}
+
+// Issues acc (64 keys x D) += frag (64 keys x 64 queries, A fragments) x step (64 queries x D, MN-major B).
+template <typename T, int D>
+__device__ __forceinline__ void issue_frag_x_step(float (&acc)[D / 2], const uint32_t (&frag)[QS / 16][4],
+                                                  uint32_t step_base) {
+#pragma unroll
+  for (int kk = 0; kk < QS / 16; ++kk)
+    sm90::wgmma_rs_tb(T{}, acc, frag[kk], sm90::sw128_desc(step_base + kk * 16 * kRowBytes, QS * kRowBytes, 1024), 1);
+}
+
+template <typename T, int D, int STAGES>
+__device__ void consume(const DkdvArgs& a, uint8_t* smem, int key_tile, int hk, int b, int t) {
+  using L = Smem<D, STAGES>;
+  const Barriers<STAGES> bar{reinterpret_cast<uint64_t*>(smem + L::kBars)};
+  const int wg = t / 128, lane = t % 32;
+  const int row0 = acc_row(t, 0);  // this thread's first key row inside the 128-key tile (and row0 + 8)
+  KeyRule kr[2];
+  for (int h = 0; h < 2; ++h) kr[h].load(a.mask, int64_t(key_tile) * KT + row0 + 8 * h, a.S);
+  const uint32_t k_base = sm90::smem_addr(smem + L::kK) + wg * 64 * kRowBytes;
+  const uint32_t v_base = sm90::smem_addr(smem + L::kV) + wg * 64 * kRowBytes;
+  float dk[D / 2] = {}, dv[D / 2] = {}, s[QS / 2], dp[QS / 2];
+  uint32_t pf[QS / 16][4], dsf[QS / 16][4];
+  sm90::mbar_wait(bar.kv_full(), 0);
+  int it = 0;
+  for (int hh = 0; hh < a.group; ++hh) {
+    StepCursor c;
+    for (c.init(a, key_tile); c.valid(); c.next(), ++it) {
+      const Slot<STAGES> slot(it);
+      const uint32_t q_base = sm90::smem_addr(smem + L::kQ + slot.stage * L::kStepBytes);
+      const uint32_t do_base = sm90::smem_addr(smem + L::kDO + slot.stage * L::kStepBytes);
+      const float* st = reinterpret_cast<const float*>(smem + L::kStat + slot.stage * L::kStatBytes);
+      sm90::mbar_wait(bar.tma_full(slot.stage), slot.parity);
+      sm90::mbar_wait(bar.stat_full(slot.stage), slot.parity);
+      sm90::wgmma_fence();
+      issue_keys_x_step<T, D>(s, k_base, q_base);
+      issue_keys_x_step<T, D>(dp, v_base, do_base);
+      sm90::wgmma_commit();
+      sm90::wgmma_wait<0>();
+      sm90::fence_operands(s);
+      sm90::fence_operands(dp);
+      const StepMask mask{a, c, reinterpret_cast<const int32_t*>(st), key_tile};
+      const bool masked = c.kind != 0;  // FULL steps: rows past L have lse2 = +inf, keys past S are not stored
+#pragma unroll
+      for (int i = 0; i < QS / 2; ++i) {
+        const int col = acc_col(t, i), h = (i >> 1) & 1;
+        float p = sm90::ex2(fmaf(s[i], a.scale_log2, -st[col]));
+        if (masked && !mask.visible(col, kr[h], row0 + 8 * h)) p = 0.f;
+        s[i] = p;
+        dp[i] = p * (dp[i] - st[QS + col]);
+      }
+#pragma unroll
+      for (int i = 0; i < QS / 2; i += 2) {
+        pf[i / 8][(i / 2) % 4] = pack2<T>(s[i], s[i + 1]);
+        dsf[i / 8][(i / 2) % 4] = pack2<T>(dp[i], dp[i + 1]);
+      }
+      sm90::wgmma_fence();
+      issue_frag_x_step<T, D>(dv, pf, do_base);
+      issue_frag_x_step<T, D>(dk, dsf, q_base);
+      sm90::wgmma_commit();
+      sm90::wgmma_wait<0>();
+      sm90::fence_operands(dv);
+      sm90::fence_operands(dk);
+      release(bar.empty(slot.stage), lane);
+    }
+  }
+  // dK, dV rows of this thread's two keys (accumulator rows row0, row0 + 8; columns acc_col + 8 j).
+  const int col0 = acc_col(t, 0);
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int64_t key = int64_t(key_tile) * KT + row0 + 8 * h;
+    if (key >= a.S) continue;
+    const int64_t off = ((int64_t(b) * a.Hkv + hk) * a.S + key) * D + col0;
+    T* dk_row = static_cast<T*>(a.dk) + off;
+    T* dv_row = static_cast<T*>(a.dv) + off;
+#pragma unroll
+    for (int j = 0; j < D / 8; ++j) {
+      *reinterpret_cast<uint32_t*>(dk_row + 8 * j) = pack2<T>(dk[4 * j + 2 * h] * a.scale, dk[4 * j + 2 * h + 1] * a.scale);
+      *reinterpret_cast<uint32_t*>(dv_row + 8 * j) = pack2<T>(dv[4 * j + 2 * h], dv[4 * j + 2 * h + 1]);
+    }
+  }
+}
+
+template <typename T, int D, int STAGES>
+__global__ void __launch_bounds__(kThreads, 1)
+    block_sparse_attention_dkdv_kernel(const __grid_constant__ CUtensorMap tq, const __grid_constant__ CUtensorMap tdo,
+                                       const __grid_constant__ CUtensorMap tk, const __grid_constant__ CUtensorMap tv,
+                                       const DkdvArgs a) {
+#if ARK_SM90A_DEVICE
+  using L = Smem<D, STAGES>;
+  extern __shared__ uint8_t smem_raw[];
+  uint8_t* smem = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
+  const int key_tile = blockIdx.x, hk = blockIdx.y, b = blockIdx.z;
+  if (threadIdx.x == 0) {
+    uint64_t* bars = reinterpret_cast<uint64_t*>(smem + L::kBars);
+    sm90::mbar_init(&bars[0], 1);  // kv_full: one arrival with the K and V bytes
+    for (int s = 0; s < STAGES; ++s) {
+      sm90::mbar_init(&bars[1 + s], 1);                                // tma_full: one arrival + the Q, dO bytes
+      sm90::mbar_init(&bars[1 + STAGES + s], kStatThreads);            // stat_full: every staging thread
+      sm90::mbar_init(&bars[1 + 2 * STAGES + s], kConsumerThreads / 32);  // empty: one arrival per consumer warp
+    }
+    sm90::mbar_init_fence();
+  }
+  __syncthreads();
+  if (threadIdx.x < 128) {
+    sm90::regs_release<kProducerRegs>();
+    if (threadIdx.x == 0) produce_tiles<D, STAGES>(a, smem, &tq, &tdo, &tk, &tv, key_tile, hk, b);
+    else if (threadIdx.x >= 32 && threadIdx.x < 32 + kStatThreads)
+      produce_stats<D, STAGES>(a, smem, key_tile, hk, b, threadIdx.x - 32);
+  } else {
+    sm90::regs_claim<kConsumerRegs>();
+    consume<T, D, STAGES>(a, smem, key_tile, hk, b, threadIdx.x - 128);
+  }
+#endif
+}
+
+}  // namespace bsa_dkdv
+}  // namespace ark

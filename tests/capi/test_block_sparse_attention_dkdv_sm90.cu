@@ -1,0 +1,277 @@
+// The Hopper dK / dV kernel of block_sparse_attention (csrc/ops/block_sparse_attention/
+// block_sparse_attention_dkdv_sm90.cuh; prepared, not yet wired into the library) against a float64 oracle of the
+// backward on small problems of every mask kind: every pair visible, causal with GQA, a sliding window,
+// documents, groups mixed with RULE and BITS tiles, random bitmaps, L != S and lengths that are not multiples of
+// the tiles. bf16 inputs (exact in bf16), the oracle's P / dS in float64, so the bound is the kernel's rounding
+// of P and dS to bf16 for the products (norm-relative 2e-2). Needs an sm_90 GPU: without one it says so and
+// passes (CI has no GPU); the kit runs it on the device.
+#include <cuda.h>
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <initializer_list>
+#include <cmath>
+#include <cstdio>
+#include <random>
+#include <vector>
+
+#include "bsa_layouts.hpp"
+#include "capi_test_util.hpp"
+#include "common/sm90_tma_host.hpp"
+#include "ops/block_sparse_attention/block_sparse_attention_dkdv_sm90.cuh"
+
+using namespace bsa_layouts;
+namespace dk = ark::bsa_dkdv;
+
+namespace {
+
+// The transposed half of a layout (k_run_ptr, k_runs, k_tile_bits), as python/arkernels/masks/layout.py builds
+// it: per key tile, runs of query tiles of one kind; a BITS run lists the tile_bits index of each of its tiles.
+struct Transposed {
+  std::vector<int32_t> run_ptr, runs, tile_of;
+};
+
+Transposed transpose(const Layout& lay, int64_t n_key_tiles) {
+  // (kind, bitmap index) of every visited tile, per key tile and query tile.
+  std::vector<std::vector<std::pair<int, int>>> col(static_cast<size_t>(n_key_tiles));
+  std::vector<std::vector<int>> rows(static_cast<size_t>(n_key_tiles));
+  for (size_t t = 0; t + 1 < lay.run_ptr.size(); ++t)
+    for (int r = lay.run_ptr[t]; r < lay.run_ptr[t + 1]; ++r)
+      for (int u = lay.runs[4 * r]; u < lay.runs[4 * r + 1]; ++u) {
+        const int kind = lay.runs[4 * r + 2];
+        col[u].push_back({kind, kind == kBits ? lay.runs[4 * r + 3] + (u - lay.runs[4 * r]) : -1});
+        rows[u].push_back(int(t));
+      }
+  Transposed tr;
+  tr.run_ptr.push_back(0);
+  for (int64_t u = 0; u < n_key_tiles; ++u) {
+    for (size_t e = 0; e < rows[u].size(); ++e) {
+      const int t = rows[u][e], kind = col[u][e].first;
+      const bool extend = e > 0 && rows[u][e - 1] == t - 1 && col[u][e - 1].first == kind;
+      if (!extend) tr.runs.insert(tr.runs.end(), {t, t, kind, kind == kBits ? int32_t(tr.tile_of.size()) : -1});
+      tr.runs[tr.runs.size() - 3] = t + 1;
+      if (kind == kBits) tr.tile_of.push_back(col[u][e].second);
+    }
+    tr.run_ptr.push_back(int32_t(tr.runs.size() / 4));
+  }
+  return tr;
+}
+
+struct Problem {
+  const char* name;
+  int64_t B, Hq, Hkv, D;
+  MaskDef mask;
+  Partial how;
+};
+
+// Float64 backward of one (b, h): out, lse, delta, then dK, dV added into the kv head's rows.
+void oracle(const Problem& p, const std::vector<float>& q, const std::vector<float>& k, const std::vector<float>& v,
+            const std::vector<float>& dout, float scale, std::vector<float>& lse, std::vector<float>& delta,
+            std::vector<double>& dk, std::vector<double>& dv) {
+  const int64_t L = p.mask.L, S = p.mask.S, D = p.D, G = p.Hq / p.Hkv;
+  for (int64_t b = 0; b < p.B; ++b)
+    for (int64_t h = 0; h < p.Hq; ++h) {
+      const int64_t hk = h / G;
+      const float* Q = &q[((b * p.Hq + h) * L) * D];
+      const float* dO = &dout[((b * p.Hq + h) * L) * D];
+      const float* K = &k[((b * p.Hkv + hk) * S) * D];
+      const float* V = &v[((b * p.Hkv + hk) * S) * D];
+      double* dK = &dk[((b * p.Hkv + hk) * S) * D];
+      double* dV = &dv[((b * p.Hkv + hk) * S) * D];
+      std::vector<double> s(static_cast<size_t>(S)), P(static_cast<size_t>(S)), o(static_cast<size_t>(D));
+      for (int64_t i = 0; i < L; ++i) {
+        double mx = -INFINITY;
+        for (int64_t j = 0; j < S; ++j) {
+          s[j] = -INFINITY;
+          if (!p.mask.visible(i, j)) continue;
+          double acc = 0;
+          for (int64_t d = 0; d < D; ++d) acc += double(Q[i * D + d]) * K[j * D + d];
+          s[j] = acc * scale;
+          mx = std::max(mx, s[j]);
+        }
+        const int64_t row = (b * p.Hq + h) * L + i;
+        if (mx == -INFINITY) {  // sees nothing: lse -inf, no gradient
+          lse[row] = -INFINITY;
+          delta[row] = 0.f;
+          continue;
+        }
+        double l = 0;
+        for (int64_t j = 0; j < S; ++j) l += (P[j] = s[j] == -INFINITY ? 0.0 : std::exp(s[j] - mx));
+        std::fill(o.begin(), o.end(), 0.0);
+        for (int64_t j = 0; j < S; ++j) {
+          P[j] /= l;
+          for (int64_t d = 0; d < D; ++d) o[d] += P[j] * V[j * D + d];
+        }
+        double dl = 0;
+        for (int64_t d = 0; d < D; ++d) dl += o[d] * dO[i * D + d];
+        lse[row] = float(mx + std::log(l));
+        delta[row] = float(dl);
+        for (int64_t j = 0; j < S; ++j) {
+          if (P[j] == 0) continue;
+          double dpj = 0;
+          for (int64_t d = 0; d < D; ++d) dpj += double(dO[i * D + d]) * V[j * D + d];
+          const double ds = P[j] * (dpj - dl);
+          for (int64_t d = 0; d < D; ++d) {
+            dV[j * D + d] += P[j] * dO[i * D + d];
+            dK[j * D + d] += scale * ds * Q[i * D + d];
+          }
+        }
+      }
+    }
+}
+
+template <typename T> T* upload(const std::vector<T>& h) {
+  T* d = nullptr;
+  if (h.empty()) return nullptr;
+  cudaMalloc(&d, h.size() * sizeof(T));
+  cudaMemcpy(d, h.data(), h.size() * sizeof(T), cudaMemcpyHostToDevice);
+  return d;
+}
+
+std::vector<uint16_t> to_bf16(const std::vector<float>& x) {
+  std::vector<uint16_t> o(x.size());
+  for (size_t i = 0; i < x.size(); ++i) o[i] = bf16_from(x[i]);
+  return o;
+}
+
+template <int D>
+void run(const Problem& p, unsigned seed) {
+  const int64_t L = p.mask.L, S = p.mask.S;
+  std::mt19937 gen(seed);
+  std::normal_distribution<float> nd;
+  auto make = [&](int64_t n) {
+    std::vector<float> x(static_cast<size_t>(n));
+    for (float& e : x) e = bf16_round(nd(gen));
+    return x;
+  };
+  const std::vector<float> q = make(p.B * p.Hq * L * D), k = make(p.B * p.Hkv * S * D), v = make(p.B * p.Hkv * S * D),
+                           dout = make(p.B * p.Hq * L * D);
+  const float scale = 1.f / std::sqrt(float(D));
+  std::vector<float> lse(static_cast<size_t>(p.B * p.Hq * L)), delta(lse.size());
+  std::vector<double> want_dk(k.size(), 0.0), want_dv(v.size(), 0.0);
+  oracle(p, q, k, v, dout, scale, lse, delta, want_dk, want_dv);
+
+  const Layout lay = build_layout(p.mask, dk::QT, dk::KT, p.how);
+  const int64_t n_key_tiles = (S + dk::KT - 1) / dk::KT;
+  const Transposed tr = transpose(lay, n_key_tiles);
+  const Rule& r = p.mask.rule;
+  int32_t *run_ptr = upload(lay.run_ptr), *runs = upload(lay.runs), *bits = upload(lay.bits),
+          *k_run_ptr = upload(tr.run_ptr), *k_runs = upload(tr.runs), *tile_of = upload(tr.tile_of),
+          *ql = upload(r.q_level), *kl = upload(r.k_level), *qd = upload(r.q_doc), *kd = upload(r.k_doc),
+          *qg = upload(r.q_group), *kg = upload(r.k_group);
+  uint16_t *dq_ = upload(to_bf16(q)), *dk_in = upload(to_bf16(k)), *dv_in = upload(to_bf16(v)),
+           *ddo = upload(to_bf16(dout));
+  float *dlse = upload(lse), *ddelta = upload(delta);
+  uint16_t *gk = nullptr, *gv = nullptr;
+  cudaMalloc(&gk, k.size() * 2);
+  cudaMalloc(&gv, v.size() * 2);
+  cudaMemset(gk, 0xff, k.size() * 2);  // NaN: every row below S must be written
+  cudaMemset(gv, 0xff, v.size() * 2);
+
+  dk::DkdvArgs a{};
+  a.dk = gk;
+  a.dv = gv;
+  a.lse = dlse;
+  a.delta = ddelta;
+  a.L = L;
+  a.S = S;
+  a.Hq = int(p.Hq);
+  a.Hkv = int(p.Hkv);
+  a.group = int(p.Hq / p.Hkv);
+  a.scale = scale;
+  a.scale_log2 = scale * 1.4426950408889634f;
+  a.mask = ark_block_mask{dk::QT, dk::KT, run_ptr, runs, bits, ql, kl, qd, kd, qg, kg, r.window};
+  a.k_run_ptr = k_run_ptr;
+  a.k_runs = k_runs;
+  a.k_tile_bits = tile_of;
+  const int64_t qs[3] = {p.Hq * L * D, L * D, D}, ks[3] = {p.Hkv * S * D, S * D, D};
+  CUtensorMap tq, tdo, tk, tv;
+  const bool maps = ark::sm90::make_tensor_map(&tq, "q", dq_, ARK_BFLOAT16, D, L, p.Hq, p.B, qs, dk::QS) == ARK_SUCCESS &&
+                    ark::sm90::make_tensor_map(&tdo, "do", ddo, ARK_BFLOAT16, D, L, p.Hq, p.B, qs, dk::QS) == ARK_SUCCESS &&
+                    ark::sm90::make_tensor_map(&tk, "k", dk_in, ARK_BFLOAT16, D, S, p.Hkv, p.B, ks, dk::KT) == ARK_SUCCESS &&
+                    ark::sm90::make_tensor_map(&tv, "v", dv_in, ARK_BFLOAT16, D, S, p.Hkv, p.B, ks, dk::KT) == ARK_SUCCESS;
+  EXPECT(maps, "%s: tensor maps: %s", p.name, ark_last_error_message());
+  constexpr int STAGES = 2;
+  using Sm = dk::Smem<D, STAGES>;
+  auto kernel = dk::block_sparse_attention_dkdv_kernel<__nv_bfloat16, D, STAGES>;
+  cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(Sm::kLaunchBytes));
+  const dim3 grid(unsigned(n_key_tiles), unsigned(p.Hkv), unsigned(p.B));
+  if (maps) kernel<<<grid, dk::kThreads, Sm::kLaunchBytes>>>(tq, tdo, tk, tv, a);
+  const cudaError_t err = cudaDeviceSynchronize();
+  EXPECT(err == cudaSuccess, "%s (D %d): launch: %s", p.name, D, cudaGetErrorString(err));
+
+  std::vector<uint16_t> hk(k.size()), hv(v.size());
+  cudaMemcpy(hk.data(), gk, k.size() * 2, cudaMemcpyDeviceToHost);
+  cudaMemcpy(hv.data(), gv, v.size() * 2, cudaMemcpyDeviceToHost);
+  std::vector<float> got_dk(k.size()), got_dv(v.size());
+  for (size_t i = 0; i < k.size(); ++i) {
+    got_dk[i] = bf16_to(hk[i]);
+    got_dv[i] = bf16_to(hv[i]);
+  }
+  const double e_dk = rel_error(got_dk, want_dk), e_dv = rel_error(got_dv, want_dv);
+  const bool ok = err == cudaSuccess && e_dk <= 2e-2 && e_dv <= 2e-2;
+  std::printf("  %-28s D %3d: dK %.2e  dV %.2e  %s\n", p.name, D, e_dk, e_dv, ok ? "ok" : "FAILED");
+  EXPECT(ok, "%s (D %d): dK error %.3e, dV error %.3e (bound 2e-2)", p.name, D, e_dk, e_dv);
+  for (void* ptr : std::initializer_list<void*>{(void*)run_ptr, (void*)runs, (void*)bits, (void*)k_run_ptr, (void*)k_runs, (void*)tile_of,
+                    (void*)ql, (void*)kl, (void*)qd, (void*)kd, (void*)qg, (void*)kg, (void*)dq_, (void*)dk_in,
+                    (void*)dv_in, (void*)ddo, (void*)dlse, (void*)ddelta, (void*)gk, (void*)gv})
+    cudaFree(ptr);
+}
+
+MaskDef random_bits(int64_t L, int64_t S, unsigned seed) {
+  MaskDef m;
+  m.L = L;
+  m.S = S;
+  m.dense.resize(size_t(L * S));
+  std::mt19937 gen(seed);
+  for (int64_t i = 0; i < L; ++i)
+    for (int64_t j = 0; j < S; ++j) {
+      const int64_t tile = (i / 128) * 131 + (j / 128);
+      const unsigned kind = unsigned(tile * 2654435761u) % 4;  // empty, full, sparse, dense tiles
+      m.dense[size_t(i * S + j)] = kind == 1 || (kind == 2 && gen() % 5 == 0) || (kind == 3 && gen() % 5 != 0);
+    }
+  for (int64_t j = 0; j < S; ++j) m.dense[size_t(7 * S + j)] = 0;  // an empty row
+  return m;
+}
+
+}  // namespace
+
+int main() {
+  int devices = 0, major = 0, minor = 0;
+  if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) {
+    std::printf("no CUDA device: the dK/dV kernel is not run\n");
+    return finish("test_block_sparse_attention_dkdv_sm90");
+  }
+  cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, 0);
+  cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, 0);
+  if (major != 9 || minor != 0) {
+    std::printf("not an sm_90 GPU (sm_%d%d): the dK/dV kernel is not run\n", major, minor);
+    return finish("test_block_sparse_attention_dkdv_sm90");
+  }
+  Rule all = causal_rule(128, 256);
+  std::fill(all.q_level.begin(), all.q_level.end(), 0);
+  std::fill(all.k_level.begin(), all.k_level.end(), 0);
+  Rule docs = causal_rule(700, 700);
+  for (int64_t i = 0; i < 700; ++i) docs.q_doc.push_back(int32_t(i < 100 ? 0 : i < 433 ? 1 : i < 440 ? 2 : 3));
+  docs.k_doc = docs.q_doc;
+  const Problem problems[] = {
+      {"every pair visible", 1, 1, 1, 0, rule_mask(128, 256, all), Partial::kRule},
+      {"causal GQA", 2, 4, 2, 0, rule_mask(300, 300, causal_rule(300, 300)), Partial::kRule},
+      {"causal S > L", 1, 2, 2, 0, rule_mask(200, 333, causal_rule(200, 333)), Partial::kRule},
+      {"sliding window 100", 1, 2, 1, 0, rule_mask(600, 600, causal_rule(600, 600, 100)), Partial::kRule},
+      {"documents", 1, 2, 2, 0, rule_mask(700, 700, docs), Partial::kRule},
+      {"SCAM (groups), mixed", 1, 2, 1, 0, rule_mask(512, 512, skip_causal_rule(4, 64)), Partial::kMixed},
+      {"random bitmaps", 1, 2, 2, 0, random_bits(400, 450, 7), Partial::kBits},
+  };
+  unsigned seed = 1;
+  for (const Problem& p0 : problems) {
+    for (const int64_t D : {int64_t(64), int64_t(128)}) {
+      Problem p = p0;
+      p.D = D;
+      if (D == 64) run<64>(p, seed++);
+      else run<128>(p, seed++);
+    }
+  }
+  return finish("test_block_sparse_attention_dkdv_sm90");
+}
