@@ -84,15 +84,19 @@ def config(D: int, dtype: torch.dtype, device) -> dict:
                 DQ_M=64, DQ_N=32, DQ_WARPS=8, DQ_STAGES=2)
 
 
-def _is_tile(n: int) -> bool:
-    return n >= MIN_TILE and n & (n - 1) == 0
+TILINGS_TEXT = f"powers of two >= {MIN_TILE}"  # what takes_tiling accepts, for error messages
+
+
+def takes_tiling(block_q: int, block_k: int) -> bool:
+    """Whether the kernels run a layout at (block_q, block_k): both powers of two >= MIN_TILE."""
+    return all(n >= MIN_TILE and n & (n - 1) == 0 for n in (block_q, block_k))
 
 
 def config_for_layout(D: int, dtype: torch.dtype, device, block_q: int, block_k: int) -> dict:
     """config() with its slices cut to a layout at (block_q, block_k): any powers of two >= 16 (a slice larger
     than the layout's tile shrinks to it). ValueError for any other tiling."""
-    if not (_is_tile(block_q) and _is_tile(block_k)):
-        raise ValueError(f"mask: expected a layout whose tiles are powers of two >= {MIN_TILE} (block_q, block_k), "
+    if not takes_tiling(block_q, block_k):
+        raise ValueError(f"mask: expected a layout whose tiles are {TILINGS_TEXT} (block_q, block_k), "
                          f"got one at ({block_q}, {block_k})")
     cfg = dict(config(D, dtype, device), BLOCK_M=block_q, BLOCK_N=block_k)
     for name in SLICES:

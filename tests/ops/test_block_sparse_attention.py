@@ -793,8 +793,7 @@ def test_cuda_unaligned_inputs_are_copied(rng):
 @gpu
 @hopper
 def test_cuda_and_triton_agree(rng):
-    """Each at its own tiling (the backward at the forward's): the two forwards agree to bf16 rounding, and so
-    do the gradients."""
+    """Same layout, same backward: the two forwards agree to bf16 rounding, and so do the gradients."""
     mask = _gpu_mask("var", 680, 680, rng)
     q, k, v = (torch.randn(2, 4, 680, 128, generator=rng).to("cuda", BF16) for _ in range(3))
     g = torch.randn(2, 4, 680, 128, generator=rng).to("cuda", BF16)

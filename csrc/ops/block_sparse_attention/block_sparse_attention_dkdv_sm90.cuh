@@ -192,7 +192,6 @@ struct StepMask {
   const DkdvArgs& a;
   const StepCursor& c;
   const int32_t* sti;  // the slot's staged values (int view)
-  int key_tile;
   __device__ bool visible(int col, const KeyRule& k, int key_in_tile) const {
     const ark_block_mask& m = a.mask;
     if (c.kind == 1) {
@@ -262,7 +261,7 @@ __device__ void consume(const DkdvArgs& a, uint8_t* smem, int key_tile, int hk, 
       sm90::wgmma_wait<0>();
       sm90::fence_operands(s);
       sm90::fence_operands(dp);
-      const StepMask mask{a, c, reinterpret_cast<const int32_t*>(st), key_tile};
+      const StepMask mask{a, c, reinterpret_cast<const int32_t*>(st)};
       const bool masked = c.kind != 0;  // FULL steps: rows past L have lse2 = +inf, keys past S are not stored
 #pragma unroll
       for (int i = 0; i < QS / 2; ++i) {

@@ -67,7 +67,7 @@ def block_sparse_attention(q, k, v, mask, scale=None, return_lse=False, backend=
         chosen = "cuda"
     else:
         chosen = _backends.resolve_triton_or_torch_cpu("block_sparse_attention", OP, backend, q.device)
-        if backend == "auto" and chosen == "triton" and _auto_takes_cuda(q, k, v, mask, D):
+        if backend == "auto" and chosen == "triton" and _auto_takes_cuda(q, mask, D):
             chosen = "cuda"
     if chosen == "reference":
         out, lse = block_sparse_attention_ref(q, k, v, _dense(mask, L, S, q.device), scale)
@@ -82,12 +82,14 @@ def block_sparse_attention(q, k, v, mask, scale=None, return_lse=False, backend=
         lay = _layout(mask, cuda_tiling(D, q.dtype, q.device), q.device, _cuda_takes_tiling, CUDA_TILINGS_TEXT)
         out, lse = torch.ops.arkernels.block_sparse_attention_fwd(q, k, v, *_layout_args(lay), scale)
     else:
-        lay = _layout(mask, tiling(D, q.dtype, q.device), q.device, _triton_takes_tiling, TRITON_TILINGS_TEXT)
+        from arkernels.triton_kernels.block_sparse_attention import TILINGS_TEXT
+
+        lay = _layout(mask, tiling(D, q.dtype, q.device), q.device, _triton_takes_tiling, TILINGS_TEXT)
         out, lse = torch.ops.arkernels.block_sparse_attention_triton(q, k, v, *_layout_args(lay), scale)
     return (out, lse) if return_lse else out
 
 
-def _auto_takes_cuda(q, k, v, mask, D: int) -> bool:
+def _auto_takes_cuda(q, mask, D: int) -> bool:
     """Whether "auto" runs the Hopper CUDA forward: at D 128, where it was the fastest forward on every
     benchmark mask (H200: causal 0.60 ms vs 0.88 for the best Triton, SCAM 0.51 vs 0.85, sliding window 0.43
     vs 0.47), with or without a backward (the Triton backward runs on the same layout either way); at D 64
@@ -125,9 +127,9 @@ def cuda_tiling(D: int, dtype: torch.dtype, device) -> tuple[int, int]:
 
 
 def _triton_takes_tiling(block_q: int, block_k: int) -> bool:
-    from arkernels.triton_kernels.block_sparse_attention import MIN_TILE
+    from arkernels.triton_kernels.block_sparse_attention import takes_tiling
 
-    return all(n >= MIN_TILE and n & (n - 1) == 0 for n in (block_q, block_k))
+    return takes_tiling(block_q, block_k)
 
 
 def _cuda_takes_tiling(block_q: int, block_k: int) -> bool:
@@ -135,7 +137,6 @@ def _cuda_takes_tiling(block_q: int, block_k: int) -> bool:
     return block_q == CUDA_BLOCK_Q and 128 % block_k == 0 and _triton_takes_tiling(block_q, block_k)
 
 
-TRITON_TILINGS_TEXT = "powers of two >= 16"
 CUDA_TILINGS_TEXT = "block_q 128 and block_k 16, 32, 64 or 128"
 
 
