@@ -1,11 +1,11 @@
 // The Hopper dK / dV kernel of block_sparse_attention (csrc/ops/block_sparse_attention/
-// block_sparse_attention_dkdv_sm90.cuh; prepared, not yet wired into the library) against a float64 oracle of the
-// backward on small problems of every mask kind: every pair visible, causal with GQA, a sliding window,
+// block_sparse_attention_dkdv_sm90.cuh), through the C API (ark_block_sparse_attention_bwd_dkdv), against a
+// float64 oracle of the backward on small problems of every mask kind: every pair visible, causal with GQA, a sliding window,
 // documents, groups mixed with RULE and BITS tiles, random bitmaps, L != S and lengths that are not multiples of
 // the tiles. bf16 inputs (exact in bf16), the oracle's P / dS in float64, so the bound is the kernel's rounding
 // of P and dS to bf16 for the products (norm-relative 2e-2). Needs an sm_90 GPU: without one it exits 77,
-// which ctest reports as skipped (CI has no GPU); the kit runs it on the device.
-#include <cuda.h>
+// which ctest reports as skipped (CI has no GPU), after checking the C API's refusals; the kit runs it on the
+// device.
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -13,18 +13,19 @@
 #include <initializer_list>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <random>
 #include <vector>
 
+#include "arkernels/block_sparse_attention.h"
 #include "bsa_layouts.hpp"
 #include "capi_test_util.hpp"
-#include "common/sm90_tma_host.hpp"
-#include "ops/block_sparse_attention/block_sparse_attention_dkdv_sm90.cuh"
 
 using namespace bsa_layouts;
-namespace dk = ark::bsa_dkdv;
 
 namespace {
+
+constexpr int kTile = 128;  // the kernel takes layouts at 128 x 128 only
 
 // The transposed half of a layout (k_run_ptr, k_runs, k_tile_bits), as python/arkernels/masks/layout.py builds
 // it: per key tile, runs of query tiles of one kind; a BITS run lists the tile_bits index of each of its tiles.
@@ -135,8 +136,8 @@ std::vector<uint16_t> to_bf16(const std::vector<float>& x) {
   return o;
 }
 
-template <int D>
 void run(const Problem& p, unsigned seed) {
+  const int D = int(p.D);
   const int64_t L = p.mask.L, S = p.mask.S;
   std::mt19937 gen(seed);
   std::normal_distribution<float> nd;
@@ -152,8 +153,8 @@ void run(const Problem& p, unsigned seed) {
   std::vector<double> want_dk(k.size(), 0.0), want_dv(v.size(), 0.0);
   oracle(p, q, k, v, dout, scale, lse, delta, want_dk, want_dv);
 
-  const Layout lay = build_layout(p.mask, dk::QT, dk::KT, p.how);
-  const int64_t n_key_tiles = (S + dk::KT - 1) / dk::KT;
+  const Layout lay = build_layout(p.mask, kTile, kTile, p.how);
+  const int64_t n_key_tiles = (S + kTile - 1) / kTile;
   const Transposed tr = transpose(lay, n_key_tiles);
   const Rule& r = p.mask.rule;
   int32_t *run_ptr = upload(lay.run_ptr), *runs = upload(lay.runs), *bits = upload(lay.bits),
@@ -169,35 +170,13 @@ void run(const Problem& p, unsigned seed) {
   cudaMemset(gk, 0xff, k.size() * 2);  // NaN: every row below S must be written
   cudaMemset(gv, 0xff, v.size() * 2);
 
-  dk::DkdvArgs a{};
-  a.dk = gk;
-  a.dv = gv;
-  a.lse = dlse;
-  a.delta = ddelta;
-  a.L = L;
-  a.S = S;
-  a.Hq = int(p.Hq);
-  a.Hkv = int(p.Hkv);
-  a.group = int(p.Hq / p.Hkv);
-  a.scale = scale;
-  a.scale_log2 = scale * 1.4426950408889634f;
-  a.mask = ark_block_mask{dk::QT, dk::KT, run_ptr, runs, bits, ql, kl, qd, kd, qg, kg, r.window};
-  a.k_run_ptr = k_run_ptr;
-  a.k_runs = k_runs;
-  a.k_tile_bits = tile_of;
+  const ark_block_mask mask{kTile, kTile, run_ptr, runs, bits, ql, kl, qd, kd, qg, kg, r.window};
+  const ark_block_mask_keys keys{k_run_ptr, k_runs, tile_of};
   const int64_t qs[3] = {p.Hq * L * D, L * D, D}, ks[3] = {p.Hkv * S * D, S * D, D};
-  CUtensorMap tq, tdo, tk, tv;
-  const bool maps = ark::sm90::make_tensor_map(&tq, "q", dq_, ARK_BFLOAT16, D, L, p.Hq, p.B, qs, dk::QS) == ARK_SUCCESS &&
-                    ark::sm90::make_tensor_map(&tdo, "do", ddo, ARK_BFLOAT16, D, L, p.Hq, p.B, qs, dk::QS) == ARK_SUCCESS &&
-                    ark::sm90::make_tensor_map(&tk, "k", dk_in, ARK_BFLOAT16, D, S, p.Hkv, p.B, ks, dk::KT) == ARK_SUCCESS &&
-                    ark::sm90::make_tensor_map(&tv, "v", dv_in, ARK_BFLOAT16, D, S, p.Hkv, p.B, ks, dk::KT) == ARK_SUCCESS;
-  EXPECT(maps, "%s: tensor maps: %s", p.name, ark_last_error_message());
-  constexpr int STAGES = 2;
-  using Sm = dk::Smem<D, STAGES>;
-  auto kernel = dk::block_sparse_attention_dkdv_kernel<__nv_bfloat16, D, STAGES>;
-  cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(Sm::kLaunchBytes));
-  const dim3 grid(unsigned(n_key_tiles), unsigned(p.Hkv), unsigned(p.B));
-  if (maps) kernel<<<grid, dk::kThreads, Sm::kLaunchBytes>>>(tq, tdo, tk, tv, a);
+  const ark_status st = ark_block_sparse_attention_bwd_dkdv(dq_, dk_in, dv_in, ddo, dlse, ddelta, gk, gv, p.B, p.Hq,
+                                                            p.Hkv, L, S, D, qs, ks, ks, qs, &mask, &keys, scale,
+                                                            ARK_BFLOAT16, ARK_DEVICE_CUDA, nullptr);
+  EXPECT(st == ARK_SUCCESS, "%s (D %d): %s", p.name, D, ark_last_error_message());
   const cudaError_t err = cudaDeviceSynchronize();
   EXPECT(err == cudaSuccess, "%s (D %d): launch: %s", p.name, D, cudaGetErrorString(err));
 
@@ -210,7 +189,7 @@ void run(const Problem& p, unsigned seed) {
     got_dv[i] = bf16_to(hv[i]);
   }
   const double e_dk = rel_error(got_dk, want_dk), e_dv = rel_error(got_dv, want_dv);
-  const bool ok = err == cudaSuccess && e_dk <= 2e-2 && e_dv <= 2e-2;
+  const bool ok = st == ARK_SUCCESS && err == cudaSuccess && e_dk <= 2e-2 && e_dv <= 2e-2;
   std::printf("  %-28s D %3d: dK %.2e  dV %.2e  %s\n", p.name, D, e_dk, e_dv, ok ? "ok" : "FAILED");
   EXPECT(ok, "%s (D %d): dK error %.3e, dV error %.3e (bound 2e-2)", p.name, D, e_dk, e_dv);
   for (void* ptr : std::initializer_list<void*>{(void*)run_ptr, (void*)runs, (void*)bits, (void*)k_run_ptr, (void*)k_runs, (void*)tile_of,
@@ -235,22 +214,57 @@ MaskDef random_bits(int64_t L, int64_t S, unsigned seed) {
   return m;
 }
 
+// What the C API refuses before any launch (no GPU needed): CPU tensors, a layout at another tiling, fp32. The
+// pointers are never read: each refusal comes before the kernel would touch them.
+void check_refusals() {
+  static int32_t words[8];
+  void* buf = words;  // 16-byte aligned, non-NULL
+  const int64_t st[3] = {64 * 128, 128 * 64, 64};
+  ark_block_mask mask{128, 128, words, words, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, -1};
+  const ark_block_mask_keys keys{words, words, nullptr};
+  const auto call = [&](ark_dtype dtype, ark_device device) {
+    return ark_block_sparse_attention_bwd_dkdv(buf, buf, buf, buf, (const float*)buf, (const float*)buf, buf, buf, 1,
+                                               1, 1, 128, 128, 64, st, st, st, st, &mask, &keys, 0.125f, dtype,
+                                               device, nullptr);
+  };
+  const struct {
+    const char* what;
+    ark_dtype dtype;
+    ark_device device;
+    int block_k;
+    const char* message;
+  } cases[] = {
+      {"CPU tensors", ARK_BFLOAT16, ARK_DEVICE_CPU, 128, "CUDA devices only"},
+      {"a 128 x 64 layout", ARK_BFLOAT16, ARK_DEVICE_CUDA, 64, "layouts at 128 x 128, got 128 x 64"},
+      {"fp32", ARK_FLOAT32, ARK_DEVICE_CUDA, 128, "supports ARK_BFLOAT16 and ARK_FLOAT16, got"},
+  };
+  for (const auto& c : cases) {
+    mask.block_k = c.block_k;
+    const ark_status status = call(c.dtype, c.device);
+    const char* msg = ark_last_error_message();
+    EXPECT(status == ARK_ERROR_INVALID_ARGUMENT && std::strstr(msg, c.message) != nullptr,
+           "%s: expected ARK_ERROR_INVALID_ARGUMENT naming \"%s\", got status %d: %s", c.what, c.message, int(status),
+           msg);
+  }
+}
+
 }  // namespace
 
 constexpr int kSkipped = 77;  // SKIP_RETURN_CODE of the ctest entry
 
 int main() {
+  check_refusals();
   int devices = 0, major = 0, minor = 0;
   // Without an sm_90 GPU nothing is checked: exit code 77, which ctest reports as skipped (not passed).
   if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) {
     std::printf("no CUDA device: the dK/dV kernel is not run (skipped)\n");
-    return kSkipped;
+    return g_failures ? finish("test_block_sparse_attention_dkdv_sm90") : kSkipped;
   }
   cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, 0);
   cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, 0);
   if (major != 9 || minor != 0) {
     std::printf("not an sm_90 GPU (sm_%d%d): the dK/dV kernel is not run (skipped)\n", major, minor);
-    return kSkipped;
+    return g_failures ? finish("test_block_sparse_attention_dkdv_sm90") : kSkipped;
   }
   Rule all = causal_rule(128, 256);
   std::fill(all.q_level.begin(), all.q_level.end(), 0);
@@ -272,8 +286,7 @@ int main() {
     for (const int64_t D : {int64_t(64), int64_t(128)}) {
       Problem p = p0;
       p.D = D;
-      if (D == 64) run<64>(p, seed++);
-      else run<128>(p, seed++);
+      run(p, seed++);
     }
   }
   return finish("test_block_sparse_attention_dkdv_sm90");

@@ -438,6 +438,56 @@ def test_native_bad_input_raises(name):
         make()()
 
 
+# ---- the dK / dV op (the Hopper kernel through the C API; CUDA only) ----
+
+def _dkdv_args(rng, device, dtype=BF16, **changes):
+    """Arguments of arkernels::block_sparse_attention_bwd_dkdv at a 128 x 128 layout (names as in the schema),
+    one of them replaced."""
+    from arkernels.ops.block_sparse_attention import _layout_args
+
+    names = ["q", "k", "v", "dout", "lse", "delta", "q_run_ptr", "q_runs", "k_run_ptr", "k_runs", "tile_bits",
+             "k_tile_bits", "q_level", "k_level", "q_doc", "k_doc", "q_group", "k_group", "window", "block_q",
+             "block_k", "scale"]
+    B, Hq, Hkv, L, S, D = 2, 4, 2, 200, 230, 64
+    q, dout = (torch.randn(B, Hq, L, D, generator=rng).to(device, dtype) for _ in range(2))
+    k, v = (torch.randn(B, Hkv, S, D, generator=rng).to(device, dtype) for _ in range(2))
+    lse, delta = (torch.randn(B, Hq, L, generator=rng).to(device) for _ in range(2))
+    lay = M.sliding_window(70, L, S).layout(128, 128, device)
+    args = dict(zip(names, (q, k, v, dout, lse, delta, *_layout_args(lay), 0.125)))
+    args.update(changes)
+    return tuple(args.values())
+
+
+DKDV_BAD_INPUTS = {
+    # name: (changes, exception, message)
+    "dout_shape": (lambda: {"dout": torch.randn(2, 4, 199, 64).to(BF16)}, ValueError,
+                   r"dout: expected the shape of q \[2, 4, 200, 64\], got \[2, 4, 199, 64\]"),
+    "dout_dtype": (lambda: {"dout": torch.randn(2, 4, 200, 64)}, TypeError, r"dout: expected the dtype of q"),
+    "lse_dtype": (lambda: {"lse": torch.randn(2, 4, 200).double()}, TypeError, r"lse: expected dtype float32"),
+    "delta_shape": (lambda: {"delta": torch.randn(2, 4, 201)}, ValueError,
+                    r"delta: expected shape \(B, Hq, L\) = \[2, 4, 200\], got \[2, 4, 201\]"),
+    "k_run_ptr_length": (lambda: {"k_run_ptr": torch.zeros(4, dtype=torch.int32)}, ValueError,
+                         r"k_run_ptr: expected shape \[3\], got \[4\]"),
+    "k_runs_shape": (lambda: {"k_runs": torch.zeros(3, 2, dtype=torch.int32)}, ValueError,
+                     r"k_runs: expected shape \[runs, 4\]"),
+    "cpu_tensors": (lambda: {}, ValueError,
+                    r"block_sparse_attention_bwd_dkdv: device: the dK/dV kernel runs on CUDA devices only"),
+}
+
+
+@pytest.mark.parametrize("name", list(DKDV_BAD_INPUTS))
+def test_dkdv_op_bad_input_raises(name, rng):
+    changes, exc, pattern = DKDV_BAD_INPUTS[name]
+    with pytest.raises(exc, match=pattern):
+        torch.ops.arkernels.block_sparse_attention_bwd_dkdv(*_dkdv_args(rng, "cpu", **changes()))
+
+
+def test_dkdv_kernel_not_taken_on_cpu():
+    from arkernels.ops.block_sparse_attention import _dkdv_cuda_runs
+
+    assert not _dkdv_cuda_runs(64, 128, 128, BF16, torch.device("cpu"))
+
+
 @pytest.mark.parametrize("D,dtype", [(64, FP32), (256, BF16), (64, BF16)], ids=["fp32", "d256", "bf16"])
 def test_cuda_backend_on_cpu_tensors_raises(D, dtype, rng):
     """backend="cuda" never falls back: CPU tensors raise, whatever D and dtype (also under TRITON_INTERPRET)."""
@@ -821,6 +871,50 @@ def test_auto_takes_cuda_at_d128_only(rng):
         assert not torch.equal(got["auto"], got[other]), (D, grad, "the two backends should round differently")
 
 
+@pytest.fixture
+def cuda_dkdv(monkeypatch):
+    """The backward of the CUDA forward with the Hopper dK / dV kernel (ops.block_sparse_attention.CUDA_DKDV)."""
+    from arkernels.ops import block_sparse_attention as bsa
+
+    monkeypatch.setattr(bsa, "CUDA_DKDV", True)
+    return bsa
+
+
+@gpu
+@hopper
+@pytest.mark.parametrize("name", list(CUDA_CASES))
+def test_cuda_dkdv_matches_reference(name, rng, cuda_dkdv):
+    """The Hopper dK / dV kernel (Triton dQ beside it) against the float64 reference: every case of the CUDA
+    forward, whose 128 x 128 layout it takes."""
+    mask_name, B, Hq, Hkv, L, S, D, dtype = CUDA_CASES[name]
+    assert cuda_dkdv._dkdv_cuda_runs(D, 128, 128, dtype, torch.device("cuda")), "the kernel would not be taken"
+    check("cuda", mask_name, B=B, Hq=Hq, Hkv=Hkv, L=L, S=S, D=D, dtype=dtype, rng=rng, device="cuda",
+          mask=_gpu_mask(mask_name, L, S, rng))
+
+
+@gpu
+@hopper
+def test_cuda_dkdv_is_deterministic_and_near_triton(rng, cuda_dkdv):
+    """No atomics: two runs give the same bits; and the same gradients as the Triton dK / dV to bf16 rounding."""
+    mask = _gpu_mask("causal", 700, 700, rng)
+    q = torch.randn(2, 8, 700, 128, generator=rng).to("cuda", BF16)
+    k, v = (torch.randn(2, 2, 700, 128, generator=rng).to("cuda", BF16) for _ in range(2))
+    g = torch.randn(2, 8, 700, 128, generator=rng).to("cuda", BF16)
+
+    def grads():
+        leaves = [t.clone().requires_grad_(True) for t in (q, k, v)]
+        out = arkernels.block_sparse_attention(*leaves, mask, backend="cuda")
+        return torch.autograd.grad(out, leaves, g)
+
+    a, b = grads(), grads()
+    for x, y in zip(a, b):
+        assert torch.equal(x, y)
+    cuda_dkdv.CUDA_DKDV = False
+    t = grads()
+    for name, x, y in zip(("dq", "dk", "dv"), a, t):
+        assert_close_to_reference(x, y.double(), rel_tol=REL_TOL[BF16], name=name)
+
+
 CUDA_UNSUPPORTED = {
     # name: (D, dtype, message)
     "fp32": (64, FP32, r"bfloat16 or float16, got float32"),
@@ -878,3 +972,9 @@ def test_opcheck_block_sparse_attention_fwd_cuda(rng):
 
     torch.library.opcheck(torch.ops.arkernels.block_sparse_attention_fwd.default,
                           _op_args(rng, "cuda", BF16, cuda_tiling(64, BF16, "cuda")))
+
+
+@gpu
+@hopper
+def test_opcheck_block_sparse_attention_bwd_dkdv_cuda(rng):
+    torch.library.opcheck(torch.ops.arkernels.block_sparse_attention_bwd_dkdv.default, _dkdv_args(rng, "cuda"))

@@ -120,6 +120,48 @@ def test_triton_interpreted_gpu_config(mask, D, monkeypatch, rng):
     check("triton", mask, B=1, Hq=2, Hkv=1, L=150, S=150, D=D, dtype=FP32, rng=rng)
 
 
+@pytest.mark.parametrize("use_dlse", [False, True], ids=["no_dlse", "dlse"])
+@pytest.mark.parametrize("mask", ["from_dense", "scam"])
+def test_cuda_dkdv_backward_plumbing(mask, use_dlse, monkeypatch, rng):
+    """The backward op of CUDA_DKDV (Triton preprocess and dQ, the C++ dK / dV op) with that op replaced by a
+    float64 Python version of the formula the C API documents (p from lse, dS from delta = rowsum(dO * O) - dlse):
+    what the op hands over (lse, delta, the layout's arguments in schema order) must give the Triton backward's
+    gradients, and dQ must be the Triton one bit for bit."""
+    from arkernels.ops.block_sparse_attention import _layout_args
+
+    B, Hq, Hkv, L, D = 1, 4, 2, 90, 16
+    m = make_mask(mask, L, L, rng)
+    dense = m.to_dense()
+    lay = m.layout(*tiling(D, FP32, "cpu"), "cpu")
+    q, k, v, g = (torch.randn(b, h, L, D, generator=rng) for b, h in ((B, Hq), (B, Hkv), (B, Hkv), (B, Hq)))
+    out, lse = torch.ops.arkernels.block_sparse_attention_triton(q, k, v, *_layout_args(lay), 0.3)
+    g_lse = torch.randn(B, Hq, L, generator=rng) if use_dlse else None
+    seen = {}
+
+    def dkdv_float64(q, k, v, dout, lse, delta, *layout_and_scale):
+        assert layout_and_scale[-4:] == tuple(_layout_args(lay)[-3:]) + (0.3,)  # window, block_q, block_k, scale
+        assert layout_and_scale[0] is lay.q_run_ptr and layout_and_scale[3] is lay.k_runs
+        seen["called"] = True
+        G = Hq // Hkv
+        qd, kd, vd, dod = (t.double() for t in (q, k, v, dout))
+        kd, vd = kd.repeat_interleave(G, 1), vd.repeat_interleave(G, 1)
+        s = qd @ kd.transpose(-1, -2) * 0.3
+        p = torch.where(dense, torch.exp(s - lse.double()[..., None]), 0.0)
+        ds = p * (dod @ vd.transpose(-1, -2) - delta.double()[..., None])
+        dv = (p.transpose(-1, -2) @ dod).view(B, Hkv, G, L, D).sum(2)
+        dk = (ds.transpose(-1, -2) @ qd * 0.3).view(B, Hkv, G, L, D).sum(2)
+        return dk.to(k.dtype), dv.to(v.dtype)
+
+    monkeypatch.setattr(torch.ops.arkernels, "block_sparse_attention_bwd_dkdv", dkdv_float64)
+    args = (g, g_lse, q, k, v, out, lse, *_layout_args(lay), 0.3)
+    got = torch.ops.arkernels._block_sparse_attention_cuda_dkdv_backward(*args)
+    want = torch.ops.arkernels._block_sparse_attention_triton_backward(*args)
+    assert seen.get("called")
+    assert torch.equal(got[0], want[0])
+    for name, x, y in zip(("dk", "dv"), got[1:], want[1:]):
+        torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-4, msg=name)
+
+
 def test_triton_interpreted_strided_kv_scale_no_lse(rng):
     """k, v as slices of one projection (rows strided), an explicit scale, only out reaching the loss
     (lse's gradient arrives as None)."""

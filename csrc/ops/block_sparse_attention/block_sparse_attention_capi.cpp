@@ -4,6 +4,7 @@
 #include <climits>
 #include <cmath>
 #include <cstdint>
+#include <initializer_list>
 
 #include "common/status.hpp"
 #include "ops/block_sparse_attention/block_sparse_attention.cuh"
@@ -48,6 +49,32 @@ ark_status check_mask(const ark_block_mask* mask, bool has_work) {
 }
 
 #ifdef ARKERNELS_WITH_CUDA
+struct StridedOperand {
+  const char* name;
+  const int64_t* s;
+  int64_t sizes[3];
+};
+struct Operand {
+  const char* name;
+  const void* ptr;
+};
+
+// TMA: rows start on 16-byte boundaries (8 elements of 2 bytes), and a tensor map has no stride 0 (no
+// broadcasting). The stride of a dimension of size 1 is never used (the kernels replace it).
+ark_status check_tma_operands(const char* kernel, std::initializer_list<StridedOperand> strided,
+                              std::initializer_list<Operand> pointers) {
+  for (const auto& st : strided)
+    for (int i = 0; i < 3; ++i)
+      ARK_REQUIRE(st.sizes[i] <= 1 || (st.s[i] != 0 && st.s[i] % 8 == 0),
+                  "%s: %s needs strides that are nonzero multiples of 8 elements, got %s[%d] = %lld for a dimension "
+                  "of size %lld",
+                  st.name, kernel, st.name, i, (long long)st.s[i], (long long)st.sizes[i]);
+  for (const auto& a : pointers)
+    ARK_REQUIRE((reinterpret_cast<uintptr_t>(a.ptr) & 15u) == 0, "%s: %s needs a 16-byte aligned pointer, got %p",
+                a.name, kernel, a.ptr);
+  return ARK_SUCCESS;
+}
+
 // The CUDA kernel's requirements beyond those of the CPU path (the header lists them).
 ark_status check_cuda(const ark::BlockSparseAttentionFwdParams& p, ark_dtype dtype) {
   if (!ark::block_sparse_attention_cuda_supported(p.head_dim, p.mask.block_q, p.mask.block_k, dtype)) {
@@ -67,35 +94,41 @@ ark_status check_cuda(const ark::BlockSparseAttentionFwdParams& p, ark_dtype dty
                      "current device (it needs an sm_90 GPU; see ark_block_sparse_attention_cuda_supported)",
                      p.head_dim, (int)p.mask.block_q, (int)p.mask.block_k, ark::dtype_name(dtype));
   }
-  // TMA: rows start on 16-byte boundaries (8 elements of 2 bytes), and a tensor map has no stride 0
-  // (no broadcasting). The stride of a dimension of size 1 is never used (the kernel replaces it).
-  const struct { const char* name; const int64_t* s; int64_t sizes[3]; } strides[] = {
-      {"q_strides", p.q_strides, {p.batch, p.q_heads, p.L}},
-      {"k_strides", p.k_strides, {p.batch, p.kv_heads, p.S}},
-      {"v_strides", p.v_strides, {p.batch, p.kv_heads, p.S}}};
-  for (const auto& st : strides)
-    for (int i = 0; i < 3; ++i)
-      ARK_REQUIRE(st.sizes[i] <= 1 || (st.s[i] != 0 && st.s[i] % 8 == 0),
-                  "%s: the CUDA forward needs strides that are nonzero multiples of 8 elements, got %s[%d] = %lld "
-                  "for a dimension of size %lld",
-                  st.name, st.name, i, (long long)st.s[i], (long long)st.sizes[i]);
-  const struct { const char* name; const void* ptr; } ptrs[] = {{"q", p.q}, {"k", p.k}, {"v", p.v}, {"out", p.out}};
-  for (const auto& a : ptrs)
-    ARK_REQUIRE((reinterpret_cast<uintptr_t>(a.ptr) & 15u) == 0,
-                "%s: the CUDA forward needs a 16-byte aligned pointer, got %p", a.name, a.ptr);
-  return ARK_SUCCESS;
+  return check_tma_operands("the CUDA forward",
+                            {{"q_strides", p.q_strides, {p.batch, p.q_heads, p.L}},
+                             {"k_strides", p.k_strides, {p.batch, p.kv_heads, p.S}},
+                             {"v_strides", p.v_strides, {p.batch, p.kv_heads, p.S}}},
+                            {{"q", p.q}, {"k", p.k}, {"v", p.v}, {"out", p.out}});
+}
+
+// The dK / dV kernel's requirements (the header lists them).
+ark_status check_dkdv_cuda(const ark::BlockSparseAttentionDkdvParams& p, ark_dtype dtype) {
+  if (!ark::block_sparse_attention_dkdv_cuda_supported(p.head_dim, p.mask.block_q, p.mask.block_k, dtype)) {
+    ARK_REQUIRE(dtype == ARK_BFLOAT16 || dtype == ARK_FLOAT16,
+                "dtype: the CUDA dK/dV kernel supports ARK_BFLOAT16 and ARK_FLOAT16, got %s", ark::dtype_name(dtype));
+    ARK_REQUIRE(p.head_dim == 64 || p.head_dim == 128, "head_dim: the CUDA dK/dV kernel supports 64 and 128, got %d",
+                p.head_dim);
+    ARK_REQUIRE(p.mask.block_q == 128 && p.mask.block_k == 128,
+                "mask.block_q, mask.block_k: the CUDA dK/dV kernel supports layouts at 128 x 128, got %d x %d",
+                (int)p.mask.block_q, (int)p.mask.block_k);
+    return ark::fail(ARK_ERROR_INVALID_ARGUMENT,
+                     "device: the CUDA dK/dV kernel does not run head_dim=%d, dtype=%s on the current device (it "
+                     "needs an sm_90 GPU; see ark_block_sparse_attention_dkdv_cuda_supported)",
+                     p.head_dim, ark::dtype_name(dtype));
+  }
+  return check_tma_operands("the CUDA dK/dV kernel",
+                            {{"q_strides", p.q_strides, {p.batch, p.q_heads, p.L}},
+                             {"k_strides", p.k_strides, {p.batch, p.kv_heads, p.S}},
+                             {"v_strides", p.v_strides, {p.batch, p.kv_heads, p.S}},
+                             {"dout_strides", p.dout_strides, {p.batch, p.q_heads, p.L}}},
+                            {{"q", p.q}, {"k", p.k}, {"v", p.v}, {"dout", p.dout}, {"dk", p.dk}, {"dv", p.dv}});
 }
 #endif
 
-}  // namespace
-
-extern "C" ark_status ark_block_sparse_attention_fwd(const void* q, const void* k, const void* v, void* out, float* lse,
-                                                     int64_t batch, int64_t q_heads, int64_t kv_heads, int64_t L,
-                                                     int64_t S, int64_t head_dim, const int64_t q_strides[3],
-                                                     const int64_t k_strides[3], const int64_t v_strides[3],
-                                                     const ark_block_mask* mask, float scale, ark_dtype dtype,
-                                                     ark_device device, void* stream) {
-  ark::clear_error();
+// The checks every entry point makes of the problem's sizes, scale, dtype, device and input strides.
+ark_status check_problem(int64_t batch, int64_t q_heads, int64_t kv_heads, int64_t L, int64_t S, int64_t head_dim,
+                         float scale, ark_dtype dtype, ark_device device, const int64_t* q_strides,
+                         const int64_t* k_strides, const int64_t* v_strides) {
   ARK_TRY(check_size("batch", batch));
   ARK_TRY(check_size("q_heads", q_heads));
   ARK_TRY(check_size("kv_heads", kv_heads));
@@ -114,6 +147,20 @@ extern "C" ark_status ark_block_sparse_attention_fwd(const void* q, const void* 
   ARK_TRY(check_strides("q_strides", q_strides));
   ARK_TRY(check_strides("k_strides", k_strides));
   ARK_TRY(check_strides("v_strides", v_strides));
+  return ARK_SUCCESS;
+}
+
+}  // namespace
+
+extern "C" ark_status ark_block_sparse_attention_fwd(const void* q, const void* k, const void* v, void* out, float* lse,
+                                                     int64_t batch, int64_t q_heads, int64_t kv_heads, int64_t L,
+                                                     int64_t S, int64_t head_dim, const int64_t q_strides[3],
+                                                     const int64_t k_strides[3], const int64_t v_strides[3],
+                                                     const ark_block_mask* mask, float scale, ark_dtype dtype,
+                                                     ark_device device, void* stream) {
+  ark::clear_error();
+  ARK_TRY(check_problem(batch, q_heads, kv_heads, L, S, head_dim, scale, dtype, device, q_strides, k_strides,
+                        v_strides));
   const bool has_rows = batch > 0 && q_heads > 0 && L > 0;  // out (and lse) have elements
   const bool has_work = has_rows && S > 0;                   // q, k, v and the runs are read
   ARK_TRY(check_mask(mask, has_work));
@@ -154,6 +201,61 @@ extern "C" int ark_block_sparse_attention_cuda_supported(int64_t head_dim, int32
 #ifdef ARKERNELS_WITH_CUDA
   if (head_dim < 1 || head_dim > INT_MAX) return 0;
   return ark::block_sparse_attention_cuda_supported(int(head_dim), block_q, block_k, dtype) ? 1 : 0;
+#else
+  (void)head_dim; (void)block_q; (void)block_k; (void)dtype;
+  return 0;
+#endif
+}
+
+extern "C" ark_status ark_block_sparse_attention_bwd_dkdv(
+    const void* q, const void* k, const void* v, const void* dout, const float* lse, const float* delta, void* dk,
+    void* dv, int64_t batch, int64_t q_heads, int64_t kv_heads, int64_t L, int64_t S, int64_t head_dim,
+    const int64_t q_strides[3], const int64_t k_strides[3], const int64_t v_strides[3],
+    const int64_t dout_strides[3], const ark_block_mask* mask, const ark_block_mask_keys* keys, float scale,
+    ark_dtype dtype, ark_device device, void* stream) {
+  ark::clear_error();
+  ARK_TRY(check_problem(batch, q_heads, kv_heads, L, S, head_dim, scale, dtype, device, q_strides, k_strides,
+                        v_strides));
+  ARK_TRY(check_strides("dout_strides", dout_strides));
+  ARK_REQUIRE(device == ARK_DEVICE_CUDA, "device: the dK/dV kernel runs on CUDA devices only, got ARK_DEVICE_CPU");
+  const bool has_out = batch > 0 && kv_heads > 0 && S > 0;  // dk and dv have elements
+  const bool has_work = has_out && q_heads > 0 && L > 0;    // the inputs and both halves of the layout are read
+  ARK_TRY(check_mask(mask, has_work));
+  ARK_REQUIRE(!has_work || keys, "keys: expected a non-NULL ark_block_mask_keys");
+  ARK_REQUIRE(!has_work || (keys->k_run_ptr && keys->k_runs), "keys.k_run_ptr, keys.k_runs: expected non-NULL pointers");
+  ARK_REQUIRE(!has_out || (dk && dv), "dk, dv: expected non-NULL pointers for %lld x %lld x %lld keys, got dk=%p dv=%p",
+              (long long)batch, (long long)kv_heads, (long long)S, dk, dv);
+  ARK_REQUIRE(!has_work || (q && k && v && dout && lse && delta),
+              "q, k, v, dout, lse, delta: expected non-NULL pointers, got %p %p %p %p %p %p", q, k, v, dout,
+              (const void*)lse, (const void*)delta);
+  if (!has_out) return ARK_SUCCESS;
+  ark::BlockSparseAttentionDkdvParams p{};
+  p.q = q; p.k = k; p.v = v; p.dout = dout; p.lse = lse; p.delta = delta; p.dk = dk; p.dv = dv;
+  for (int i = 0; i < 3; ++i) {
+    p.q_strides[i] = q_strides[i];
+    p.k_strides[i] = k_strides[i];
+    p.v_strides[i] = v_strides[i];
+    p.dout_strides[i] = dout_strides[i];
+  }
+  p.batch = batch; p.q_heads = q_heads; p.kv_heads = kv_heads; p.L = L; p.S = S;
+  p.head_dim = int(head_dim);
+  p.scale = scale;
+  p.mask = *mask;
+  if (keys) p.keys = *keys;
+#ifdef ARKERNELS_WITH_CUDA
+  ARK_TRY(check_dkdv_cuda(p, dtype));
+  return ark::block_sparse_attention_dkdv_cuda(p, dtype, stream);
+#else
+  (void)stream;
+  return ARK_ERROR_NOT_COMPILED;
+#endif
+}
+
+extern "C" int ark_block_sparse_attention_dkdv_cuda_supported(int64_t head_dim, int32_t block_q, int32_t block_k,
+                                                              ark_dtype dtype) {
+#ifdef ARKERNELS_WITH_CUDA
+  if (head_dim < 1 || head_dim > INT_MAX) return 0;
+  return ark::block_sparse_attention_dkdv_cuda_supported(int(head_dim), block_q, block_k, dtype) ? 1 : 0;
 #else
   (void)head_dim; (void)block_q; (void)block_k; (void)dtype;
   return 0;

@@ -6,10 +6,10 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
-#include <atomic>
 #include <cmath>
 #include <type_traits>
 
+#include "common/sm90_device.hpp"
 #include "common/sm90_tma_host.hpp"
 #include "common/status.hpp"
 #include "common/tuning.hpp"
@@ -73,42 +73,18 @@ ark_status launch(const BlockSparseAttentionFwdParams& p, cudaStream_t stream) {
                      : launch_instance<T, D, 3, false>(tq, tk, tv, a, grid, stream);
 }
 
-// The kernel instances have sm_90a code (the library may be built without 90a, and PTX of another target
-// would JIT to an empty kernel on this GPU). Asked once per instance: the answer is a property of the binary.
+// Asked once per instance: the answer is a property of the binary.
 template <typename T, int D>
 bool has_sm90a_code() {
-  static const bool has = [] {
-    cudaFuncAttributes attr{};
-    if (cudaFuncGetAttributes(&attr, block_sparse_attention_fwd_kernel<T, D, 2, false>) != cudaSuccess) {
-      cudaGetLastError();
-      return false;
-    }
-    return attr.ptxVersion == 90 && attr.binaryVersion == 90;
-  }();
+  static const bool has = sm90::has_sm90a_code(block_sparse_attention_fwd_kernel<T, D, 2, false>);
   return has;
-}
-
-// The current device is an sm_90 GPU; answered once per device ordinal (every forward call asks).
-bool device_is_sm90() {
-  constexpr int kCached = 64;
-  static std::atomic<int8_t> known[kCached];  // 0: not asked yet, 1: sm_90, 2: another GPU
-  int dev = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess) return false;
-  if (dev >= 0 && dev < kCached && known[dev].load(std::memory_order_relaxed)) return known[dev] == 1;
-  int major = 0, minor = 0;
-  const bool ok = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess &&
-                  cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) == cudaSuccess;
-  if (!ok) return false;
-  const bool sm90 = major == 9 && minor == 0;
-  if (dev >= 0 && dev < kCached) known[dev].store(sm90 ? 1 : 2, std::memory_order_relaxed);
-  return sm90;
 }
 
 }  // namespace
 
 bool block_sparse_attention_cuda_supported(int head_dim, int block_q, int block_k, ark_dtype dtype) {
   if (!((head_dim == 64 || head_dim == 128) && (dtype == ARK_BFLOAT16 || dtype == ARK_FLOAT16) && block_q == BM &&
-        block_k >= 1 && BN % block_k == 0 && device_is_sm90()))
+        block_k >= 1 && BN % block_k == 0 && sm90::device_is_sm90()))
     return false;
   if (dtype == ARK_BFLOAT16) return head_dim == 64 ? has_sm90a_code<__nv_bfloat16, 64>() : has_sm90a_code<__nv_bfloat16, 128>();
   return head_dim == 64 ? has_sm90a_code<__half, 64>() : has_sm90a_code<__half, 128>();

@@ -1,7 +1,8 @@
 // Device code of a Hopper (sm_90a) block_sparse_attention dK / dV kernel: the half of the backward with four of
-// its five matrix products, built from the forward's pieces (block_sparse_attention_sm90.cuh). PREPARED, NOT
-// YET RUN ON A GPU: only tests/capi/test_block_sparse_attention_dkdv_sm90.cu launches it (written without a
-// device; bench/NOTES.md, 2026-12-05 session 7). Nothing in the library calls it yet.
+// its five matrix products, built from the forward's pieces (block_sparse_attention_sm90.cuh). Written without a
+// GPU (bench/NOTES.md, 2026-12-05 session 7) and NOT YET RUN ON ONE: the C API launches it
+// (ark_block_sparse_attention_bwd_dkdv; host side in block_sparse_attention_dkdv_cuda.cu), and the torch op uses
+// it only behind the experimental switch ops.block_sparse_attention.CUDA_DKDV.
 //
 // One CTA per (128-key tile, kv head, batch row); the layout must be at 128 x 128 (one layout key tile per
 // CTA, two 64-query steps per layout query tile). A producer warpgroup loads the K and V tiles once (TMA) and,

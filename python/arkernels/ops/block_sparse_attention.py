@@ -33,6 +33,14 @@ CUDA_BLOCK_Q = 128  # the Hopper kernel's query tile; its key tile divides its 1
 MAX_HEAD_DIM = 256
 CPU_TILING = (128, 128)  # the cpu backend's default layout tiling (it accepts a layout at any tiling)
 _GRID_LIMIT = 65535  # heads and batch rows are grid dimensions 1 and 2 of the kernels
+DKDV_OP = "block_sparse_attention_bwd_dkdv"  # the C++ op of the Hopper dK / dV kernel (C API, CUDA only)
+
+# Experimental, off by default: the backward of the CUDA forward computes dK / dV with the Hopper kernel
+# (DKDV_OP) and dQ with Triton, where that kernel runs (sm_90, bf16 / fp16, D 64 / 128, a 128 x 128 layout),
+# instead of the Triton dK / dV. Read when the backward runs (traced once under torch.compile). It stays off until
+# the kernel has passed its GPU tests and beaten the Triton dK / dV in the sweep (bench/NOTES.md); the GPU tests
+# and scripts/block_sparse_attention_sweep.py ("cuda dkdv") turn it on.
+CUDA_DKDV = False
 
 
 def block_sparse_attention(q, k, v, mask, scale=None, return_lse=False, backend="auto"):
@@ -199,6 +207,21 @@ def _cuda_reason_uncached(D: int, dtype: torch.dtype, device: torch.device) -> s
         return (f"the CUDA kernel does not run D = {D}, {str(dtype).replace('torch.', '')}, tiling {block_q} x "
                 f"{block_k} on {device} (libarkernels built without sm_90a?) (use 'triton')")
     return None
+
+
+_dkdv_runs: dict = {}
+
+
+@torch.compiler.assume_constant_result
+def _dkdv_cuda_runs(D: int, block_q: int, block_k: int, dtype: torch.dtype, device: torch.device) -> bool:
+    """The Hopper dK / dV kernel runs this case (cached, as _cuda_unavailable_reason)."""
+    key = (D, block_q, block_k, dtype, device)
+    if key not in _dkdv_runs:
+        _dkdv_runs[key] = (_native_available() and hasattr(torch.ops.arkernels, DKDV_OP)
+                           and _library.has_kernel(DKDV_OP, "CUDA")
+                           and torch.ops.arkernels.block_sparse_attention_dkdv_cuda_supported(D, block_q, block_k,
+                                                                                               dtype, device))
+    return _dkdv_runs[key]
 
 
 def _layout(mask, default: tuple[int, int], device: torch.device, takes, takes_text: str) -> TileLayout:
@@ -432,11 +455,21 @@ if _native_available():
         B, Hq, L, D = q.shape
         return q.new_empty((B, Hq, L, D)), q.new_empty((B, Hq, L), dtype=torch.float32)
 
+    if hasattr(torch.ops.arkernels, DKDV_OP):  # a build older than the op lacks it
+        @torch.library.register_fake(f"arkernels::{DKDV_OP}")
+        def _(q, k, v, dout, lse, delta, *layout_and_scale):
+            return k.new_empty(k.shape), v.new_empty(v.shape)
+
     def _native_backward_op(*args):
-        """The backward of the native forward on the same layout: Triton on CUDA tensors, the cpu op's on CPU."""
-        if args[2].is_cuda:  # grad_out, grad_lse, q, ...
-            return torch.ops.arkernels._block_sparse_attention_triton_backward(*args)
-        return torch.ops.arkernels._block_sparse_attention_cpu_backward(*args)
+        """The backward of the native forward on the same layout: on CUDA tensors Triton (or, with CUDA_DKDV, the
+        Hopper dK / dV kernel beside the Triton dQ), the cpu op's on CPU."""
+        grad_out, q = args[0], args[2]
+        if not q.is_cuda:
+            return torch.ops.arkernels._block_sparse_attention_cpu_backward(*args)
+        block_q, block_k = args[-3], args[-2]  # ..., window, block_q, block_k, scale
+        if CUDA_DKDV and _dkdv_cuda_runs(q.shape[-1], block_q, block_k, q.dtype, q.device):
+            return torch.ops.arkernels._block_sparse_attention_cuda_dkdv_backward(*args)
+        return torch.ops.arkernels._block_sparse_attention_triton_backward(*args)
 
     torch.library.register_autograd(f"arkernels::{NATIVE_OP}", _make_backward(_native_backward_op),
                                     setup_context=_setup_context)
@@ -471,6 +504,25 @@ if _backends.triton_available():
         lay = _tk.LayoutArgs(q_run_ptr, q_runs, k_run_ptr, k_runs, tile_bits, k_tile_bits, q_level, k_level, q_doc,
                              k_doc, q_group, k_group, window, block_q, block_k)
         return _tk.block_sparse_attention_bwd(grad_out, grad_lse, q, k, v, out, lse, lay, scale)
+
+    @torch.library.triton_op("arkernels::_block_sparse_attention_cuda_dkdv_backward", mutates_args=())
+    def _block_sparse_attention_cuda_dkdv_backward(
+            grad_out: torch.Tensor, grad_lse: torch.Tensor | None, q: torch.Tensor, k: torch.Tensor,
+            v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor, q_run_ptr: torch.Tensor, q_runs: torch.Tensor,
+            k_run_ptr: torch.Tensor, k_runs: torch.Tensor, tile_bits: torch.Tensor | None,
+            k_tile_bits: torch.Tensor | None, q_level: torch.Tensor | None, k_level: torch.Tensor | None,
+            q_doc: torch.Tensor | None, k_doc: torch.Tensor | None, q_group: torch.Tensor | None,
+            k_group: torch.Tensor | None, window: int, block_q: int, block_k: int,
+            scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The Triton backward with its dK / dV kernel replaced by the Hopper one (CUDA_DKDV)."""
+        layout = (q_run_ptr, q_runs, k_run_ptr, k_runs, tile_bits, k_tile_bits, q_level, k_level, q_doc, k_doc,
+                  q_group, k_group, window, block_q, block_k)
+        lay = _tk.LayoutArgs(*layout)
+
+        def dkdv(q, k, v, grad_out, lse, delta):
+            return torch.ops.arkernels.block_sparse_attention_bwd_dkdv(q, k, v, grad_out, lse, delta, *layout, scale)
+
+        return _tk.block_sparse_attention_bwd(grad_out, grad_lse, q, k, v, out, lse, lay, scale, dkdv=dkdv)
 
     torch.library.register_autograd(
         "arkernels::block_sparse_attention_triton",
