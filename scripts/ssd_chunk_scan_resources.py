@@ -5,6 +5,9 @@
 For every kernel and its launch configuration (triton_kernels/ssd_chunk_scan.py: config()), with
 every optional feature on (the heaviest variant), prints registers per thread, spill stack bytes
 and shared memory, and flags shared memory above the H100's 227 KB per block (a launch failure).
+Arguments are specialised as a launch at the benchmark's headline shape (b4 l4096 h32 g1, contiguous
+inputs, at each row's n and p) specialises them as divisible by 16: every pointer and every int that
+is a multiple of 16. (Ints equal to 1, which a launch turns into constants, stay runtime ints here.)
 Compilation errors of any variant show here too. Registers come from cuobjdump (shipped with
 Triton) on the cubin. This is how the launch configurations were chosen on a machine without a GPU;
 timings still need the GPU.
@@ -12,20 +15,20 @@ timings still need the GPU.
 from __future__ import annotations
 
 import argparse
+import collections
+import functools
 import sys
 import warnings
 
 import triton
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
 
-from arkernels.testing.triton_compile import compile_report
+from arkernels.testing.triton_compile import compile_for_sm90, compile_report
 from arkernels.triton_kernels import ssd_chunk_scan as tk
 
 TORCH_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 
 
-def _signature(fn, dtype: str, consts: dict) -> tuple[dict, dict]:
+def _signature(fn, dtype: str, consts: dict) -> dict:
     sig = {}
     for name in fn.arg_names:
         if name in consts:
@@ -43,7 +46,45 @@ def _signature(fn, dtype: str, consts: dict) -> tuple[dict, dict]:
             sig[name] = "fp32"
         else:
             sig[name] = "i64"
-    return sig, {(fn.arg_names.index(k),): v for k, v in consts.items()}
+    return sig
+
+
+@functools.lru_cache(maxsize=None)
+def _aligned(P: int, n: int, light: bool) -> dict:
+    """{kernel: names of the arguments a launch specialises as divisible by 16} at the headline shape (this
+    p and n): every tensor pointer (torch allocations are 16-byte aligned) and every int that is a multiple
+    of 16 (the ssd kernels have no do_not_specialize). The values are the launchers' own: ssd_bwd (which
+    also launches the forward kernel, for the states) runs on meta tensors with the launches recorded
+    instead of run, so no stride list is repeated here."""
+    import torch
+
+    b, L, H, G = 4, 4096, 32, 1
+    meta = dict(device="meta", dtype=torch.bfloat16)  # the dtype changes no stride
+    x, dt, A = torch.empty(b, L, H, P, **meta), torch.empty(b, L, H, **meta), torch.empty(H, **meta)
+    B, C = torch.empty(b, L, G, n, **meta), torch.empty(b, L, G, n, **meta)
+    # The inputs the variants' flags use; the light one's D is per head, as the benchmark's.
+    D = torch.empty(H if light else (H, P), **meta)
+    z = None if light else torch.empty_like(x)
+    seq = None if light else torch.empty(b, L, dtype=torch.int32, device="meta")
+    state = torch.empty(b, H, P, n, dtype=torch.float32, device="meta")
+    launches = {}
+
+    def record(fn):  # wrap_triton(fn)[grid](*args) keeps the first launch's arguments by name
+        return collections.defaultdict(lambda: lambda *a, **kw: launches.setdefault(fn, dict(zip(fn.arg_names, a))))
+
+    wrap, tune = tk.wrap_triton, dict(tk._TUNE)
+    tk.wrap_triton = record
+    # The GPU's choices at this shape: one segment per sequence (256 programs fill it; off the GPU the
+    # launcher would cut one per chunk) and the dB/dC head split in 2 (which it also picks off the GPU).
+    tk._TUNE.setdefault("seg_chunks", L)
+    try:
+        tk.ssd_bwd(x, state, x, dt, A, B, C, D, z, A, None if light else state, seq, None, True, 0.0, float("inf"))
+    finally:
+        tk.wrap_triton = wrap
+        tk._TUNE.clear()
+        tk._TUNE.update(tune)
+    return {fn: [k for k, v in a.items() if isinstance(v, torch.Tensor) or (type(v) is int and v % 16 == 0)]
+            for fn, a in launches.items()}
 
 
 def _variants(dtype: str, block_n: int, P: int, light: bool = False):
@@ -87,7 +128,6 @@ def main(argv=None) -> int:
 
         tk._TUNE.update({k: tuple(v) if isinstance(v, list) else v for k, v in json.loads(args.tune).items()})
     warnings.filterwarnings("ignore", message="tl.make_block_ptr is deprecated")
-    target = GPUTarget("cuda", 90, 64)
     failures = 0
     print(f"{'kernel':7s} {'dtype':5s} {'n':>4s} {'BLOCK_P':>7s} {'warps':>5s} {'stages':>6s} {'regs':>5s} "
           f"{'spill B':>7s} {'smem B':>7s}")
@@ -98,9 +138,9 @@ def main(argv=None) -> int:
                 if args.only and name not in args.only.split(","):
                     continue
                 consts = dict(consts, BLOCK_P=bp)
-                sig, cx = _signature(fn, dtype, consts)
-                report, failed = compile_report(lambda: triton.compile(
-                    ASTSource(fn, sig, cx), target=target, options={"num_warps": warps, "num_stages": stages}))
+                report, failed = compile_report(lambda: compile_for_sm90(
+                    fn, _signature(fn, dtype, consts), consts, num_warps=warps, num_stages=stages,
+                    aligned=_aligned(args.p, n, args.light)[fn]))
                 failures += failed
                 print(f"{name:7s} {dtype:5s} {n:4d} {bp:7d} {warps:5d} {stages:6d} {report}")
     return 1 if failures else 0
