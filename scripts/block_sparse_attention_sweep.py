@@ -10,7 +10,8 @@ config() for the head dim of the case: each changes one kernel's slice shape, wa
 layout (forward shapes in mode fwd, backward shapes in fwd+bwd); the list starts with the current default.
 SWEEP_DEVICE=cpu with TRITON_INTERPRET=1: a smoke run at the benchmark's CPU cases (default only). Then the
 Hopper CUDA forward (backend "cuda"): its four instances (schedule x ring slots, through libarkernels' tuning
-knobs); for fwd+bwd also with each backward variant, and with the Hopper dK / dV kernel ("cuda dkdv")."""
+knobs); for fwd+bwd also with each backward variant, and with the Hopper dK / dV kernel ("cuda dkdv": Triton dQ; "cuda fused": dQ by atomics in the
+same kernel)."""
 import argparse
 import os
 import sys
@@ -155,16 +156,19 @@ def run_case(case, peers: bool, keep: set[str] | None = None):
         finally:
             _tuning_set("bsa_fwd_schedule", 0)
             _tuning_set("bsa_fwd_stages", 0)
-    # The Hopper dK / dV kernel (ops.block_sparse_attention.CUDA_DKDV: C API kernel, Triton dQ) behind the CUDA
-    # forward; checked against the oracle first like every variant.
-    if case.mode != "fwd" and D in (64, 128) and (keep is None or "cuda dkdv" in keep):
+    # The Hopper dK / dV kernel behind the CUDA forward (ops.block_sparse_attention.CUDA_BACKWARD): with the Triton
+    # dQ ("cuda dkdv"), and with dQ by atomics in the same kernel ("cuda fused"); checked like every variant.
+    if case.mode != "fwd" and D in (64, 128):
         from arkernels.ops import block_sparse_attention as bsa_ops
 
-        bsa_ops.CUDA_DKDV = True
-        try:
-            _time_variant(label, "cuda dkdv", "arkernels-cuda", case, sets, oracle)
-        finally:
-            bsa_ops.CUDA_DKDV = False
+        for mode in ("dkdv", "fused"):
+            if keep is not None and f"cuda {mode}" not in keep:
+                continue
+            bsa_ops.CUDA_BACKWARD = mode
+            try:
+                _time_variant(label, f"cuda {mode}", "arkernels-cuda", case, sets, oracle)
+            finally:
+                bsa_ops.CUDA_BACKWARD = "triton"
     if peers:
         # sdpa-causal: SDPA's causal forward at the case's shape (FlashAttention inside), the issue's yardstick
         # for the VAR mask; TFLOP/s on the case's visible pairs, so compare its time only.

@@ -641,15 +641,14 @@ def block_sparse_attention_fwd(q, k, v, lay: LayoutArgs, scale: float):
 
 def block_sparse_attention_bwd(grad_out, grad_lse, q, k, v, out, lse, lay: LayoutArgs, scale: float, dkdv=None):
     """(dq, dk, dv) in the inputs' dtypes; grad_lse (B, Hq, L) float32 or None. dkdv: None (the Triton dK / dV
-    kernel) or a function (q, k, v, grad_out, lse, delta) -> (dk, dv) that computes them instead."""
+    kernel) or a function (q, k, v, grad_out, lse, delta) -> (dk, dv, dq or None) that computes them instead (dq
+    None: the Triton dQ kernel runs)."""
     B, Hq, L, D = q.shape
     Hkv, S = k.shape[1], k.shape[2]
     cfg = config_for_layout(D, q.dtype, q.device, lay.block_q, lay.block_k)
-    dq = new_output(q.shape, dtype=q.dtype, device=q.device)
     if q.numel() == 0 or k.numel() == 0:
         # Nothing visible: every gradient is zero (and the kernels would launch no program for one side).
-        return dq.zero_(), torch.zeros_like(k, memory_format=torch.contiguous_format), \
-            torch.zeros_like(v, memory_format=torch.contiguous_format)
+        return tuple(torch.zeros_like(t, memory_format=torch.contiguous_format) for t in (q, k, v))
     BLOCK_D = max(16, triton.next_power_of_2(D))
     qk_scale = scale * LOG2E
     delta = torch.empty((B, Hq, L), dtype=torch.float32, device=q.device)
@@ -659,8 +658,9 @@ def block_sparse_attention_bwd(grad_out, grad_lse, q, k, v, out, lse, lay: Layou
         out.stride(0), out.stride(1), out.stride(2), grad_out.stride(0), grad_out.stride(1), grad_out.stride(2),
         HAS_DLSE=grad_lse is not None, BLOCK_M=pre_m, BLOCK_D=BLOCK_D, num_warps=4)
     common = dict(**lay.flags(), BLOCK_D=BLOCK_D, EVEN_D=BLOCK_D == D, PREC=_precision(q.dtype))
+    dq = None
     if dkdv is not None:
-        dk, dv = dkdv(q, k, v, grad_out, lse, delta)
+        dk, dv, dq = dkdv(q, k, v, grad_out, lse, delta)
     else:
         dk = new_output(k.shape, dtype=k.dtype, device=k.device)
         dv = new_output(v.shape, dtype=v.dtype, device=v.device)
@@ -672,6 +672,9 @@ def block_sparse_attention_bwd(grad_out, grad_lse, q, k, v, out, lse, lay: Layou
             dk.stride(0), dk.stride(1), dk.stride(2), dv.stride(0), dv.stride(1), dv.stride(2),
             DKDV_N=cfg["DKDV_N"], DKDV_M=cfg["DKDV_M"], KEY_MAJOR=cfg["DKDV_KEY_MAJOR"], **common,
             num_warps=cfg["DKDV_WARPS"], num_stages=cfg["DKDV_STAGES"])
+    if dq is not None:
+        return dq, dk, dv
+    dq = new_output(q.shape, dtype=q.dtype, device=q.device)
     torch.library.wrap_triton(_block_sparse_attention_bwd_dq_kernel)[(triton.cdiv(L, cfg["DQ_M"]), Hq, B)](
         q, k, v, grad_out, lse, delta, dq, lay.q_run_ptr, lay.q_runs, lay.tile_bits, *lay.rule_args(),
         L, S, D, Hq, Hq // Hkv, lay.window, qk_scale, scale,

@@ -717,6 +717,84 @@ void bench_bsa(const char* name, int64_t B, int64_t H, int64_t D, const bsa_layo
   std::fflush(stdout);
 }
 
+// The Hopper backward kernel (ark_block_sparse_attention_bwd_dkdv, bf16, MHA) over `mask` at 128 x 128: dK / dV
+// alone ("dkdv", dQ left to another kernel) and with dQ added by atomics ("dkdv+dq", the zeroing memset of the fp32
+// buffer timed with it). lse comes from the CUDA forward (so P is a softmax), delta is random: values are checked
+// by the C API test against a float64 oracle, here only that dK, dV (and dQ) come out finite. TFLOP/s count the
+// visible pairs: 8 D per pair and (batch, head) for the four dK / dV products, 10 D with dQ.
+void bench_bsa_bwd(const char* name, int64_t B, int64_t H, int64_t D, const bsa_layouts::MaskDef& mask) {
+  const char* op = "block_sparse_attention";
+  const int64_t L = mask.L, S = mask.S;
+  constexpr int32_t kTile = 128;
+  char shape[96];
+  std::snprintf(shape, sizeof(shape), "%s b%lld h%lld l%lld d%lld", name, (long long)B, (long long)H, (long long)L,
+                (long long)D);
+  if (!ark_block_sparse_attention_dkdv_cuda_supported(D, kTile, kTile, ARK_BFLOAT16) ||
+      !ark_block_sparse_attention_cuda_supported(D, kTile, kTile, ARK_BFLOAT16)) {
+    std::printf("%-22s %-34s skipped: the CUDA backward / forward does not run head_dim %lld bf16 here\n", op, shape,
+                (long long)D);
+    if (g_tsv) std::fprintf(g_tsv, "%s\t%s\t-\tskip\tCUDA backward not supported on this device\n", op, shape);
+    return;
+  }
+  const bsa_layouts::Layout lay = bsa_layouts::build_layout(mask, kTile, kTile, bsa_layouts::Partial::kRule);
+  const bsa_layouts::Transposed tr = bsa_layouts::transpose(lay, (S + kTile - 1) / kTile);
+  const int64_t visible = bsa_layouts::count_visible(mask);
+  const size_t n_q = size_t(B * H * L * D), n_kv = size_t(B * H * S * D), n_rows = size_t(B * H * L);
+  Host q(n_q, ARK_BFLOAT16, normal), k(n_kv, ARK_BFLOAT16, normal), v(n_kv, ARK_BFLOAT16, normal),
+      dout(n_q, ARK_BFLOAT16, normal), delta(n_rows, ARK_FLOAT32, [] { return 0.1f * normal(); });
+  const float scale = float(1.0 / std::sqrt(double(D)));
+  const int64_t q_st[3] = {H * L * D, L * D, D}, kv_st[3] = {H * S * D, S * D, D};
+  Device d_q(q), d_k(k), d_v(v), d_do(dout), d_delta(delta), d_out(n_q * 2), d_lse(n_rows * 4), d_dk(n_kv * 2),
+      d_dv(n_kv * 2), d_dq(n_q * 4);
+  const bsa_layouts::Rule& ru = mask.rule;
+  const DeviceInts run_ptr(lay.run_ptr), runs(lay.runs), bits(lay.bits), k_run_ptr(tr.run_ptr), k_runs(tr.runs),
+      k_tile_bits(tr.tile_of), q_level(ru.q_level), k_level(ru.k_level), q_doc(ru.q_doc), k_doc(ru.k_doc),
+      q_group(ru.q_group), k_group(ru.k_group);
+  const ark_block_mask dev_mask{kTile,         kTile,         run_ptr.get(), runs.get(),    bits.get(),    q_level.get(),
+                                k_level.get(), q_doc.get(),   k_doc.get(),   q_group.get(), k_group.get(), ru.window};
+  const ark_block_mask_keys keys{k_run_ptr.get(), k_runs.get(), k_tile_bits.get()};
+  if (const ark_status s = ark_block_sparse_attention_fwd(d_q.ptr, d_k.ptr, d_v.ptr, d_out.ptr,
+                                                          static_cast<float*>(d_lse.ptr), B, H, H, L, S, D, q_st, kv_st,
+                                                          kv_st, &dev_mask, scale, ARK_BFLOAT16, ARK_DEVICE_CUDA, nullptr))
+    return report_error(op, shape, "fwd for lse", s);
+  for (const bool with_dq : {false, true}) {
+    const char* variant = with_dq ? "cuda bwd dkdv+dq" : "cuda bwd dkdv";
+    const auto call = [&] {
+      if (with_dq && cudaMemsetAsync(d_dq.ptr, 0, n_q * 4) != cudaSuccess) return ARK_ERROR_CUDA;
+      return ark_block_sparse_attention_bwd_dkdv(
+          d_q.ptr, d_k.ptr, d_v.ptr, d_do.ptr, static_cast<const float*>(d_lse.ptr),
+          static_cast<const float*>(d_delta.ptr), d_dk.ptr, d_dv.ptr, with_dq ? static_cast<float*>(d_dq.ptr) : nullptr,
+          B, H, H, L, S, D, q_st, kv_st, kv_st, q_st, &dev_mask, &keys, scale, ARK_BFLOAT16, ARK_DEVICE_CUDA, nullptr);
+    };
+    d_dk.poison();
+    d_dv.poison();
+    if (const ark_status s = call()) {
+      report_error(op, shape, variant, s);
+      continue;
+    }
+    if (const cudaError_t e = cudaDeviceSynchronize()) {  // a fault: the context is lost, so is the rest
+      std::printf("%-22s %-34s %-26s error: CUDA %s\n", op, shape, variant, cudaGetErrorString(e));
+      if (g_tsv) std::fprintf(g_tsv, "%s\t%s\t%s\terror\tCUDA %s\n", op, shape, variant, cudaGetErrorString(e));
+      return;
+    }
+    Host dk(n_kv, ARK_BFLOAT16, [] { return 0.f; }), dv(n_kv, ARK_BFLOAT16, [] { return 0.f; }),
+        dq(with_dq ? n_q : 0, ARK_FLOAT32, [] { return 0.f; });
+    d_dk.download(dk);
+    d_dv.download(dv);
+    if (with_dq) d_dq.download(dq);
+    int64_t non_finite = 0;
+    for (const Host* h : {&dk, &dv, &dq})
+      for (size_t i = 0; i < h->n; ++i) non_finite += !std::isfinite(h->get(i));
+    const double flops = (with_dq ? 10.0 : 8.0) * double(D) * double(visible) * double(B * H);
+    const double bytes = double(n_q * 2 + 2 * n_kv) * 2 + double(n_kv) * 2 * 2 + (with_dq ? double(n_q) * 4 : 0.0);
+    const double ms = non_finite ? NAN : time_ms(call);
+    char extra[160];
+    std::snprintf(extra, sizeof(extra), "%.1f TFLOP/s (visible); %lld non-finite outputs", flops / (ms * 1e-3) / 1e12,
+                  (long long)non_finite);
+    report(op, shape, variant, "bwd", ms, bytes, non_finite ? INFINITY : 0.0, 1.0, extra);
+  }
+}
+
 // VAR: scales of 1, 2, 3, 4, 5, 6, 8, 10, 13, 16 squared tokens (L = 680), block-causal over the scales.
 bsa_layouts::MaskDef var_mask() {
   std::vector<int64_t> lengths;
@@ -776,6 +854,18 @@ int main(int argc, char** argv) {
       {"bsa_scam", [] { bench_bsa("scam", 2, 16, 128, bsa_layouts::rule_mask(8192, 8192, bsa_layouts::skip_causal_rule(16, 256))); }},
       {"bsa_sliding", [] {
          bench_bsa("sliding1024", 2, 16, 128, bsa_layouts::rule_mask(8192, 8192, bsa_layouts::causal_rule(8192, 8192, 1024)));
+       }},
+      // The Hopper backward kernel (dK / dV, and with dQ by atomics) at the same four cases.
+      {"bsa_bwd_causal", [] {
+         bench_bsa_bwd("causal", 4, 16, 128, bsa_layouts::rule_mask(4096, 4096, bsa_layouts::causal_rule(4096, 4096)));
+       }},
+      {"bsa_bwd_var", [] { bench_bsa_bwd("var", 16, 16, 64, var_mask()); }},
+      {"bsa_bwd_scam", [] {
+         bench_bsa_bwd("scam", 2, 16, 128, bsa_layouts::rule_mask(8192, 8192, bsa_layouts::skip_causal_rule(16, 256)));
+       }},
+      {"bsa_bwd_sliding", [] {
+         bench_bsa_bwd("sliding1024", 2, 16, 128,
+                       bsa_layouts::rule_mask(8192, 8192, bsa_layouts::causal_rule(8192, 8192, 1024)));
        }},
   };
   for (const auto& c : cases) {

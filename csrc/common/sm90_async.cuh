@@ -92,8 +92,9 @@ template <int R> __device__ __forceinline__ void fence_operands(float (&r)[R]) {
 
 // D (64 x N, fp32) (+)= A (64 x 16) * B (16 x N), N = 2 x (registers of d). wgmma_ss: A and B by descriptor,
 // both K-major. wgmma_rs_tb: A from registers (4 x 2 halves a thread, the m64nNk16 A fragment), B by
-// descriptor, MN-major (transposed). `accumulate` 0 overwrites D. The first argument selects the element
-// type of A and B (bf16 or fp16; only its type matters).
+// descriptor, MN-major (transposed). wgmma_ss_tt: A and B by descriptor, both MN-major (a matrix stored with
+// its K dimension as the rows, as B of wgmma_rs_tb). `accumulate` 0 overwrites D. The first argument selects
+// the element type of A and B (bf16 or fp16; only its type matters).
 #define ARK_DEFINE_WGMMA(N, NREG, TY, CTYPE)                                                                \
   __device__ __forceinline__ void wgmma_ss(CTYPE, float(&d)[NREG], uint64_t desc_a, uint64_t desc_b,       \
                                            int accumulate) {                                               \
@@ -102,6 +103,10 @@ template <int R> __device__ __forceinline__ void fence_operands(float (&r)[R]) {
   __device__ __forceinline__ void wgmma_rs_tb(CTYPE, float(&d)[NREG], const uint32_t(&a)[4], uint64_t desc_b, \
                                               int accumulate) {                                            \
     ARK_WGMMA_BODY_RS(N, NREG, TY)                                                                         \
+  }                                                                                                        \
+  __device__ __forceinline__ void wgmma_ss_tt(CTYPE, float(&d)[NREG], uint64_t desc_a, uint64_t desc_b,    \
+                                              int accumulate) {                                            \
+    ARK_WGMMA_BODY_SS_TT(N, NREG, TY)                                                                      \
   }
 
 #if ARK_SM90A_DEVICE
@@ -111,6 +116,12 @@ template <int R> __device__ __forceinline__ void fence_operands(float (&r)[R]) {
   asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %" ARK_WGMMA_NUM(ARK_WGMMA_PLUS2_##NREG) ", 0;\n"          \
                "wgmma.mma_async.sync.aligned.m64n" #N "k16.f32." #TY "." #TY " " ARK_WGMMA_D##NREG##_LIST     \
                ", %" #NREG ", %" ARK_WGMMA_NUM(ARK_WGMMA_PLUS1_##NREG) ", p, 1, 1, 0, 0;\n}\n"               \
+               : ARK_WGMMA_D##NREG##_OUTS(d)                                                               \
+               : "l"(desc_a), "l"(desc_b), "r"(accumulate));
+#define ARK_WGMMA_BODY_SS_TT(N, NREG, TY)                                                                   \
+  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %" ARK_WGMMA_NUM(ARK_WGMMA_PLUS2_##NREG) ", 0;\n"          \
+               "wgmma.mma_async.sync.aligned.m64n" #N "k16.f32." #TY "." #TY " " ARK_WGMMA_D##NREG##_LIST     \
+               ", %" #NREG ", %" ARK_WGMMA_NUM(ARK_WGMMA_PLUS1_##NREG) ", p, 1, 1, 1, 1;\n}\n"               \
                : ARK_WGMMA_D##NREG##_OUTS(d)                                                               \
                : "l"(desc_a), "l"(desc_b), "r"(accumulate));
 #define ARK_WGMMA_BODY_RS(N, NREG, TY)                                                                      \
@@ -134,6 +145,7 @@ template <int R> __device__ __forceinline__ void fence_operands(float (&r)[R]) {
 #define ARK_WGMMA_PLUS5_64 69
 #else
 #define ARK_WGMMA_BODY_SS(N, NREG, TY)
+#define ARK_WGMMA_BODY_SS_TT(N, NREG, TY)
 #define ARK_WGMMA_BODY_RS(N, NREG, TY)
 #endif
 
@@ -220,6 +232,27 @@ template <int R> __device__ __forceinline__ void regs_release() {
 template <int R> __device__ __forceinline__ void regs_claim() {
 #if ARK_SM90A_DEVICE
   asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(R));
+#endif
+}
+
+// A 32-bit store to shared memory by its shared-window address (a generic pointer into the aligned dynamic
+// shared memory loses its address space: the compiler then emits generic stores with 64-bit addresses).
+__device__ __forceinline__ void st_shared_b32(uint32_t addr, uint32_t v) {
+  asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(addr), "r"(v) : "memory");
+}
+
+// Makes this thread's plain shared-memory stores visible to the async proxy (a wgmma that reads them as an
+// operand); a barrier of the writing threads must follow before the wgmma is issued.
+__device__ __forceinline__ void fence_async_shared() {
+#if ARK_SM90A_DEVICE
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+#endif
+}
+
+// *p += a, p[1] += b in global memory, atomically per element (relaxed, no value returned); p 8-byte aligned.
+__device__ __forceinline__ void red_add_f32x2(float* p, float a, float b) {
+#if ARK_SM90A_DEVICE
+  asm volatile("red.global.add.v2.f32 [%0], {%1, %2};\n" ::"l"(p), "f"(a), "f"(b) : "memory");
 #endif
 }
 

@@ -14,6 +14,7 @@
 #include <limits>
 #include <optional>
 #include <tuple>
+#include <vector>
 
 #include "arkernels/block_sparse_attention.h"
 #include "torch/torch_utils.hpp"
@@ -209,14 +210,15 @@ std::tuple<at::Tensor, at::Tensor> block_sparse_attention_fwd(
 }
 
 // dK, dV of the backward through the C API's dK / dV kernel (CUDA only: on CPU tensors the C API refuses,
-// which raises ValueError). delta = rowsum(dout * out) - dlse, computed by the caller.
-std::tuple<at::Tensor, at::Tensor> block_sparse_attention_bwd_dkdv(
+// which raises ValueError), and with with_dq also dQ, as fp32 (summed by atomics: not deterministic); without
+// it the third output has no element. delta = rowsum(dout * out) - dlse, computed by the caller.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> block_sparse_attention_bwd_dkdv(
     const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in, const at::Tensor& dout_in,
     const at::Tensor& lse_in, const at::Tensor& delta_in, const at::Tensor& q_run_ptr, const at::Tensor& q_runs,
     const at::Tensor& k_run_ptr, const at::Tensor& k_runs, const OptTensor& tile_bits, const OptTensor& k_tile_bits,
     const OptTensor& q_level, const OptTensor& k_level, const OptTensor& q_doc, const OptTensor& k_doc,
     const OptTensor& q_group, const OptTensor& k_group, int64_t window, int64_t block_q, int64_t block_k,
-    double scale) {
+    double scale, bool with_dq) {
   check_qkv(q_in, k_in, v_in);
   const int64_t B = q_in.size(0), Hq = q_in.size(1), L = q_in.size(2), D = q_in.size(3);
   const int64_t Hkv = k_in.size(1), S = k_in.size(2);
@@ -243,15 +245,18 @@ std::tuple<at::Tensor, at::Tensor> block_sparse_attention_bwd_dkdv(
 #endif
   at::Tensor dk = new_output({B, Hkv, S, D}, k_in.options());
   at::Tensor dv = new_output({B, Hkv, S, D}, k_in.options());
-  if (dk.numel() == 0) return {dk, dv};
+  // The kernel adds into dq: zeros, never poisoned.
+  const std::vector<int64_t> dq_shape = with_dq ? std::vector<int64_t>{B, Hq, L, D} : std::vector<int64_t>{0};
+  at::Tensor dq = at::zeros(dq_shape, q_in.options().dtype(at::kFloat));
+  if (dk.numel() == 0) return {dk, dv, dq};
   const at::Tensor q = readable(q_in), k = readable(k_in), v = readable(v_in), dout = readable(dout_in);
   const auto qs = strides3(q), ks = strides3(k), vs = strides3(v), dos = strides3(dout);
   const ark_status st = ark_block_sparse_attention_bwd_dkdv(
       q.data_ptr(), k.data_ptr(), v.data_ptr(), dout.data_ptr(), lse.data_ptr<float>(), delta.data_ptr<float>(),
-      dk.data_ptr(), dv.data_ptr(), B, Hq, Hkv, L, S, D, qs.data(), ks.data(), vs.data(), dos.data(), &m.mask,
-      &m.keys, float(scale), to_ark_dtype(q, "q"), to_ark_device(q, "q"), current_stream(q));
+      dk.data_ptr(), dv.data_ptr(), with_dq ? dq.data_ptr<float>() : nullptr, B, Hq, Hkv, L, S, D, qs.data(),
+      ks.data(), vs.data(), dos.data(), &m.mask, &m.keys, float(scale), to_ark_dtype(q, "q"), to_ark_device(q, "q"), current_stream(q));
   check_bsa_status(st, "arkernels::block_sparse_attention_bwd_dkdv");
-  return {dk, dv};
+  return {dk, dv, dq};
 }
 
 // Whether a CUDA kernel of the C API (`supported`: its query) runs (head_dim, block_q x block_k, dtype) on
@@ -303,7 +308,7 @@ TORCH_LIBRARY_FRAGMENT(arkernels, m) {
       "block_sparse_attention_bwd_dkdv(Tensor q, Tensor k, Tensor v, Tensor dout, Tensor lse, Tensor delta, "
       "Tensor q_run_ptr, Tensor q_runs, Tensor k_run_ptr, Tensor k_runs, Tensor? tile_bits, Tensor? k_tile_bits, "
       "Tensor? q_level, Tensor? k_level, Tensor? q_doc, Tensor? k_doc, Tensor? q_group, Tensor? k_group, "
-      "int window, int block_q, int block_k, float scale) -> (Tensor, Tensor)");
+      "int window, int block_q, int block_k, float scale, bool with_dq) -> (Tensor, Tensor, Tensor)");
   // No tensor argument: one kernel for every dispatch key (a plain function, callable from Python).
   m.def("block_sparse_attention_cuda_supported(int head_dim, int block_q, int block_k, ScalarType dtype, "
         "Device device) -> bool",

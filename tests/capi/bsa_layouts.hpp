@@ -155,4 +155,36 @@ inline ark_block_mask c_mask(const Layout& lay, const MaskDef& m) {
                         ptr(m.rule.q_group), ptr(m.rule.k_group), m.rule.window};
 }
 
+// The transposed half of a layout (k_run_ptr, k_runs, k_tile_bits), as python/arkernels/masks/layout.py builds
+// it: per key tile, runs of query tiles of one kind; a BITS run lists the tile_bits index of each of its tiles.
+struct Transposed {
+  std::vector<int32_t> run_ptr, runs, tile_of;
+};
+
+inline Transposed transpose(const Layout& lay, int64_t n_key_tiles) {
+  // (kind, bitmap index) of every visited tile, per key tile and query tile.
+  std::vector<std::vector<std::pair<int, int>>> col(static_cast<size_t>(n_key_tiles));
+  std::vector<std::vector<int>> rows(static_cast<size_t>(n_key_tiles));
+  for (size_t t = 0; t + 1 < lay.run_ptr.size(); ++t)
+    for (int r = lay.run_ptr[t]; r < lay.run_ptr[t + 1]; ++r)
+      for (int u = lay.runs[4 * r]; u < lay.runs[4 * r + 1]; ++u) {
+        const int kind = lay.runs[4 * r + 2];
+        col[u].push_back({kind, kind == kBits ? lay.runs[4 * r + 3] + (u - lay.runs[4 * r]) : -1});
+        rows[u].push_back(int(t));
+      }
+  Transposed tr;
+  tr.run_ptr.push_back(0);
+  for (int64_t u = 0; u < n_key_tiles; ++u) {
+    for (size_t e = 0; e < rows[u].size(); ++e) {
+      const int t = rows[u][e], kind = col[u][e].first;
+      const bool extend = e > 0 && rows[u][e - 1] == t - 1 && col[u][e - 1].first == kind;
+      if (!extend) tr.runs.insert(tr.runs.end(), {t, t, kind, kind == kBits ? int32_t(tr.tile_of.size()) : -1});
+      tr.runs[tr.runs.size() - 3] = t + 1;
+      if (kind == kBits) tr.tile_of.push_back(col[u][e].second);
+    }
+    tr.run_ptr.push_back(int32_t(tr.runs.size() / 4));
+  }
+  return tr;
+}
+
 }  // namespace bsa_layouts

@@ -1,11 +1,12 @@
 // The Hopper dK / dV kernel of block_sparse_attention (csrc/ops/block_sparse_attention/
 // block_sparse_attention_dkdv_sm90.cuh), through the C API (ark_block_sparse_attention_bwd_dkdv), against a
-// float64 oracle of the backward on small problems of every mask kind: every pair visible, causal with GQA, a sliding window,
-// documents, groups mixed with RULE and BITS tiles, random bitmaps, L != S and lengths that are not multiples of
-// the tiles. bf16 inputs (exact in bf16), the oracle's P / dS in float64, so the bound is the kernel's rounding
-// of P and dS to bf16 for the products (norm-relative 2e-2). Needs an sm_90 GPU: without one it exits 77,
-// which ctest reports as skipped (CI has no GPU), after checking the C API's refusals; the kit runs it on the
-// device.
+// float64 oracle of the backward on small problems of every mask kind: every pair visible, causal with GQA, a
+// sliding window, documents, groups mixed with RULE and BITS tiles, random bitmaps, L != S and lengths that are
+// not multiples of the tiles. bf16 inputs (exact in bf16), the oracle's P / dS in float64, so the bound is the
+// kernel's rounding of P and dS to bf16 for the products (norm-relative 2e-2). Both instances: dK / dV only, and
+// dK / dV with dQ added by atomics into a zeroed fp32 buffer (which the first must leave untouched). Needs an
+// sm_90 GPU: without one it exits 77, which ctest reports as skipped (CI has no GPU), after checking the C API's
+// refusals; the kit runs it on the device.
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -27,38 +28,6 @@ namespace {
 
 constexpr int kTile = 128;  // the kernel takes layouts at 128 x 128 only
 
-// The transposed half of a layout (k_run_ptr, k_runs, k_tile_bits), as python/arkernels/masks/layout.py builds
-// it: per key tile, runs of query tiles of one kind; a BITS run lists the tile_bits index of each of its tiles.
-struct Transposed {
-  std::vector<int32_t> run_ptr, runs, tile_of;
-};
-
-Transposed transpose(const Layout& lay, int64_t n_key_tiles) {
-  // (kind, bitmap index) of every visited tile, per key tile and query tile.
-  std::vector<std::vector<std::pair<int, int>>> col(static_cast<size_t>(n_key_tiles));
-  std::vector<std::vector<int>> rows(static_cast<size_t>(n_key_tiles));
-  for (size_t t = 0; t + 1 < lay.run_ptr.size(); ++t)
-    for (int r = lay.run_ptr[t]; r < lay.run_ptr[t + 1]; ++r)
-      for (int u = lay.runs[4 * r]; u < lay.runs[4 * r + 1]; ++u) {
-        const int kind = lay.runs[4 * r + 2];
-        col[u].push_back({kind, kind == kBits ? lay.runs[4 * r + 3] + (u - lay.runs[4 * r]) : -1});
-        rows[u].push_back(int(t));
-      }
-  Transposed tr;
-  tr.run_ptr.push_back(0);
-  for (int64_t u = 0; u < n_key_tiles; ++u) {
-    for (size_t e = 0; e < rows[u].size(); ++e) {
-      const int t = rows[u][e], kind = col[u][e].first;
-      const bool extend = e > 0 && rows[u][e - 1] == t - 1 && col[u][e - 1].first == kind;
-      if (!extend) tr.runs.insert(tr.runs.end(), {t, t, kind, kind == kBits ? int32_t(tr.tile_of.size()) : -1});
-      tr.runs[tr.runs.size() - 3] = t + 1;
-      if (kind == kBits) tr.tile_of.push_back(col[u][e].second);
-    }
-    tr.run_ptr.push_back(int32_t(tr.runs.size() / 4));
-  }
-  return tr;
-}
-
 struct Problem {
   const char* name;
   int64_t B, Hq, Hkv, D;
@@ -66,10 +35,10 @@ struct Problem {
   Partial how;
 };
 
-// Float64 backward of one (b, h): out, lse, delta, then dK, dV added into the kv head's rows.
+// Float64 backward of every (b, h): out, lse, delta, dQ, then dK, dV added into the kv head's rows.
 void oracle(const Problem& p, const std::vector<float>& q, const std::vector<float>& k, const std::vector<float>& v,
             const std::vector<float>& dout, float scale, std::vector<float>& lse, std::vector<float>& delta,
-            std::vector<double>& dk, std::vector<double>& dv) {
+            std::vector<double>& dq, std::vector<double>& dk, std::vector<double>& dv) {
   const int64_t L = p.mask.L, S = p.mask.S, D = p.D, G = p.Hq / p.Hkv;
   for (int64_t b = 0; b < p.B; ++b)
     for (int64_t h = 0; h < p.Hq; ++h) {
@@ -78,6 +47,7 @@ void oracle(const Problem& p, const std::vector<float>& q, const std::vector<flo
       const float* dO = &dout[((b * p.Hq + h) * L) * D];
       const float* K = &k[((b * p.Hkv + hk) * S) * D];
       const float* V = &v[((b * p.Hkv + hk) * S) * D];
+      double* dQ = &dq[((b * p.Hq + h) * L) * D];
       double* dK = &dk[((b * p.Hkv + hk) * S) * D];
       double* dV = &dv[((b * p.Hkv + hk) * S) * D];
       std::vector<double> s(static_cast<size_t>(S)), P(static_cast<size_t>(S)), o(static_cast<size_t>(D));
@@ -116,6 +86,7 @@ void oracle(const Problem& p, const std::vector<float>& q, const std::vector<flo
           for (int64_t d = 0; d < D; ++d) {
             dV[j * D + d] += P[j] * dO[i * D + d];
             dK[j * D + d] += scale * ds * Q[i * D + d];
+            dQ[i * D + d] += scale * ds * K[j * D + d];
           }
         }
       }
@@ -150,8 +121,8 @@ void run(const Problem& p, unsigned seed) {
                            dout = make(p.B * p.Hq * L * D);
   const float scale = 1.f / std::sqrt(float(D));
   std::vector<float> lse(static_cast<size_t>(p.B * p.Hq * L)), delta(lse.size());
-  std::vector<double> want_dk(k.size(), 0.0), want_dv(v.size(), 0.0);
-  oracle(p, q, k, v, dout, scale, lse, delta, want_dk, want_dv);
+  std::vector<double> want_dq(q.size(), 0.0), want_dk(k.size(), 0.0), want_dv(v.size(), 0.0);
+  oracle(p, q, k, v, dout, scale, lse, delta, want_dq, want_dk, want_dv);
 
   const Layout lay = build_layout(p.mask, kTile, kTile, p.how);
   const int64_t n_key_tiles = (S + kTile - 1) / kTile;
@@ -161,40 +132,54 @@ void run(const Problem& p, unsigned seed) {
           *k_run_ptr = upload(tr.run_ptr), *k_runs = upload(tr.runs), *tile_of = upload(tr.tile_of),
           *ql = upload(r.q_level), *kl = upload(r.k_level), *qd = upload(r.q_doc), *kd = upload(r.k_doc),
           *qg = upload(r.q_group), *kg = upload(r.k_group);
-  uint16_t *dq_ = upload(to_bf16(q)), *dk_in = upload(to_bf16(k)), *dv_in = upload(to_bf16(v)),
-           *ddo = upload(to_bf16(dout));
-  float *dlse = upload(lse), *ddelta = upload(delta);
+  uint16_t *gq = upload(to_bf16(q)), *gk_in = upload(to_bf16(k)), *gv_in = upload(to_bf16(v)),
+           *gdo = upload(to_bf16(dout));
+  float *glse = upload(lse), *gdelta = upload(delta), *gdq = nullptr;
   uint16_t *gk = nullptr, *gv = nullptr;
   cudaMalloc(&gk, k.size() * 2);
   cudaMalloc(&gv, v.size() * 2);
-  cudaMemset(gk, 0xff, k.size() * 2);  // NaN: every row below S must be written
-  cudaMemset(gv, 0xff, v.size() * 2);
-
+  cudaMalloc(&gdq, q.size() * 4);
   const ark_block_mask mask{kTile, kTile, run_ptr, runs, bits, ql, kl, qd, kd, qg, kg, r.window};
   const ark_block_mask_keys keys{k_run_ptr, k_runs, tile_of};
   const int64_t qs[3] = {p.Hq * L * D, L * D, D}, ks[3] = {p.Hkv * S * D, S * D, D};
-  const ark_status st = ark_block_sparse_attention_bwd_dkdv(dq_, dk_in, dv_in, ddo, dlse, ddelta, gk, gv, p.B, p.Hq,
-                                                            p.Hkv, L, S, D, qs, ks, ks, qs, &mask, &keys, scale,
-                                                            ARK_BFLOAT16, ARK_DEVICE_CUDA, nullptr);
-  EXPECT(st == ARK_SUCCESS, "%s (D %d): %s", p.name, D, ark_last_error_message());
-  const cudaError_t err = cudaDeviceSynchronize();
-  EXPECT(err == cudaSuccess, "%s (D %d): launch: %s", p.name, D, cudaGetErrorString(err));
 
-  std::vector<uint16_t> hk(k.size()), hv(v.size());
-  cudaMemcpy(hk.data(), gk, k.size() * 2, cudaMemcpyDeviceToHost);
-  cudaMemcpy(hv.data(), gv, v.size() * 2, cudaMemcpyDeviceToHost);
-  std::vector<float> got_dk(k.size()), got_dv(v.size());
-  for (size_t i = 0; i < k.size(); ++i) {
-    got_dk[i] = bf16_to(hk[i]);
-    got_dv[i] = bf16_to(hv[i]);
+  // Both instances: dK / dV only, and with dQ added into a zeroed fp32 buffer.
+  for (const bool with_dq : {false, true}) {
+    cudaMemset(gk, 0xff, k.size() * 2);  // NaN: every row below S must be written
+    cudaMemset(gv, 0xff, v.size() * 2);
+    cudaMemset(gdq, 0, q.size() * 4);
+    const ark_status st = ark_block_sparse_attention_bwd_dkdv(gq, gk_in, gv_in, gdo, glse, gdelta, gk, gv,
+                                                              with_dq ? gdq : nullptr, p.B, p.Hq, p.Hkv, L, S, D, qs,
+                                                              ks, ks, qs, &mask, &keys, scale, ARK_BFLOAT16,
+                                                              ARK_DEVICE_CUDA, nullptr);
+    EXPECT(st == ARK_SUCCESS, "%s (D %d, dq %d): %s", p.name, D, int(with_dq), ark_last_error_message());
+    const cudaError_t err = cudaDeviceSynchronize();
+    EXPECT(err == cudaSuccess, "%s (D %d, dq %d): launch: %s", p.name, D, int(with_dq), cudaGetErrorString(err));
+
+    std::vector<uint16_t> hk(k.size()), hv(v.size());
+    std::vector<float> got_dq(q.size());
+    cudaMemcpy(hk.data(), gk, k.size() * 2, cudaMemcpyDeviceToHost);
+    cudaMemcpy(hv.data(), gv, v.size() * 2, cudaMemcpyDeviceToHost);
+    cudaMemcpy(got_dq.data(), gdq, q.size() * 4, cudaMemcpyDeviceToHost);
+    std::vector<float> got_dk(k.size()), got_dv(v.size());
+    for (size_t i = 0; i < k.size(); ++i) {
+      got_dk[i] = bf16_to(hk[i]);
+      got_dv[i] = bf16_to(hv[i]);
+    }
+    const double e_dk = rel_error(got_dk, want_dk), e_dv = rel_error(got_dv, want_dv);
+    // Without dQ the buffer must stay untouched (zeros).
+    const double e_dq = with_dq ? rel_error(got_dq, want_dq) : rel_error(got_dq, std::vector<double>(q.size(), 0.0));
+    const bool ok = st == ARK_SUCCESS && err == cudaSuccess && e_dk <= 2e-2 && e_dv <= 2e-2 && e_dq <= 2e-2;
+    std::printf("  %-28s D %3d %s: dK %.2e  dV %.2e  dQ %.2e  %s\n", p.name, D, with_dq ? "+dQ" : "   ", e_dk, e_dv,
+                e_dq, ok ? "ok" : "FAILED");
+    EXPECT(ok, "%s (D %d, dq %d): dK error %.3e, dV error %.3e, dQ error %.3e (bound 2e-2)", p.name, D, int(with_dq),
+           e_dk, e_dv, e_dq);
   }
-  const double e_dk = rel_error(got_dk, want_dk), e_dv = rel_error(got_dv, want_dv);
-  const bool ok = st == ARK_SUCCESS && err == cudaSuccess && e_dk <= 2e-2 && e_dv <= 2e-2;
-  std::printf("  %-28s D %3d: dK %.2e  dV %.2e  %s\n", p.name, D, e_dk, e_dv, ok ? "ok" : "FAILED");
-  EXPECT(ok, "%s (D %d): dK error %.3e, dV error %.3e (bound 2e-2)", p.name, D, e_dk, e_dv);
-  for (void* ptr : std::initializer_list<void*>{(void*)run_ptr, (void*)runs, (void*)bits, (void*)k_run_ptr, (void*)k_runs, (void*)tile_of,
-                    (void*)ql, (void*)kl, (void*)qd, (void*)kd, (void*)qg, (void*)kg, (void*)dq_, (void*)dk_in,
-                    (void*)dv_in, (void*)ddo, (void*)dlse, (void*)ddelta, (void*)gk, (void*)gv})
+  for (void* ptr : std::initializer_list<void*>{(void*)run_ptr, (void*)runs, (void*)bits, (void*)k_run_ptr,
+                                                (void*)k_runs, (void*)tile_of, (void*)ql, (void*)kl, (void*)qd,
+                                                (void*)kd, (void*)qg, (void*)kg, (void*)gq, (void*)gk_in, (void*)gv_in,
+                                                (void*)gdo, (void*)glse, (void*)gdelta, (void*)gk, (void*)gv,
+                                                (void*)gdq})
     cudaFree(ptr);
 }
 
@@ -223,9 +208,9 @@ void check_refusals() {
   ark_block_mask mask{128, 128, words, words, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, -1};
   const ark_block_mask_keys keys{words, words, nullptr};
   const auto call = [&](ark_dtype dtype, ark_device device) {
-    return ark_block_sparse_attention_bwd_dkdv(buf, buf, buf, buf, (const float*)buf, (const float*)buf, buf, buf, 1,
-                                               1, 1, 128, 128, 64, st, st, st, st, &mask, &keys, 0.125f, dtype,
-                                               device, nullptr);
+    return ark_block_sparse_attention_bwd_dkdv(buf, buf, buf, buf, (const float*)buf, (const float*)buf, buf, buf,
+                                               (float*)buf, 1, 1, 1, 128, 128, 64, st, st, st, st, &mask, &keys,
+                                               0.125f, dtype, device, nullptr);
   };
   const struct {
     const char* what;

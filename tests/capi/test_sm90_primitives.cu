@@ -2,8 +2,10 @@
 // elsewhere): TMA loads with the 128-byte swizzle (csrc/common/sm90_tma_host.hpp), S = Q K^T by shared-memory
 // wgmma with K-major descriptors (issue_qk), O = P V with P as register fragments and V as the transposed
 // operand (to_fragments, issue_pv), and the accumulator placement (bsa_walk::acc_row / acc_col), each
-// against a CPU matmul, at head dims 64 and 128. When the attention kernel's C test fails, this says whether
-// the fault is in one of these pieces or in the attention logic around them.
+// against a CPU matmul, at head dims 64 and 128; and the dK / dV kernel's fused dQ step (store_ds_t: dS^T into a
+// swizzled shared tile; add_dq: dS K_w with both operands MN-major, added by vector atomics from both
+// warpgroups). When an attention kernel's C test fails, this says whether the fault is in one of these pieces
+// or in the attention logic around them.
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -14,6 +16,7 @@
 
 #include "capi_test_util.hpp"
 #include "common/sm90_tma_host.hpp"
+#include "ops/block_sparse_attention/block_sparse_attention_dkdv_sm90.cuh"
 #include "ops/block_sparse_attention/block_sparse_attention_sm90.cuh"
 
 namespace {
@@ -85,6 +88,36 @@ __global__ void __launch_bounds__(256) pv_kernel(const float* p_in, const __grid
   ark::sm90::wgmma_wait<0>();
   ark::sm90::fence_operands(o);
   for (int i = 0; i < D / 2; ++i) o_out[ark::bsa_walk::acc_row(t, i) * D + ark::bsa_walk::acc_col(t, i)] = o[i];
+#endif
+}
+
+// dS^T (128 keys x 64 queries, fp32 in global memory, read by accumulator position as the dK / dV kernel holds it)
+// and K (128 keys x D, TMA): each warpgroup stores its 64 keys' dS^T and adds dS K_w into dq_out (64 x D, zeroed).
+template <int D>
+__global__ void __launch_bounds__(256) dq_kernel(const float* ds_t_in, const __grid_constant__ CUtensorMap tk,
+                                                 float* dq_out) {
+#if ARK_SM90A_DEVICE
+  namespace dk = ark::bsa_dkdv;
+  __shared__ uint64_t bar;
+  uint8_t* k = setup(&bar);
+  uint8_t* ds_tiles = k + kRows * D * 2;  // two 8 KB tiles, 1024-aligned
+  if (threadIdx.x == 0) {
+    ark::sm90::mbar_arrive_expect_tx(&bar, kRows * D * 2);
+    for (int p = 0; p < D / 64; ++p) ark::sm90::tma_load_4d(k + p * kRows * 128, &tk, &bar, p * 64, 0, 0, 0);
+  }
+  ark::sm90::mbar_wait(&bar, 0);
+  const int t = threadIdx.x, wg = t / 128;
+  float ds[dk::QS / 2];
+  for (int i = 0; i < dk::QS / 2; ++i)
+    ds[i] = ds_t_in[ark::bsa_walk::acc_row(t, i) * dk::QS + ark::bsa_walk::acc_col(t, i)];
+  uint32_t dsf[dk::QS / 16][4];
+  for (int i = 0; i < dk::QS / 2; i += 2) dsf[i / 8][(i / 2) % 4] = pack2<T>(ds[i], ds[i + 1]);
+  const uint32_t tile = ark::sm90::smem_addr(ds_tiles + wg * dk::Smem<D, 2, true>::kDsBytes);
+  dk::store_ds_t<T>(tile, dsf, t, wg);
+  dk::DkdvArgs a{};
+  a.L = dk::QS;
+  a.scale = 1.f;
+  dk::add_dq<T, D>(a, tile, ark::sm90::smem_addr(k) + wg * 64 * 128, dq_out, 0, t, wg);
 #endif
 }
 
@@ -169,25 +202,53 @@ template <int D> void check_pv(std::mt19937& rng) {
   cudaFree(dv);
 }
 
+template <int D> void check_dq(std::mt19937& rng) {
+  constexpr int Q = ark::bsa_dkdv::QS;
+  std::vector<float> ds_t(kRows * Q);
+  std::normal_distribution<float> nd;
+  for (auto& x : ds_t) x = bf16_round(nd(rng));  // exactly representable: the packing rounds nothing
+  const auto k = random_bf16(kRows * D, rng);
+  float* dds = to_device(ds_t);
+  uint16_t* dk = to_device(k);
+  std::vector<float> got(Q * D, 0.f);  // the kernel adds into it
+  CUtensorMap tk;
+  EXPECT(tensor_map(&tk, dk, D), "dq D=%d: tensor map: %s", D, ark_last_error_message());
+  run_one<const float*, CUtensorMap>("dq", dq_kernel<D>, kRows * D * 2 + 2 * 64 * Q * 2 + 1024, got, dds, tk);
+  std::vector<double> want(Q * D);
+  for (int q = 0; q < Q; ++q)
+    for (int d = 0; d < D; ++d) {
+      double acc = 0;
+      for (int j = 0; j < kRows; ++j) acc += double(ds_t[j * Q + q]) * bf16_to(k[j * D + d]);
+      want[q * D + d] = acc;
+    }
+  compare("dQ = dS K (swizzled dS^T store, SS wgmma with both operands MN-major, vector atomics)", D, got, want);
+  cudaFree(dds);
+  cudaFree(dk);
+}
+
 }  // namespace
+
+constexpr int kSkipped = 77;  // SKIP_RETURN_CODE of the ctest entry: not run is not passed
 
 int main() {
   std::setvbuf(stdout, nullptr, _IOLBF, 0);
   int dev = 0, devices = 0, major = 0, minor = 0;
   if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) {
-    std::printf("no CUDA device: sm_90 primitives not run\n");
-    return finish("sm_90 primitives");
+    std::printf("no CUDA device: sm_90 primitives not run (skipped)\n");
+    return kSkipped;
   }
   cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
   cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev);
   if (major != 9 || minor != 0) {
-    std::printf("sm_%d%d: the sm_90a primitives need an sm_90 GPU; not run\n", major, minor);
-    return finish("sm_90 primitives");
+    std::printf("sm_%d%d: the sm_90a primitives need an sm_90 GPU; not run (skipped)\n", major, minor);
+    return kSkipped;
   }
   std::mt19937 rng(7);
   check_qk<64>(rng);
   check_qk<128>(rng);
   check_pv<64>(rng);
   check_pv<128>(rng);
+  check_dq<64>(rng);
+  check_dq<128>(rng);
   return finish("sm_90 primitives");
 }

@@ -447,13 +447,13 @@ def _dkdv_args(rng, device, dtype=BF16, **changes):
 
     names = ["q", "k", "v", "dout", "lse", "delta", "q_run_ptr", "q_runs", "k_run_ptr", "k_runs", "tile_bits",
              "k_tile_bits", "q_level", "k_level", "q_doc", "k_doc", "q_group", "k_group", "window", "block_q",
-             "block_k", "scale"]
+             "block_k", "scale", "with_dq"]
     B, Hq, Hkv, L, S, D = 2, 4, 2, 200, 230, 64
     q, dout = (torch.randn(B, Hq, L, D, generator=rng).to(device, dtype) for _ in range(2))
     k, v = (torch.randn(B, Hkv, S, D, generator=rng).to(device, dtype) for _ in range(2))
     lse, delta = (torch.randn(B, Hq, L, generator=rng).to(device) for _ in range(2))
     lay = M.sliding_window(70, L, S).layout(128, 128, device)
-    args = dict(zip(names, (q, k, v, dout, lse, delta, *_layout_args(lay), 0.125)))
+    args = dict(zip(names, (q, k, v, dout, lse, delta, *_layout_args(lay), 0.125, False)))
     args.update(changes)
     return tuple(args.values())
 
@@ -871,31 +871,33 @@ def test_auto_takes_cuda_at_d128_only(rng):
         assert not torch.equal(got["auto"], got[other]), (D, grad, "the two backends should round differently")
 
 
-@pytest.fixture
-def cuda_dkdv(monkeypatch):
-    """The backward of the CUDA forward with the Hopper dK / dV kernel (ops.block_sparse_attention.CUDA_DKDV)."""
+@pytest.fixture(params=["dkdv", "fused"])
+def cuda_backward(request, monkeypatch):
+    """The backward of the CUDA forward on the Hopper dK / dV kernel (ops.block_sparse_attention.CUDA_BACKWARD):
+    with the Triton dQ ("dkdv") and with dQ by atomics in the same kernel ("fused")."""
     from arkernels.ops import block_sparse_attention as bsa
 
-    monkeypatch.setattr(bsa, "CUDA_DKDV", True)
+    monkeypatch.setattr(bsa, "CUDA_BACKWARD", request.param)
     return bsa
 
 
 @gpu
 @hopper
 @pytest.mark.parametrize("name", list(CUDA_CASES))
-def test_cuda_dkdv_matches_reference(name, rng, cuda_dkdv):
-    """The Hopper dK / dV kernel (Triton dQ beside it) against the float64 reference: every case of the CUDA
-    forward, whose 128 x 128 layout it takes."""
+def test_cuda_backward_kernel_matches_reference(name, rng, cuda_backward):
+    """The Hopper backward kernel (Triton dQ beside it, or dQ fused) against the float64 reference: every case of
+    the CUDA forward, whose 128 x 128 layout it takes."""
     mask_name, B, Hq, Hkv, L, S, D, dtype = CUDA_CASES[name]
-    assert cuda_dkdv._dkdv_cuda_runs(D, 128, 128, dtype, torch.device("cuda")), "the kernel would not be taken"
+    assert cuda_backward._dkdv_cuda_runs(D, 128, 128, dtype, torch.device("cuda")), "the kernel would not be taken"
     check("cuda", mask_name, B=B, Hq=Hq, Hkv=Hkv, L=L, S=S, D=D, dtype=dtype, rng=rng, device="cuda",
           mask=_gpu_mask(mask_name, L, S, rng))
 
 
 @gpu
 @hopper
-def test_cuda_dkdv_is_deterministic_and_near_triton(rng, cuda_dkdv):
-    """No atomics: two runs give the same bits; and the same gradients as the Triton dK / dV to bf16 rounding."""
+def test_cuda_backward_kernel_vs_triton(rng, cuda_backward):
+    """dK and dV are deterministic (written once; dQ too with "dkdv", not with "fused": atomics); every gradient
+    equals the Triton backward's to bf16 rounding."""
     mask = _gpu_mask("causal", 700, 700, rng)
     q = torch.randn(2, 8, 700, 128, generator=rng).to("cuda", BF16)
     k, v = (torch.randn(2, 2, 700, 128, generator=rng).to("cuda", BF16) for _ in range(2))
@@ -907,12 +909,26 @@ def test_cuda_dkdv_is_deterministic_and_near_triton(rng, cuda_dkdv):
         return torch.autograd.grad(out, leaves, g)
 
     a, b = grads(), grads()
-    for x, y in zip(a, b):
-        assert torch.equal(x, y)
-    cuda_dkdv.CUDA_DKDV = False
+    deterministic = ("dk", "dv") if cuda_backward.CUDA_BACKWARD == "fused" else ("dq", "dk", "dv")
+    for name, x, y in zip(("dq", "dk", "dv"), a, b):
+        if name in deterministic:
+            assert torch.equal(x, y), name
+    cuda_backward.CUDA_BACKWARD = "triton"
     t = grads()
     for name, x, y in zip(("dq", "dk", "dv"), a, t):
         assert_close_to_reference(x, y.double(), rel_tol=REL_TOL[BF16], name=name)
+
+
+@gpu
+@hopper
+def test_cuda_backward_unknown_mode_raises(rng, monkeypatch):
+    from arkernels.ops import block_sparse_attention as bsa
+
+    monkeypatch.setattr(bsa, "CUDA_BACKWARD", "fast")
+    q, k, v = (torch.randn(1, 2, 64, 64, generator=rng).to("cuda", BF16).requires_grad_(True) for _ in range(3))
+    out = arkernels.block_sparse_attention(q, k, v, M.causal(64), backend="cuda")
+    with pytest.raises(ValueError, match=r"CUDA_BACKWARD: expected one of .*'fused'.*got 'fast'"):
+        out.sum().backward()
 
 
 CUDA_UNSUPPORTED = {
@@ -976,5 +992,7 @@ def test_opcheck_block_sparse_attention_fwd_cuda(rng):
 
 @gpu
 @hopper
-def test_opcheck_block_sparse_attention_bwd_dkdv_cuda(rng):
-    torch.library.opcheck(torch.ops.arkernels.block_sparse_attention_bwd_dkdv.default, _dkdv_args(rng, "cuda"))
+@pytest.mark.parametrize("with_dq", [False, True], ids=["dkdv", "fused"])
+def test_opcheck_block_sparse_attention_bwd_dkdv_cuda(with_dq, rng):
+    torch.library.opcheck(torch.ops.arkernels.block_sparse_attention_bwd_dkdv.default,
+                          _dkdv_args(rng, "cuda", with_dq=with_dq))

@@ -120,13 +120,14 @@ def test_triton_interpreted_gpu_config(mask, D, monkeypatch, rng):
     check("triton", mask, B=1, Hq=2, Hkv=1, L=150, S=150, D=D, dtype=FP32, rng=rng)
 
 
+@pytest.mark.parametrize("fused_dq", [False, True], ids=["dkdv", "fused"])
 @pytest.mark.parametrize("use_dlse", [False, True], ids=["no_dlse", "dlse"])
 @pytest.mark.parametrize("mask", ["from_dense", "scam"])
-def test_cuda_dkdv_backward_plumbing(mask, use_dlse, monkeypatch, rng):
-    """The backward op of CUDA_DKDV (Triton preprocess and dQ, the C++ dK / dV op) with that op replaced by a
-    float64 Python version of the formula the C API documents (p from lse, dS from delta = rowsum(dO * O) - dlse):
-    what the op hands over (lse, delta, the layout's arguments in schema order) must give the Triton backward's
-    gradients, and dQ must be the Triton one bit for bit."""
+def test_cuda_backward_plumbing(mask, use_dlse, fused_dq, monkeypatch, rng):
+    """The backward op of CUDA_BACKWARD "dkdv" / "fused" (Triton preprocess, Triton dQ unless fused, the C++ op)
+    with the C++ op replaced by a float64 Python version of the formulas the C API documents (p from lse, dS from
+    delta = rowsum(dO * O) - dlse): what the op hands over (lse, delta, the layout's arguments in schema order,
+    with_dq) must give the Triton backward's gradients; unfused, dQ must be the Triton one bit for bit."""
     from arkernels.ops.block_sparse_attention import _layout_args
 
     B, Hq, Hkv, L, D = 1, 4, 2, 90, 16
@@ -138,27 +139,31 @@ def test_cuda_dkdv_backward_plumbing(mask, use_dlse, monkeypatch, rng):
     g_lse = torch.randn(B, Hq, L, generator=rng) if use_dlse else None
     seen = {}
 
-    def dkdv_float64(q, k, v, dout, lse, delta, *layout_and_scale):
-        assert layout_and_scale[-4:] == tuple(_layout_args(lay)[-3:]) + (0.3,)  # window, block_q, block_k, scale
-        assert layout_and_scale[0] is lay.q_run_ptr and layout_and_scale[3] is lay.k_runs
+    def backward_float64(q, k, v, dout, lse, delta, *layout_scale_with_dq):
+        *layout, scale, with_dq = layout_scale_with_dq
+        assert tuple(layout[-3:]) == tuple(_layout_args(lay)[-3:]) and scale == 0.3  # window, block_q, block_k
+        assert layout[0] is lay.q_run_ptr and layout[3] is lay.k_runs and with_dq == fused_dq
         seen["called"] = True
         G = Hq // Hkv
         qd, kd, vd, dod = (t.double() for t in (q, k, v, dout))
         kd, vd = kd.repeat_interleave(G, 1), vd.repeat_interleave(G, 1)
-        s = qd @ kd.transpose(-1, -2) * 0.3
+        s = qd @ kd.transpose(-1, -2) * scale
         p = torch.where(dense, torch.exp(s - lse.double()[..., None]), 0.0)
         ds = p * (dod @ vd.transpose(-1, -2) - delta.double()[..., None])
         dv = (p.transpose(-1, -2) @ dod).view(B, Hkv, G, L, D).sum(2)
-        dk = (ds.transpose(-1, -2) @ qd * 0.3).view(B, Hkv, G, L, D).sum(2)
-        return dk.to(k.dtype), dv.to(v.dtype)
+        dk = (ds.transpose(-1, -2) @ qd * scale).view(B, Hkv, G, L, D).sum(2)
+        dq = (ds @ kd * scale).float() if with_dq else q.new_empty((0,), dtype=torch.float32)
+        seen["dq"] = dq
+        return dk.to(k.dtype), dv.to(v.dtype), dq
 
-    monkeypatch.setattr(torch.ops.arkernels, "block_sparse_attention_bwd_dkdv", dkdv_float64)
+    monkeypatch.setattr(torch.ops.arkernels, "block_sparse_attention_bwd_dkdv", backward_float64)
     args = (g, g_lse, q, k, v, out, lse, *_layout_args(lay), 0.3)
-    got = torch.ops.arkernels._block_sparse_attention_cuda_dkdv_backward(*args)
+    got = torch.ops.arkernels._block_sparse_attention_cuda_dkdv_backward(*args, fused_dq)
     want = torch.ops.arkernels._block_sparse_attention_triton_backward(*args)
     assert seen.get("called")
-    assert torch.equal(got[0], want[0])
-    for name, x, y in zip(("dk", "dv"), got[1:], want[1:]):
+    # Fused: dQ is the op's (converted), not the Triton kernel's; unfused: the Triton kernel's, bit for bit.
+    assert torch.equal(got[0], seen["dq"].to(q.dtype) if fused_dq else want[0])
+    for name, x, y in zip(("dq", "dk", "dv"), got, want):
         torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-4, msg=name)
 
 

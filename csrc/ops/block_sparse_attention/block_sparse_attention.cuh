@@ -32,6 +32,7 @@ struct BlockSparseAttentionDkdvParams {
   const float* delta;  // batch x q_heads x L, contiguous: rowsum(dout * out) - dlse
   void* dk;            // batch x kv_heads x S x head_dim, contiguous
   void* dv;            // likewise
+  float* dq_accum;     // nullptr, or batch x q_heads x L x head_dim fp32, contiguous, zeroed: dQ is added to it
   int64_t q_strides[3], k_strides[3], v_strides[3], dout_strides[3];
   int64_t batch, q_heads, kv_heads, L, S;
   int head_dim;

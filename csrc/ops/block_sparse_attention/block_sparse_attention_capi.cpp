@@ -121,7 +121,8 @@ ark_status check_dkdv_cuda(const ark::BlockSparseAttentionDkdvParams& p, ark_dty
                              {"k_strides", p.k_strides, {p.batch, p.kv_heads, p.S}},
                              {"v_strides", p.v_strides, {p.batch, p.kv_heads, p.S}},
                              {"dout_strides", p.dout_strides, {p.batch, p.q_heads, p.L}}},
-                            {{"q", p.q}, {"k", p.k}, {"v", p.v}, {"dout", p.dout}, {"dk", p.dk}, {"dv", p.dv}});
+                            {{"q", p.q}, {"k", p.k}, {"v", p.v}, {"dout", p.dout}, {"dk", p.dk}, {"dv", p.dv},
+                             {"dq_accum", p.dq_accum}});
 }
 #endif
 
@@ -209,7 +210,7 @@ extern "C" int ark_block_sparse_attention_cuda_supported(int64_t head_dim, int32
 
 extern "C" ark_status ark_block_sparse_attention_bwd_dkdv(
     const void* q, const void* k, const void* v, const void* dout, const float* lse, const float* delta, void* dk,
-    void* dv, int64_t batch, int64_t q_heads, int64_t kv_heads, int64_t L, int64_t S, int64_t head_dim,
+    void* dv, float* dq_accum, int64_t batch, int64_t q_heads, int64_t kv_heads, int64_t L, int64_t S, int64_t head_dim,
     const int64_t q_strides[3], const int64_t k_strides[3], const int64_t v_strides[3],
     const int64_t dout_strides[3], const ark_block_mask* mask, const ark_block_mask_keys* keys, float scale,
     ark_dtype dtype, ark_device device, void* stream) {
@@ -222,7 +223,8 @@ extern "C" ark_status ark_block_sparse_attention_bwd_dkdv(
   const bool has_work = has_out && q_heads > 0 && L > 0;    // the inputs and both halves of the layout are read
   ARK_TRY(check_mask(mask, has_work));
   ARK_REQUIRE(!has_work || keys, "keys: expected a non-NULL ark_block_mask_keys");
-  ARK_REQUIRE(!has_work || (keys->k_run_ptr && keys->k_runs), "keys.k_run_ptr, keys.k_runs: expected non-NULL pointers");
+  ARK_REQUIRE(!has_work || (keys->k_run_ptr && keys->k_runs),
+              "keys.k_run_ptr, keys.k_runs: expected non-NULL pointers");
   ARK_REQUIRE(!has_out || (dk && dv), "dk, dv: expected non-NULL pointers for %lld x %lld x %lld keys, got dk=%p dv=%p",
               (long long)batch, (long long)kv_heads, (long long)S, dk, dv);
   ARK_REQUIRE(!has_work || (q && k && v && dout && lse && delta),
@@ -231,6 +233,7 @@ extern "C" ark_status ark_block_sparse_attention_bwd_dkdv(
   if (!has_out) return ARK_SUCCESS;
   ark::BlockSparseAttentionDkdvParams p{};
   p.q = q; p.k = k; p.v = v; p.dout = dout; p.lse = lse; p.delta = delta; p.dk = dk; p.dv = dv;
+  p.dq_accum = has_work ? dq_accum : nullptr;  // no query or no key: dq gets nothing added
   for (int i = 0; i < 3; ++i) {
     p.q_strides[i] = q_strides[i];
     p.k_strides[i] = k_strides[i];

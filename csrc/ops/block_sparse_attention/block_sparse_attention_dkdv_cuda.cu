@@ -23,11 +23,12 @@ constexpr int kStages = 2;  // ring slots of Q / dO steps: 2 x 32 KB at D 128 be
 
 template <typename T, int D>
 bool has_sm90a_code() {
-  static const bool has = sm90::has_sm90a_code(block_sparse_attention_dkdv_kernel<T, D, kStages>);
+  static const bool has = sm90::has_sm90a_code(block_sparse_attention_dkdv_kernel<T, D, kStages, false>) &&
+                          sm90::has_sm90a_code(block_sparse_attention_dkdv_kernel<T, D, kStages, true>);
   return has;
 }
 
-template <typename T, int D>
+template <typename T, int D, bool DQ>
 ark_status launch(const BlockSparseAttentionDkdvParams& p, cudaStream_t stream) {
   CUtensorMap tq, tdo, tk, tv;
   const ark_dtype dt = std::is_same<T, __nv_bfloat16>::value ? ARK_BFLOAT16 : ARK_FLOAT16;
@@ -38,6 +39,7 @@ ark_status launch(const BlockSparseAttentionDkdvParams& p, cudaStream_t stream) 
   DkdvArgs a{};
   a.dk = p.dk;
   a.dv = p.dv;
+  a.dq_accum = p.dq_accum;
   a.lse = p.lse;
   a.delta = p.delta;
   a.L = p.L;
@@ -51,8 +53,8 @@ ark_status launch(const BlockSparseAttentionDkdvParams& p, cudaStream_t stream) 
   a.k_run_ptr = p.keys.k_run_ptr;
   a.k_runs = p.keys.k_runs;
   a.k_tile_bits = p.keys.k_tile_bits;
-  using L = Smem<D, kStages>;
-  auto kernel = block_sparse_attention_dkdv_kernel<T, D, kStages>;
+  using L = Smem<D, kStages, DQ>;
+  auto kernel = block_sparse_attention_dkdv_kernel<T, D, kStages, DQ>;
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(L::kLaunchBytes));
   if (err == cudaSuccess) {
     const dim3 grid(unsigned((p.S + KT - 1) / KT), unsigned(p.kv_heads), unsigned(p.batch));
@@ -63,20 +65,29 @@ ark_status launch(const BlockSparseAttentionDkdvParams& p, cudaStream_t stream) 
   return ARK_SUCCESS;
 }
 
+template <bool DQ>
+ark_status launch_dtype(const BlockSparseAttentionDkdvParams& p, ark_dtype dtype, cudaStream_t stream) {
+  if (dtype == ARK_BFLOAT16)
+    return p.head_dim == 64 ? launch<__nv_bfloat16, 64, DQ>(p, stream) : launch<__nv_bfloat16, 128, DQ>(p, stream);
+  return p.head_dim == 64 ? launch<__half, 64, DQ>(p, stream) : launch<__half, 128, DQ>(p, stream);
+}
+
 }  // namespace
 
 bool block_sparse_attention_dkdv_cuda_supported(int head_dim, int block_q, int block_k, ark_dtype dtype) {
   if (!((head_dim == 64 || head_dim == 128) && (dtype == ARK_BFLOAT16 || dtype == ARK_FLOAT16) && block_q == QT &&
         block_k == KT && sm90::device_is_sm90()))
     return false;
-  if (dtype == ARK_BFLOAT16) return head_dim == 64 ? has_sm90a_code<__nv_bfloat16, 64>() : has_sm90a_code<__nv_bfloat16, 128>();
+  if (dtype == ARK_BFLOAT16)
+    return head_dim == 64 ? has_sm90a_code<__nv_bfloat16, 64>() : has_sm90a_code<__nv_bfloat16, 128>();
   return head_dim == 64 ? has_sm90a_code<__half, 64>() : has_sm90a_code<__half, 128>();
 }
 
-ark_status block_sparse_attention_dkdv_cuda(const BlockSparseAttentionDkdvParams& p, ark_dtype dtype, void* stream_ptr) {
+ark_status block_sparse_attention_dkdv_cuda(const BlockSparseAttentionDkdvParams& p, ark_dtype dtype,
+                                           void* stream_ptr) {
   cudaStream_t stream = static_cast<cudaStream_t>(stream_ptr);
   if (p.batch == 0 || p.kv_heads == 0 || p.S == 0) return ARK_SUCCESS;  // dk, dv have no element
-  if (p.L == 0) {  // no query: zero gradients (TMA cannot describe an empty q)
+  if (p.L == 0) {  // no query: zero gradients, no dQ row (TMA cannot describe an empty q)
     const size_t bytes = size_t(p.batch * p.kv_heads * p.S) * p.head_dim * 2;
     cudaError_t err = cudaMemsetAsync(p.dk, 0, bytes, stream);
     if (err == cudaSuccess) err = cudaMemsetAsync(p.dv, 0, bytes, stream);
@@ -89,9 +100,8 @@ ark_status block_sparse_attention_dkdv_cuda(const BlockSparseAttentionDkdvParams
   if (p.S >= (int64_t(1) << 31) - KT || p.L >= (int64_t(1) << 31) - QT)
     return fail(ARK_ERROR_INVALID_ARGUMENT, "L, S: expected < 2^31 - 128, got %lld, %lld", (long long)p.L,
                 (long long)p.S);
-  if (dtype == ARK_BFLOAT16)
-    return p.head_dim == 64 ? launch<__nv_bfloat16, 64>(p, stream) : launch<__nv_bfloat16, 128>(p, stream);
-  return p.head_dim == 64 ? launch<__half, 64>(p, stream) : launch<__half, 128>(p, stream);
+  if (p.dq_accum) return launch_dtype<true>(p, dtype, stream);
+  return launch_dtype<false>(p, dtype, stream);
 }
 
 }  // namespace ark

@@ -2,7 +2,7 @@
 // its five matrix products, built from the forward's pieces (block_sparse_attention_sm90.cuh). Written without a
 // GPU (bench/NOTES.md, 2026-12-05 session 7) and NOT YET RUN ON ONE: the C API launches it
 // (ark_block_sparse_attention_bwd_dkdv; host side in block_sparse_attention_dkdv_cuda.cu), and the torch op uses
-// it only behind the experimental switch ops.block_sparse_attention.CUDA_DKDV.
+// it only behind the experimental switch ops.block_sparse_attention.CUDA_BACKWARD.
 //
 // One CTA per (128-key tile, kv head, batch row); the layout must be at 128 x 128 (one layout key tile per
 // CTA, two 64-query steps per layout query tile). A producer warpgroup loads the K and V tiles once (TMA) and,
@@ -16,7 +16,12 @@
 //                                          B operand: the forward's P V)
 // dK and dV stay in fp32 registers over the whole group and are written once (scaled dK): deterministic, no
 // atomics. Rows of Q / dO past L read as zeros (TMA bounds) and their lse2 is +inf, so they add nothing; keys
-// past S are computed but not stored. dQ is not computed here.
+// past S are computed but not stored.
+// With DQ (the fused variant), each consumer warpgroup also adds its keys' share of dQ for the step:
+//   dQ[step rows] += scale * dS K_w   (dS^T stored to shared memory as written, [key][query], and read as an
+//                                      MN-major A; K_w as the MN-major B; 64-column blocks of D in turn)
+// into an fp32 buffer by atomic adds (red.global.add.v2.f32): two partial sums per step and key tile, in an
+// order that is not deterministic. Without DQ, dQ is computed elsewhere (the Triton dQ kernel).
 #pragma once
 
 #include "ops/block_sparse_attention/block_sparse_attention_sm90.cuh"
@@ -40,18 +45,20 @@ constexpr int kConsumerThreads = 256;
 constexpr int kStatThreads = QS;  // producer threads 32 .. 95 stage the per-query values
 constexpr int kProducerRegs = 40, kConsumerRegs = 232;
 
-template <int D, int STAGES>
+template <int D, int STAGES, bool DQ = false>
 struct Smem {
   static constexpr int kPanels = D / kPanelCols;
   static constexpr uint32_t kTileBytes = KT * D * 2;  // the K or the V tile
   static constexpr uint32_t kStepBytes = QS * D * 2;  // one Q or one dO step
+  static constexpr uint32_t kDsBytes = 64 * QS * 2;   // one consumer warpgroup's dS^T (DQ only)
   static constexpr int kStatFields = 5;               // lse2, delta, q_level, q_doc, q_group (4 bytes each)
   static constexpr uint32_t kStatBytes = kStatFields * QS * 4;
   static constexpr uint32_t kK = 0;
   static constexpr uint32_t kV = kK + kTileBytes;
   static constexpr uint32_t kQ = kV + kTileBytes;
   static constexpr uint32_t kDO = kQ + STAGES * kStepBytes;
-  static constexpr uint32_t kStat = kDO + STAGES * kStepBytes;
+  static constexpr uint32_t kDs = kDO + STAGES * kStepBytes;  // 1024-aligned: the swizzle atoms of the A operand
+  static constexpr uint32_t kStat = kDs + (DQ ? 2 * kDsBytes : 0);
   static constexpr uint32_t kBars = kStat + STAGES * kStatBytes;
   static constexpr int kNumBars = 1 + 3 * STAGES;  // kv_full; tma_full, stat_full, empty per slot
   static constexpr uint32_t kBytes = kBars + kNumBars * 8;
@@ -61,6 +68,7 @@ struct Smem {
 struct DkdvArgs {
   void* dk;           // (batch, kv_heads, S, D), contiguous, the inputs' dtype
   void* dv;           // likewise
+  float* dq_accum;    // DQ: (batch, q_heads, L, D), contiguous, fp32, zeroed by the caller; dQ is added
   const float* lse;   // (batch, q_heads, L), natural log, -inf for a row that sees nothing
   const float* delta; // (batch, q_heads, L): rowsum(dO * O) - dlse
   int64_t L, S;
@@ -112,10 +120,10 @@ struct StepCursor {
 
 // ---- producer ----
 
-template <int D, int STAGES>
+template <int D, int STAGES, bool DQ>
 __device__ void produce_tiles(const DkdvArgs& a, uint8_t* smem, const CUtensorMap* tq, const CUtensorMap* tdo,
                               const CUtensorMap* tk, const CUtensorMap* tv, int key_tile, int hk, int b) {
-  using L = Smem<D, STAGES>;
+  using L = Smem<D, STAGES, DQ>;
   const Barriers<STAGES> bar{reinterpret_cast<uint64_t*>(smem + L::kBars)};
   sm90::mbar_arrive_expect_tx(bar.kv_full(), 2 * L::kTileBytes);
   for (int p = 0; p < L::kPanels; ++p) {
@@ -140,9 +148,9 @@ __device__ void produce_tiles(const DkdvArgs& a, uint8_t* smem, const CUtensorMa
 }
 
 // Thread i (0 .. 63) of the staging threads: query q0 + i's values of every step, in the step's slot.
-template <int D, int STAGES>
+template <int D, int STAGES, bool DQ>
 __device__ void produce_stats(const DkdvArgs& a, uint8_t* smem, int key_tile, int hk, int b, int i) {
-  using L = Smem<D, STAGES>;
+  using L = Smem<D, STAGES, DQ>;
   const Barriers<STAGES> bar{reinterpret_cast<uint64_t*>(smem + L::kBars)};
   const ark_block_mask& m = a.mask;
   int it = 0;
@@ -232,9 +240,62 @@ __device__ __forceinline__ void issue_frag_x_step(float (&acc)[D / 2], const uin
     sm90::wgmma_rs_tb(T{}, acc, frag[kk], sm90::sw128_desc(step_base + kk * 16 * kRowBytes, QS * kRowBytes, 1024), 1);
 }
 
-template <typename T, int D, int STAGES>
+// DQ: this warpgroup's dS^T (64 keys x 64 queries, packed pairs as in the A fragments) into its shared buffer,
+// [key][query] rows of 128 bytes in the 128-byte swizzle (16-byte chunk c of row r at chunk c ^ (r % 8)), then
+// visible to the async proxy and to the whole warpgroup. A warp writes 8 rows x 4 words per register pair:
+// 8 distinct chunks after the swizzle, no bank conflict.
+// Register pair i holds row r0 + 8 h (h = (i >> 1) & 1), columns 8 j + 2 (t % 4) (j = i >> 2): chunk j ^ (r0 % 8)
+// (8 rows down keeps r % 8), byte 4 (t % 4) in it. The row bases are made opaque per call so that the compiler
+// rebuilds the 16 addresses with one LOP and one IADD each instead of keeping them (it spilled them).
+template <typename T>
+__device__ __forceinline__ void store_ds_t(uint32_t tile, const uint32_t (&dsf)[QS / 16][4], int t, int wg) {
+  const int r0 = acc_row(t, 0) - 64 * wg;
+  uint32_t row[2] = {tile + uint32_t(r0) * kRowBytes + 4 * uint32_t(t % 4),
+                     tile + uint32_t(r0 + 8) * kRowBytes + 4 * uint32_t(t % 4)};
+  asm volatile("" : "+r"(row[0]), "+r"(row[1]));
+  const uint32_t swz = uint32_t(r0 & 7) << 4;
+#pragma unroll
+  for (int i = 0; i < QS / 2; i += 2)
+    sm90::st_shared_b32(row[(i >> 1) & 1] + ((uint32_t(i >> 2) << 4) ^ swz), dsf[i / 8][(i / 2) % 4]);
+  sm90::fence_async_shared();
+  sm90::named_barrier_sync(1 + wg, 128);
+}
+
+// DQ: dQ[q0 .. q0 + 63, :] += scale * dS (64 queries x this warpgroup's 64 keys) K_w (64 keys x D), one 64-column
+// block of D at a time (32 accumulator registers live, not D / 2), added to the fp32 buffer atomically. Waits
+// for every wgmma this thread issued before (the step's dV / dK products included).
+template <typename T, int D>
+__device__ __forceinline__ void add_dq(const DkdvArgs& a, uint32_t ds_base, uint32_t k_base, float* dq_rows,
+                                       int64_t q0, int t, int wg) {
+  const int row0 = acc_row(t, 0) - 64 * wg, col0 = acc_col(t, 0);
+#pragma unroll
+  for (int nb = 0; nb < D / 64; ++nb) {
+    float dq[32];
+    sm90::wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < 64 / 16; ++kk) {
+      const uint64_t da = sm90::sw128_desc(ds_base + kk * 16 * kRowBytes, 64 * kRowBytes, 1024);
+      const uint64_t db = sm90::sw128_desc(k_base + nb * KT * kRowBytes + kk * 16 * kRowBytes, KT * kRowBytes, 1024);
+      sm90::wgmma_ss_tt(T{}, dq, da, db, kk > 0);
+    }
+    sm90::wgmma_commit();
+    sm90::wgmma_wait<0>();
+    sm90::fence_operands(dq);
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int64_t q = q0 + row0 + 8 * h;
+      if (q >= a.L) continue;
+      float* row = dq_rows + q * D + nb * 64 + col0;
+#pragma unroll
+      for (int j = 0; j < 8; ++j)
+        sm90::red_add_f32x2(row + 8 * j, dq[4 * j + 2 * h] * a.scale, dq[4 * j + 2 * h + 1] * a.scale);
+    }
+  }
+}
+
+template <typename T, int D, int STAGES, bool DQ>
 __device__ void consume(const DkdvArgs& a, uint8_t* smem, int key_tile, int hk, int b, int t) {
-  using L = Smem<D, STAGES>;
+  using L = Smem<D, STAGES, DQ>;
   const Barriers<STAGES> bar{reinterpret_cast<uint64_t*>(smem + L::kBars)};
   const int wg = t / 128, lane = t % 32;
   const int row0 = acc_row(t, 0);  // this thread's first key row inside the 128-key tile (and row0 + 8)
@@ -255,9 +316,14 @@ __device__ void consume(const DkdvArgs& a, uint8_t* smem, int key_tile, int hk, 
       const float* st = reinterpret_cast<const float*>(smem + L::kStat + slot.stage * L::kStatBytes);
       sm90::mbar_wait(bar.tma_full(slot.stage), slot.parity);
       sm90::mbar_wait(bar.stat_full(slot.stage), slot.parity);
+      // Opaque per-step copies of the tile addresses: otherwise the compiler hoists the ~24 loop-invariant
+      // descriptors of the K / V tiles out of the step loop and, short of registers, spills them (the DQ build
+      // at D 128 had 304 bytes of stack and an LDL before each wgmma); rebuilt per step they cost a few integer ops.
+      uint32_t kb = k_base, vb = v_base;
+      asm volatile("" : "+r"(kb), "+r"(vb));
       sm90::wgmma_fence();
-      issue_keys_x_step<T, D>(s, k_base, q_base);
-      issue_keys_x_step<T, D>(dp, v_base, do_base);
+      issue_keys_x_step<T, D>(s, kb, q_base);
+      issue_keys_x_step<T, D>(dp, vb, do_base);
       sm90::wgmma_commit();
       sm90::wgmma_wait<0>();
       sm90::fence_operands(s);
@@ -277,10 +343,16 @@ __device__ void consume(const DkdvArgs& a, uint8_t* smem, int key_tile, int hk, 
         pf[i / 8][(i / 2) % 4] = pack2<T>(s[i], s[i + 1]);
         dsf[i / 8][(i / 2) % 4] = pack2<T>(dp[i], dp[i + 1]);
       }
+      if constexpr (DQ) store_ds_t<T>(sm90::smem_addr(smem + L::kDs + wg * L::kDsBytes), dsf, t, wg);
       sm90::wgmma_fence();
       issue_frag_x_step<T, D>(dv, pf, do_base);
       issue_frag_x_step<T, D>(dk, dsf, q_base);
       sm90::wgmma_commit();
+      if constexpr (DQ) {
+        const int64_t bh = int64_t(b) * a.Hq + hk * a.group + hh;
+        add_dq<T, D>(a, sm90::smem_addr(smem + L::kDs + wg * L::kDsBytes), kb, a.dq_accum + bh * a.L * D,
+                     c.q0(), t, wg);
+      }
       sm90::wgmma_wait<0>();
       sm90::fence_operands(dv);
       sm90::fence_operands(dk);
@@ -304,13 +376,13 @@ __device__ void consume(const DkdvArgs& a, uint8_t* smem, int key_tile, int hk, 
   }
 }
 
-template <typename T, int D, int STAGES>
+template <typename T, int D, int STAGES, bool DQ>
 __global__ void __launch_bounds__(kThreads, 1)
     block_sparse_attention_dkdv_kernel(const __grid_constant__ CUtensorMap tq, const __grid_constant__ CUtensorMap tdo,
                                        const __grid_constant__ CUtensorMap tk, const __grid_constant__ CUtensorMap tv,
                                        const DkdvArgs a) {
 #if ARK_SM90A_DEVICE
-  using L = Smem<D, STAGES>;
+  using L = Smem<D, STAGES, DQ>;
   extern __shared__ uint8_t smem_raw[];
   uint8_t* smem = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
   const int key_tile = blockIdx.x, hk = blockIdx.y, b = blockIdx.z;
@@ -327,12 +399,12 @@ __global__ void __launch_bounds__(kThreads, 1)
   __syncthreads();
   if (threadIdx.x < 128) {
     sm90::regs_release<kProducerRegs>();
-    if (threadIdx.x == 0) produce_tiles<D, STAGES>(a, smem, &tq, &tdo, &tk, &tv, key_tile, hk, b);
+    if (threadIdx.x == 0) produce_tiles<D, STAGES, DQ>(a, smem, &tq, &tdo, &tk, &tv, key_tile, hk, b);
     else if (threadIdx.x >= 32 && threadIdx.x < 32 + kStatThreads)
-      produce_stats<D, STAGES>(a, smem, key_tile, hk, b, threadIdx.x - 32);
+      produce_stats<D, STAGES, DQ>(a, smem, key_tile, hk, b, threadIdx.x - 32);
   } else {
     sm90::regs_claim<kConsumerRegs>();
-    consume<T, D, STAGES>(a, smem, key_tile, hk, b, threadIdx.x - 128);
+    consume<T, D, STAGES, DQ>(a, smem, key_tile, hk, b, threadIdx.x - 128);
   }
 #endif
 }

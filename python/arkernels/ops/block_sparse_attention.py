@@ -35,12 +35,14 @@ CPU_TILING = (128, 128)  # the cpu backend's default layout tiling (it accepts a
 _GRID_LIMIT = 65535  # heads and batch rows are grid dimensions 1 and 2 of the kernels
 DKDV_OP = "block_sparse_attention_bwd_dkdv"  # the C++ op of the Hopper dK / dV kernel (C API, CUDA only)
 
-# Experimental, off by default: the backward of the CUDA forward computes dK / dV with the Hopper kernel
-# (DKDV_OP) and dQ with Triton, where that kernel runs (sm_90, bf16 / fp16, D 64 / 128, a 128 x 128 layout),
-# instead of the Triton dK / dV. Read when the backward runs (traced once under torch.compile). It stays off until
-# the kernel has passed its GPU tests and beaten the Triton dK / dV in the sweep (bench/NOTES.md); the GPU tests
-# and scripts/block_sparse_attention_sweep.py ("cuda dkdv") turn it on.
-CUDA_DKDV = False
+# Experimental, "triton" by default: how the backward of the CUDA forward runs where the Hopper dK / dV kernel
+# (DKDV_OP) runs (sm_90, bf16 / fp16, D 64 / 128, a 128 x 128 layout). "triton": the Triton backward; "dkdv": that
+# kernel for dK / dV, Triton for dQ (deterministic); "fused": that kernel for all three, dQ summed by fp32 atomics
+# (not bitwise deterministic). Read when the backward runs (traced once under torch.compile). It stays "triton"
+# until the kernel has passed its GPU tests and beaten the Triton backward in the sweep (bench/NOTES.md); the GPU
+# tests and scripts/block_sparse_attention_sweep.py ("cuda dkdv", "cuda fused") set it.
+CUDA_BACKWARD = "triton"
+CUDA_BACKWARDS = ("triton", "dkdv", "fused")
 
 
 def block_sparse_attention(q, k, v, mask, scale=None, return_lse=False, backend="auto"):
@@ -457,18 +459,21 @@ if _native_available():
 
     if hasattr(torch.ops.arkernels, DKDV_OP):  # a build older than the op lacks it
         @torch.library.register_fake(f"arkernels::{DKDV_OP}")
-        def _(q, k, v, dout, lse, delta, *layout_and_scale):
-            return k.new_empty(k.shape), v.new_empty(v.shape)
+        def _(q, k, v, dout, lse, delta, *layout_scale_with_dq):
+            dq_shape = q.shape if layout_scale_with_dq[-1] else (0,)
+            return k.new_empty(k.shape), v.new_empty(v.shape), q.new_empty(dq_shape, dtype=torch.float32)
 
     def _native_backward_op(*args):
-        """The backward of the native forward on the same layout: on CUDA tensors Triton (or, with CUDA_DKDV, the
-        Hopper dK / dV kernel beside the Triton dQ), the cpu op's on CPU."""
+        """The backward of the native forward on the same layout: on CUDA tensors Triton (or the Hopper dK / dV
+        kernel, as CUDA_BACKWARD says), the cpu op's on CPU."""
         grad_out, q = args[0], args[2]
         if not q.is_cuda:
             return torch.ops.arkernels._block_sparse_attention_cpu_backward(*args)
         block_q, block_k = args[-3], args[-2]  # ..., window, block_q, block_k, scale
-        if CUDA_DKDV and _dkdv_cuda_runs(q.shape[-1], block_q, block_k, q.dtype, q.device):
-            return torch.ops.arkernels._block_sparse_attention_cuda_dkdv_backward(*args)
+        if CUDA_BACKWARD not in CUDA_BACKWARDS:
+            raise ValueError(f"CUDA_BACKWARD: expected one of {CUDA_BACKWARDS}, got {CUDA_BACKWARD!r}")
+        if CUDA_BACKWARD != "triton" and _dkdv_cuda_runs(q.shape[-1], block_q, block_k, q.dtype, q.device):
+            return torch.ops.arkernels._block_sparse_attention_cuda_dkdv_backward(*args, CUDA_BACKWARD == "fused")
         return torch.ops.arkernels._block_sparse_attention_triton_backward(*args)
 
     torch.library.register_autograd(f"arkernels::{NATIVE_OP}", _make_backward(_native_backward_op),
@@ -513,14 +518,17 @@ if _backends.triton_available():
             k_tile_bits: torch.Tensor | None, q_level: torch.Tensor | None, k_level: torch.Tensor | None,
             q_doc: torch.Tensor | None, k_doc: torch.Tensor | None, q_group: torch.Tensor | None,
             k_group: torch.Tensor | None, window: int, block_q: int, block_k: int,
-            scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The Triton backward with its dK / dV kernel replaced by the Hopper one (CUDA_DKDV)."""
+            scale: float, fused_dq: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The Triton backward with its dK / dV kernel (and with fused_dq its dQ kernel) replaced by the Hopper
+        kernel (CUDA_BACKWARD "dkdv" / "fused")."""
         layout = (q_run_ptr, q_runs, k_run_ptr, k_runs, tile_bits, k_tile_bits, q_level, k_level, q_doc, k_doc,
                   q_group, k_group, window, block_q, block_k)
         lay = _tk.LayoutArgs(*layout)
 
         def dkdv(q, k, v, grad_out, lse, delta):
-            return torch.ops.arkernels.block_sparse_attention_bwd_dkdv(q, k, v, grad_out, lse, delta, *layout, scale)
+            dk, dv, dq = torch.ops.arkernels.block_sparse_attention_bwd_dkdv(q, k, v, grad_out, lse, delta, *layout,
+                                                                              scale, fused_dq)
+            return dk, dv, dq.to(q.dtype) if fused_dq else None
 
         return _tk.block_sparse_attention_bwd(grad_out, grad_lse, q, k, v, out, lse, lay, scale, dkdv=dkdv)
 
