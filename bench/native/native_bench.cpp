@@ -595,6 +595,16 @@ struct DeviceInts {
   const int32_t* get() const { return static_cast<const int32_t*>(ptr); }
 };
 
+// Waits for the device; a fault is reported (the context is lost, and with it the rest of the case) and true.
+bool faulted(const char* op, const char* shape, const std::string& variant) {
+  const cudaError_t e = cudaDeviceSynchronize();
+  if (e == cudaSuccess) return false;
+  std::printf("%-22s %-34s %-26s error: CUDA %s\n", op, shape, variant.c_str(), cudaGetErrorString(e));
+  if (g_tsv) std::fprintf(g_tsv, "%s\t%s\t%s\terror\tCUDA %s\n", op, shape, variant.c_str(), cudaGetErrorString(e));
+  std::fflush(stdout);
+  return true;
+}
+
 // The forward (bf16, (B, H, L, D) contiguous, MHA, with lse) over `mask` at tiling 128 x bk (bk = 32 for
 // D 128, 64 for D 64: the tilings the CUDA forward is used with), once per kernel instance: the default and
 // every (bsa_fwd_schedule, bsa_fwd_stages). Each variant is checked first against the CPU forward on the
@@ -669,12 +679,7 @@ void bench_bsa(const char* name, int64_t B, int64_t H, int64_t D, const bsa_layo
       report_error(op, shape, variant, s);
       continue;
     }
-    if (const cudaError_t e = cudaDeviceSynchronize()) {  // a fault: the context is lost, so is the rest
-      std::printf("%-22s %-34s %-26s error: CUDA %s\n", op, shape, variant.c_str(), cudaGetErrorString(e));
-      if (g_tsv) std::fprintf(g_tsv, "%s\t%s\t%s\terror\tCUDA %s\n", op, shape, variant.c_str(), cudaGetErrorString(e));
-      std::fflush(stdout);
-      break;
-    }
+    if (faulted(op, shape, variant)) break;
     Host got(n_q, ARK_BFLOAT16, [] { return 0.f; }), got_lse(size_t(B * H * L), ARK_FLOAT32, [] { return 0.f; });
     d_out.download(got);
     d_lse.download(got_lse);
@@ -772,11 +777,7 @@ void bench_bsa_bwd(const char* name, int64_t B, int64_t H, int64_t D, const bsa_
       report_error(op, shape, variant, s);
       continue;
     }
-    if (const cudaError_t e = cudaDeviceSynchronize()) {  // a fault: the context is lost, so is the rest
-      std::printf("%-22s %-34s %-26s error: CUDA %s\n", op, shape, variant, cudaGetErrorString(e));
-      if (g_tsv) std::fprintf(g_tsv, "%s\t%s\t%s\terror\tCUDA %s\n", op, shape, variant, cudaGetErrorString(e));
-      return;
-    }
+    if (faulted(op, shape, variant)) return;
     Host dk(n_kv, ARK_BFLOAT16, [] { return 0.f; }), dv(n_kv, ARK_BFLOAT16, [] { return 0.f; }),
         dq(with_dq ? n_q : 0, ARK_FLOAT32, [] { return 0.f; });
     d_dk.download(dk);

@@ -158,7 +158,7 @@ def test_cuda_backward_plumbing(mask, use_dlse, fused_dq, monkeypatch, rng):
 
     monkeypatch.setattr(torch.ops.arkernels, "block_sparse_attention_bwd_dkdv", backward_float64)
     args = (g, g_lse, q, k, v, out, lse, *_layout_args(lay), 0.3)
-    got = torch.ops.arkernels._block_sparse_attention_cuda_dkdv_backward(*args, fused_dq)
+    got = torch.ops.arkernels._block_sparse_attention_triton_backward(*args, "fused" if fused_dq else "dkdv")
     want = torch.ops.arkernels._block_sparse_attention_triton_backward(*args)
     assert seen.get("called")
     # Fused: dQ is the op's (converted), not the Triton kernel's; unfused: the Triton kernel's, bit for bit.

@@ -151,6 +151,19 @@ ark_status check_problem(int64_t batch, int64_t q_heads, int64_t kv_heads, int64
   return ARK_SUCCESS;
 }
 
+// The answer of a CUDA kernel's "supported" query as the C API gives it (0 for a head_dim out of int range, and
+// always 0 in a build without CUDA, where SUPPORTED names no function).
+using SupportedFn = bool (*)(int, int, int, ark_dtype);
+#ifdef ARKERNELS_WITH_CUDA
+#define SUPPORTED(fn) (&fn)
+#else
+#define SUPPORTED(fn) (SupportedFn(nullptr))
+#endif
+int supported_answer(SupportedFn supported, int64_t head_dim, int32_t block_q, int32_t block_k, ark_dtype dtype) {
+  if (!supported || head_dim < 1 || head_dim > INT_MAX) return 0;
+  return supported(int(head_dim), block_q, block_k, dtype) ? 1 : 0;
+}
+
 }  // namespace
 
 extern "C" ark_status ark_block_sparse_attention_fwd(const void* q, const void* k, const void* v, void* out, float* lse,
@@ -199,13 +212,7 @@ extern "C" ark_status ark_block_sparse_attention_fwd(const void* q, const void* 
 
 extern "C" int ark_block_sparse_attention_cuda_supported(int64_t head_dim, int32_t block_q, int32_t block_k,
                                                          ark_dtype dtype) {
-#ifdef ARKERNELS_WITH_CUDA
-  if (head_dim < 1 || head_dim > INT_MAX) return 0;
-  return ark::block_sparse_attention_cuda_supported(int(head_dim), block_q, block_k, dtype) ? 1 : 0;
-#else
-  (void)head_dim; (void)block_q; (void)block_k; (void)dtype;
-  return 0;
-#endif
+  return supported_answer(SUPPORTED(ark::block_sparse_attention_cuda_supported), head_dim, block_q, block_k, dtype);
 }
 
 extern "C" ark_status ark_block_sparse_attention_bwd_dkdv(
@@ -256,11 +263,6 @@ extern "C" ark_status ark_block_sparse_attention_bwd_dkdv(
 
 extern "C" int ark_block_sparse_attention_dkdv_cuda_supported(int64_t head_dim, int32_t block_q, int32_t block_k,
                                                               ark_dtype dtype) {
-#ifdef ARKERNELS_WITH_CUDA
-  if (head_dim < 1 || head_dim > INT_MAX) return 0;
-  return ark::block_sparse_attention_dkdv_cuda_supported(int(head_dim), block_q, block_k, dtype) ? 1 : 0;
-#else
-  (void)head_dim; (void)block_q; (void)block_k; (void)dtype;
-  return 0;
-#endif
+  return supported_answer(SUPPORTED(ark::block_sparse_attention_dkdv_cuda_supported), head_dim, block_q, block_k,
+                          dtype);
 }

@@ -473,7 +473,7 @@ if _native_available():
         if CUDA_BACKWARD not in CUDA_BACKWARDS:
             raise ValueError(f"CUDA_BACKWARD: expected one of {CUDA_BACKWARDS}, got {CUDA_BACKWARD!r}")
         if CUDA_BACKWARD != "triton" and _dkdv_cuda_runs(q.shape[-1], block_q, block_k, q.dtype, q.device):
-            return torch.ops.arkernels._block_sparse_attention_cuda_dkdv_backward(*args, CUDA_BACKWARD == "fused")
+            return torch.ops.arkernels._block_sparse_attention_triton_backward(*args, CUDA_BACKWARD)
         return torch.ops.arkernels._block_sparse_attention_triton_backward(*args)
 
     torch.library.register_autograd(f"arkernels::{NATIVE_OP}", _make_backward(_native_backward_op),
@@ -505,25 +505,15 @@ if _backends.triton_available():
             k_tile_bits: torch.Tensor | None, q_level: torch.Tensor | None, k_level: torch.Tensor | None,
             q_doc: torch.Tensor | None, k_doc: torch.Tensor | None, q_group: torch.Tensor | None,
             k_group: torch.Tensor | None, window: int, block_q: int, block_k: int,
-            scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        lay = _tk.LayoutArgs(q_run_ptr, q_runs, k_run_ptr, k_runs, tile_bits, k_tile_bits, q_level, k_level, q_doc,
-                             k_doc, q_group, k_group, window, block_q, block_k)
-        return _tk.block_sparse_attention_bwd(grad_out, grad_lse, q, k, v, out, lse, lay, scale)
-
-    @torch.library.triton_op("arkernels::_block_sparse_attention_cuda_dkdv_backward", mutates_args=())
-    def _block_sparse_attention_cuda_dkdv_backward(
-            grad_out: torch.Tensor, grad_lse: torch.Tensor | None, q: torch.Tensor, k: torch.Tensor,
-            v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor, q_run_ptr: torch.Tensor, q_runs: torch.Tensor,
-            k_run_ptr: torch.Tensor, k_runs: torch.Tensor, tile_bits: torch.Tensor | None,
-            k_tile_bits: torch.Tensor | None, q_level: torch.Tensor | None, k_level: torch.Tensor | None,
-            q_doc: torch.Tensor | None, k_doc: torch.Tensor | None, q_group: torch.Tensor | None,
-            k_group: torch.Tensor | None, window: int, block_q: int, block_k: int,
-            scale: float, fused_dq: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The Triton backward with its dK / dV kernel (and with fused_dq its dQ kernel) replaced by the Hopper
-        kernel (CUDA_BACKWARD "dkdv" / "fused")."""
+            scale: float, kernel: str = "triton") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The Triton backward; kernel "dkdv" / "fused" (CUDA_BACKWARD) replaces its dK / dV kernel (and, fused,
+        its dQ kernel) by the Hopper kernel (DKDV_OP)."""
         layout = (q_run_ptr, q_runs, k_run_ptr, k_runs, tile_bits, k_tile_bits, q_level, k_level, q_doc, k_doc,
                   q_group, k_group, window, block_q, block_k)
         lay = _tk.LayoutArgs(*layout)
+        if kernel == "triton":
+            return _tk.block_sparse_attention_bwd(grad_out, grad_lse, q, k, v, out, lse, lay, scale)
+        fused_dq = kernel == "fused"
 
         def dkdv(q, k, v, grad_out, lse, delta):
             dk, dv, dq = torch.ops.arkernels.block_sparse_attention_bwd_dkdv(q, k, v, grad_out, lse, delta, *layout,
