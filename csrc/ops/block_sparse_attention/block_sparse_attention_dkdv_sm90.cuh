@@ -50,7 +50,7 @@ struct Smem {
   static constexpr int kPanels = D / kPanelCols;
   static constexpr uint32_t kTileBytes = KT * D * 2;  // the K or the V tile
   static constexpr uint32_t kStepBytes = QS * D * 2;  // one Q or one dO step
-  static constexpr uint32_t kDsBytes = 64 * QS * 2;   // one consumer warpgroup's dS^T (DQ only)
+  static constexpr uint32_t kDsBytes = 64 * QS * 2;   // one consumer warpgroup's dS^T of one step (DQ only)
   static constexpr int kStatFields = 5;               // lse2, delta, q_level, q_doc, q_group (4 bytes each)
   static constexpr uint32_t kStatBytes = kStatFields * QS * 4;
   static constexpr uint32_t kK = 0;
@@ -58,7 +58,10 @@ struct Smem {
   static constexpr uint32_t kQ = kV + kTileBytes;
   static constexpr uint32_t kDO = kQ + STAGES * kStepBytes;
   static constexpr uint32_t kDs = kDO + STAGES * kStepBytes;  // 1024-aligned: the swizzle atoms of the A operand
-  static constexpr uint32_t kStat = kDs + (DQ ? 2 * kDsBytes : 0);
+  // Two dS^T tiles per consumer warpgroup, alternating by step: a warp may store step n + 1's while another warp
+  // of its warpgroup still reads step n's (each waits for its own share of the wgmma only); step n + 2 overwrites
+  // step n's tile after the warpgroup's barrier of step n + 1, which every warp passes after its wait of step n.
+  static constexpr uint32_t kStat = kDs + (DQ ? 4 * kDsBytes : 0);
   static constexpr uint32_t kBars = kStat + STAGES * kStatBytes;
   static constexpr int kNumBars = 1 + 3 * STAGES;  // kv_full; tma_full, stat_full, empty per slot
   static constexpr uint32_t kBytes = kBars + kNumBars * 8;
@@ -343,15 +346,15 @@ __device__ void consume(const DkdvArgs& a, uint8_t* smem, int key_tile, int hk, 
         pf[i / 8][(i / 2) % 4] = pack2<T>(s[i], s[i + 1]);
         dsf[i / 8][(i / 2) % 4] = pack2<T>(dp[i], dp[i + 1]);
       }
-      if constexpr (DQ) store_ds_t<T>(sm90::smem_addr(smem + L::kDs + wg * L::kDsBytes), dsf, t, wg);
+      const uint32_t ds_tile = sm90::smem_addr(smem + L::kDs + (2 * wg + (it & 1)) * L::kDsBytes);
+      if constexpr (DQ) store_ds_t<T>(ds_tile, dsf, t, wg);
       sm90::wgmma_fence();
       issue_frag_x_step<T, D>(dv, pf, do_base);
       issue_frag_x_step<T, D>(dk, dsf, q_base);
       sm90::wgmma_commit();
       if constexpr (DQ) {
         const int64_t bh = int64_t(b) * a.Hq + hk * a.group + hh;
-        add_dq<T, D>(a, sm90::smem_addr(smem + L::kDs + wg * L::kDsBytes), kb, a.dq_accum + bh * a.L * D,
-                     c.q0(), t, wg);
+        add_dq<T, D>(a, ds_tile, kb, a.dq_accum + bh * a.L * D, c.q0(), t, wg);
       }
       sm90::wgmma_wait<0>();
       sm90::fence_operands(dv);
