@@ -14,6 +14,7 @@ which reuses the mask table and `check` of this file.
 """
 from __future__ import annotations
 
+import importlib
 import math
 
 import pytest
@@ -29,6 +30,9 @@ from arkernels.testing.numerics import REL_TOL, assert_close_to_reference
 
 HAS_CUDA = torch.cuda.is_available()
 gpu = pytest.mark.gpu
+# The op's module (its settings such as CUDA_BACKWARD): `from arkernels.ops import block_sparse_attention` gives
+# the function of that name, which the package exports.
+BSA_OPS = importlib.import_module("arkernels.ops.block_sparse_attention")
 FP32, BF16, FP16 = torch.float32, torch.bfloat16, torch.float16
 INF = float("inf")
 
@@ -875,10 +879,8 @@ def test_auto_takes_cuda_at_d128_only(rng):
 def cuda_backward(request, monkeypatch):
     """The backward of the CUDA forward on the Hopper dK / dV kernel (ops.block_sparse_attention.CUDA_BACKWARD):
     with the Triton dQ ("dkdv") and with dQ by atomics in the same kernel ("fused")."""
-    from arkernels.ops import block_sparse_attention as bsa
-
-    monkeypatch.setattr(bsa, "CUDA_BACKWARD", request.param)
-    return bsa
+    monkeypatch.setattr(BSA_OPS, "CUDA_BACKWARD", request.param)
+    return BSA_OPS
 
 
 @gpu
@@ -890,6 +892,17 @@ def test_cuda_backward_kernel_matches_reference(name, rng, cuda_backward):
     mask_name, B, Hq, Hkv, L, S, D, dtype = CUDA_CASES[name]
     assert cuda_backward._dkdv_cuda_runs(D, 128, 128, dtype, torch.device("cuda")), "the kernel would not be taken"
     check("cuda", mask_name, B=B, Hq=Hq, Hkv=Hkv, L=L, S=S, D=D, dtype=dtype, rng=rng, device="cuda",
+          mask=_gpu_mask(mask_name, L, S, rng))
+
+
+@gpu
+@hopper
+@pytest.mark.parametrize("name", ["var_680_d64_bf16", "causal_d128_fp16", "tree_prefix_bits_d64_fp16"])
+def test_triton_forward_with_cuda_backward_kernel(name, rng, cuda_backward):
+    """CUDA_BACKWARD applies behind the Triton forward too (same 128 x 128 layout): forward and every gradient
+    against the float64 reference."""
+    mask_name, B, Hq, Hkv, L, S, D, dtype = CUDA_CASES[name]
+    check("triton", mask_name, B=B, Hq=Hq, Hkv=Hkv, L=L, S=S, D=D, dtype=dtype, rng=rng, device="cuda",
           mask=_gpu_mask(mask_name, L, S, rng))
 
 
@@ -919,16 +932,11 @@ def test_cuda_backward_kernel_vs_triton(rng, cuda_backward):
         assert_close_to_reference(x, y.double(), rel_tol=REL_TOL[BF16], name=name)
 
 
-@gpu
-@hopper
-def test_cuda_backward_unknown_mode_raises(rng, monkeypatch):
-    from arkernels.ops import block_sparse_attention as bsa
-
-    monkeypatch.setattr(bsa, "CUDA_BACKWARD", "fast")
-    q, k, v = (torch.randn(1, 2, 64, 64, generator=rng).to("cuda", BF16).requires_grad_(True) for _ in range(3))
-    out = arkernels.block_sparse_attention(q, k, v, M.causal(64), backend="cuda")
+def test_cuda_backward_unknown_mode_raises(monkeypatch):
+    """The GPU backward checks the CUDA_BACKWARD setting of the op's module before anything runs."""
+    monkeypatch.setattr(BSA_OPS, "CUDA_BACKWARD", "fast")
     with pytest.raises(ValueError, match=r"CUDA_BACKWARD: expected one of .*'fused'.*got 'fast'"):
-        out.sum().backward()
+        BSA_OPS._gpu_backward_op(*([None] * 7 + [None] * 12 + [-1, 128, 128, 0.125]))
 
 
 CUDA_UNSUPPORTED = {

@@ -35,12 +35,13 @@ CPU_TILING = (128, 128)  # the cpu backend's default layout tiling (it accepts a
 _GRID_LIMIT = 65535  # heads and batch rows are grid dimensions 1 and 2 of the kernels
 DKDV_OP = "block_sparse_attention_bwd_dkdv"  # the C++ op of the Hopper dK / dV kernel (C API, CUDA only)
 
-# Experimental, "triton" by default: how the backward of the CUDA forward runs where the Hopper dK / dV kernel
-# (DKDV_OP) runs (sm_90, bf16 / fp16, D 64 / 128, a 128 x 128 layout). "triton": the Triton backward; "dkdv": that
-# kernel for dK / dV, Triton for dQ (deterministic); "fused": that kernel for all three, dQ summed by fp32 atomics
-# (not bitwise deterministic). Read when the backward runs (traced once under torch.compile). It stays "triton"
-# until the kernel has passed its GPU tests and beaten the Triton backward in the sweep (bench/NOTES.md); the GPU
-# tests and scripts/block_sparse_attention_sweep.py ("cuda dkdv", "cuda fused") set it.
+# Experimental, "triton" by default: how the backward of either GPU forward (CUDA or Triton) runs where the
+# Hopper dK / dV kernel (DKDV_OP) runs (sm_90, bf16 / fp16, D 64 / 128, a 128 x 128 layout). "triton": the
+# Triton backward; "dkdv": that kernel for dK / dV, Triton for dQ (deterministic); "fused": that kernel for all
+# three, dQ summed by fp32 atomics (not bitwise deterministic). Read when the backward runs (traced once under
+# torch.compile). It stays "triton" until the kernel has passed its GPU tests and beaten the Triton backward in
+# the sweep (bench/NOTES.md); the GPU tests and scripts/block_sparse_attention_sweep.py ("cuda dkdv", "cuda
+# fused") set it.
 CUDA_BACKWARD = "triton"
 CUDA_BACKWARDS = ("triton", "dkdv", "fused")
 
@@ -297,6 +298,18 @@ def _make_backward(backward_op):
     return backward
 
 
+def _gpu_backward_op(*args):
+    """The backward of either GPU forward (Triton or CUDA; Triton under the interpreter too): the Triton backward,
+    with its dK / dV (and, fused, dQ) kernels replaced by the Hopper kernel where CUDA_BACKWARD asks for it and
+    that kernel runs the case."""
+    if CUDA_BACKWARD not in CUDA_BACKWARDS:
+        raise ValueError(f"CUDA_BACKWARD: expected one of {CUDA_BACKWARDS}, got {CUDA_BACKWARD!r}")
+    q, block_q, block_k = args[2], args[-3], args[-2]  # (grad_out, grad_lse, q, ..., window, block_q, block_k, scale)
+    if CUDA_BACKWARD != "triton" and q.is_cuda and _dkdv_cuda_runs(q.shape[-1], block_q, block_k, q.dtype, q.device):
+        return torch.ops.arkernels._block_sparse_attention_triton_backward(*args, CUDA_BACKWARD)
+    return torch.ops.arkernels._block_sparse_attention_triton_backward(*args)
+
+
 # ---- the cpu op: PyTorch over query tiles, walking the layout ----
 
 def _query_tiles(L, S, block_q, block_k, q_run_ptr, q_runs, tile_bits, rule):
@@ -464,17 +477,11 @@ if _native_available():
             return k.new_empty(k.shape), v.new_empty(v.shape), q.new_empty(dq_shape, dtype=torch.float32)
 
     def _native_backward_op(*args):
-        """The backward of the native forward on the same layout: on CUDA tensors Triton (or the Hopper dK / dV
-        kernel, as CUDA_BACKWARD says), the cpu op's on CPU."""
-        grad_out, q = args[0], args[2]
-        if not q.is_cuda:
+        """The backward of the native forward on the same layout: the GPU backward on CUDA tensors, the cpu op's
+        on CPU."""
+        if not args[2].is_cuda:  # grad_out, grad_lse, q, ...
             return torch.ops.arkernels._block_sparse_attention_cpu_backward(*args)
-        block_q, block_k = args[-3], args[-2]  # ..., window, block_q, block_k, scale
-        if CUDA_BACKWARD not in CUDA_BACKWARDS:
-            raise ValueError(f"CUDA_BACKWARD: expected one of {CUDA_BACKWARDS}, got {CUDA_BACKWARD!r}")
-        if CUDA_BACKWARD != "triton" and _dkdv_cuda_runs(q.shape[-1], block_q, block_k, q.dtype, q.device):
-            return torch.ops.arkernels._block_sparse_attention_triton_backward(*args, CUDA_BACKWARD)
-        return torch.ops.arkernels._block_sparse_attention_triton_backward(*args)
+        return _gpu_backward_op(*args)
 
     torch.library.register_autograd(f"arkernels::{NATIVE_OP}", _make_backward(_native_backward_op),
                                     setup_context=_setup_context)
@@ -522,7 +529,5 @@ if _backends.triton_available():
 
         return _tk.block_sparse_attention_bwd(grad_out, grad_lse, q, k, v, out, lse, lay, scale, dkdv=dkdv)
 
-    torch.library.register_autograd(
-        "arkernels::block_sparse_attention_triton",
-        _make_backward(lambda *args: torch.ops.arkernels._block_sparse_attention_triton_backward(*args)),
-        setup_context=_setup_context)
+    torch.library.register_autograd("arkernels::block_sparse_attention_triton", _make_backward(_gpu_backward_op),
+                                    setup_context=_setup_context)
