@@ -53,7 +53,7 @@ def _signature(fn, dtype: str, consts: dict) -> dict:
 def _aligned(P: int, n: int, light: bool) -> dict:
     """{kernel: names of the arguments a launch specialises as divisible by 16} at the headline shape (this
     p and n): every tensor pointer (torch allocations are 16-byte aligned) and every int that is a multiple
-    of 16 (the ssd kernels have no do_not_specialize). The values are the launchers' own: ssd_bwd (which
+    of 16, except those the kernel does not specialise (do_not_specialize). The values are the launchers' own: ssd_bwd (which
     also launches the forward kernel, for the states) runs on meta tensors with the launches recorded
     instead of run, so no stride list is repeated here."""
     import torch
@@ -83,7 +83,8 @@ def _aligned(P: int, n: int, light: bool) -> dict:
         tk.wrap_triton = wrap
         tk._TUNE.clear()
         tk._TUNE.update(tune)
-    return {fn: [k for k, v in a.items() if isinstance(v, torch.Tensor) or (type(v) is int and v % 16 == 0)]
+    return {fn: [k for k, v in a.items() if isinstance(v, torch.Tensor)
+                 or (type(v) is int and v % 16 == 0 and k not in fn.do_not_specialize)]
             for fn, a in launches.items()}
 
 
