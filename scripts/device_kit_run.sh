@@ -48,11 +48,15 @@ for pair in ${KIT_NCU:-}; do
   grep -E "^  [a-zA-Z_].*\(|Duration|Registers Per|Issue Slots Busy|Eligible Warps|Achieved Occupancy|Theoretical Occupancy|Memory Throughput|DRAM Throughput|L2 Cache Throughput|Warp Cycles Per Issued|No Eligible|Block Limit" \
     "$LOG/ncu_$case_name.txt" | cut -c1-160 | head -40 >>"$summary"
 done
+# KIT_SANITIZE_TOOLS: compute-sanitizer tools to run over each test (memcheck; racecheck and synccheck for the
+# shared-memory hazards and barrier misuse of the warp-specialised Hopper kernels).
 if [ "${KIT_SANITIZE:-1}" = 1 ]; then
-  for t in ${KIT_SANITIZE_TESTS:-test_selective_state_update_capi test_selective_scan_capi test_causal_conv1d_capi}; do
-    timeout "${KIT_SANITIZE_TIMEOUT:-60}" compute-sanitizer --tool memcheck --error-exitcode 99 "./$t" \
-      >"$LOG/memcheck_$t.log" 2>&1
-    note "memcheck $t: rc=$? :: $(grep -E 'ERROR SUMMARY' "$LOG/memcheck_$t.log" | tail -1)"
+  for tool in ${KIT_SANITIZE_TOOLS:-memcheck}; do
+    for t in ${KIT_SANITIZE_TESTS:-test_selective_state_update_capi test_selective_scan_capi test_causal_conv1d_capi}; do
+      timeout "${KIT_SANITIZE_TIMEOUT:-60}" compute-sanitizer --tool "$tool" --error-exitcode 99 "./$t" \
+        >"$LOG/${tool}_$t.log" 2>&1
+      note "$tool $t: rc=$? :: $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$LOG/${tool}_$t.log" | tail -1)"
+    done
   done
 fi
 tar -czf "$OUT/logs.tgz" -C "$OUT" logs && rm -rf "$LOG"
