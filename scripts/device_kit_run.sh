@@ -52,7 +52,8 @@ done
 # shared-memory hazards and barrier misuse of the warp-specialised Hopper kernels).
 if [ "${KIT_SANITIZE:-1}" = 1 ]; then
   for tool in ${KIT_SANITIZE_TOOLS:-memcheck}; do
-    for t in ${KIT_SANITIZE_TESTS:-test_selective_state_update_capi test_selective_scan_capi test_causal_conv1d_capi}; do
+    san_tests=${KIT_SANITIZE_TESTS:-test_selective_state_update_capi test_selective_scan_capi test_causal_conv1d_capi}
+    for t in $san_tests; do
       timeout "${KIT_SANITIZE_TIMEOUT:-60}" compute-sanitizer --tool "$tool" --error-exitcode 99 "./$t" \
         >"$LOG/${tool}_$t.log" 2>&1
       note "$tool $t: rc=$? :: $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$LOG/${tool}_$t.log" | tail -1)"

@@ -755,12 +755,14 @@ void bench_bsa_bwd(const char* name, int64_t B, int64_t H, int64_t D, const bsa_
   const DeviceInts run_ptr(lay.run_ptr), runs(lay.runs), bits(lay.bits), k_run_ptr(tr.run_ptr), k_runs(tr.runs),
       k_tile_bits(tr.tile_of), q_level(ru.q_level), k_level(ru.k_level), q_doc(ru.q_doc), k_doc(ru.k_doc),
       q_group(ru.q_group), k_group(ru.k_group);
-  const ark_block_mask dev_mask{kTile,         kTile,         run_ptr.get(), runs.get(),    bits.get(),    q_level.get(),
-                                k_level.get(), q_doc.get(),   k_doc.get(),   q_group.get(), k_group.get(), ru.window};
+  const ark_block_mask dev_mask{kTile,       kTile,       run_ptr.get(), runs.get(),    bits.get(),
+                                q_level.get(), k_level.get(), q_doc.get(), k_doc.get(), q_group.get(),
+                                k_group.get(), ru.window};
   const ark_block_mask_keys keys{k_run_ptr.get(), k_runs.get(), k_tile_bits.get()};
-  if (const ark_status s = ark_block_sparse_attention_fwd(d_q.ptr, d_k.ptr, d_v.ptr, d_out.ptr,
-                                                          static_cast<float*>(d_lse.ptr), B, H, H, L, S, D, q_st, kv_st,
-                                                          kv_st, &dev_mask, scale, ARK_BFLOAT16, ARK_DEVICE_CUDA, nullptr))
+  if (const ark_status s =
+          ark_block_sparse_attention_fwd(d_q.ptr, d_k.ptr, d_v.ptr, d_out.ptr, static_cast<float*>(d_lse.ptr), B, H, H,
+                                         L, S, D, q_st, kv_st, kv_st, &dev_mask, scale, ARK_BFLOAT16, ARK_DEVICE_CUDA,
+                                         nullptr))
     return report_error(op, shape, "fwd for lse", s);
   for (const bool with_dq : {false, true}) {
     const char* variant = with_dq ? "cuda bwd dkdv+dq" : "cuda bwd dkdv";

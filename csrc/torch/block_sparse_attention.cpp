@@ -254,7 +254,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> block_sparse_attention_bwd_dkdv(
   const ark_status st = ark_block_sparse_attention_bwd_dkdv(
       q.data_ptr(), k.data_ptr(), v.data_ptr(), dout.data_ptr(), lse.data_ptr<float>(), delta.data_ptr<float>(),
       dk.data_ptr(), dv.data_ptr(), with_dq ? dq.data_ptr<float>() : nullptr, B, Hq, Hkv, L, S, D, qs.data(),
-      ks.data(), vs.data(), dos.data(), &m.mask, &m.keys, float(scale), to_ark_dtype(q, "q"), to_ark_device(q, "q"), current_stream(q));
+      ks.data(), vs.data(), dos.data(), &m.mask, &m.keys, float(scale), to_ark_dtype(q, "q"), to_ark_device(q, "q"),
+      current_stream(q));
   check_bsa_status(st, "arkernels::block_sparse_attention_bwd_dkdv");
   return {dk, dv, dq};
 }
