@@ -265,6 +265,8 @@ int main() {
       {"documents", 1, 2, 2, 0, rule_mask(700, 700, docs), Partial::kRule},
       {"SCAM (groups), mixed", 1, 2, 1, 0, rule_mask(512, 512, skip_causal_rule(4, 64)), Partial::kMixed},
       {"random bitmaps", 1, 2, 2, 0, random_bits(400, 450, 7), Partial::kBits},
+      // No query head: dK and dV are zeros (written, not left poisoned), no launch over an empty q.
+      {"no q heads", 1, 0, 1, 0, rule_mask(200, 300, causal_rule(200, 300)), Partial::kRule},
   };
   unsigned seed = 1;
   for (const Problem& p0 : problems) {

@@ -87,7 +87,7 @@ ark_status block_sparse_attention_dkdv_cuda(const BlockSparseAttentionDkdvParams
                                            void* stream_ptr) {
   cudaStream_t stream = static_cast<cudaStream_t>(stream_ptr);
   if (p.batch == 0 || p.kv_heads == 0 || p.S == 0) return ARK_SUCCESS;  // dk, dv have no element
-  if (p.L == 0) {  // no query: zero gradients, no dQ row (TMA cannot describe an empty q)
+  if (p.L == 0 || p.q_heads == 0) {  // no query: zero gradients, no dQ row (TMA cannot describe an empty q)
     const size_t bytes = size_t(p.batch * p.kv_heads * p.S) * p.head_dim * 2;
     cudaError_t err = cudaMemsetAsync(p.dk, 0, bytes, stream);
     if (err == cudaSuccess) err = cudaMemsetAsync(p.dv, 0, bytes, stream);
