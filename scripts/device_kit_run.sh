@@ -39,14 +39,28 @@ if [ "${KIT_PROFILE:-1}" = 1 ] && command -v ncu >/dev/null; then
 fi
 # KIT_NCU="case:kernel-regex ...": the main sections (speed of light, occupancy, warp states, launch)
 # of the first launch of each kernel in that native_bench case (e.g. ssu_mamba2:selective_state_update).
+# KIT_NCU_BASE=demangled matches the regex against the demangled name with template arguments (to pick one
+# instance of a template kernel, e.g. "bsa_bwd_causal:dkdv_kernel<.*true>").
+ncu_base=${KIT_NCU_BASE:-function}
 for pair in ${KIT_NCU:-}; do
   case_name=${pair%%:*} kernel=${pair#*:}
-  timeout "${KIT_PROFILE_TIMEOUT:-90}" ncu --clock-control none -k regex:"$kernel" -c 1 --section SpeedOfLight \
+  timeout "${KIT_PROFILE_TIMEOUT:-90}" ncu --clock-control none --kernel-name-base "$ncu_base" -k regex:"$kernel" -c 1 --section SpeedOfLight \
     --section Occupancy --section WarpStateStats --section LaunchStats --section SchedulerStats --section MemoryWorkloadAnalysis \
     ./native_bench - "$case_name" >"$LOG/ncu_$case_name.txt" 2>&1
   note "ncu $case_name ($kernel): rc=$?"
   grep -E "^  [a-zA-Z_].*\(|Duration|Registers Per|Issue Slots Busy|Eligible Warps|Achieved Occupancy|Theoretical Occupancy|Memory Throughput|DRAM Throughput|L2 Cache Throughput|Warp Cycles Per Issued|No Eligible|Block Limit" \
     "$LOG/ncu_$case_name.txt" | cut -c1-160 | head -40 >>"$summary"
+done
+# KIT_NCU_SOURCE="case:kernel-regex ...": per-SASS-instruction stall samples and the warp-state breakdown of the
+# first matching launch (CSV in the logs; the stall columns of the hottest instructions go to the summary).
+n_src=0
+for pair in ${KIT_NCU_SOURCE:-}; do
+  case_name=${pair%%:*} kernel=${pair#*:} n_src=$((n_src + 1))
+  csv=$LOG/ncu_source_${case_name}_$n_src.csv
+  timeout "${KIT_PROFILE_TIMEOUT:-90}" ncu --clock-control none --kernel-name-base "$ncu_base" -k regex:"$kernel" -c 1 \
+    --section SourceCounters --section WarpStateStats --page source --print-source sass --csv \
+    ./native_bench - "$case_name" >"$csv" 2>&1
+  note "ncu source $case_name ($kernel): rc=$? (logs/$(basename "$csv"))"
 done
 # KIT_SANITIZE_TOOLS: compute-sanitizer tools to run over each test (memcheck; racecheck and synccheck for the
 # shared-memory hazards and barrier misuse of the warp-specialised Hopper kernels).

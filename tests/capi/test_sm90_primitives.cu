@@ -3,8 +3,8 @@
 // wgmma with K-major descriptors (issue_qk), O = P V with P as register fragments and V as the transposed
 // operand (to_fragments, issue_pv), and the accumulator placement (bsa_walk::acc_row / acc_col), each
 // against a CPU matmul, at head dims 64 and 128; and the dK / dV kernel's fused dQ step (store_ds_t: dS^T into a
-// swizzled shared tile; add_dq: dS K_w with both operands MN-major, added by vector atomics from both
-// warpgroups). When an attention kernel's C test fails, this says whether the fault is in one of these pieces
+// swizzled shared tile; add_dq: dS K with both operands MN-major and K = 128 keys, each warpgroup's column
+// blocks added by vector atomics). When an attention kernel's C test fails, this says whether the fault is in one of these pieces
 // or in the attention logic around them.
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -92,15 +92,16 @@ __global__ void __launch_bounds__(256) pv_kernel(const float* p_in, const __grid
 }
 
 // dS^T (128 keys x 64 queries, fp32 in global memory, read by accumulator position as the dK / dV kernel holds it)
-// and K (128 keys x D, TMA): each warpgroup stores its 64 keys' dS^T and adds dS K_w into dq_out (64 x D, zeroed).
+// and K (128 keys x D, TMA): both warpgroups store their 64 keys' dS^T into one tile, then each adds its column
+// blocks of dS K (those of a step of parity `step`) into dq_out (64 x D, zeroed).
 template <int D>
 __global__ void __launch_bounds__(256) dq_kernel(const float* ds_t_in, const __grid_constant__ CUtensorMap tk,
-                                                 float* dq_out) {
+                                                 int step, float* dq_out) {
 #if ARK_SM90A_DEVICE
   namespace dk = ark::bsa_dkdv;
   __shared__ uint64_t bar;
   uint8_t* k = setup(&bar);
-  uint8_t* ds_tiles = k + kRows * D * 2;  // two 8 KB tiles, 1024-aligned
+  uint8_t* ds_tile = k + kRows * D * 2;  // 16 KB, 1024-aligned
   if (threadIdx.x == 0) {
     ark::sm90::mbar_arrive_expect_tx(&bar, kRows * D * 2);
     for (int p = 0; p < D / 64; ++p) ark::sm90::tma_load_4d(k + p * kRows * 128, &tk, &bar, p * 64, 0, 0, 0);
@@ -112,12 +113,13 @@ __global__ void __launch_bounds__(256) dq_kernel(const float* ds_t_in, const __g
     ds[i] = ds_t_in[ark::bsa_walk::acc_row(t, i) * dk::QS + ark::bsa_walk::acc_col(t, i)];
   uint32_t dsf[dk::QS / 16][4];
   for (int i = 0; i < dk::QS / 2; i += 2) dsf[i / 8][(i / 2) % 4] = pack2<T>(ds[i], ds[i + 1]);
-  const uint32_t tile = ark::sm90::smem_addr(ds_tiles + wg * dk::Smem<D, 2, true>::kDsBytes);
-  dk::store_ds_t<T>(tile, dsf, t, wg);
+  const uint32_t tile = ark::sm90::smem_addr(ds_tile);
+  dk::store_ds_t<T>(tile, dsf, t);
+  __syncthreads();  // the kernel's ds_full barrier: both halves stored before either warpgroup reads the tile
   dk::DkdvArgs a{};
   a.L = dk::QS;
   a.scale = 1.f;
-  dk::add_dq<T, D>(a, tile, ark::sm90::smem_addr(k) + wg * 64 * 128, dq_out, 0, t, wg);
+  dk::add_dq<T, D>(a, tile, ark::sm90::smem_addr(k), dq_out, 0, t, wg, step);
 #endif
 }
 
@@ -202,7 +204,7 @@ template <int D> void check_pv(std::mt19937& rng) {
   cudaFree(dv);
 }
 
-template <int D> void check_dq(std::mt19937& rng) {
+template <int D> void check_dq(std::mt19937& rng, int step) {
   constexpr int Q = ark::bsa_dkdv::QS;
   std::vector<float> ds_t(kRows * Q);
   std::normal_distribution<float> nd;
@@ -213,7 +215,7 @@ template <int D> void check_dq(std::mt19937& rng) {
   std::vector<float> got(Q * D, 0.f);  // the kernel adds into it
   CUtensorMap tk;
   EXPECT(tensor_map(&tk, dk, D), "dq D=%d: tensor map: %s", D, ark_last_error_message());
-  run_one<const float*, CUtensorMap>("dq", dq_kernel<D>, kRows * D * 2 + 2 * 64 * Q * 2 + 1024, got, dds, tk);
+  run_one<const float*, CUtensorMap, int>("dq", dq_kernel<D>, kRows * D * 2 + kRows * Q * 2 + 1024, got, dds, tk, step);
   std::vector<double> want(Q * D);
   for (int q = 0; q < Q; ++q)
     for (int d = 0; d < D; ++d) {
@@ -221,6 +223,7 @@ template <int D> void check_dq(std::mt19937& rng) {
       for (int j = 0; j < kRows; ++j) acc += double(ds_t[j * Q + q]) * bf16_to(k[j * D + d]);
       want[q * D + d] = acc;
     }
+  std::printf("step parity %d: ", step);
   compare("dQ = dS K (swizzled dS^T store, SS wgmma with both operands MN-major, vector atomics)", D, got, want);
   cudaFree(dds);
   cudaFree(dk);
@@ -248,7 +251,9 @@ int main() {
   check_qk<128>(rng);
   check_pv<64>(rng);
   check_pv<128>(rng);
-  check_dq<64>(rng);
-  check_dq<128>(rng);
+  for (int step = 0; step < 2; ++step) {
+    check_dq<64>(rng, step);
+    check_dq<128>(rng, step);
+  }
   return finish("sm_90 primitives");
 }

@@ -11,6 +11,7 @@
 #include "common/sm90_device.hpp"
 #include "common/sm90_tma_host.hpp"
 #include "common/status.hpp"
+#include "common/tuning.hpp"
 #include "ops/block_sparse_attention/block_sparse_attention.cuh"
 #include "ops/block_sparse_attention/block_sparse_attention_dkdv_sm90.cuh"
 
@@ -19,16 +20,20 @@ namespace {
 
 using namespace bsa_dkdv;
 
-constexpr int kStages = 2;  // ring slots of Q / dO steps: 2 x 32 KB at D 128 beside the 64 KB K / V tiles
+// Ring slots of Q / dO steps (and their per-query values): 2 or 3 (knob bsa_bwd_stages). At D 128 a slot is 32 KB
+// beside the 64 KB K / V tiles and, with DQ, 32 KB of dS^T tiles: 3 slots fit (197 KB), 4 do not.
+constexpr int kDefaultStages = 2;
 
 template <typename T, int D>
 bool has_sm90a_code() {
-  static const bool has = sm90::has_sm90a_code(block_sparse_attention_dkdv_kernel<T, D, kStages, false>) &&
-                          sm90::has_sm90a_code(block_sparse_attention_dkdv_kernel<T, D, kStages, true>);
+  static const bool has = sm90::has_sm90a_code(block_sparse_attention_dkdv_kernel<T, D, 2, false>) &&
+                          sm90::has_sm90a_code(block_sparse_attention_dkdv_kernel<T, D, 2, true>) &&
+                          sm90::has_sm90a_code(block_sparse_attention_dkdv_kernel<T, D, 3, false>) &&
+                          sm90::has_sm90a_code(block_sparse_attention_dkdv_kernel<T, D, 3, true>);
   return has;
 }
 
-template <typename T, int D, bool DQ>
+template <typename T, int D, int STAGES, bool DQ>
 ark_status launch(const BlockSparseAttentionDkdvParams& p, cudaStream_t stream) {
   CUtensorMap tq, tdo, tk, tv;
   const ark_dtype dt = std::is_same<T, __nv_bfloat16>::value ? ARK_BFLOAT16 : ARK_FLOAT16;
@@ -53,8 +58,9 @@ ark_status launch(const BlockSparseAttentionDkdvParams& p, cudaStream_t stream) 
   a.k_run_ptr = p.keys.k_run_ptr;
   a.k_runs = p.keys.k_runs;
   a.k_tile_bits = p.keys.k_tile_bits;
-  using L = Smem<D, kStages, DQ>;
-  auto kernel = block_sparse_attention_dkdv_kernel<T, D, kStages, DQ>;
+  using L = Smem<D, STAGES, DQ>;
+  static_assert(L::kLaunchBytes <= 227 * 1024, "the shared memory of one CTA exceeds the sm_90 limit");
+  auto kernel = block_sparse_attention_dkdv_kernel<T, D, STAGES, DQ>;
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(L::kLaunchBytes));
   if (err == cudaSuccess) {
     const dim3 grid(unsigned((p.S + KT - 1) / KT), unsigned(p.kv_heads), unsigned(p.batch));
@@ -65,11 +71,20 @@ ark_status launch(const BlockSparseAttentionDkdvParams& p, cudaStream_t stream) 
   return ARK_SUCCESS;
 }
 
-template <bool DQ>
+template <int STAGES, bool DQ>
 ark_status launch_dtype(const BlockSparseAttentionDkdvParams& p, ark_dtype dtype, cudaStream_t stream) {
   if (dtype == ARK_BFLOAT16)
-    return p.head_dim == 64 ? launch<__nv_bfloat16, 64, DQ>(p, stream) : launch<__nv_bfloat16, 128, DQ>(p, stream);
-  return p.head_dim == 64 ? launch<__half, 64, DQ>(p, stream) : launch<__half, 128, DQ>(p, stream);
+    return p.head_dim == 64 ? launch<__nv_bfloat16, 64, STAGES, DQ>(p, stream)
+                            : launch<__nv_bfloat16, 128, STAGES, DQ>(p, stream);
+  return p.head_dim == 64 ? launch<__half, 64, STAGES, DQ>(p, stream) : launch<__half, 128, STAGES, DQ>(p, stream);
+}
+
+template <bool DQ>
+ark_status launch_stages(const BlockSparseAttentionDkdvParams& p, ark_dtype dtype, cudaStream_t stream) {
+  const int stages = knob(Knob::BsaBwdStages) ? knob(Knob::BsaBwdStages) : kDefaultStages;
+  if (stages == 2) return launch_dtype<2, DQ>(p, dtype, stream);
+  if (stages == 3) return launch_dtype<3, DQ>(p, dtype, stream);
+  return fail(ARK_ERROR_INVALID_ARGUMENT, "knob bsa_bwd_stages: expected 2 or 3, got %d", stages);
 }
 
 }  // namespace
@@ -100,8 +115,8 @@ ark_status block_sparse_attention_dkdv_cuda(const BlockSparseAttentionDkdvParams
   if (p.S >= (int64_t(1) << 31) - KT || p.L >= (int64_t(1) << 31) - QT)
     return fail(ARK_ERROR_INVALID_ARGUMENT, "L, S: expected < 2^31 - 128, got %lld, %lld", (long long)p.L,
                 (long long)p.S);
-  if (p.dq_accum) return launch_dtype<true>(p, dtype, stream);
-  return launch_dtype<false>(p, dtype, stream);
+  if (p.dq_accum) return launch_stages<true>(p, dtype, stream);
+  return launch_stages<false>(p, dtype, stream);
 }
 
 }  // namespace ark

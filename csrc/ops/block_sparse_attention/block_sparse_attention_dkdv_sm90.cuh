@@ -1,8 +1,8 @@
 // Device code of a Hopper (sm_90a) block_sparse_attention dK / dV kernel: the half of the backward with four of
-// its five matrix products, built from the forward's pieces (block_sparse_attention_sm90.cuh). Written without a
-// GPU (bench/NOTES.md, 2026-12-05 session 7) and NOT YET RUN ON ONE: the C API launches it
-// (ark_block_sparse_attention_bwd_dkdv; host side in block_sparse_attention_dkdv_cuda.cu), and the torch op uses
-// it only behind the experimental switch ops.block_sparse_attention.CUDA_BACKWARD.
+// its five matrix products (all five with DQ), built from the forward's pieces (block_sparse_attention_sm90.cuh).
+// The C API launches it (ark_block_sparse_attention_bwd_dkdv; host side in block_sparse_attention_dkdv_cuda.cu);
+// the torch op uses it behind the switch ops.block_sparse_attention.CUDA_BACKWARD. History and timings:
+// bench/NOTES.md (sessions 7-9).
 //
 // One CTA per (128-key tile, kv head, batch row); the layout must be at 128 x 128 (one layout key tile per
 // CTA, two 64-query steps per layout query tile). A producer warpgroup loads the K and V tiles once (TMA) and,
@@ -17,10 +17,11 @@
 // dK and dV stay in fp32 registers over the whole group and are written once (scaled dK): deterministic, no
 // atomics. Rows of Q / dO past L read as zeros (TMA bounds) and their lse2 is +inf, so they add nothing; keys
 // past S are computed but not stored.
-// With DQ (the fused variant), each consumer warpgroup also adds its keys' share of dQ for the step:
-//   dQ[step rows] += scale * dS K_w   (dS^T stored to shared memory as written, [key][query], and read as an
-//                                      MN-major A; K_w as the MN-major B; 64-column blocks of D in turn)
-// into an fp32 buffer by atomic adds (red.global.add.v2.f32): two partial sums per step and key tile, in an
+// With DQ (the fused variant), the two consumer warpgroups also add the key tile's share of dQ for the step:
+//   dQ[step rows] += scale * dS K     (both warpgroups' dS^T stored to one shared tile as written, [key][query],
+//                                      and read as an MN-major A with K = 128 keys; K as the MN-major B; each
+//                                      warpgroup takes every other 64-column block of D)
+// into an fp32 buffer by atomic adds (red.global.add.v2.f32): one add per dQ element, step and key tile, in an
 // order that is not deterministic. Without DQ, dQ is computed elsewhere (the Triton dQ kernel).
 #pragma once
 
@@ -50,7 +51,7 @@ struct Smem {
   static constexpr int kPanels = D / kPanelCols;
   static constexpr uint32_t kTileBytes = KT * D * 2;  // the K or the V tile
   static constexpr uint32_t kStepBytes = QS * D * 2;  // one Q or one dO step
-  static constexpr uint32_t kDsBytes = 64 * QS * 2;   // one consumer warpgroup's dS^T of one step (DQ only)
+  static constexpr uint32_t kDsBytes = KT * QS * 2;   // one step's dS^T, both warpgroups' halves (DQ only)
   static constexpr int kStatFields = 5;               // lse2, delta, q_level, q_doc, q_group (4 bytes each)
   static constexpr uint32_t kStatBytes = kStatFields * QS * 4;
   static constexpr uint32_t kK = 0;
@@ -58,12 +59,13 @@ struct Smem {
   static constexpr uint32_t kQ = kV + kTileBytes;
   static constexpr uint32_t kDO = kQ + STAGES * kStepBytes;
   static constexpr uint32_t kDs = kDO + STAGES * kStepBytes;  // 1024-aligned: the swizzle atoms of the A operand
-  // Two dS^T tiles per consumer warpgroup, alternating by step: a warp may store step n + 1's while another warp
-  // of its warpgroup still reads step n's (each waits for its own share of the wgmma only); step n + 2 overwrites
-  // step n's tile after the warpgroup's barrier of step n + 1, which every warp passes after its wait of step n.
-  static constexpr uint32_t kStat = kDs + (DQ ? 4 * kDsBytes : 0);
+  // Two dS^T tiles, alternating by step: a warpgroup may store step n + 1's while the other still reads step n's.
+  // Step n + 2 overwrites step n's tile only after its writer has waited for ds_full of step n + 1, which every
+  // consumer thread signals after its own wait for the wgmma of step n (each warp's wait covers its share only).
+  static constexpr uint32_t kStat = kDs + (DQ ? 2 * kDsBytes : 0);
   static constexpr uint32_t kBars = kStat + STAGES * kStatBytes;
-  static constexpr int kNumBars = 1 + 3 * STAGES;  // kv_full; tma_full, stat_full, empty per slot
+  // kv_full; tma_full, stat_full, empty per slot; DQ: ds_full per dS^T tile
+  static constexpr int kNumBars = 1 + 3 * STAGES + (DQ ? 2 : 0);
   static constexpr uint32_t kBytes = kBars + kNumBars * 8;
   static constexpr uint32_t kLaunchBytes = kBytes + 1024;  // room to align the base to 1024 bytes
 };
@@ -90,6 +92,7 @@ struct Barriers {
   __device__ uint64_t* tma_full(int s) const { return base + 1 + s; }
   __device__ uint64_t* stat_full(int s) const { return base + 1 + STAGES + s; }
   __device__ uint64_t* empty(int s) const { return base + 1 + 2 * STAGES + s; }
+  __device__ uint64_t* ds_full(int j) const { return base + 1 + 3 * STAGES + j; }
 };
 
 // The 64-query steps of one key tile: its transposed runs of query tiles [start, end) become steps
@@ -243,16 +246,16 @@ __device__ __forceinline__ void issue_frag_x_step(float (&acc)[D / 2], const uin
     sm90::wgmma_rs_tb(T{}, acc, frag[kk], sm90::sw128_desc(step_base + kk * 16 * kRowBytes, QS * kRowBytes, 1024), 1);
 }
 
-// DQ: this warpgroup's dS^T (64 keys x 64 queries, packed pairs as in the A fragments) into its shared buffer,
-// [key][query] rows of 128 bytes in the 128-byte swizzle (16-byte chunk c of row r at chunk c ^ (r % 8)), then
-// visible to the async proxy and to the whole warpgroup. A warp writes 8 rows x 4 words per register pair:
-// 8 distinct chunks after the swizzle, no bank conflict.
+// DQ: this warpgroup's 64 rows of the step's dS^T (128 keys x 64 queries, packed pairs as in the A fragments) into
+// the shared tile, [key][query] rows of 128 bytes in the 128-byte swizzle (16-byte chunk c of row r at chunk
+// c ^ (r % 8)), then visible to the async proxy; the caller signals the tile's barrier. A warp writes 8 rows x
+// 4 words per register pair: 8 distinct chunks after the swizzle, no bank conflict.
 // Register pair i holds row r0 + 8 h (h = (i >> 1) & 1), columns 8 j + 2 (t % 4) (j = i >> 2): chunk j ^ (r0 % 8)
 // (8 rows down keeps r % 8), byte 4 (t % 4) in it. The row bases are made opaque per call so that the compiler
 // rebuilds the 16 addresses with one LOP and one IADD each instead of keeping them (it spilled them).
 template <typename T>
-__device__ __forceinline__ void store_ds_t(uint32_t tile, const uint32_t (&dsf)[QS / 16][4], int t, int wg) {
-  const int r0 = acc_row(t, 0) - 64 * wg;
+__device__ __forceinline__ void store_ds_t(uint32_t tile, const uint32_t (&dsf)[QS / 16][4], int t) {
+  const int r0 = acc_row(t, 0);
   uint32_t row[2] = {tile + uint32_t(r0) * kRowBytes + 4 * uint32_t(t % 4),
                      tile + uint32_t(r0 + 8) * kRowBytes + 4 * uint32_t(t % 4)};
   asm volatile("" : "+r"(row[0]), "+r"(row[1]));
@@ -261,24 +264,26 @@ __device__ __forceinline__ void store_ds_t(uint32_t tile, const uint32_t (&dsf)[
   for (int i = 0; i < QS / 2; i += 2)
     sm90::st_shared_b32(row[(i >> 1) & 1] + ((uint32_t(i >> 2) << 4) ^ swz), dsf[i / 8][(i / 2) % 4]);
   sm90::fence_async_shared();
-  sm90::named_barrier_sync(1 + wg, 128);
 }
 
-// DQ: dQ[q0 .. q0 + 63, :] += scale * dS (64 queries x this warpgroup's 64 keys) K_w (64 keys x D), one 64-column
-// block of D at a time (32 accumulator registers live, not D / 2), added to the fp32 buffer atomically. Waits
-// for every wgmma this thread issued before (the step's dV / dK products included).
+// DQ: dQ[q0 .. q0 + 63, cols] += scale * dS (64 queries x the tile's 128 keys) K (128 keys x cols) for this
+// warpgroup's 64-column blocks of D: block nb belongs to warpgroup (nb + it) % 2 (one block each per step at D 128,
+// every other step's block at D 64). One K = 128 product per block, so each dQ element gets one atomic add per
+// step and key tile (a product per warpgroup over its own 64 keys sent two). Waits for every wgmma this thread
+// issued before (the step's dV / dK products included). The dS^T tile must be complete (both warpgroups' rows).
 template <typename T, int D>
-__device__ __forceinline__ void add_dq(const DkdvArgs& a, uint32_t ds_base, uint32_t k_base, float* dq_rows,
-                                       int64_t q0, int t, int wg) {
+__device__ __forceinline__ void add_dq(const DkdvArgs& a, uint32_t ds_tile, uint32_t k_tile, float* dq_rows,
+                                       int64_t q0, int t, int wg, int it) {
   const int row0 = acc_row(t, 0) - 64 * wg, col0 = acc_col(t, 0);
 #pragma unroll
   for (int nb = 0; nb < D / 64; ++nb) {
+    if (((nb + it) & 1) != wg) continue;
     float dq[32];
     sm90::wgmma_fence();
 #pragma unroll
-    for (int kk = 0; kk < 64 / 16; ++kk) {
-      const uint64_t da = sm90::sw128_desc(ds_base + kk * 16 * kRowBytes, 64 * kRowBytes, 1024);
-      const uint64_t db = sm90::sw128_desc(k_base + nb * KT * kRowBytes + kk * 16 * kRowBytes, KT * kRowBytes, 1024);
+    for (int kk = 0; kk < KT / 16; ++kk) {
+      const uint64_t da = sm90::sw128_desc(ds_tile + kk * 16 * kRowBytes, 64 * kRowBytes, 1024);
+      const uint64_t db = sm90::sw128_desc(k_tile + nb * KT * kRowBytes + kk * 16 * kRowBytes, KT * kRowBytes, 1024);
       sm90::wgmma_ss_tt(T{}, dq, da, db, kk > 0);
     }
     sm90::wgmma_commit();
@@ -304,7 +309,7 @@ __device__ void consume(const DkdvArgs& a, uint8_t* smem, int key_tile, int hk, 
   const int row0 = acc_row(t, 0);  // this thread's first key row inside the 128-key tile (and row0 + 8)
   KeyRule kr[2];
   for (int h = 0; h < 2; ++h) kr[h].load(a.mask, int64_t(key_tile) * KT + row0 + 8 * h, a.S);
-  const uint32_t k_base = sm90::smem_addr(smem + L::kK) + wg * 64 * kRowBytes;
+  const uint32_t k_tile = sm90::smem_addr(smem + L::kK);
   const uint32_t v_base = sm90::smem_addr(smem + L::kV) + wg * 64 * kRowBytes;
   float dk[D / 2] = {}, dv[D / 2] = {}, s[QS / 2], dp[QS / 2];
   uint32_t pf[QS / 16][4], dsf[QS / 16][4];
@@ -322,8 +327,9 @@ __device__ void consume(const DkdvArgs& a, uint8_t* smem, int key_tile, int hk, 
       // Opaque per-step copies of the tile addresses: otherwise the compiler hoists the ~24 loop-invariant
       // descriptors of the K / V tiles out of the step loop and, short of registers, spills them (the DQ build
       // at D 128 had 304 bytes of stack and an LDL before each wgmma); rebuilt per step they cost a few integer ops.
-      uint32_t kb = k_base, vb = v_base;
-      asm volatile("" : "+r"(kb), "+r"(vb));
+      uint32_t kt = k_tile, vb = v_base;
+      asm volatile("" : "+r"(kt), "+r"(vb));
+      const uint32_t kb = kt + wg * 64 * kRowBytes;
       sm90::wgmma_fence();
       issue_keys_x_step<T, D>(s, kb, q_base);
       issue_keys_x_step<T, D>(dp, vb, do_base);
@@ -346,15 +352,21 @@ __device__ void consume(const DkdvArgs& a, uint8_t* smem, int key_tile, int hk, 
         pf[i / 8][(i / 2) % 4] = pack2<T>(s[i], s[i + 1]);
         dsf[i / 8][(i / 2) % 4] = pack2<T>(dp[i], dp[i + 1]);
       }
-      const uint32_t ds_tile = sm90::smem_addr(smem + L::kDs + (2 * wg + (it & 1)) * L::kDsBytes);
-      if constexpr (DQ) store_ds_t<T>(ds_tile, dsf, t, wg);
+      const uint32_t ds_tile = sm90::smem_addr(smem + L::kDs + (it & 1) * L::kDsBytes);
+      if constexpr (DQ) {
+        store_ds_t<T>(ds_tile, dsf, t);
+        sm90::mbar_arrive(bar.ds_full(it & 1));
+      }
       sm90::wgmma_fence();
       issue_frag_x_step<T, D>(dv, pf, do_base);
       issue_frag_x_step<T, D>(dk, dsf, q_base);
       sm90::wgmma_commit();
       if constexpr (DQ) {
+        // The other warpgroup's half of dS^T, while this one's dV / dK products run. Every thread waits, also on
+        // a step whose dQ block is the other warpgroup's: the wait is what orders the tile's reuse two steps on.
+        sm90::mbar_wait(bar.ds_full(it & 1), (it >> 1) & 1);
         const int64_t bh = int64_t(b) * a.Hq + hk * a.group + hh;
-        add_dq<T, D>(a, ds_tile, kb, a.dq_accum + bh * a.L * D, c.q0(), t, wg);
+        add_dq<T, D>(a, ds_tile, kt, a.dq_accum + bh * a.L * D, c.q0(), t, wg, it);
       }
       sm90::wgmma_wait<0>();
       sm90::fence_operands(dv);
@@ -397,6 +409,8 @@ __global__ void __launch_bounds__(kThreads, 1)
       sm90::mbar_init(&bars[1 + STAGES + s], kStatThreads);            // stat_full: every staging thread
       sm90::mbar_init(&bars[1 + 2 * STAGES + s], kConsumerThreads / 32);  // empty: one arrival per consumer warp
     }
+    if (DQ)
+      for (int j = 0; j < 2; ++j) sm90::mbar_init(&bars[1 + 3 * STAGES + j], kConsumerThreads);  // ds_full: all
     sm90::mbar_init_fence();
   }
   __syncthreads();
