@@ -43,6 +43,33 @@ __device__ __forceinline__ uint64_t sw128_desc(uint32_t smem_address, uint32_t l
   return d;
 }
 
+// The descriptor above split for stepping through a tile: `lo` (start address >> 4, LBO) and the high word (SBO,
+// swizzle), constant for a given layout. at(off) is the descriptor of the start address + off bytes (a multiple of
+// 16; the address stays below 256 KB, so the 14-bit address field cannot carry into the LBO). Built once per tile,
+// each wgmma then costs one integer add where sw128_desc costs a mask, a shift and an or (and, from an opaque
+// address, a register move into the uniform datapath) per descriptor.
+struct Sw128Desc {
+  uint32_t lo, hi;
+  __device__ __forceinline__ Sw128Desc(uint32_t smem_address, uint32_t lbo_bytes, uint32_t sbo_bytes)
+      : lo(((smem_address & 0x3FFFF) >> 4) | (((lbo_bytes & 0x3FFFF) >> 4) << 16)),
+        hi(((sbo_bytes & 0x3FFFF) >> 4) | (1u << 30)) {}
+  __device__ __forceinline__ uint64_t at(uint32_t off) const { return (uint64_t(hi) << 32) | (lo + (off >> 4)); }
+  // An opaque copy of the start: per use site the compiler can neither hoist nor keep the per-offset descriptors
+  // (it hoisted ~24 loop-invariant ones out of a step loop and spilled them).
+  __device__ __forceinline__ Sw128Desc opaque() const {
+    Sw128Desc d = *this;
+    asm volatile("" : "+r"(d.lo));
+    return d;
+  }
+};
+
+// Dynamic shared memory aligned up to 1024 bytes (the 128-byte swizzle's atoms) by an offset from the __shared__
+// array itself, so that the compiler still knows the pointer is shared: LDS / STS for plain accesses through it. A
+// round trip through an integer (uintptr_t) loses the address space: generic LD / ST with 64-bit addresses.
+__device__ __forceinline__ uint8_t* align_smem_1024(uint8_t* raw) {
+  return raw + ((1024u - (smem_addr(raw) & 1023u)) & 1023u);
+}
+
 // ---- wgmma issue and ordering ----
 
 // Orders this thread's register writes before the next wgmma that reads them (accumulators, A fragments).

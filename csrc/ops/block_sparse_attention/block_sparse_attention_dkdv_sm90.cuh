@@ -52,7 +52,9 @@ struct Smem {
   static constexpr uint32_t kTileBytes = KT * D * 2;  // the K or the V tile
   static constexpr uint32_t kStepBytes = QS * D * 2;  // one Q or one dO step
   static constexpr uint32_t kDsBytes = KT * QS * 2;   // one step's dS^T, both warpgroups' halves (DQ only)
-  static constexpr int kStatFields = 5;               // lse2, delta, q_level, q_doc, q_group (4 bytes each)
+  // A slot's per-query values: per column pair k one 16-byte entry {lse2[2k], lse2[2k + 1], delta[2k], delta[2k + 1]}
+  // (a consumer thread's 4 values of two columns in one LDS.128), then q_level, q_doc, q_group (4 bytes a query).
+  static constexpr int kStatFields = 5;
   static constexpr uint32_t kStatBytes = kStatFields * QS * 4;
   static constexpr uint32_t kK = 0;
   static constexpr uint32_t kV = kK + kTileBytes;
@@ -175,8 +177,8 @@ __device__ void produce_stats(const DkdvArgs& a, uint8_t* smem, int key_tile, in
         if (lse != -INFINITY) lse2 = lse * 1.4426950408889634f;
         dl = a.delta[bh * a.L + q];
       }
-      st[i] = lse2;
-      st[QS + i] = dl;
+      st[4 * (i >> 1) + (i & 1)] = lse2;
+      st[4 * (i >> 1) + 2 + (i & 1)] = dl;
       const int64_t qc = q < a.L ? q : a.L - 1;
       sti[2 * QS + i] = m.q_level ? m.q_level[qc] : 0;
       sti[3 * QS + i] = m.q_doc ? m.q_doc[qc] : 0;
@@ -228,12 +230,11 @@ struct StepMask {
 // = tile rows (K-major, in 128-row panels) x step rows (K-major, in 64-row panels), over D.
 template <typename T, int D>
 __device__ __forceinline__ void issue_keys_x_step(float (&acc)[QS / 2], uint32_t tile_base, uint32_t step_base) {
+  const sm90::Sw128Desc tile(tile_base, 16, 1024), step(step_base, 16, 1024);
 #pragma unroll
   for (int kk = 0; kk < D / 16; ++kk) {
     const uint32_t off = (kk % 4) * 32;
-    const uint64_t da = sm90::sw128_desc(tile_base + (kk / 4) * KT * kRowBytes + off, 16, 1024);
-    const uint64_t db = sm90::sw128_desc(step_base + (kk / 4) * QS * kRowBytes + off, 16, 1024);
-    sm90::wgmma_ss(T{}, acc, da, db, kk > 0);
+    sm90::wgmma_ss(T{}, acc, tile.at((kk / 4) * KT * kRowBytes + off), step.at((kk / 4) * QS * kRowBytes + off), kk > 0);
   }
 }
 
@@ -241,9 +242,9 @@ __device__ __forceinline__ void issue_keys_x_step(float (&acc)[QS / 2], uint32_t
 template <typename T, int D>
 __device__ __forceinline__ void issue_frag_x_step(float (&acc)[D / 2], const uint32_t (&frag)[QS / 16][4],
                                                   uint32_t step_base) {
+  const sm90::Sw128Desc step(step_base, QS * kRowBytes, 1024);
 #pragma unroll
-  for (int kk = 0; kk < QS / 16; ++kk)
-    sm90::wgmma_rs_tb(T{}, acc, frag[kk], sm90::sw128_desc(step_base + kk * 16 * kRowBytes, QS * kRowBytes, 1024), 1);
+  for (int kk = 0; kk < QS / 16; ++kk) sm90::wgmma_rs_tb(T{}, acc, frag[kk], step.at(kk * 16 * kRowBytes), 1);
 }
 
 // DQ: this warpgroup's 64 rows of the step's dS^T (128 keys x 64 queries, packed pairs as in the A fragments) into
@@ -279,13 +280,11 @@ __device__ __forceinline__ void add_dq(const DkdvArgs& a, uint32_t ds_tile, uint
   for (int nb = 0; nb < D / 64; ++nb) {
     if (((nb + it) & 1) != wg) continue;
     float dq[32];
+    const sm90::Sw128Desc ds(ds_tile, 64 * kRowBytes, 1024), k(k_tile + nb * KT * kRowBytes, KT * kRowBytes, 1024);
     sm90::wgmma_fence();
 #pragma unroll
-    for (int kk = 0; kk < KT / 16; ++kk) {
-      const uint64_t da = sm90::sw128_desc(ds_tile + kk * 16 * kRowBytes, 64 * kRowBytes, 1024);
-      const uint64_t db = sm90::sw128_desc(k_tile + nb * KT * kRowBytes + kk * 16 * kRowBytes, KT * kRowBytes, 1024);
-      sm90::wgmma_ss_tt(T{}, dq, da, db, kk > 0);
-    }
+    for (int kk = 0; kk < KT / 16; ++kk)
+      sm90::wgmma_ss_tt(T{}, dq, ds.at(kk * 16 * kRowBytes), k.at(kk * 16 * kRowBytes), kk > 0);
     sm90::wgmma_commit();
     sm90::wgmma_wait<0>();
     sm90::fence_operands(dq);
@@ -297,6 +296,28 @@ __device__ __forceinline__ void add_dq(const DkdvArgs& a, uint32_t ds_tile, uint
 #pragma unroll
       for (int j = 0; j < 8; ++j)
         sm90::red_add_f32x2(row + 8 * j, dq[4 * j + 2 * h] * a.scale, dq[4 * j + 2 * h + 1] * a.scale);
+    }
+  }
+}
+
+// P^T and dS^T of a step in place of S^T and dP^T: p = exp2(s scale log2e - lse2), ds = p (dp - delta), p = 0 where
+// MASKED and the pair is invisible. A separate instance per MASKED: the unmasked steps (most of a causal walk) run
+// a short loop with no branch per element; the rule / bitmap tests (tens of instructions an element) stay out of it.
+template <bool MASKED>
+__device__ __forceinline__ void probabilities(float (&s)[QS / 2], float (&dp)[QS / 2], const float* st,
+                                              const StepMask& mask, const KeyRule (&kr)[2], float scale_log2, int t,
+                                              int row0) {
+#pragma unroll
+  for (int j = 0; j < QS / 8; ++j) {
+    // lse2 of columns c, c + 1, then delta of c, c + 1 (c = 8 j + 2 (t % 4), this thread's pair of block j).
+    const float4 v = *reinterpret_cast<const float4*>(st + 4 * (4 * j + t % 4));
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int i = 4 * j + e, h = e >> 1;  // registers 4 j + e: (row0 + 8 h, c + (e & 1))
+      float p = sm90::ex2(fmaf(s[i], scale_log2, -((e & 1) ? v.y : v.x)));
+      if (MASKED && !mask.visible(acc_col(t, i), kr[h], row0 + 8 * h)) p = 0.f;
+      s[i] = p;
+      dp[i] = p * (dp[i] - ((e & 1) ? v.w : v.z));
     }
   }
 }
@@ -338,15 +359,9 @@ __device__ void consume(const DkdvArgs& a, uint8_t* smem, int key_tile, int hk, 
       sm90::fence_operands(s);
       sm90::fence_operands(dp);
       const StepMask mask{a, c, reinterpret_cast<const int32_t*>(st)};
-      const bool masked = c.kind != 0;  // FULL steps: rows past L have lse2 = +inf, keys past S are not stored
-#pragma unroll
-      for (int i = 0; i < QS / 2; ++i) {
-        const int col = acc_col(t, i), h = (i >> 1) & 1;
-        float p = sm90::ex2(fmaf(s[i], a.scale_log2, -st[col]));
-        if (masked && !mask.visible(col, kr[h], row0 + 8 * h)) p = 0.f;
-        s[i] = p;
-        dp[i] = p * (dp[i] - st[QS + col]);
-      }
+      // FULL steps (kind 0) need no test: rows past L have lse2 = +inf, keys past S are not stored.
+      if (c.kind != 0) probabilities<true>(s, dp, st, mask, kr, a.scale_log2, t, row0);
+      else probabilities<false>(s, dp, st, mask, kr, a.scale_log2, t, row0);
 #pragma unroll
       for (int i = 0; i < QS / 2; i += 2) {
         pf[i / 8][(i / 2) % 4] = pack2<T>(s[i], s[i + 1]);
@@ -399,7 +414,7 @@ __global__ void __launch_bounds__(kThreads, 1)
 #if ARK_SM90A_DEVICE
   using L = Smem<D, STAGES, DQ>;
   extern __shared__ uint8_t smem_raw[];
-  uint8_t* smem = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
+  uint8_t* smem = sm90::align_smem_1024(smem_raw);
   const int key_tile = blockIdx.x, hk = blockIdx.y, b = blockIdx.z;
   if (threadIdx.x == 0) {
     uint64_t* bars = reinterpret_cast<uint64_t*>(smem + L::kBars);

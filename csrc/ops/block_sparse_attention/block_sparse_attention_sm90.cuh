@@ -393,7 +393,7 @@ __global__ void __launch_bounds__(Schedule<PIPELINED>::kThreads, 1)
   using Sch = Schedule<PIPELINED>;
   extern __shared__ uint8_t smem_raw[];
   // 128-byte swizzled tiles must start on 1024-byte boundaries (the descriptors assume base offset 0).
-  uint8_t* smem = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
+  uint8_t* smem = sm90::align_smem_1024(smem_raw);
   // Heaviest query tiles (under causal-like masks: the last) first, so the tail of the grid is short.
   const int tile = gridDim.x - 1 - blockIdx.x;
   const int h = blockIdx.y, b = blockIdx.z;
