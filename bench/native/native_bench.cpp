@@ -723,8 +723,8 @@ void bench_bsa(const char* name, int64_t B, int64_t H, int64_t D, const bsa_layo
 }
 
 // The Hopper backward kernel (ark_block_sparse_attention_bwd_dkdv, bf16, MHA) over `mask` at 128 x 128: dK / dV
-// alone ("dkdv", dQ left to another kernel) and with dQ added by atomics ("dkdv+dq", the zeroing memset of the fp32
-// buffer timed with it), each with 2 and 3 ring slots (knob bsa_bwd_stages; "s2", "s3"). lse comes from the CUDA forward (so P is a softmax), delta is random: values are checked
+// alone ("dkdv", dQ left to another kernel) and with dQ added by TMA reduce-adds ("dkdv+dq", the zeroing memset of the fp32
+// buffer timed with it). lse comes from the CUDA forward (so P is a softmax), delta is random: values are checked
 // by the C API test against a float64 oracle, here only that dK, dV (and dQ) come out finite. TFLOP/s count the
 // visible pairs: 8 D per pair and (batch, head) for the four dK / dV products, 10 D with dQ.
 void bench_bsa_bwd(const char* name, int64_t B, int64_t H, int64_t D, const bsa_layouts::MaskDef& mask) {
@@ -764,15 +764,8 @@ void bench_bsa_bwd(const char* name, int64_t B, int64_t H, int64_t D, const bsa_
                                          L, S, D, q_st, kv_st, kv_st, &dev_mask, scale, ARK_BFLOAT16, ARK_DEVICE_CUDA,
                                          nullptr))
     return report_error(op, shape, "fwd for lse", s);
-  for (int instance = 0; instance < 4; ++instance) {
-    const bool with_dq = instance / 2 == 1;
-    const int stages = 2 + instance % 2;
-    char variant[40];
-    std::snprintf(variant, sizeof(variant), "cuda bwd %s s%d", with_dq ? "dkdv+dq" : "dkdv", stages);
-    if (!ark_tuning_set("bsa_bwd_stages", stages)) {
-      std::printf("%-22s %-34s %-26s error: knob bsa_bwd_stages unknown to this library\n", op, shape, variant);
-      continue;
-    }
+  for (const bool with_dq : {false, true}) {
+    const char* variant = with_dq ? "cuda bwd dkdv+dq" : "cuda bwd dkdv";
     const auto call = [&] {
       if (with_dq && cudaMemsetAsync(d_dq.ptr, 0, n_q * 4) != cudaSuccess) return ARK_ERROR_CUDA;
       return ark_block_sparse_attention_bwd_dkdv(
@@ -803,7 +796,6 @@ void bench_bsa_bwd(const char* name, int64_t B, int64_t H, int64_t D, const bsa_
                   (long long)non_finite);
     report(op, shape, variant, "bwd", ms, bytes, non_finite ? INFINITY : 0.0, 1.0, extra);
   }
-  ark_tuning_set("bsa_bwd_stages", 0);
 }
 
 // VAR: scales of 1, 2, 3, 4, 5, 6, 8, 10, 13, 16 squared tokens (L = 680), block-causal over the scales.
@@ -866,7 +858,7 @@ int main(int argc, char** argv) {
       {"bsa_sliding", [] {
          bench_bsa("sliding1024", 2, 16, 128, bsa_layouts::rule_mask(8192, 8192, bsa_layouts::causal_rule(8192, 8192, 1024)));
        }},
-      // The Hopper backward kernel (dK / dV, and with dQ by atomics) at the same four cases.
+      // The Hopper backward kernel (dK / dV, and with dQ by TMA reduce-adds) at the same four cases.
       {"bsa_bwd_causal", [] {
          bench_bsa_bwd("causal", 4, 16, 128, bsa_layouts::rule_mask(4096, 4096, bsa_layouts::causal_rule(4096, 4096)));
        }},

@@ -236,6 +236,37 @@ __device__ __forceinline__ void tma_load_4d(void* dst, const void* tmap, uint64_
 #endif
 }
 
+// global (through `tmap`) += the box at `src` in shared memory, element by element (the map's type, e.g. f32
+// add), asynchronously, in this thread's bulk async-group (commit with bulk_commit, wait with bulk_wait*). Boxes
+// past the tensor's bounds are clipped: those elements are not written.
+__device__ __forceinline__ void tma_reduce_add_4d(const void* tmap, const void* src, int c0, int c1, int c2, int c3) {
+#if ARK_SM90A_DEVICE
+  asm volatile(
+      "cp.reduce.async.bulk.tensor.4d.global.shared::cta.add.tile.bulk_group [%0, {%2, %3, %4, %5}], [%1];\n" ::"l"(
+          reinterpret_cast<uint64_t>(tmap)),
+      "r"(smem_addr(src)), "r"(c0), "r"(c1), "r"(c2), "r"(c3)
+      : "memory");
+#endif
+}
+__device__ __forceinline__ void bulk_commit() {
+#if ARK_SM90A_DEVICE
+  asm volatile("cp.async.bulk.commit_group;\n" ::: "memory");
+#endif
+}
+// Until at most N of this thread's bulk groups are still reading their shared-memory sources (the source may be
+// overwritten then) ...
+template <int N> __device__ __forceinline__ void bulk_wait_read() {
+#if ARK_SM90A_DEVICE
+  asm volatile("cp.async.bulk.wait_group.read %0;\n" ::"n"(N) : "memory");
+#endif
+}
+// ... or until at most N are incomplete (their global writes done).
+template <int N> __device__ __forceinline__ void bulk_wait() {
+#if ARK_SM90A_DEVICE
+  asm volatile("cp.async.bulk.wait_group %0;\n" ::"n"(N) : "memory");
+#endif
+}
+
 // Named barriers (ids 1-15; 0 is __syncthreads): arrive without waiting, or wait until `threads` threads
 // (arrivals and waiters together) have reached barrier `id`.
 __device__ __forceinline__ void named_barrier_sync(int id, int threads) {
@@ -262,6 +293,11 @@ template <int R> __device__ __forceinline__ void regs_claim() {
 #endif
 }
 
+// A 64-bit store of two floats to shared memory by its shared-window address (8-byte aligned).
+__device__ __forceinline__ void st_shared_v2_f32(uint32_t addr, float a, float b) {
+  asm volatile("st.shared.v2.f32 [%0], {%1, %2};\n" ::"r"(addr), "f"(a), "f"(b) : "memory");
+}
+
 // A 32-bit store to shared memory by its shared-window address (a generic pointer into the aligned dynamic
 // shared memory loses its address space: the compiler then emits generic stores with 64-bit addresses).
 __device__ __forceinline__ void st_shared_b32(uint32_t addr, uint32_t v) {
@@ -273,13 +309,6 @@ __device__ __forceinline__ void st_shared_b32(uint32_t addr, uint32_t v) {
 __device__ __forceinline__ void fence_async_shared() {
 #if ARK_SM90A_DEVICE
   asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-#endif
-}
-
-// *p += a, p[1] += b in global memory, atomically per element (relaxed, no value returned); p 8-byte aligned.
-__device__ __forceinline__ void red_add_f32x2(float* p, float a, float b) {
-#if ARK_SM90A_DEVICE
-  asm volatile("red.global.add.v2.f32 [%0], {%1, %2};\n" ::"l"(p), "f"(a), "f"(b) : "memory");
 #endif
 }
 

@@ -28,7 +28,6 @@ enum class Knob : int {
   SscanBwdRowsumVec,  // selective_scan backward: 1 = dB/dC row sums with 16-byte shared loads + reduce-scatter
   BsaFwdSchedule,     // block_sparse_attention CUDA forward: 1 = serial (producer warp), 2 = pipelined (ping-pong)
   BsaFwdStages,       // block_sparse_attention CUDA forward: K/V ring slots, 2 or 3
-  BsaBwdStages,       // block_sparse_attention Hopper dK/dV kernel: Q/dO ring slots, 2 or 3
   Count
 };
 

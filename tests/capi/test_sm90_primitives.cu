@@ -3,8 +3,8 @@
 // wgmma with K-major descriptors (issue_qk), O = P V with P as register fragments and V as the transposed
 // operand (to_fragments, issue_pv), and the accumulator placement (bsa_walk::acc_row / acc_col), each
 // against a CPU matmul, at head dims 64 and 128; and the dK / dV kernel's fused dQ step (store_ds_t: dS^T into a
-// swizzled shared tile; add_dq: dS K with both operands MN-major and K = 128 keys, each warpgroup's column
-// blocks added by vector atomics). When an attention kernel's C test fails, this says whether the fault is in one of these pieces
+// swizzled shared tile; dq_block: dS K with both operands MN-major and K = 128 keys; stage_dq_block and the TMA
+// reduce-add of the staged fp32 tile). When an attention kernel's C test fails, this says whether the fault is in one of these pieces
 // or in the attention logic around them.
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -92,16 +92,19 @@ __global__ void __launch_bounds__(256) pv_kernel(const float* p_in, const __grid
 }
 
 // dS^T (128 keys x 64 queries, fp32 in global memory, read by accumulator position as the dK / dV kernel holds it)
-// and K (128 keys x D, TMA): both warpgroups store their 64 keys' dS^T into one tile, then each adds its column
-// blocks of dS K (those of a step of parity `step`) into dq_out (64 x D, zeroed).
+// and K (128 keys x D, TMA): both warpgroups store their 64 keys' dS^T into one tile, each computes its column blocks
+// of dS K (those of a step of parity `step`) and stages them; one thread adds the staged tile into dq_out (64 x D
+// fp32, zeroed, through `tdq`) by TMA reduce-adds.
 template <int D>
 __global__ void __launch_bounds__(256) dq_kernel(const float* ds_t_in, const __grid_constant__ CUtensorMap tk,
-                                                 int step, float* dq_out) {
+                                                 const __grid_constant__ CUtensorMap tdq, int step) {
 #if ARK_SM90A_DEVICE
   namespace dk = ark::bsa_dkdv;
+  using L = dk::Smem<D, 2, true>;
   __shared__ uint64_t bar;
   uint8_t* k = setup(&bar);
-  uint8_t* ds_tile = k + kRows * D * 2;  // 16 KB, 1024-aligned
+  uint8_t* ds_tile = k + kRows * D * 2;          // 16 KB, 1024-aligned
+  uint8_t* dq_tile = ds_tile + L::kDsBytes;      // QS x D fp32, 1024-aligned
   if (threadIdx.x == 0) {
     ark::sm90::mbar_arrive_expect_tx(&bar, kRows * D * 2);
     for (int p = 0; p < D / 64; ++p) ark::sm90::tma_load_4d(k + p * kRows * 128, &tk, &bar, p * 64, 0, 0, 0);
@@ -113,13 +116,22 @@ __global__ void __launch_bounds__(256) dq_kernel(const float* ds_t_in, const __g
     ds[i] = ds_t_in[ark::bsa_walk::acc_row(t, i) * dk::QS + ark::bsa_walk::acc_col(t, i)];
   uint32_t dsf[dk::QS / 16][4];
   for (int i = 0; i < dk::QS / 2; i += 2) dsf[i / 8][(i / 2) % 4] = pack2<T>(ds[i], ds[i + 1]);
-  const uint32_t tile = ark::sm90::smem_addr(ds_tile);
-  dk::store_ds_t<T>(tile, dsf, t);
+  dk::store_ds_t<T>(ark::sm90::smem_addr(ds_tile), dsf, t);
   __syncthreads();  // the kernel's ds_full barrier: both halves stored before either warpgroup reads the tile
-  dk::DkdvArgs a{};
-  a.L = dk::QS;
-  a.scale = 1.f;
-  dk::add_dq<T, D>(a, tile, ark::sm90::smem_addr(k), dq_out, 0, t, wg, step);
+  for (int nb = 0; nb < D / 64; ++nb) {
+    if (!dk::owns_dq_block(nb, step, wg)) continue;
+    float dq[32];
+    dk::dq_block<T>(dq, ark::sm90::smem_addr(ds_tile), ark::sm90::smem_addr(k), nb);
+    dk::stage_dq_block(ark::sm90::smem_addr(dq_tile), dq, 1.f, t, wg, nb);
+  }
+  ark::sm90::fence_async_shared();
+  __syncthreads();  // the kernel's dq_full barrier
+  if (t == 0) {
+    for (int box = 0; box < D / 32; ++box)
+      ark::sm90::tma_reduce_add_4d(&tdq, dq_tile + box * L::kDqBoxBytes, box * 32, 0, 0, 0);
+    ark::sm90::bulk_commit();
+    ark::sm90::bulk_wait<0>();
+  }
 #endif
 }
 
@@ -213,9 +225,18 @@ template <int D> void check_dq(std::mt19937& rng, int step) {
   float* dds = to_device(ds_t);
   uint16_t* dk = to_device(k);
   std::vector<float> got(Q * D, 0.f);  // the kernel adds into it
-  CUtensorMap tk;
+  float* d_out = to_device(got);
+  CUtensorMap tk, tdq;
+  const int64_t dq_strides[3] = {Q * D, Q * D, D};
   EXPECT(tensor_map(&tk, dk, D), "dq D=%d: tensor map: %s", D, ark_last_error_message());
-  run_one<const float*, CUtensorMap, int>("dq", dq_kernel<D>, kRows * D * 2 + kRows * Q * 2 + 1024, got, dds, tk, step);
+  EXPECT(ark::sm90::make_tensor_map(&tdq, "dq", d_out, ARK_FLOAT32, D, Q, 1, 1, dq_strides, Q) == ARK_SUCCESS,
+         "dq D=%d: fp32 tensor map: %s", D, ark_last_error_message());
+  const int smem = kRows * D * 2 + kRows * Q * 2 + Q * D * 4 + 1024;
+  cudaFuncSetAttribute(dq_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+  dq_kernel<D><<<1, 256, smem>>>(dds, tk, tdq, step);
+  const cudaError_t err = cudaDeviceSynchronize();
+  EXPECT(err == cudaSuccess, "dq D=%d: %s", D, cudaGetErrorString(err));
+  cudaMemcpy(got.data(), d_out, got.size() * 4, cudaMemcpyDeviceToHost);
   std::vector<double> want(Q * D);
   for (int q = 0; q < Q; ++q)
     for (int d = 0; d < D; ++d) {
@@ -224,9 +245,11 @@ template <int D> void check_dq(std::mt19937& rng, int step) {
       want[q * D + d] = acc;
     }
   std::printf("step parity %d: ", step);
-  compare("dQ = dS K (swizzled dS^T store, SS wgmma with both operands MN-major, vector atomics)", D, got, want);
+  compare("dQ = dS K (swizzled dS^T store, SS wgmma with both operands MN-major, staged fp32 tile, TMA reduce-add)", D,
+          got, want);
   cudaFree(dds);
   cudaFree(dk);
+  cudaFree(d_out);
 }
 
 }  // namespace

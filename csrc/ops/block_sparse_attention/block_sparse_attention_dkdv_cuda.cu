@@ -11,7 +11,6 @@
 #include "common/sm90_device.hpp"
 #include "common/sm90_tma_host.hpp"
 #include "common/status.hpp"
-#include "common/tuning.hpp"
 #include "ops/block_sparse_attention/block_sparse_attention.cuh"
 #include "ops/block_sparse_attention/block_sparse_attention_dkdv_sm90.cuh"
 
@@ -20,31 +19,33 @@ namespace {
 
 using namespace bsa_dkdv;
 
-// Ring slots of Q / dO steps (and their per-query values): 2 or 3 (knob bsa_bwd_stages). At D 128 a slot is 32 KB
-// beside the 64 KB K / V tiles and, with DQ, 32 KB of dS^T tiles: 3 slots fit (197 KB), 4 do not.
-constexpr int kDefaultStages = 2;
+// Ring slots of Q / dO steps (and their per-query values). At D 128 a slot is 32 KB beside the 64 KB K / V tiles and,
+// with DQ, 32 KB of dS^T tiles and the 32 KB dQ staging tile: a third slot does not fit then. Without DQ it fits, and
+// measured no faster (H200, bench/NOTES.md, session 9): the staging threads keep up with 2.
+constexpr int kStages = 2;
 
 template <typename T, int D>
 bool has_sm90a_code() {
-  static const bool has = sm90::has_sm90a_code(block_sparse_attention_dkdv_kernel<T, D, 2, false>) &&
-                          sm90::has_sm90a_code(block_sparse_attention_dkdv_kernel<T, D, 2, true>) &&
-                          sm90::has_sm90a_code(block_sparse_attention_dkdv_kernel<T, D, 3, false>) &&
-                          sm90::has_sm90a_code(block_sparse_attention_dkdv_kernel<T, D, 3, true>);
+  static const bool has = sm90::has_sm90a_code(block_sparse_attention_dkdv_kernel<T, D, kStages, false>) &&
+                          sm90::has_sm90a_code(block_sparse_attention_dkdv_kernel<T, D, kStages, true>);
   return has;
 }
 
-template <typename T, int D, int STAGES, bool DQ>
+template <typename T, int D, bool DQ>
 ark_status launch(const BlockSparseAttentionDkdvParams& p, cudaStream_t stream) {
-  CUtensorMap tq, tdo, tk, tv;
+  CUtensorMap tq, tdo, tk, tv, tdq{};  // tdq: DQ only (the dK/dV-only instance never reads it)
   const ark_dtype dt = std::is_same<T, __nv_bfloat16>::value ? ARK_BFLOAT16 : ARK_FLOAT16;
   ARK_TRY(sm90::make_tensor_map(&tq, "q", p.q, dt, D, p.L, p.q_heads, p.batch, p.q_strides, QS));
   ARK_TRY(sm90::make_tensor_map(&tdo, "dout", p.dout, dt, D, p.L, p.q_heads, p.batch, p.dout_strides, QS));
   ARK_TRY(sm90::make_tensor_map(&tk, "k", p.k, dt, D, p.S, p.kv_heads, p.batch, p.k_strides, KT));
   ARK_TRY(sm90::make_tensor_map(&tv, "v", p.v, dt, D, p.S, p.kv_heads, p.batch, p.v_strides, KT));
+  if (DQ) {
+    const int64_t dq_strides[3] = {p.q_heads * p.L * D, p.L * D, D};  // contiguous (batch, q_heads, L, D)
+    ARK_TRY(sm90::make_tensor_map(&tdq, "dq_accum", p.dq_accum, ARK_FLOAT32, D, p.L, p.q_heads, p.batch, dq_strides, QS));
+  }
   DkdvArgs a{};
   a.dk = p.dk;
   a.dv = p.dv;
-  a.dq_accum = p.dq_accum;
   a.lse = p.lse;
   a.delta = p.delta;
   a.L = p.L;
@@ -58,33 +59,24 @@ ark_status launch(const BlockSparseAttentionDkdvParams& p, cudaStream_t stream) 
   a.k_run_ptr = p.keys.k_run_ptr;
   a.k_runs = p.keys.k_runs;
   a.k_tile_bits = p.keys.k_tile_bits;
-  using L = Smem<D, STAGES, DQ>;
+  using L = Smem<D, kStages, DQ>;
   static_assert(L::kLaunchBytes <= 227 * 1024, "the shared memory of one CTA exceeds the sm_90 limit");
-  auto kernel = block_sparse_attention_dkdv_kernel<T, D, STAGES, DQ>;
+  auto kernel = block_sparse_attention_dkdv_kernel<T, D, kStages, DQ>;
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(L::kLaunchBytes));
   if (err == cudaSuccess) {
     const dim3 grid(unsigned((p.S + KT - 1) / KT), unsigned(p.kv_heads), unsigned(p.batch));
-    kernel<<<grid, kThreads, L::kLaunchBytes, stream>>>(tq, tdo, tk, tv, a);
+    kernel<<<grid, kThreads, L::kLaunchBytes, stream>>>(tq, tdo, tk, tv, tdq, a);
     err = cudaGetLastError();
   }
   if (err != cudaSuccess) return fail(ARK_ERROR_CUDA, "block_sparse_attention dK/dV: %s", cudaGetErrorString(err));
   return ARK_SUCCESS;
 }
 
-template <int STAGES, bool DQ>
+template <bool DQ>
 ark_status launch_dtype(const BlockSparseAttentionDkdvParams& p, ark_dtype dtype, cudaStream_t stream) {
   if (dtype == ARK_BFLOAT16)
-    return p.head_dim == 64 ? launch<__nv_bfloat16, 64, STAGES, DQ>(p, stream)
-                            : launch<__nv_bfloat16, 128, STAGES, DQ>(p, stream);
-  return p.head_dim == 64 ? launch<__half, 64, STAGES, DQ>(p, stream) : launch<__half, 128, STAGES, DQ>(p, stream);
-}
-
-template <bool DQ>
-ark_status launch_stages(const BlockSparseAttentionDkdvParams& p, ark_dtype dtype, cudaStream_t stream) {
-  const int stages = knob(Knob::BsaBwdStages) ? knob(Knob::BsaBwdStages) : kDefaultStages;
-  if (stages == 2) return launch_dtype<2, DQ>(p, dtype, stream);
-  if (stages == 3) return launch_dtype<3, DQ>(p, dtype, stream);
-  return fail(ARK_ERROR_INVALID_ARGUMENT, "knob bsa_bwd_stages: expected 2 or 3, got %d", stages);
+    return p.head_dim == 64 ? launch<__nv_bfloat16, 64, DQ>(p, stream) : launch<__nv_bfloat16, 128, DQ>(p, stream);
+  return p.head_dim == 64 ? launch<__half, 64, DQ>(p, stream) : launch<__half, 128, DQ>(p, stream);
 }
 
 }  // namespace
@@ -115,8 +107,8 @@ ark_status block_sparse_attention_dkdv_cuda(const BlockSparseAttentionDkdvParams
   if (p.S >= (int64_t(1) << 31) - KT || p.L >= (int64_t(1) << 31) - QT)
     return fail(ARK_ERROR_INVALID_ARGUMENT, "L, S: expected < 2^31 - 128, got %lld, %lld", (long long)p.L,
                 (long long)p.S);
-  if (p.dq_accum) return launch_stages<true>(p, dtype, stream);
-  return launch_stages<false>(p, dtype, stream);
+  if (p.dq_accum) return launch_dtype<true>(p, dtype, stream);
+  return launch_dtype<false>(p, dtype, stream);
 }
 
 }  // namespace ark

@@ -21,8 +21,10 @@
 //   dQ[step rows] += scale * dS K     (both warpgroups' dS^T stored to one shared tile as written, [key][query],
 //                                      and read as an MN-major A with K = 128 keys; K as the MN-major B; each
 //                                      warpgroup takes every other 64-column block of D)
-// into an fp32 buffer by atomic adds (red.global.add.v2.f32): one add per dQ element, step and key tile, in an
-// order that is not deterministic. Without DQ, dQ is computed elsewhere (the Triton dQ kernel).
+// staged as fp32 in shared memory and added to an fp32 buffer by TMA reduce-adds that one producer thread issues
+// (FlashAttention-3's way): one add per dQ element, step and key tile, in an order that is not deterministic. The
+// consumers only store to shared memory; per-thread atomics (red.global) clogged their load / store pipe (the
+// statistics loads waited behind them). Without DQ, dQ is computed elsewhere (the Triton dQ kernel).
 #pragma once
 
 #include "ops/block_sparse_attention/block_sparse_attention_sm90.cuh"
@@ -43,7 +45,7 @@ constexpr int QT = 128;  // the layout's query tile
 constexpr int QS = 64;   // queries per step
 constexpr int kThreads = 384;
 constexpr int kConsumerThreads = 256;
-constexpr int kStatThreads = QS;  // producer threads 32 .. 95 stage the per-query values
+constexpr int kStatThreads = QS;  // producer threads 32 .. 95 stage the per-query values; DQ: thread 96 reduces dQ
 constexpr int kProducerRegs = 40, kConsumerRegs = 232;
 
 template <int D, int STAGES, bool DQ = false>
@@ -64,10 +66,14 @@ struct Smem {
   // Two dS^T tiles, alternating by step: a warpgroup may store step n + 1's while the other still reads step n's.
   // Step n + 2 overwrites step n's tile only after its writer has waited for ds_full of step n + 1, which every
   // consumer thread signals after its own wait for the wgmma of step n (each warp's wait covers its share only).
-  static constexpr uint32_t kStat = kDs + (DQ ? 2 * kDsBytes : 0);
+  // DQ: the step's dQ block (fp32) for the TMA reduce: D / 32 boxes of [64 rows][32 columns], 128-byte swizzled.
+  static constexpr uint32_t kDqBytes = QS * D * 4;
+  static constexpr uint32_t kDqBoxBytes = QS * 128;
+  static constexpr uint32_t kDq = kDs + (DQ ? 2 * kDsBytes : 0);
+  static constexpr uint32_t kStat = kDq + (DQ ? kDqBytes : 0);
   static constexpr uint32_t kBars = kStat + STAGES * kStatBytes;
-  // kv_full; tma_full, stat_full, empty per slot; DQ: ds_full per dS^T tile
-  static constexpr int kNumBars = 1 + 3 * STAGES + (DQ ? 2 : 0);
+  // kv_full; tma_full, stat_full, empty per slot; DQ: ds_full per dS^T tile, dq_full, dq_empty
+  static constexpr int kNumBars = 1 + 3 * STAGES + (DQ ? 4 : 0);
   static constexpr uint32_t kBytes = kBars + kNumBars * 8;
   static constexpr uint32_t kLaunchBytes = kBytes + 1024;  // room to align the base to 1024 bytes
 };
@@ -75,7 +81,6 @@ struct Smem {
 struct DkdvArgs {
   void* dk;           // (batch, kv_heads, S, D), contiguous, the inputs' dtype
   void* dv;           // likewise
-  float* dq_accum;    // DQ: (batch, q_heads, L, D), contiguous, fp32, zeroed by the caller; dQ is added
   const float* lse;   // (batch, q_heads, L), natural log, -inf for a row that sees nothing
   const float* delta; // (batch, q_heads, L): rowsum(dO * O) - dlse
   int64_t L, S;
@@ -95,6 +100,8 @@ struct Barriers {
   __device__ uint64_t* stat_full(int s) const { return base + 1 + STAGES + s; }
   __device__ uint64_t* empty(int s) const { return base + 1 + 2 * STAGES + s; }
   __device__ uint64_t* ds_full(int j) const { return base + 1 + 3 * STAGES + j; }
+  __device__ uint64_t* dq_full() const { return base + 3 + 3 * STAGES; }   // the step's dQ block staged (256 arrivals)
+  __device__ uint64_t* dq_empty() const { return base + 4 + 3 * STAGES; }  // the reduce has read it (1 arrival)
 };
 
 // The 64-query steps of one key tile: its transposed runs of query tiles [start, end) become steps
@@ -188,6 +195,31 @@ __device__ void produce_stats(const DkdvArgs& a, uint8_t* smem, int key_tile, in
   }
 }
 
+// DQ, one thread: per step, once both warpgroups have staged their dQ blocks, adds the staged block to the fp32
+// buffer (TMA reduce-add per 32-column box; rows past L are clipped by the map's bounds) and frees the tile once the
+// TMA has read it.
+template <int D, int STAGES>
+__device__ void produce_dq_reductions(const DkdvArgs& a, uint8_t* smem, const CUtensorMap* tdq, int key_tile, int hk,
+                                      int b) {
+  using L = Smem<D, STAGES, true>;
+  const Barriers<STAGES> bar{reinterpret_cast<uint64_t*>(smem + L::kBars)};
+  int it = 0;
+  for (int hh = 0; hh < a.group; ++hh) {
+    const int h = hk * a.group + hh;
+    StepCursor c;
+    for (c.init(a, key_tile); c.valid(); c.next(), ++it) {
+      sm90::mbar_wait(bar.dq_full(), it & 1);
+#pragma unroll
+      for (int box = 0; box < D / 32; ++box)
+        sm90::tma_reduce_add_4d(tdq, smem + L::kDq + box * L::kDqBoxBytes, box * 32, int(c.q0()), h, b);
+      sm90::bulk_commit();
+      sm90::bulk_wait_read<0>();
+      sm90::mbar_arrive(bar.dq_empty());
+    }
+  }
+  sm90::bulk_wait<0>();  // the shared source must outlive the reads; the writes complete before the grid does
+}
+
 // ---- consumers ----
 
 // A key row's rule values (zeros without a rule).
@@ -267,35 +299,45 @@ __device__ __forceinline__ void store_ds_t(uint32_t tile, const uint32_t (&dsf)[
   sm90::fence_async_shared();
 }
 
-// DQ: dQ[q0 .. q0 + 63, cols] += scale * dS (64 queries x the tile's 128 keys) K (128 keys x cols) for this
-// warpgroup's 64-column blocks of D: block nb belongs to warpgroup (nb + it) % 2 (one block each per step at D 128,
-// every other step's block at D 64). One K = 128 product per block, so each dQ element gets one atomic add per
-// step and key tile (a product per warpgroup over its own 64 keys sent two). Waits for every wgmma this thread
-// issued before (the step's dV / dK products included). The dS^T tile must be complete (both warpgroups' rows).
-template <typename T, int D>
-__device__ __forceinline__ void add_dq(const DkdvArgs& a, uint32_t ds_tile, uint32_t k_tile, float* dq_rows,
-                                       int64_t q0, int t, int wg, int it) {
-  const int row0 = acc_row(t, 0) - 64 * wg, col0 = acc_col(t, 0);
+// DQ: the warpgroup that computes 64-column block nb of the step's dQ: (nb + it) % 2 (one block each per step at
+// D 128, every other step's block at D 64).
+__device__ __forceinline__ bool owns_dq_block(int nb, int it, int wg) { return ((nb + it) & 1) == wg; }
+
+// DQ: dq (64 queries x 64 columns, accumulator layout) = dS (64 queries x the tile's 128 keys) K (128 keys x block nb
+// of D), one K = 128 product (so each dQ element gets one add per step and key tile; a product per warpgroup over
+// its own 64 keys sent two). Waits for every wgmma this thread issued before (the step's dV / dK products
+// included). The dS^T tile must be complete (both warpgroups' rows).
+template <typename T>
+__device__ __forceinline__ void dq_block(float (&dq)[32], uint32_t ds_tile, uint32_t k_tile, int nb) {
+  const sm90::Sw128Desc ds(ds_tile, 64 * kRowBytes, 1024), k(k_tile + nb * KT * kRowBytes, KT * kRowBytes, 1024);
+  sm90::wgmma_fence();
 #pragma unroll
-  for (int nb = 0; nb < D / 64; ++nb) {
-    if (((nb + it) & 1) != wg) continue;
-    float dq[32];
-    const sm90::Sw128Desc ds(ds_tile, 64 * kRowBytes, 1024), k(k_tile + nb * KT * kRowBytes, KT * kRowBytes, 1024);
-    sm90::wgmma_fence();
+  for (int kk = 0; kk < KT / 16; ++kk)
+    sm90::wgmma_ss_tt(T{}, dq, ds.at(kk * 16 * kRowBytes), k.at(kk * 16 * kRowBytes), kk > 0);
+  sm90::wgmma_commit();
+  sm90::wgmma_wait<0>();
+  sm90::fence_operands(dq);
+}
+
+// DQ: scale * dq (block nb) into the staging tile, laid out for the TMA reduce (boxes of [64 rows][32 columns] fp32,
+// 16-byte chunk c of row r at chunk c ^ (r % 8)). Register pair (4 j + 2 h, + 1) holds row r0 + 8 h, columns
+// 8 j + 2 (t % 4) + {0, 1}: box 2 nb + j / 4, chunk 2 (j % 4) + (t % 4) / 2, byte 8 ((t % 4) & 1) in it. A warp's
+// store writes 8 rows x 32 bytes: 4 distinct 32-byte bank groups twice after the swizzle, the 2 wavefronts 256
+// bytes need anyway.
+__device__ __forceinline__ void stage_dq_block(uint32_t dq_tile, const float (&dq)[32], float scale, int t, int wg,
+                                               int nb) {
+  const int r0 = acc_row(t, 0) - 64 * wg, q4 = t % 4;
 #pragma unroll
-    for (int kk = 0; kk < KT / 16; ++kk)
-      sm90::wgmma_ss_tt(T{}, dq, ds.at(kk * 16 * kRowBytes), k.at(kk * 16 * kRowBytes), kk > 0);
-    sm90::wgmma_commit();
-    sm90::wgmma_wait<0>();
-    sm90::fence_operands(dq);
+  for (int h = 0; h < 2; ++h) {
+    const int r = r0 + 8 * h;
+    uint32_t row = dq_tile + uint32_t(r) * 128 + 8 * uint32_t(q4 & 1) + uint32_t(2 * nb) * (QS * 128);
+    asm volatile("" : "+r"(row));  // rebuilt per call: one add per store, no kept addresses
+    const uint32_t swz = uint32_t(r & 7);
 #pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const int64_t q = q0 + row0 + 8 * h;
-      if (q >= a.L) continue;
-      float* row = dq_rows + q * D + nb * 64 + col0;
-#pragma unroll
-      for (int j = 0; j < 8; ++j)
-        sm90::red_add_f32x2(row + 8 * j, dq[4 * j + 2 * h] * a.scale, dq[4 * j + 2 * h + 1] * a.scale);
+    for (int j = 0; j < 8; ++j) {
+      const uint32_t chunk = uint32_t(2 * (j & 3) + (q4 >> 1));
+      sm90::st_shared_v2_f32(row + uint32_t(j >> 2) * (QS * 128) + ((chunk ^ swz) << 4), dq[4 * j + 2 * h] * scale,
+                             dq[4 * j + 2 * h + 1] * scale);
     }
   }
 }
@@ -380,8 +422,20 @@ __device__ void consume(const DkdvArgs& a, uint8_t* smem, int key_tile, int hk, 
         // The other warpgroup's half of dS^T, while this one's dV / dK products run. Every thread waits, also on
         // a step whose dQ block is the other warpgroup's: the wait is what orders the tile's reuse two steps on.
         sm90::mbar_wait(bar.ds_full(it & 1), (it >> 1) & 1);
-        const int64_t bh = int64_t(b) * a.Hq + hk * a.group + hh;
-        add_dq<T, D>(a, ds_tile, kt, a.dq_accum + bh * a.L * D, c.q0(), t, wg, it);
+        const uint32_t dq_tile = sm90::smem_addr(smem + L::kDq);
+#pragma unroll
+        for (int nb = 0; nb < D / 64; ++nb) {
+          if (!owns_dq_block(nb, it, wg)) continue;
+          float dq[32];
+          dq_block<T>(dq, ds_tile, kt, nb);
+          // The previous step's reduce must have read the staging tile (its completion it - 1). A warpgroup with no
+          // block this step (D 64) neither waits nor writes; its arrival below cannot run ahead of the other's
+          // (it waited for that warpgroup's dS^T of this step, stored after its previous arrival).
+          if (it > 0) sm90::mbar_wait(bar.dq_empty(), (it - 1) & 1);
+          stage_dq_block(dq_tile, dq, a.scale, t, wg, nb);
+        }
+        sm90::fence_async_shared();
+        sm90::mbar_arrive(bar.dq_full());
       }
       sm90::wgmma_wait<0>();
       sm90::fence_operands(dv);
@@ -410,7 +464,7 @@ template <typename T, int D, int STAGES, bool DQ>
 __global__ void __launch_bounds__(kThreads, 1)
     block_sparse_attention_dkdv_kernel(const __grid_constant__ CUtensorMap tq, const __grid_constant__ CUtensorMap tdo,
                                        const __grid_constant__ CUtensorMap tk, const __grid_constant__ CUtensorMap tv,
-                                       const DkdvArgs a) {
+                                       const __grid_constant__ CUtensorMap tdq, const DkdvArgs a) {
 #if ARK_SM90A_DEVICE
   using L = Smem<D, STAGES, DQ>;
   extern __shared__ uint8_t smem_raw[];
@@ -424,8 +478,11 @@ __global__ void __launch_bounds__(kThreads, 1)
       sm90::mbar_init(&bars[1 + STAGES + s], kStatThreads);            // stat_full: every staging thread
       sm90::mbar_init(&bars[1 + 2 * STAGES + s], kConsumerThreads / 32);  // empty: one arrival per consumer warp
     }
-    if (DQ)
+    if (DQ) {
       for (int j = 0; j < 2; ++j) sm90::mbar_init(&bars[1 + 3 * STAGES + j], kConsumerThreads);  // ds_full: all
+      sm90::mbar_init(&bars[3 + 3 * STAGES], kConsumerThreads);  // dq_full: every consumer thread
+      sm90::mbar_init(&bars[4 + 3 * STAGES], 1);                 // dq_empty: the reducing thread
+    }
     sm90::mbar_init_fence();
   }
   __syncthreads();
@@ -434,6 +491,8 @@ __global__ void __launch_bounds__(kThreads, 1)
     if (threadIdx.x == 0) produce_tiles<D, STAGES, DQ>(a, smem, &tq, &tdo, &tk, &tv, key_tile, hk, b);
     else if (threadIdx.x >= 32 && threadIdx.x < 32 + kStatThreads)
       produce_stats<D, STAGES, DQ>(a, smem, key_tile, hk, b, threadIdx.x - 32);
+    else if (DQ && threadIdx.x == 32 + kStatThreads)
+      produce_dq_reductions<D, STAGES>(a, smem, &tdq, key_tile, hk, b);
   } else {
     sm90::regs_claim<kConsumerRegs>();
     consume<T, D, STAGES, DQ>(a, smem, key_tile, hk, b, threadIdx.x - 128);
