@@ -236,6 +236,17 @@ __device__ __forceinline__ void tma_load_4d(void* dst, const void* tmap, uint64_
 #endif
 }
 
+// The box at `src` in shared memory into global memory (through `tmap`) at coordinates (c0 innermost),
+// asynchronously, in this thread's bulk async-group; rows past the tensor's bounds are not written.
+__device__ __forceinline__ void tma_store_4d(const void* tmap, const void* src, int c0, int c1, int c2, int c3) {
+#if ARK_SM90A_DEVICE
+  asm volatile("cp.async.bulk.tensor.4d.global.shared::cta.bulk_group [%0, {%2, %3, %4, %5}], [%1];\n" ::"l"(
+                   reinterpret_cast<uint64_t>(tmap)),
+               "r"(smem_addr(src)), "r"(c0), "r"(c1), "r"(c2), "r"(c3)
+               : "memory");
+#endif
+}
+
 // global (through `tmap`) += the box at `src` in shared memory, element by element (the map's type, e.g. f32
 // add), asynchronously, in this thread's bulk async-group (commit with bulk_commit, wait with bulk_wait*). Boxes
 // past the tensor's bounds are clipped: those elements are not written.

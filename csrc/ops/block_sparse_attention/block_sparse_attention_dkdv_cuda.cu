@@ -33,19 +33,20 @@ bool has_sm90a_code() {
 
 template <typename T, int D, bool DQ>
 ark_status launch(const BlockSparseAttentionDkdvParams& p, cudaStream_t stream) {
-  CUtensorMap tq, tdo, tk, tv, tdq{};  // tdq: DQ only (the dK/dV-only instance never reads it)
+  CUtensorMap tq, tdo, tk, tv, tdk, tdv, tdq{};  // tdq: DQ only (the dK/dV-only instance never reads it)
   const ark_dtype dt = std::is_same<T, __nv_bfloat16>::value ? ARK_BFLOAT16 : ARK_FLOAT16;
   ARK_TRY(sm90::make_tensor_map(&tq, "q", p.q, dt, D, p.L, p.q_heads, p.batch, p.q_strides, QS));
   ARK_TRY(sm90::make_tensor_map(&tdo, "dout", p.dout, dt, D, p.L, p.q_heads, p.batch, p.dout_strides, QS));
   ARK_TRY(sm90::make_tensor_map(&tk, "k", p.k, dt, D, p.S, p.kv_heads, p.batch, p.k_strides, KT));
   ARK_TRY(sm90::make_tensor_map(&tv, "v", p.v, dt, D, p.S, p.kv_heads, p.batch, p.v_strides, KT));
+  const int64_t kv_out_strides[3] = {p.kv_heads * p.S * D, p.S * D, D};  // dk, dv: contiguous (batch, kv_heads, S, D)
+  ARK_TRY(sm90::make_tensor_map(&tdk, "dk", p.dk, dt, D, p.S, p.kv_heads, p.batch, kv_out_strides, KT));
+  ARK_TRY(sm90::make_tensor_map(&tdv, "dv", p.dv, dt, D, p.S, p.kv_heads, p.batch, kv_out_strides, KT));
   if (DQ) {
     const int64_t dq_strides[3] = {p.q_heads * p.L * D, p.L * D, D};  // contiguous (batch, q_heads, L, D)
     ARK_TRY(sm90::make_tensor_map(&tdq, "dq_accum", p.dq_accum, ARK_FLOAT32, D, p.L, p.q_heads, p.batch, dq_strides, QS));
   }
   DkdvArgs a{};
-  a.dk = p.dk;
-  a.dv = p.dv;
   a.lse = p.lse;
   a.delta = p.delta;
   a.L = p.L;
@@ -65,7 +66,7 @@ ark_status launch(const BlockSparseAttentionDkdvParams& p, cudaStream_t stream) 
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(L::kLaunchBytes));
   if (err == cudaSuccess) {
     const dim3 grid(unsigned((p.S + KT - 1) / KT), unsigned(p.kv_heads), unsigned(p.batch));
-    kernel<<<grid, kThreads, L::kLaunchBytes, stream>>>(tq, tdo, tk, tv, tdq, a);
+    kernel<<<grid, kThreads, L::kLaunchBytes, stream>>>(tq, tdo, tk, tv, tdk, tdv, tdq, a);
     err = cudaGetLastError();
   }
   if (err != cudaSuccess) return fail(ARK_ERROR_CUDA, "block_sparse_attention dK/dV: %s", cudaGetErrorString(err));

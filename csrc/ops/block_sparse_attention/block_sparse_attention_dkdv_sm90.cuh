@@ -14,9 +14,9 @@
 //   P^T = exp2(S^T scale log2e - lse2),  dS^T = P^T (dP^T - delta)      (registers; masked on partial steps)
 //   dV += P^T dO,  dK += dS^T Q           (wgmma, P^T / dS^T as register A fragments, dO / Q as the MN-major
 //                                          B operand: the forward's P V)
-// dK and dV stay in fp32 registers over the whole group and are written once (scaled dK): deterministic, no
-// atomics. Rows of Q / dO past L read as zeros (TMA bounds) and their lse2 is +inf, so they add nothing; keys
-// past S are computed but not stored.
+// dK and dV stay in fp32 registers over the whole group and are written once (scaled dK; staged in the idle Q / dO
+// ring, stored by TMA): deterministic, no atomics. Rows of Q / dO past L read as zeros (TMA bounds) and their lse2
+// is +inf, so they add nothing; keys past S are computed but not stored (TMA bounds).
 // With DQ (the fused variant), the two consumer warpgroups also add the key tile's share of dQ for the step:
 //   dQ[step rows] += scale * dS K     (both warpgroups' dS^T stored to one shared tile as written, [key][query],
 //                                      and read as an MN-major A with K = 128 keys; K as the MN-major B; each
@@ -26,6 +26,8 @@
 // consumers only store to shared memory; per-thread atomics (red.global) clogged their load / store pipe (the
 // statistics loads waited behind them). Without DQ, dQ is computed elsewhere (the Triton dQ kernel).
 #pragma once
+
+#include <climits>
 
 #include "ops/block_sparse_attention/block_sparse_attention_sm90.cuh"
 
@@ -76,11 +78,10 @@ struct Smem {
   static constexpr int kNumBars = 1 + 3 * STAGES + (DQ ? 4 : 0);
   static constexpr uint32_t kBytes = kBars + kNumBars * 8;
   static constexpr uint32_t kLaunchBytes = kBytes + 1024;  // room to align the base to 1024 bytes
+  static_assert(2 * kTileBytes <= 2 * STAGES * kStepBytes, "the epilogue stages dK and dV in the Q / dO ring");
 };
 
 struct DkdvArgs {
-  void* dk;           // (batch, kv_heads, S, D), contiguous, the inputs' dtype
-  void* dv;           // likewise
   const float* lse;   // (batch, q_heads, L), natural log, -inf for a row that sees nothing
   const float* delta; // (batch, q_heads, L): rowsum(dO * O) - dlse
   int64_t L, S;
@@ -235,26 +236,26 @@ struct KeyRule {
   }
 };
 
-// Visibility of (query column c of the step, key row h of this thread) on a masked step: the level rule from
-// the staged query values, or the step's bitmap (BITS: one word per element, read from global memory).
-struct StepMask {
-  const DkdvArgs& a;
-  const StepCursor& c;
+// Visibility tests of (query column col of the step, key key_in_tile of this thread) by step kind, each built once
+// per step so that the element loop carries no kind branch and only the pointers its kind reads:
+struct NoTest {  // FULL (kind 0): every pair; rows past L have lse2 = +inf, keys past S are not stored
+  __device__ bool operator()(int, const KeyRule&, int) const { return true; }
+};
+struct RuleTest {  // kind 1: the level / document / group rule, query values from the slot
   const int32_t* sti;  // the slot's staged values (int view)
-  __device__ bool visible(int col, const KeyRule& k, int key_in_tile) const {
-    const ark_block_mask& m = a.mask;
-    if (c.kind == 1) {
-      const int ql = sti[2 * QS + col], qd = sti[3 * QS + col], qg = sti[4 * QS + col];
-      const bool level_ok = k.level <= ql && (m.window < 0 || ql - k.level < m.window);
-      const bool group_ok = m.k_group != nullptr && qg == k.group;
-      return (m.k_doc == nullptr || qd == k.doc) && (level_ok || group_ok);
-    }
-    // BITS: the transposed run names the forward tile of each of its query tiles.
-    const int q_tile = c.step >> 1;
-    const int tile = a.k_tile_bits[c.bits + (q_tile - c.start)];
-    const int row = (c.step & 1) * QS + col;
-    const int32_t word = m.tile_bits[(int64_t(tile) * QT + row) * (KT / 32) + (key_in_tile >> 5)];
-    return (word >> (key_in_tile & 31)) & 1;
+  int window;          // INT_MAX without a window
+  bool has_doc, has_group;
+  __device__ bool operator()(int col, const KeyRule& k, int) const {
+    const int ql = sti[2 * QS + col], qd = sti[3 * QS + col], qg = sti[4 * QS + col];
+    const bool level_ok = k.level <= ql && ql - k.level < window;
+    const bool group_ok = has_group && qg == k.group;
+    return (!has_doc || qd == k.doc) && (level_ok || group_ok);
+  }
+};
+struct BitsTest {  // BITS (kind 2): the step's 64 rows of its forward tile's bitmap (KT / 32 words a row)
+  const int32_t* rows;
+  __device__ bool operator()(int col, const KeyRule&, int key_in_tile) const {
+    return (rows[col * (KT / 32) + (key_in_tile >> 5)] >> (key_in_tile & 31)) & 1;
   }
 };
 
@@ -342,12 +343,31 @@ __device__ __forceinline__ void stage_dq_block(uint32_t dq_tile, const float (&d
   }
 }
 
+// A 128-key x D accumulator (this thread: keys acc_row(t, 0) and + 8, columns 8 j + 2 (t % 4) + {0, 1}) times
+// `scale`, as T, into `tile` laid out as the K / V tiles are (panels of 128 rows x 64 columns, 128-byte rows, 16-byte
+// chunk c of row r at chunk c ^ (r % 8)) for the TMA store. A warp's 4-byte store covers 8 rows x 16 bytes: 8
+// distinct chunks after the swizzle, no bank conflict.
+template <typename T, int D>
+__device__ __forceinline__ void stage_rows(uint32_t tile, const float (&acc)[D / 2], float scale, int t) {
+  const int r0 = acc_row(t, 0);
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int r = r0 + 8 * h;
+    const uint32_t row = tile + uint32_t(r) * kRowBytes + 4 * uint32_t(t % 4), swz = uint32_t(r & 7);
+#pragma unroll
+    for (int j = 0; j < D / 8; ++j)
+      sm90::st_shared_b32(row + uint32_t(j / 8) * (KT * kRowBytes) + ((uint32_t(j % 8) ^ swz) << 4),
+                          pack2<T>(acc[4 * j + 2 * h] * scale, acc[4 * j + 2 * h + 1] * scale));
+  }
+}
+
 // P^T and dS^T of a step in place of S^T and dP^T: p = exp2(s scale log2e - lse2), ds = p (dp - delta), p = 0 where
-// MASKED and the pair is invisible. A separate instance per MASKED: the unmasked steps (most of a causal walk) run
-// a short loop with no branch per element; the rule / bitmap tests (tens of instructions an element) stay out of it.
-template <bool MASKED>
+// `visible` says no. An instance per test: the unmasked steps (most of a causal walk) run a short loop with no
+// branch per element, and the rule / bitmap tests stay out of it (inline behind a branch per element they made the
+// loop ~1300 instructions: instruction-fetch stalls in the profile of session 9).
+template <typename Test>
 __device__ __forceinline__ void probabilities(float (&s)[QS / 2], float (&dp)[QS / 2], const float* st,
-                                              const StepMask& mask, const KeyRule (&kr)[2], float scale_log2, int t,
+                                              const Test& visible, const KeyRule (&kr)[2], float scale_log2, int t,
                                               int row0) {
 #pragma unroll
   for (int j = 0; j < QS / 8; ++j) {
@@ -357,13 +377,15 @@ __device__ __forceinline__ void probabilities(float (&s)[QS / 2], float (&dp)[QS
     for (int e = 0; e < 4; ++e) {
       const int i = 4 * j + e, h = e >> 1;  // registers 4 j + e: (row0 + 8 h, c + (e & 1))
       float p = sm90::ex2(fmaf(s[i], scale_log2, -((e & 1) ? v.y : v.x)));
-      if (MASKED && !mask.visible(acc_col(t, i), kr[h], row0 + 8 * h)) p = 0.f;
+      if (!visible(acc_col(t, i), kr[h], row0 + 8 * h)) p = 0.f;
       s[i] = p;
       dp[i] = p * (dp[i] - ((e & 1) ? v.w : v.z));
     }
   }
 }
 
+// Ends with dK (scaled) and dV staged in the Q / dO ring for the TMA stores (store_dkdv), behind a barrier of both
+// consumer warpgroups.
 template <typename T, int D, int STAGES, bool DQ>
 __device__ void consume(const DkdvArgs& a, uint8_t* smem, int key_tile, int hk, int b, int t) {
   using L = Smem<D, STAGES, DQ>;
@@ -400,10 +422,19 @@ __device__ void consume(const DkdvArgs& a, uint8_t* smem, int key_tile, int hk, 
       sm90::wgmma_wait<0>();
       sm90::fence_operands(s);
       sm90::fence_operands(dp);
-      const StepMask mask{a, c, reinterpret_cast<const int32_t*>(st)};
-      // FULL steps (kind 0) need no test: rows past L have lse2 = +inf, keys past S are not stored.
-      if (c.kind != 0) probabilities<true>(s, dp, st, mask, kr, a.scale_log2, t, row0);
-      else probabilities<false>(s, dp, st, mask, kr, a.scale_log2, t, row0);
+      if (c.kind == 0) {
+        probabilities(s, dp, st, NoTest{}, kr, a.scale_log2, t, row0);
+      } else if (c.kind == 1) {
+        const ark_block_mask& m = a.mask;
+        const RuleTest rule{reinterpret_cast<const int32_t*>(st), m.window < 0 ? INT_MAX : m.window,
+                            m.k_doc != nullptr, m.k_group != nullptr};
+        probabilities(s, dp, st, rule, kr, a.scale_log2, t, row0);
+      } else {
+        // The transposed run names the forward tile of each of its query tiles; the step is its half (step & 1).
+        const int tile = a.k_tile_bits[c.bits + ((c.step >> 1) - c.start)];
+        const BitsTest bits{a.mask.tile_bits + (int64_t(tile) * QT + (c.step & 1) * QS) * (KT / 32)};
+        probabilities(s, dp, st, bits, kr, a.scale_log2, t, row0);
+      }
 #pragma unroll
       for (int i = 0; i < QS / 2; i += 2) {
         pf[i / 8][(i / 2) % 4] = pack2<T>(s[i], s[i + 1]);
@@ -443,27 +474,36 @@ __device__ void consume(const DkdvArgs& a, uint8_t* smem, int key_tile, int hk, 
       release(bar.empty(slot.stage), lane);
     }
   }
-  // dK, dV rows of this thread's two keys (accumulator rows row0, row0 + 8; columns acc_col + 8 j).
-  const int col0 = acc_col(t, 0);
+  // dK (scaled) and dV through shared memory (the Q / dO ring, idle now: every step's loads have landed and been
+  // read) and TMA stores, which clip keys past S: 16-byte-swizzled 4-byte stores, 8 distinct chunks a warp, instead
+  // of scattered 4-byte global stores (5 % of the consumers' stall samples, H200 profile of session 9).
+  sm90::named_barrier_sync(1, kConsumerThreads);  // both warpgroups done with the ring (their last wgmma waited)
+  const uint32_t dk_tile = sm90::smem_addr(smem + L::kQ), dv_tile = dk_tile + L::kTileBytes;
+  stage_rows<T, D>(dk_tile, dk, a.scale, t);
+  stage_rows<T, D>(dv_tile, dv, 1.f, t);
+  sm90::fence_async_shared();
+  sm90::named_barrier_sync(1, kConsumerThreads);
+}
+
+// One thread, after consume: the staged dK and dV tiles to global memory (TMA; keys past S clipped). The tensor maps'
+// addresses are taken here, after the step loop, so that they hold no registers during it.
+template <int D, int STAGES, bool DQ>
+__device__ void store_dkdv(uint8_t* smem, const CUtensorMap* tdk, const CUtensorMap* tdv, int key_tile, int hk, int b) {
+  using L = Smem<D, STAGES, DQ>;
 #pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    const int64_t key = int64_t(key_tile) * KT + row0 + 8 * h;
-    if (key >= a.S) continue;
-    const int64_t off = ((int64_t(b) * a.Hkv + hk) * a.S + key) * D + col0;
-    T* dk_row = static_cast<T*>(a.dk) + off;
-    T* dv_row = static_cast<T*>(a.dv) + off;
-#pragma unroll
-    for (int j = 0; j < D / 8; ++j) {
-      *reinterpret_cast<uint32_t*>(dk_row + 8 * j) = pack2<T>(dk[4 * j + 2 * h] * a.scale, dk[4 * j + 2 * h + 1] * a.scale);
-      *reinterpret_cast<uint32_t*>(dv_row + 8 * j) = pack2<T>(dv[4 * j + 2 * h], dv[4 * j + 2 * h + 1]);
-    }
+  for (int p = 0; p < L::kPanels; ++p) {
+    sm90::tma_store_4d(tdk, smem + L::kQ + p * KT * kRowBytes, p * kPanelCols, key_tile * KT, hk, b);
+    sm90::tma_store_4d(tdv, smem + L::kQ + L::kTileBytes + p * KT * kRowBytes, p * kPanelCols, key_tile * KT, hk, b);
   }
+  sm90::bulk_commit();
+  sm90::bulk_wait_read<0>();  // the shared source must stay until read; the writes complete before the grid does
 }
 
 template <typename T, int D, int STAGES, bool DQ>
 __global__ void __launch_bounds__(kThreads, 1)
     block_sparse_attention_dkdv_kernel(const __grid_constant__ CUtensorMap tq, const __grid_constant__ CUtensorMap tdo,
                                        const __grid_constant__ CUtensorMap tk, const __grid_constant__ CUtensorMap tv,
+                                       const __grid_constant__ CUtensorMap tdk, const __grid_constant__ CUtensorMap tdv,
                                        const __grid_constant__ CUtensorMap tdq, const DkdvArgs a) {
 #if ARK_SM90A_DEVICE
   using L = Smem<D, STAGES, DQ>;
@@ -496,6 +536,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   } else {
     sm90::regs_claim<kConsumerRegs>();
     consume<T, D, STAGES, DQ>(a, smem, key_tile, hk, b, threadIdx.x - 128);
+    if (threadIdx.x == 128) store_dkdv<D, STAGES, DQ>(smem, &tdk, &tdv, key_tile, hk, b);
   }
 #endif
 }
