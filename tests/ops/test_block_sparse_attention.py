@@ -939,6 +939,20 @@ def test_cuda_backward_unknown_mode_raises(monkeypatch):
         BSA_OPS._gpu_backward_op(*([None] * 7 + [None] * 12 + [-1, 128, 128, 0.125]))
 
 
+@pytest.mark.parametrize("mode", ["triton", "dkdv", "fused"])
+def test_cuda_backward_mode_under_deterministic_algorithms(mode, monkeypatch):
+    """"fused" (dQ by reductions in no fixed order) gives way to "dkdv" while torch's deterministic algorithms are on;
+    the other modes are deterministic and stay."""
+    monkeypatch.setattr(BSA_OPS, "CUDA_BACKWARD", mode)
+    assert BSA_OPS._cuda_backward_mode() == mode
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        assert BSA_OPS._cuda_backward_mode() == ("dkdv" if mode == "fused" else mode)
+    finally:
+        torch.use_deterministic_algorithms(previous)
+
+
 CUDA_UNSUPPORTED = {
     # name: (D, dtype, message)
     "fp32": (64, FP32, r"bfloat16 or float16, got float32"),

@@ -38,7 +38,8 @@ DKDV_OP = "block_sparse_attention_bwd_dkdv"  # the C++ op of the Hopper dK / dV 
 # Experimental, "triton" by default: how the backward of either GPU forward (CUDA or Triton) runs where the
 # Hopper dK / dV kernel (DKDV_OP) runs (sm_90, bf16 / fp16, D 64 / 128, a 128 x 128 layout). "triton": the
 # Triton backward; "dkdv": that kernel for dK / dV, Triton for dQ (deterministic); "fused": that kernel for all
-# three, dQ summed by fp32 atomics (not bitwise deterministic). Read when the backward runs (traced once under
+# three, dQ summed by fp32 TMA reduce-adds (not bitwise deterministic; "dkdv" is taken instead while
+# torch.use_deterministic_algorithms is on). Read when the backward runs (traced once under
 # torch.compile). It stays "triton" until the kernel has passed its GPU tests and beaten the Triton backward in
 # the sweep (bench/NOTES.md); the GPU tests and scripts/block_sparse_attention_sweep.py ("cuda dkdv", "cuda
 # fused") set it.
@@ -302,12 +303,21 @@ def _gpu_backward_op(*args):
     """The backward of either GPU forward (Triton or CUDA; Triton under the interpreter too): the Triton backward,
     with its dK / dV (and, fused, dQ) kernels replaced by the Hopper kernel where CUDA_BACKWARD asks for it and
     that kernel runs the case."""
+    mode = _cuda_backward_mode()
+    q, block_q, block_k = args[2], args[-3], args[-2]  # (grad_out, grad_lse, q, ..., window, block_q, block_k, scale)
+    if mode != "triton" and q.is_cuda and _dkdv_cuda_runs(q.shape[-1], block_q, block_k, q.dtype, q.device):
+        return torch.ops.arkernels._block_sparse_attention_triton_backward(*args, mode)
+    return torch.ops.arkernels._block_sparse_attention_triton_backward(*args)
+
+
+def _cuda_backward_mode():
+    """CUDA_BACKWARD, checked; "fused" becomes "dkdv" while torch's deterministic algorithms are on (the fused dQ
+    is summed by reductions in no fixed order; "dkdv" leaves dQ to the deterministic Triton kernel)."""
     if CUDA_BACKWARD not in CUDA_BACKWARDS:
         raise ValueError(f"CUDA_BACKWARD: expected one of {CUDA_BACKWARDS}, got {CUDA_BACKWARD!r}")
-    q, block_q, block_k = args[2], args[-3], args[-2]  # (grad_out, grad_lse, q, ..., window, block_q, block_k, scale)
-    if CUDA_BACKWARD != "triton" and q.is_cuda and _dkdv_cuda_runs(q.shape[-1], block_q, block_k, q.dtype, q.device):
-        return torch.ops.arkernels._block_sparse_attention_triton_backward(*args, CUDA_BACKWARD)
-    return torch.ops.arkernels._block_sparse_attention_triton_backward(*args)
+    if CUDA_BACKWARD == "fused" and torch.are_deterministic_algorithms_enabled():
+        return "dkdv"
+    return CUDA_BACKWARD
 
 
 # ---- the cpu op: PyTorch over query tiles, walking the layout ----
