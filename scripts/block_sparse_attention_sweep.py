@@ -10,8 +10,9 @@ config() for the head dim of the case: each changes one kernel's slice shape, wa
 layout (forward shapes in mode fwd, backward shapes in fwd+bwd); the list starts with the current default.
 SWEEP_DEVICE=cpu with TRITON_INTERPRET=1: a smoke run at the benchmark's CPU cases (default only). Then the
 Hopper CUDA forward (backend "cuda"): its four instances (schedule x ring slots, through libarkernels' tuning
-knobs); for fwd+bwd also with each backward variant, and with the Hopper backward kernel ("cuda dkdv": Triton
-dQ; "cuda fused": dQ by atomics in the same kernel; "triton fwd, cuda ...": the same behind the Triton forward)."""
+knobs); for fwd+bwd also with each backward variant, and with each CUDA_BACKWARD setting ("cuda triton": the Triton
+backward; "cuda dkdv": the Hopper backward kernel with the Triton dQ; "cuda fused", the default: dQ in the same
+kernel; "triton fwd, cuda ...": the same behind the Triton forward)."""
 import argparse
 import importlib
 import os
@@ -157,9 +158,10 @@ def run_case(case, peers: bool, keep: set[str] | None = None):
         finally:
             _tuning_set("bsa_fwd_schedule", 0)
             _tuning_set("bsa_fwd_stages", 0)
-    # The Hopper backward kernel (ops.block_sparse_attention.CUDA_BACKWARD) with the Triton dQ ("dkdv") and with dQ
-    # by atomics in the same kernel ("fused"), behind the CUDA forward ("cuda ...") and behind the Triton forward
-    # ("triton fwd, cuda ..."); checked like every variant.
+    # The backward settings (ops.block_sparse_attention.CUDA_BACKWARD; the default rows take the module's default,
+    # "fused"): the Triton backward ("triton"), the Hopper kernel with the Triton dQ ("dkdv") and with dQ in the same
+    # kernel ("fused"), behind the CUDA forward ("cuda ...") and behind the Triton forward ("triton fwd, cuda ...");
+    # checked like every variant.
     if case.mode != "fwd" and D in (64, 128):
         bsa_ops = importlib.import_module("arkernels.ops.block_sparse_attention")  # the module, not the function
 
@@ -167,16 +169,16 @@ def run_case(case, peers: bool, keep: set[str] | None = None):
         if not runs:  # the rows would time the Triton backward under the kernel's name
             print(f"{label:44s} cuda dkdv / fused      skipped: the Hopper backward kernel does not run here",
                   flush=True)
-        for mode in ("dkdv", "fused") if runs else ():
+        for mode in ("triton", "dkdv", "fused") if runs else ():
             for provider, name in (("arkernels-cuda", f"cuda {mode}"),
                                    ("arkernels-triton", f"triton fwd, cuda {mode}")):
                 if keep is not None and name not in keep:
                     continue
-                bsa_ops.CUDA_BACKWARD = mode
+                previous, bsa_ops.CUDA_BACKWARD = bsa_ops.CUDA_BACKWARD, mode
                 try:
                     _time_variant(label, name, provider, case, sets, oracle)
                 finally:
-                    bsa_ops.CUDA_BACKWARD = "triton"
+                    bsa_ops.CUDA_BACKWARD = previous
     if peers:
         # sdpa-causal: SDPA's causal forward at the case's shape (FlashAttention inside), the issue's yardstick
         # for the VAR mask; TFLOP/s on the case's visible pairs, so compare its time only.

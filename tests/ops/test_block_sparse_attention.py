@@ -721,16 +721,26 @@ def test_triton_cuda_strided_and_auto(rng):
 
 
 @gpu
-def test_triton_cuda_backward_is_deterministic(rng):
-    """No atomics: two runs give bitwise equal gradients (GQA: dK/dV summed over the group in one program)."""
+@pytest.mark.parametrize("mode", ["triton", "dkdv", "fused"])
+def test_triton_cuda_backward_is_deterministic(mode, rng, monkeypatch):
+    """Two runs give bitwise equal gradients (GQA: dK/dV summed over the group in one program): "triton" and "dkdv"
+    always; "fused" (the default; dQ by reductions in no fixed order) under torch.use_deterministic_algorithms,
+    where it runs as "dkdv"."""
+    monkeypatch.setattr(BSA_OPS, "CUDA_BACKWARD", mode)
     mask = make_mask("block_causal_var", 155, 155, rng)
     q = torch.randn(2, 8, 155, 64, generator=rng).to("cuda", BF16)
     k, v = (torch.randn(2, 2, 155, 64, generator=rng).to("cuda", BF16) for _ in range(2))
     g = torch.randn(2, 8, 155, 64, generator=rng).to("cuda", BF16)
-    runs = []
-    for _ in range(2):
-        leaves = [t.clone().requires_grad_(True) for t in (q, k, v)]
-        runs.append(torch.autograd.grad(arkernels.block_sparse_attention(*leaves, mask), leaves, g))
+    previous = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+    if mode == "fused":
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        runs = []
+        for _ in range(2):
+            leaves = [t.clone().requires_grad_(True) for t in (q, k, v)]
+            runs.append(torch.autograd.grad(arkernels.block_sparse_attention(*leaves, mask), leaves, g))
+    finally:
+        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
     for a, b in zip(*runs):
         assert torch.equal(a, b)
 

@@ -35,15 +35,15 @@ CPU_TILING = (128, 128)  # the cpu backend's default layout tiling (it accepts a
 _GRID_LIMIT = 65535  # heads and batch rows are grid dimensions 1 and 2 of the kernels
 DKDV_OP = "block_sparse_attention_bwd_dkdv"  # the C++ op of the Hopper dK / dV kernel (C API, CUDA only)
 
-# Experimental, "triton" by default: how the backward of either GPU forward (CUDA or Triton) runs where the
-# Hopper dK / dV kernel (DKDV_OP) runs (sm_90, bf16 / fp16, D 64 / 128, a 128 x 128 layout). "triton": the
-# Triton backward; "dkdv": that kernel for dK / dV, Triton for dQ (deterministic); "fused": that kernel for all
-# three, dQ summed by fp32 TMA reduce-adds (not bitwise deterministic; "dkdv" is taken instead while
-# torch.use_deterministic_algorithms is on). Read when the backward runs (traced once under
-# torch.compile). It stays "triton" until the kernel has passed its GPU tests and beaten the Triton backward in
-# the sweep (bench/NOTES.md); the GPU tests and scripts/block_sparse_attention_sweep.py ("cuda dkdv", "cuda
-# fused") set it.
-CUDA_BACKWARD = "triton"
+# How the backward of either GPU forward (CUDA or Triton) runs where the Hopper dK / dV kernel (DKDV_OP) runs
+# (sm_90, bf16 / fp16, D 64 / 128, a 128 x 128 layout). "fused" (default): that kernel for dQ, dK and dV, dQ summed
+# by fp32 TMA reduce-adds (not bitwise deterministic; "dkdv" is taken instead while torch.use_deterministic_algorithms
+# is on); "dkdv": that kernel for dK / dV, Triton for dQ (deterministic); "triton": the Triton backward. Elsewhere
+# the Triton backward runs. Read when the backward runs (traced once under torch.compile). "fused" is the fastest
+# on every benchmark mask through torch (H100, bench/NOTES.md session 9: causal fwd+bwd 2.29 ms with the CUDA
+# forward vs 3.53 with the Triton backward, flex 2.75); the GPU tests and scripts/block_sparse_attention_sweep.py
+# ("cuda dkdv", "cuda fused") set it.
+CUDA_BACKWARD = "fused"
 CUDA_BACKWARDS = ("triton", "dkdv", "fused")
 
 
