@@ -4,6 +4,10 @@ and benchmarks then time Python rather than the kernel (bench/NOTES.md):
 
 - linear_scan forward and forward+backward, against accelerated-scan where it is installed (at the
   headline shape the bf16 forward+backward takes ~0.36 ms on the H100);
+- block_sparse_attention forward and forward+backward at a tiny VAR-like mask (scales of 1, 4, 9, 16, 25
+  tokens), D 64 and 128, each backward setting (CUDA_BACKWARD) on cuda: at VAR's benchmark shape the GPU work of
+  forward+backward is ~0.4-0.5 ms, so a host cost near that makes its timings host-bound (the VAR rows moved by up
+  to 1.7x between runs in session 9);
 - the decode steps (selective_state_update, Mamba-1 and Mamba-2 layouts, and causal_conv1d_update), each
   through the public function and through its torch op directly (torch.ops.arkernels.*): the difference
   is the Python wrapper's cost. A decode step's kernel takes ~10-20 us, so this difference matters there.
@@ -61,6 +65,37 @@ def linear_scan_rows(device, repeats):
     return interleaved(fns, device, repeats)
 
 
+def attention_rows(device, repeats):
+    """block_sparse_attention through the public function (mask given as a Mask: its layout is cached on it)."""
+    import importlib
+
+    bsa_ops = importlib.import_module("arkernels.ops.block_sparse_attention")  # the module, not the function
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    mask = arkernels.masks.block_causal([0, 1, 5, 14, 30, 55])
+    fns, settings = {}, {}
+    for D in (64, 128):
+        q, k, v, g = (torch.randn(1, 2, 55, D, device=device, dtype=dtype) for _ in range(4))
+        leaves = [t.requires_grad_() for t in (q, k, v)]
+        fns[f"block_sparse_attention fwd, D {D}"] = lambda leaves=leaves: arkernels.block_sparse_attention(
+            *leaves, mask)
+        for mode in bsa_ops.CUDA_BACKWARDS if device == "cuda" else (bsa_ops.CUDA_BACKWARD,):
+            name = f"block_sparse_attention fwd+bwd, D {D}" + (f", CUDA_BACKWARD {mode}" if device == "cuda" else "")
+            settings[name] = mode
+            fns[name] = lambda leaves=leaves, g=g: torch.autograd.grad(
+                arkernels.block_sparse_attention(*leaves, mask), leaves, g)
+
+    def with_setting(name, fn):
+        def call():
+            previous, bsa_ops.CUDA_BACKWARD = bsa_ops.CUDA_BACKWARD, settings.get(name, bsa_ops.CUDA_BACKWARD)
+            try:
+                return fn()
+            finally:
+                bsa_ops.CUDA_BACKWARD = previous
+        return call
+
+    return interleaved({name: with_setting(name, fn) for name, fn in fns.items()}, device, repeats)
+
+
 def decode_rows(device, repeats):
     """Public function vs torch op, for each decode step (tiny shapes: batch 2)."""
     def t(*shape):
@@ -97,7 +132,7 @@ def main():
     args = parser.parse_args()
     print(f"host time per call on {args.device} (median of {args.repeats} interleaved rounds)\n")
     print("| call | us |\n|---|---|")
-    for rows in (linear_scan_rows, decode_rows):
+    for rows in (linear_scan_rows, attention_rows, decode_rows):
         for name, us in rows(args.device, args.repeats).items():
             print(f"| {name} | {us:.1f} |")
 
