@@ -82,8 +82,8 @@ typedef struct ark_block_mask_keys {
 ///   dv[b,hk,j,:] = sum over the group's heads h and queries i of p[i,j] dout[b,h,i,:],
 ///   dk[b,hk,j,:] = scale * sum of ds[i,j] q[b,h,i,:],   dq[b,h,i,:] = scale * sum over j of ds[i,j] k[b,hk,j,:],
 /// with delta[b,h,i] = dout[b,h,i,:] . out[b,h,i,:] - dlse[b,h,i] (dlse: the gradient of lse, 0 when unused),
-/// which the caller computes. dk and dv are deterministic (no atomics); dq is summed by fp32 atomic adds, in an
-/// order that varies from run to run.
+/// which the caller computes. dk and dv are deterministic (no atomics); dq is summed by fp32 reduce-adds (TMA), in
+/// an order that varies from run to run.
 /// \param[in]  dout       batch x q_heads x L x head_dim, strides dout_strides
 /// \param[in]  lse, delta batch x q_heads x L, contiguous, fp32 (lse from the forward)
 /// \param[out] dk, dv     batch x kv_heads x S x head_dim, contiguous, dtype `dtype`
@@ -91,7 +91,7 @@ typedef struct ark_block_mask_keys {
 ///                        caller (or holding a sum to add to): dq is added to it
 /// CUDA only (ARK_DEVICE_CPU returns ARK_ERROR_INVALID_ARGUMENT): an sm_90 GPU, ARK_BFLOAT16 or ARK_FLOAT16,
 /// head_dim 64 or 128, a layout at block_q = block_k = 128, strides and alignment as for the CUDA forward
-/// (q, k, v, dout, dk, dv 16-byte aligned); ark_block_sparse_attention_dkdv_cuda_supported asks first.
+/// (q, k, v, dout, dk, dv, dq_accum 16-byte aligned); ark_block_sparse_attention_dkdv_cuda_supported asks first.
 ARK_API ark_status ark_block_sparse_attention_bwd_dkdv(
     const void* q, const void* k, const void* v, const void* dout, const float* lse, const float* delta, void* dk,
     void* dv, float* dq_accum, int64_t batch, int64_t q_heads, int64_t kv_heads, int64_t L, int64_t S, int64_t head_dim,
