@@ -210,7 +210,7 @@ std::tuple<at::Tensor, at::Tensor> block_sparse_attention_fwd(
 }
 
 // dK, dV of the backward through the C API's dK / dV kernel (CUDA only: on CPU tensors the C API refuses,
-// which raises ValueError), and with with_dq also dQ, as fp32 (summed by atomics: not deterministic); without
+// which raises ValueError), and with with_dq also dQ, as fp32 (summed by reduce-adds: not deterministic); without
 // it the third output has no element. delta = rowsum(dout * out) - dlse, computed by the caller.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> block_sparse_attention_bwd_dkdv(
     const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in, const at::Tensor& dout_in,
