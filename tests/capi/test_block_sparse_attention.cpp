@@ -584,8 +584,9 @@ void test_cuda_matches_cpu() {
         make_problem("cuda bits", 1, 2, 2, D, bits, build_layout(bits, 128, bk, Partial::kBits), Order::kBHND,
                      Order::kBHND, Order::kBHND, seed++, 8),
     };
-    // Every kernel instance: schedule 1 (serial) / 2 (pipelined) x 2 / 3 ring slots (tuning knobs).
-    for (const int schedule : {1, 2}) {
+    // Every kernel instance: schedule 1 (serial) / 2 (pipelined) / 3 (pipelined, TMA epilogue) x 2 / 3 ring slots
+    // (tuning knobs).
+    for (const int schedule : {1, 2, 3}) {
       for (const int stages : {2, 3}) {
         ark_tuning_set("bsa_fwd_schedule", schedule);
         ark_tuning_set("bsa_fwd_stages", stages);

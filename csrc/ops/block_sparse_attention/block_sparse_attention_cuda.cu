@@ -27,16 +27,17 @@ __global__ void fill_lse_neg_inf(float* lse, int64_t n) {
   if (i < n) lse[i] = -INFINITY;
 }
 
-// Kernel instances: schedule (serial / pipelined, see the .cuh) x ring slots (2; 3 fits D 64 and, at 224 KB,
-// D 128). Knobs bsa_fwd_schedule (1 serial, 2 pipelined) and bsa_fwd_stages (2, 3) pick one for tuning runs.
-template <typename T, int D, int STAGES, bool PIPELINED>
-ark_status launch_instance(const CUtensorMap& tq, const CUtensorMap& tk, const CUtensorMap& tv, const KernelArgs& a,
-                           dim3 grid, cudaStream_t stream) {
+// Kernel instances: schedule (serial / pipelined / pipelined with the TMA epilogue, see the .cuh) x ring slots (2;
+// 3 fits D 64 and, at 224 KB, D 128). Knobs bsa_fwd_schedule (1 serial, 2 pipelined, 3 pipelined + TMA epilogue:
+// not yet timed on a GPU, bench/NOTES.md session 9) and bsa_fwd_stages (2, 3) pick one for tuning runs.
+template <typename T, int D, int STAGES, bool PIPELINED, bool TMA_OUT = false>
+ark_status launch_instance(const CUtensorMap& tq, const CUtensorMap& tk, const CUtensorMap& tv, const CUtensorMap& tout,
+                           const KernelArgs& a, dim3 grid, cudaStream_t stream) {
   using L = Smem<D, STAGES>;
-  auto kernel = block_sparse_attention_fwd_kernel<T, D, STAGES, PIPELINED>;
+  auto kernel = block_sparse_attention_fwd_kernel<T, D, STAGES, PIPELINED, TMA_OUT>;
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(L::kLaunchBytes));
   if (err == cudaSuccess) {
-    kernel<<<grid, Schedule<PIPELINED>::kThreads, L::kLaunchBytes, stream>>>(tq, tk, tv, a);
+    kernel<<<grid, Schedule<PIPELINED>::kThreads, L::kLaunchBytes, stream>>>(tq, tk, tv, tout, a);
     err = cudaGetLastError();
   }
   if (err != cudaSuccess) return fail(ARK_ERROR_CUDA, "block_sparse_attention: %s", cudaGetErrorString(err));
@@ -48,14 +49,20 @@ ark_status launch(const BlockSparseAttentionFwdParams& p, cudaStream_t stream) {
   // Pipelined with 2 slots by default: the fastest instance on all four benchmark masks (H200, bench/NOTES.md).
   const int schedule = knob(Knob::BsaFwdSchedule) ? knob(Knob::BsaFwdSchedule) : 2;
   const int stages = knob(Knob::BsaFwdStages) ? knob(Knob::BsaFwdStages) : 2;
-  if ((schedule != 1 && schedule != 2) || (stages != 2 && stages != 3))
-    return fail(ARK_ERROR_INVALID_ARGUMENT, "knobs bsa_fwd_schedule / bsa_fwd_stages: expected 1 or 2 / 2 or 3, got %d / %d",
-                schedule, stages);
-  CUtensorMap tq, tk, tv;
+  if (schedule < 1 || schedule > 3 || (stages != 2 && stages != 3))
+    return fail(ARK_ERROR_INVALID_ARGUMENT,
+                "knobs bsa_fwd_schedule / bsa_fwd_stages: expected 1, 2 or 3 / 2 or 3, got %d / %d", schedule, stages);
+  CUtensorMap tq, tk, tv, tout{};  // tout: schedule 3 only
   const ark_dtype dt = std::is_same<T, __nv_bfloat16>::value ? ARK_BFLOAT16 : ARK_FLOAT16;
   ARK_TRY(sm90::make_tensor_map(&tq, "q", p.q, dt, D, p.L, p.q_heads, p.batch, p.q_strides, BM));
   ARK_TRY(sm90::make_tensor_map(&tk, "k", p.k, dt, D, p.S, p.kv_heads, p.batch, p.k_strides, BN));
   ARK_TRY(sm90::make_tensor_map(&tv, "v", p.v, dt, D, p.S, p.kv_heads, p.batch, p.v_strides, BN));
+  if (schedule == 3) {  // out: contiguous (batch, q_heads, L, D); boxes of one warpgroup's 64 rows
+    if (reinterpret_cast<uintptr_t>(p.out) % 16 != 0)
+      return fail(ARK_ERROR_INVALID_ARGUMENT, "out: the TMA epilogue (knob bsa_fwd_schedule 3) needs 16-byte alignment");
+    const int64_t out_strides[3] = {p.q_heads * p.L * D, p.L * D, D};
+    ARK_TRY(sm90::make_tensor_map(&tout, "out", p.out, dt, D, p.L, p.q_heads, p.batch, out_strides, 64));
+  }
   KernelArgs a;
   a.out = p.out;
   a.lse = p.lse;
@@ -66,11 +73,14 @@ ark_status launch(const BlockSparseAttentionFwdParams& p, cudaStream_t stream) {
   a.scale_log2 = p.scale * 1.4426950408889634f;
   a.walk = bsa_walk::make_walk(p.S, p.mask);
   const dim3 grid(unsigned((p.L + BM - 1) / BM), unsigned(p.q_heads), unsigned(p.batch));
+  if (schedule == 3)
+    return stages == 2 ? launch_instance<T, D, 2, true, true>(tq, tk, tv, tout, a, grid, stream)
+                       : launch_instance<T, D, 3, true, true>(tq, tk, tv, tout, a, grid, stream);
   if (schedule == 2)
-    return stages == 2 ? launch_instance<T, D, 2, true>(tq, tk, tv, a, grid, stream)
-                       : launch_instance<T, D, 3, true>(tq, tk, tv, a, grid, stream);
-  return stages == 2 ? launch_instance<T, D, 2, false>(tq, tk, tv, a, grid, stream)
-                     : launch_instance<T, D, 3, false>(tq, tk, tv, a, grid, stream);
+    return stages == 2 ? launch_instance<T, D, 2, true>(tq, tk, tv, tout, a, grid, stream)
+                       : launch_instance<T, D, 3, true>(tq, tk, tv, tout, a, grid, stream);
+  return stages == 2 ? launch_instance<T, D, 2, false>(tq, tk, tv, tout, a, grid, stream)
+                     : launch_instance<T, D, 3, false>(tq, tk, tv, tout, a, grid, stream);
 }
 
 // Asked once per instance: the answer is a property of the binary.

@@ -343,24 +343,6 @@ __device__ __forceinline__ void stage_dq_block(uint32_t dq_tile, const float (&d
   }
 }
 
-// A 128-key x D accumulator (this thread: keys acc_row(t, 0) and + 8, columns 8 j + 2 (t % 4) + {0, 1}) times
-// `scale`, as T, into `tile` laid out as the K / V tiles are (panels of 128 rows x 64 columns, 128-byte rows, 16-byte
-// chunk c of row r at chunk c ^ (r % 8)) for the TMA store. A warp's 4-byte store covers 8 rows x 16 bytes: 8
-// distinct chunks after the swizzle, no bank conflict.
-template <typename T, int D>
-__device__ __forceinline__ void stage_rows(uint32_t tile, const float (&acc)[D / 2], float scale, int t) {
-  const int r0 = acc_row(t, 0);
-#pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    const int r = r0 + 8 * h;
-    const uint32_t row = tile + uint32_t(r) * kRowBytes + 4 * uint32_t(t % 4), swz = uint32_t(r & 7);
-#pragma unroll
-    for (int j = 0; j < D / 8; ++j)
-      sm90::st_shared_b32(row + uint32_t(j / 8) * (KT * kRowBytes) + ((uint32_t(j % 8) ^ swz) << 4),
-                          pack2<T>(acc[4 * j + 2 * h] * scale, acc[4 * j + 2 * h + 1] * scale));
-  }
-}
-
 // P^T and dS^T of a step in place of S^T and dP^T: p = exp2(s scale log2e - lse2), ds = p (dp - delta), p = 0 where
 // `visible` says no. An instance per test: the unmasked steps (most of a causal walk) run a short loop with no
 // branch per element, and the rule / bitmap tests stay out of it (inline behind a branch per element they made the
@@ -479,8 +461,9 @@ __device__ void consume(const DkdvArgs& a, uint8_t* smem, int key_tile, int hk, 
   // of scattered 4-byte global stores (5 % of the consumers' stall samples, H200 profile of session 9).
   sm90::named_barrier_sync(1, kConsumerThreads);  // both warpgroups done with the ring (their last wgmma waited)
   const uint32_t dk_tile = sm90::smem_addr(smem + L::kQ), dv_tile = dk_tile + L::kTileBytes;
-  stage_rows<T, D>(dk_tile, dk, a.scale, t);
-  stage_rows<T, D>(dv_tile, dv, 1.f, t);
+  const float dk_scale[2] = {a.scale, a.scale}, dv_scale[2] = {1.f, 1.f};
+  bsa_sm90::stage_accumulator_rows<T, D>(dk_tile, dk, dk_scale, t);  // the K / V tiles' layout (128-row panels)
+  bsa_sm90::stage_accumulator_rows<T, D>(dv_tile, dv, dv_scale, t);
   sm90::fence_async_shared();
   sm90::named_barrier_sync(1, kConsumerThreads);
 }

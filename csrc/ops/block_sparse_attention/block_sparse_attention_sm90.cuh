@@ -7,7 +7,8 @@
 // has read it). Two consumer warpgroups own 64 query rows each: S = Q K^T (wgmma, both operands in shared
 // memory), the mask on partial chunks, online softmax in fp32 (log2 domain, scale folded into one FFMA),
 // O += P V (wgmma, P from registers as the A operand, V as the transposed B operand).
-// Two schedules (template parameter PIPELINED):
+// Two schedules (template parameter PIPELINED), the pipelined one with two epilogues (TMA_OUT: O staged in the Q
+// tile's rows of its warpgroup and stored by TMA; otherwise 4-byte stores from registers):
 //  * serial: a producer warp (288 threads, 168 registers a thread); per chunk a consumer waits for S, does
 //    the softmax, then runs P V and waits for it;
 //  * pipelined: a producer warpgroup that gives registers back (setmaxnreg) so consumers get 232; per chunk a
@@ -235,6 +236,25 @@ __device__ __forceinline__ void release(uint64_t* empty, int lane) {
   if (lane == 0) sm90::mbar_arrive(empty);
 }
 
+// A 128-row x D accumulator of the two consumer warpgroups (this thread: rows acc_row(t, 0) and + 8, columns
+// 8 j + 2 (t % 4) + {0, 1}), row r times scale[r], as T, into `tile` laid out as the TMA tiles are (panels of 128 rows
+// x 64 columns, 128-byte rows, 16-byte chunk c of row r at chunk c ^ (r % 8)) for a TMA store. A warp's 4-byte store
+// covers 8 rows x 16 bytes: 8 distinct chunks after the swizzle, no bank conflict.
+template <typename T, int D>
+__device__ __forceinline__ void stage_accumulator_rows(uint32_t tile, const float (&acc)[D / 2], const float (&scale)[2],
+                                                       int t) {
+  const int r0 = bsa_walk::acc_row(t, 0);
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int r = r0 + 8 * h;
+    const uint32_t row = tile + uint32_t(r) * kRowBytes + 4 * uint32_t(t % 4), swz = uint32_t(r & 7);
+#pragma unroll
+    for (int j = 0; j < D / 8; ++j)
+      sm90::st_shared_b32(row + uint32_t(j / 8) * (128 * kRowBytes) + ((uint32_t(j % 8) ^ swz) << 4),
+                          pack2<T>(acc[4 * j + 2 * h] * scale[h], acc[4 * j + 2 * h + 1] * scale[h]));
+  }
+}
+
 // Normalise and store; lse = scale * m + ln(l), -inf (and out 0) for a row that saw nothing.
 template <typename T, int D>
 __device__ void store_rows(const KernelArgs& a, const ThreadRows& t, const float (&o)[D / 2], const RowState& rs,
@@ -253,6 +273,34 @@ __device__ void store_rows(const KernelArgs& a, const ThreadRows& t, const float
         *reinterpret_cast<uint32_t*>(dst + 8 * j) = pack2<T>(o[4 * j + 2 * r] * inv, o[4 * j + 2 * r + 1] * inv);
       if (a.lse && (t.lane % 4) == 0) a.lse[bh * a.L + row] = lr > 0.f ? a.scale * rs.m[r] + logf(lr) : -INFINITY;
     }
+  }
+}
+
+// The same through shared memory (TMA_OUT): this warpgroup's 64 rows of O into its own rows of the Q tile (only it
+// reads them, and its last S = Q K^T has been waited for), then one thread stores them by TMA (rows past L clipped).
+template <typename T, int D, int STAGES>
+__device__ void store_rows_tma(const KernelArgs& a, const ThreadRows& t, const float (&o)[D / 2], const RowState& rs,
+                               uint8_t* smem, const CUtensorMap* tout, int tile, int h, int b) {
+  using L = Smem<D, STAGES>;
+  const int64_t bh = int64_t(b) * a.Hq + h;
+  float inv[2];
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const float lr = quad_sum(rs.l[r]);
+    inv[r] = lr > 0.f ? 1.f / lr : 0.f;
+    const int row = t.row + 8 * r;
+    if (row < a.L && a.lse && (t.lane % 4) == 0) a.lse[bh * a.L + row] = lr > 0.f ? a.scale * rs.m[r] + logf(lr) : -INFINITY;
+  }
+  stage_accumulator_rows<T, D>(sm90::smem_addr(smem + L::kQ), o, inv, t.t);
+  sm90::fence_async_shared();
+  sm90::named_barrier_sync(3 + t.wg, 128);  // ids 1, 2: the turns
+  if (t.t % 128 == 0) {
+#pragma unroll
+    for (int p = 0; p < L::kPanels; ++p)
+      sm90::tma_store_4d(tout, smem + L::kQ + p * BM * kRowBytes + t.wg * 64 * kRowBytes, p * kPanelCols,
+                         tile * BM + t.wg * 64, h, b);
+    sm90::bulk_commit();
+    sm90::bulk_wait_read<0>();  // the shared source must stay until read
   }
 }
 
@@ -316,8 +364,9 @@ struct Turns {
   __device__ void hand_over() const { sm90::named_barrier_arrive(2 - wg, kConsumerThreads); }
 };
 
-template <typename T, int D, int STAGES>
-__device__ void consume_pipelined(const KernelArgs& a, uint8_t* smem, int tile, int h, int b, int consumer_thread) {
+template <typename T, int D, int STAGES, bool TMA_OUT>
+__device__ void consume_pipelined(const KernelArgs& a, uint8_t* smem, const CUtensorMap* tout, int tile, int h, int b,
+                                  int consumer_thread) {
   using L = Smem<D, STAGES>;
   const ConsumerStart<D, STAGES> cs(a, smem, tile, consumer_thread);
   const Barriers<STAGES>& bar = cs.bar;
@@ -379,15 +428,18 @@ __device__ void consume_pipelined(const KernelArgs& a, uint8_t* smem, int tile, 
     sm90::fence_operands(o);
     release(bar.v_empty(prev.stage), t.lane);
   }
-  store_rows<T, D>(a, t, o, rs, h, b);
+  if constexpr (TMA_OUT) store_rows_tma<T, D, STAGES>(a, t, o, rs, smem, tout, tile, h, b);
+  else store_rows<T, D>(a, t, o, rs, h, b);
 }
 
 // ---- the kernel ----
 
-template <typename T, int D, int STAGES, bool PIPELINED>
+// TMA_OUT (pipelined only): the epilogue through shared memory and TMA; `tout` (out, boxes of 64 rows) is read then.
+template <typename T, int D, int STAGES, bool PIPELINED, bool TMA_OUT = false>
 __global__ void __launch_bounds__(Schedule<PIPELINED>::kThreads, 1)
     block_sparse_attention_fwd_kernel(const __grid_constant__ CUtensorMap tq, const __grid_constant__ CUtensorMap tk,
-                                      const __grid_constant__ CUtensorMap tv, const KernelArgs a) {
+                                      const __grid_constant__ CUtensorMap tv, const __grid_constant__ CUtensorMap tout,
+                                      const KernelArgs a) {
 #if ARK_SM90A_DEVICE
   using L = Smem<D, STAGES>;
   using Sch = Schedule<PIPELINED>;
@@ -410,7 +462,7 @@ __global__ void __launch_bounds__(Schedule<PIPELINED>::kThreads, 1)
       if (threadIdx.x == 0) produce<D, STAGES>(a, smem, &tq, &tk, &tv, tile, h, b);
     } else {
       sm90::regs_claim<Sch::kConsumerRegs>();
-      consume_pipelined<T, D, STAGES>(a, smem, tile, h, b, threadIdx.x - 128);
+      consume_pipelined<T, D, STAGES, TMA_OUT>(a, smem, &tout, tile, h, b, threadIdx.x - 128);
     }
   } else {  // warps 0-7 consume, warp 8 produces
     if (threadIdx.x >= kConsumerThreads) {
