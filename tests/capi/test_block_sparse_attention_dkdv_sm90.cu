@@ -4,7 +4,7 @@
 // sliding window, documents, groups mixed with RULE and BITS tiles, random bitmaps, L != S and lengths that are
 // not multiples of the tiles. bf16 inputs (exact in bf16), the oracle's P / dS in float64, so the bound is the
 // kernel's rounding of P and dS to bf16 for the products (norm-relative 2e-2). Both instances: dK / dV only, and
-// dK / dV with dQ added by atomics into a zeroed fp32 buffer (which the first must leave untouched). Needs an
+// dK / dV with dQ added (TMA reduce-adds) into a zeroed fp32 buffer (which the first must leave untouched). Needs an
 // sm_90 GPU: without one it exits 77, which ctest reports as skipped (CI has no GPU), after checking the C API's
 // refusals; the kit runs it on the device.
 #include <cuda_bf16.h>

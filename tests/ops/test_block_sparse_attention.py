@@ -888,7 +888,7 @@ def test_auto_takes_cuda_at_d128_only(rng):
 @pytest.fixture(params=["dkdv", "fused"])
 def cuda_backward(request, monkeypatch):
     """The backward of the CUDA forward on the Hopper dK / dV kernel (ops.block_sparse_attention.CUDA_BACKWARD):
-    with the Triton dQ ("dkdv") and with dQ by atomics in the same kernel ("fused")."""
+    with the Triton dQ ("dkdv") and with dQ by reduce-adds in the same kernel ("fused")."""
     monkeypatch.setattr(BSA_OPS, "CUDA_BACKWARD", request.param)
     return BSA_OPS
 
@@ -919,7 +919,7 @@ def test_triton_forward_with_cuda_backward_kernel(name, rng, cuda_backward):
 @gpu
 @hopper
 def test_cuda_backward_kernel_vs_triton(rng, cuda_backward):
-    """dK and dV are deterministic (written once; dQ too with "dkdv", not with "fused": atomics); every gradient
+    """dK and dV are deterministic (written once; dQ too with "dkdv", not with "fused": reduce-adds in no fixed order); every gradient
     equals the Triton backward's to bf16 rounding."""
     mask = _gpu_mask("causal", 700, 700, rng)
     q = torch.randn(2, 8, 700, 128, generator=rng).to("cuda", BF16)
