@@ -32,36 +32,24 @@ __device__ __forceinline__ uint32_t smem_addr(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
 }
 
-// Shared-memory matrix descriptor, 128-byte swizzle: start address, leading and stride byte offsets
-// (each stored >> 4 in 14 bits), swizzle mode 1 in bits 62-63.
-__device__ __forceinline__ uint64_t sw128_desc(uint32_t smem_address, uint32_t lbo_bytes, uint32_t sbo_bytes) {
-  uint64_t d = 0;
-  d |= uint64_t((smem_address & 0x3FFFF) >> 4);
-  d |= uint64_t((lbo_bytes & 0x3FFFF) >> 4) << 16;
-  d |= uint64_t((sbo_bytes & 0x3FFFF) >> 4) << 32;
-  d |= uint64_t(1) << 62;
-  return d;
-}
-
-// The descriptor above split for stepping through a tile: `lo` (start address >> 4, LBO) and the high word (SBO,
-// swizzle), constant for a given layout. at(off) is the descriptor of the start address + off bytes (a multiple of
-// 16; the address stays below 256 KB, so the 14-bit address field cannot carry into the LBO). Built once per tile,
-// each wgmma then costs one integer add where sw128_desc costs a mask, a shift and an or (and, from an opaque
-// address, a register move into the uniform datapath) per descriptor.
+// Shared-memory matrix descriptor, 128-byte swizzle: start address, leading and stride byte offsets (each stored
+// >> 4 in 14 bits), swizzle mode 1 in bits 62-63; kept split for stepping through a tile: `lo` (start address >> 4,
+// LBO) and the high word (SBO, swizzle), constant for a given layout. at(off) is the descriptor of the start address
+// + off bytes (a multiple of 16; the address stays below 256 KB, so the 14-bit address field cannot carry into the
+// LBO). Built once per tile, each wgmma then costs one integer add where a descriptor built whole costs a mask, a
+// shift and an or (and, from an opaque address, a register move into the uniform datapath).
 struct Sw128Desc {
   uint32_t lo, hi;
   __device__ __forceinline__ Sw128Desc(uint32_t smem_address, uint32_t lbo_bytes, uint32_t sbo_bytes)
       : lo(((smem_address & 0x3FFFF) >> 4) | (((lbo_bytes & 0x3FFFF) >> 4) << 16)),
         hi(((sbo_bytes & 0x3FFFF) >> 4) | (1u << 30)) {}
   __device__ __forceinline__ uint64_t at(uint32_t off) const { return (uint64_t(hi) << 32) | (lo + (off >> 4)); }
-  // An opaque copy of the start: per use site the compiler can neither hoist nor keep the per-offset descriptors
-  // (it hoisted ~24 loop-invariant ones out of a step loop and spilled them).
-  __device__ __forceinline__ Sw128Desc opaque() const {
-    Sw128Desc d = *this;
-    asm volatile("" : "+r"(d.lo));
-    return d;
-  }
 };
+
+// One descriptor built whole (the forward's per-wgmma use).
+__device__ __forceinline__ uint64_t sw128_desc(uint32_t smem_address, uint32_t lbo_bytes, uint32_t sbo_bytes) {
+  return Sw128Desc(smem_address, lbo_bytes, sbo_bytes).at(0);
+}
 
 // Dynamic shared memory aligned up to 1024 bytes (the 128-byte swizzle's atoms) by an offset from the __shared__
 // array itself, so that the compiler still knows the pointer is shared: LDS / STS for plain accesses through it. A

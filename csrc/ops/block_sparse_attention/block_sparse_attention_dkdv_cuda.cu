@@ -52,7 +52,6 @@ ark_status launch(const BlockSparseAttentionDkdvParams& p, cudaStream_t stream) 
   a.L = p.L;
   a.S = p.S;
   a.Hq = int(p.q_heads);
-  a.Hkv = int(p.kv_heads);
   a.group = int(p.q_heads / p.kv_heads);
   a.scale = p.scale;
   a.scale_log2 = p.scale * 1.4426950408889634f;

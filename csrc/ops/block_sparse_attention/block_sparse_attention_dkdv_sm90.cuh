@@ -85,7 +85,7 @@ struct DkdvArgs {
   const float* lse;   // (batch, q_heads, L), natural log, -inf for a row that sees nothing
   const float* delta; // (batch, q_heads, L): rowsum(dO * O) - dlse
   int64_t L, S;
-  int Hq, Hkv, group;  // group: q heads per kv head
+  int Hq, group;  // group: q heads per kv head
   float scale, scale_log2;
   ark_block_mask mask;  // the forward half (rule arrays and tile_bits are read here)
   const int32_t* k_run_ptr;    // ceil(S / 128) + 1
