@@ -255,23 +255,36 @@ __device__ __forceinline__ void stage_accumulator_rows(uint32_t tile, const floa
   }
 }
 
-// Normalise and store; lse = scale * m + ln(l), -inf (and out 0) for a row that saw nothing.
+// The two rows' normalisers 1 / l (0 for a row that saw nothing), and their lse = scale * m + ln(l) (-inf for such a
+// row) written for the rows below L, by one lane of each quad.
+__device__ __forceinline__ void finish_rows(const KernelArgs& a, const ThreadRows& t, const RowState& rs, int64_t bh,
+                                            float (&inv)[2]) {
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const float lr = quad_sum(rs.l[r]);
+    inv[r] = lr > 0.f ? 1.f / lr : 0.f;
+    const int row = t.row + 8 * r;
+    if (row < a.L && a.lse && (t.lane % 4) == 0) a.lse[bh * a.L + row] = lr > 0.f ? a.scale * rs.m[r] + logf(lr) : -INFINITY;
+  }
+}
+
+// Normalise and store from registers (out 0 for a row that saw nothing).
 template <typename T, int D>
 __device__ void store_rows(const KernelArgs& a, const ThreadRows& t, const float (&o)[D / 2], const RowState& rs,
                            int h, int b) {
   T* out = static_cast<T*>(a.out);
   const int64_t bh = int64_t(b) * a.Hq + h;
+  float inv[2];
+  finish_rows(a, t, rs, bh, inv);
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
-    const float lr = quad_sum(rs.l[r]);
     const int row = t.row + 8 * r;
-    const float inv = lr > 0.f ? 1.f / lr : 0.f;
     if (row < a.L) {
       T* dst = out + (bh * a.L + row) * D + t.col;
 #pragma unroll
       for (int j = 0; j < D / 8; ++j)
-        *reinterpret_cast<uint32_t*>(dst + 8 * j) = pack2<T>(o[4 * j + 2 * r] * inv, o[4 * j + 2 * r + 1] * inv);
-      if (a.lse && (t.lane % 4) == 0) a.lse[bh * a.L + row] = lr > 0.f ? a.scale * rs.m[r] + logf(lr) : -INFINITY;
+        *reinterpret_cast<uint32_t*>(dst + 8 * j) =
+            pack2<T>(o[4 * j + 2 * r] * inv[r], o[4 * j + 2 * r + 1] * inv[r]);
     }
   }
 }
@@ -282,15 +295,8 @@ template <typename T, int D, int STAGES>
 __device__ void store_rows_tma(const KernelArgs& a, const ThreadRows& t, const float (&o)[D / 2], const RowState& rs,
                                uint8_t* smem, const CUtensorMap* tout, int tile, int h, int b) {
   using L = Smem<D, STAGES>;
-  const int64_t bh = int64_t(b) * a.Hq + h;
   float inv[2];
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    const float lr = quad_sum(rs.l[r]);
-    inv[r] = lr > 0.f ? 1.f / lr : 0.f;
-    const int row = t.row + 8 * r;
-    if (row < a.L && a.lse && (t.lane % 4) == 0) a.lse[bh * a.L + row] = lr > 0.f ? a.scale * rs.m[r] + logf(lr) : -INFINITY;
-  }
+  finish_rows(a, t, rs, int64_t(b) * a.Hq + h, inv);
   stage_accumulator_rows<T, D>(sm90::smem_addr(smem + L::kQ), o, inv, t.t);
   sm90::fence_async_shared();
   sm90::named_barrier_sync(3 + t.wg, 128);  // ids 1, 2: the turns
