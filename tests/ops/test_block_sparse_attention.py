@@ -492,6 +492,20 @@ def test_dkdv_kernel_not_taken_on_cpu():
     assert not _dkdv_cuda_runs(64, 128, 128, BF16, torch.device("cpu"))
 
 
+def test_dkdv_kernel_choice_takes_a_symbolic_head_dim():
+    """Under dynamic-shape tracing of the backward (opcheck's aot_dispatch_dynamic), the head dim arrives as a SymInt,
+    which cannot key the choice's cache: the choice must specialise on it, not raise (it did, on the GPU only)."""
+    from torch._dynamo.source import ConstantSource
+    from torch.fx.experimental.symbolic_shapes import ShapeEnv
+
+    from arkernels.ops.block_sparse_attention import _dkdv_cuda_runs
+
+    env = ShapeEnv()
+    head_dim = env.create_symintnode(env.create_symbol(64, source=ConstantSource("D")), hint=64)
+    assert isinstance(head_dim, torch.SymInt)
+    assert not _dkdv_cuda_runs(head_dim, 128, 128, BF16, torch.device("cpu"))
+
+
 @pytest.mark.parametrize("D,dtype", [(64, FP32), (256, BF16), (64, BF16)], ids=["fp32", "d256", "bf16"])
 def test_cuda_backend_on_cpu_tensors_raises(D, dtype, rng):
     """backend="cuda" never falls back: CPU tensors raise, whatever D and dtype (also under TRITON_INTERPRET)."""

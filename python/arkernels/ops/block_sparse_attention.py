@@ -219,6 +219,9 @@ _dkdv_runs: dict = {}
 @torch.compiler.assume_constant_result
 def _dkdv_cuda_runs(D: int, block_q: int, block_k: int, dtype: torch.dtype, device: torch.device) -> bool:
     """The Hopper dK / dV kernel runs this case (cached, as _cuda_unavailable_reason)."""
+    # int(): under make_fx's dynamic-shape tracing of the backward (opcheck's aot_dispatch_dynamic), D comes as a
+    # SymInt, which cannot be hashed; the kernel choice specialises on the head dim anyway.
+    D = int(D)
     key = (D, block_q, block_k, dtype, device)
     if key not in _dkdv_runs:
         _dkdv_runs[key] = (_native_available() and hasattr(torch.ops.arkernels, DKDV_OP)
