@@ -12,7 +12,7 @@ and benchmarks then time Python rather than the kernel (bench/NOTES.md):
   through the public function and through its torch op directly (torch.ops.arkernels.*): the difference
   is the Python wrapper's cost. A decode step's kernel takes ~10-20 us, so this difference matters there.
 
-Usage: python scripts/host_overhead.py [cpu|cuda] [--repeats R]
+Usage: python scripts/host_overhead.py [cpu|cuda] [--repeats R] [--only attention|decode|linear_scan ...]
 Each number is the median over R interleaved rounds (wrapper and raw op alternate, so a noisy host
 affects both alike)."""
 import argparse
@@ -129,10 +129,15 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("device", nargs="?", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--repeats", type=int, default=9)
+    groups = {"linear_scan": linear_scan_rows, "attention": attention_rows, "decode": decode_rows}
+    parser.add_argument("--only", choices=sorted(groups), action="append",
+                        help="time only these groups of rows (repeatable; default: all)")
     args = parser.parse_args()
     print(f"host time per call on {args.device} (median of {args.repeats} interleaved rounds)\n")
     print("| call | us |\n|---|---|")
-    for rows in (linear_scan_rows, attention_rows, decode_rows):
+    for group, rows in groups.items():
+        if args.only and group not in args.only:
+            continue
         for name, us in rows(args.device, args.repeats).items():
             print(f"| {name} | {us:.1f} |")
 

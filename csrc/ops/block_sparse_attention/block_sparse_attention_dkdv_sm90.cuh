@@ -37,7 +37,6 @@ namespace bsa_dkdv {
 using bsa_sm90::kPanelCols;
 using bsa_sm90::kRowBytes;
 using bsa_sm90::pack2;
-using bsa_sm90::release;
 using bsa_sm90::Slot;
 using bsa_walk::acc_col;
 using bsa_walk::acc_row;
@@ -372,7 +371,7 @@ template <typename T, int D, int STAGES, bool DQ>
 __device__ void consume(const DkdvArgs& a, uint8_t* smem, int key_tile, int hk, int b, int t) {
   using L = Smem<D, STAGES, DQ>;
   const Barriers<STAGES> bar{reinterpret_cast<uint64_t*>(smem + L::kBars)};
-  const int wg = t / 128, lane = t % 32;
+  const int wg = t / 128;
   const int row0 = acc_row(t, 0);  // this thread's first key row inside the 128-key tile (and row0 + 8)
   KeyRule kr[2];
   for (int h = 0; h < 2; ++h) kr[h].load(a.mask, int64_t(key_tile) * KT + row0 + 8 * h, a.S);
@@ -453,7 +452,10 @@ __device__ void consume(const DkdvArgs& a, uint8_t* smem, int key_tile, int hk, 
       sm90::wgmma_wait<0>();
       sm90::fence_operands(dv);
       sm90::fence_operands(dk);
-      release(bar.empty(slot.stage), lane);
+      // Every thread arrives (not one per warp after __syncwarp): the staging threads overwrite this slot's
+      // statistics with plain stores, and each thread's arrival is what orders its own reads of them before those
+      // (racecheck flagged the per-warp form, H100, session 10).
+      sm90::mbar_arrive(bar.empty(slot.stage));
     }
   }
   // dK (scaled) and dV through shared memory (the Q / dO ring, idle now: every step's loads have landed and been
@@ -499,7 +501,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     for (int s = 0; s < STAGES; ++s) {
       sm90::mbar_init(&bars[1 + s], 1);                                // tma_full: one arrival + the Q, dO bytes
       sm90::mbar_init(&bars[1 + STAGES + s], kStatThreads);            // stat_full: every staging thread
-      sm90::mbar_init(&bars[1 + 2 * STAGES + s], kConsumerThreads / 32);  // empty: one arrival per consumer warp
+      sm90::mbar_init(&bars[1 + 2 * STAGES + s], kConsumerThreads);     // empty: every consumer thread
     }
     if (DQ) {
       for (int j = 0; j < 2; ++j) sm90::mbar_init(&bars[1 + 3 * STAGES + j], kConsumerThreads);  // ds_full: all
