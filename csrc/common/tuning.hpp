@@ -26,8 +26,11 @@ enum class Knob : int {
   Conv1dFwdPersistent,  // causal_conv1d forward: 1 = persistent grid, next tile's loads issued before this tile's math
   Conv1dFwdVecHalo,   // causal_conv1d forward: 1 = the tile's halo read as one 16-byte vector with the tile
   SscanBwdRowsumVec,  // selective_scan backward: 1 = dB/dC row sums with 16-byte shared loads + reduce-scatter
-  BsaFwdSchedule,     // block_sparse_attention CUDA forward: 1 = serial (producer warp), 2 = pipelined (ping-pong)
+  BsaFwdSchedule,     // block_sparse_attention CUDA forward: 1 = serial (producer warp), 2 = pipelined (ping-pong),
+                      // 3 = pipelined + TMA epilogue, 4 = persistent (pipelined + TMA epilogue)
   BsaFwdStages,       // block_sparse_attention CUDA forward: K/V ring slots, 2 or 3
+  BsaFwdCtas,         // block_sparse_attention CUDA forward, persistent: CTAs (n > 0: at most n; tests walk many
+                      // items per CTA with it)
   Count
 };
 

@@ -6,9 +6,11 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cmath>
 #include <type_traits>
 
+#include "common/device_info.hpp"
 #include "common/sm90_device.hpp"
 #include "common/sm90_tma_host.hpp"
 #include "common/status.hpp"
@@ -27,39 +29,55 @@ __global__ void fill_lse_neg_inf(float* lse, int64_t n) {
   if (i < n) lse[i] = -INFINITY;
 }
 
-// Kernel instances: schedule (serial / pipelined / pipelined with the TMA epilogue, see the .cuh) x ring slots (2;
-// 3 fits D 64 and, at 224 KB, D 128). Knobs bsa_fwd_schedule (1 serial, 2 pipelined, 3 pipelined + TMA epilogue:
-// not yet timed on a GPU, bench/NOTES.md session 9) and bsa_fwd_stages (2, 3) pick one for tuning runs.
-template <typename T, int D, int STAGES, bool PIPELINED, bool TMA_OUT = false>
+// Kernel instances: schedule (serial / pipelined / pipelined with the TMA epilogue / persistent, see the .cuh) x ring
+// slots (2; 3 fits D 64 and, at 224 KB, D 128 but not beside the persistent form's O tile). Knobs bsa_fwd_schedule (1
+// serial, 2 pipelined, 3 pipelined + TMA epilogue, 4 persistent) and bsa_fwd_stages (2, 3) pick one for tuning runs.
+// Schedule 3 was the fastest of 1-3 on all four benchmark masks (H100, bench/NOTES.md session 10).
+constexpr int kDefaultSchedule = 3;
+constexpr uint32_t kMaxSharedBytes = 227 * 1024;
+
+template <typename T, int D, int STAGES, bool PIPELINED, bool TMA_OUT = false, bool PERSISTENT = false>
 ark_status launch_instance(const CUtensorMap& tq, const CUtensorMap& tk, const CUtensorMap& tv, const CUtensorMap& tout,
                            const KernelArgs& a, dim3 grid, cudaStream_t stream) {
   using L = Smem<D, STAGES>;
-  auto kernel = block_sparse_attention_fwd_kernel<T, D, STAGES, PIPELINED, TMA_OUT>;
-  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(L::kLaunchBytes));
-  if (err == cudaSuccess) {
-    kernel<<<grid, Schedule<PIPELINED>::kThreads, L::kLaunchBytes, stream>>>(tq, tk, tv, tout, a);
-    err = cudaGetLastError();
+  constexpr uint32_t bytes = L::launch_bytes(PERSISTENT);
+  if constexpr (bytes > kMaxSharedBytes) {
+    return fail(ARK_ERROR_INVALID_ARGUMENT,
+                "knobs bsa_fwd_schedule / bsa_fwd_stages: the persistent schedule with %d slots needs %u bytes of shared "
+                "memory at head_dim %d, more than the %u an SM has",
+                STAGES, bytes, D, kMaxSharedBytes);
+  } else {
+    auto kernel = block_sparse_attention_fwd_kernel<T, D, STAGES, PIPELINED, TMA_OUT, PERSISTENT>;
+    cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes));
+    if (err == cudaSuccess) {
+      kernel<<<grid, Schedule<PIPELINED>::kThreads, bytes, stream>>>(tq, tk, tv, tout, a);
+      err = cudaGetLastError();
+    }
+    if (err != cudaSuccess) return fail(ARK_ERROR_CUDA, "block_sparse_attention: %s", cudaGetErrorString(err));
+    return ARK_SUCCESS;
   }
-  if (err != cudaSuccess) return fail(ARK_ERROR_CUDA, "block_sparse_attention: %s", cudaGetErrorString(err));
-  return ARK_SUCCESS;
 }
 
 template <typename T, int D>
 ark_status launch(const BlockSparseAttentionFwdParams& p, cudaStream_t stream) {
-  // Pipelined with 2 slots by default: the fastest instance on all four benchmark masks (H200, bench/NOTES.md).
-  const int schedule = knob(Knob::BsaFwdSchedule) ? knob(Knob::BsaFwdSchedule) : 2;
+  // The TMA epilogue stores into a contiguous out from a 16-byte aligned base; the C API's out may sit anywhere, and
+  // there the default takes the register epilogue (same pipeline, ~2-4 % slower on the benchmark masks).
+  const bool out_aligned = reinterpret_cast<uintptr_t>(p.out) % 16 == 0;
+  const int schedule = knob(Knob::BsaFwdSchedule) ? knob(Knob::BsaFwdSchedule) : out_aligned ? kDefaultSchedule : 2;
   const int stages = knob(Knob::BsaFwdStages) ? knob(Knob::BsaFwdStages) : 2;
-  if (schedule < 1 || schedule > 3 || (stages != 2 && stages != 3))
+  if (schedule < 1 || schedule > 4 || (stages != 2 && stages != 3) || knob(Knob::BsaFwdCtas) < 0)
     return fail(ARK_ERROR_INVALID_ARGUMENT,
-                "knobs bsa_fwd_schedule / bsa_fwd_stages: expected 1, 2 or 3 / 2 or 3, got %d / %d", schedule, stages);
-  CUtensorMap tq, tk, tv, tout{};  // tout: schedule 3 only
+                "knobs bsa_fwd_schedule / bsa_fwd_stages / bsa_fwd_ctas: expected 1 to 4 / 2 or 3 / >= 0, got %d / %d / "
+                "%d", schedule, stages, knob(Knob::BsaFwdCtas));
+  CUtensorMap tq, tk, tv, tout{};  // tout: schedules 3 and 4 only
   const ark_dtype dt = std::is_same<T, __nv_bfloat16>::value ? ARK_BFLOAT16 : ARK_FLOAT16;
   ARK_TRY(sm90::make_tensor_map(&tq, "q", p.q, dt, D, p.L, p.q_heads, p.batch, p.q_strides, BM));
   ARK_TRY(sm90::make_tensor_map(&tk, "k", p.k, dt, D, p.S, p.kv_heads, p.batch, p.k_strides, BN));
   ARK_TRY(sm90::make_tensor_map(&tv, "v", p.v, dt, D, p.S, p.kv_heads, p.batch, p.v_strides, BN));
-  if (schedule == 3) {  // out: contiguous (batch, q_heads, L, D); boxes of one warpgroup's 64 rows
+  if (schedule >= 3) {  // out: contiguous (batch, q_heads, L, D); boxes of one warpgroup's 64 rows
     if (reinterpret_cast<uintptr_t>(p.out) % 16 != 0)
-      return fail(ARK_ERROR_INVALID_ARGUMENT, "out: the TMA epilogue (knob bsa_fwd_schedule 3) needs 16-byte alignment");
+      return fail(ARK_ERROR_INVALID_ARGUMENT, "out: expected 16-byte alignment (the TMA epilogue), got address %p",
+                  p.out);
     const int64_t out_strides[3] = {p.q_heads * p.L * D, p.L * D, D};
     ARK_TRY(sm90::make_tensor_map(&tout, "out", p.out, dt, D, p.L, p.q_heads, p.batch, out_strides, 64));
   }
@@ -67,12 +85,21 @@ ark_status launch(const BlockSparseAttentionFwdParams& p, cudaStream_t stream) {
   a.out = p.out;
   a.lse = p.lse;
   a.L = p.L;
+  a.tiles = int((p.L + BM - 1) / BM);
   a.Hq = int(p.q_heads);
+  a.batch = int(p.batch);
   a.group = int(p.q_heads / p.kv_heads);
   a.scale = p.scale;
   a.scale_log2 = p.scale * 1.4426950408889634f;
   a.walk = bsa_walk::make_walk(p.S, p.mask);
-  const dim3 grid(unsigned((p.L + BM - 1) / BM), unsigned(p.q_heads), unsigned(p.batch));
+  const dim3 grid(unsigned(a.tiles), unsigned(p.q_heads), unsigned(p.batch));
+  if (schedule == 4) {  // one CTA per SM (registers allow one), never more than the items
+    const int64_t items = int64_t(a.tiles) * p.q_heads * p.batch;
+    const int64_t resident = knob(Knob::BsaFwdCtas) > 0 ? knob(Knob::BsaFwdCtas) : device_sm_count();
+    const dim3 ctas(unsigned(std::min<int64_t>(items, resident)));
+    return stages == 2 ? launch_instance<T, D, 2, true, true, true>(tq, tk, tv, tout, a, ctas, stream)
+                       : launch_instance<T, D, 3, true, true, true>(tq, tk, tv, tout, a, ctas, stream);
+  }
   if (schedule == 3)
     return stages == 2 ? launch_instance<T, D, 2, true, true>(tq, tk, tv, tout, a, grid, stream)
                        : launch_instance<T, D, 3, true, true>(tq, tk, tv, tout, a, grid, stream);

@@ -7,13 +7,17 @@
 // has read it). Two consumer warpgroups own 64 query rows each: S = Q K^T (wgmma, both operands in shared
 // memory), the mask on partial chunks, online softmax in fp32 (log2 domain, scale folded into one FFMA),
 // O += P V (wgmma, P from registers as the A operand, V as the transposed B operand).
-// Two schedules (template parameter PIPELINED), the pipelined one with two epilogues (TMA_OUT: O staged in the Q
-// tile's rows of its warpgroup and stored by TMA; otherwise 4-byte stores from registers):
+// Two schedules (template parameter PIPELINED), the pipelined one with two epilogues (TMA_OUT: O staged in shared
+// memory, in its warpgroup's rows, and stored by TMA; otherwise 4-byte stores from registers) and a persistent form:
 //  * serial: a producer warp (288 threads, 168 registers a thread); per chunk a consumer waits for S, does
 //    the softmax, then runs P V and waits for it;
 //  * pipelined: a producer warpgroup that gives registers back (setmaxnreg) so consumers get 232; per chunk a
 //    consumer issues S(j) and P(j-1) V(j-1) together, does the softmax of S(j) while P V runs, and the two
-//    warpgroups take turns issuing MMAs (named barriers), so one's softmax runs under the other's MMAs.
+//    warpgroups take turns issuing MMAs (named barriers), so one's softmax runs under the other's MMAs;
+//  * persistent (pipelined, TMA epilogue): one CTA per SM walks a list of (query tile, head, batch row) items; Q has
+//    its own empty barrier and O its own staging tile, so the producer loads the next item's Q and first chunks
+//    while the consumers finish the current one, and the CTA's launch and prologue are paid once per SM, not per
+//    tile (short tiles, as VAR's 680-token sequences, spent most of their time there: bench/NOTES.md session 10).
 // The chunks are walked from the layout's runs (masks/layout.py): a run of key tiles [start, end) becomes
 // ceil(keys / 128) chunks; chunks of FULL runs that lie wholly inside their run do no mask work; the others
 // test each element (the run's end and S, the level rule, or the bitmaps). The layout's query tile must be
@@ -57,16 +61,21 @@ struct Smem {
   static constexpr uint32_t kK = kQ + kQBytes;
   static constexpr uint32_t kV = kK + STAGES * kChunkBytes;
   static constexpr uint32_t kBars = kV + STAGES * kChunkBytes;
-  static constexpr int kNumBars = 1 + 4 * STAGES;  // q_full; k_full, v_full, k_empty, v_empty per slot
+  // q_full, k_full and v_full per slot (one arrival each); q_empty, k_empty and v_empty per slot (8 warps each)
+  static constexpr int kNumBars = 2 + 4 * STAGES;
   static constexpr uint32_t kBytes = kBars + kNumBars * 8;
-  static constexpr uint32_t kLaunchBytes = kBytes + 1024;  // room to align the base to 1024 bytes
+  static constexpr uint32_t kO = (kBytes + 1023) / 1024 * 1024;  // persistent: O's staging tile
+  static constexpr uint32_t kPersistentBytes = kO + kQBytes;
+  // + room to align the base to 1024 bytes
+  static constexpr uint32_t launch_bytes(bool persistent) { return (persistent ? kPersistentBytes : kBytes) + 1024; }
 };
 
 struct KernelArgs {
   void* out;
   float* lse;
   int64_t L;
-  int Hq, group;  // group: q heads per kv head
+  int tiles, Hq, batch;  // tiles: query tiles per (batch row, head)
+  int group;             // q heads per kv head
   float scale_log2, scale;
   bsa_walk::Walk walk;  // the layout, its rule and S
 };
@@ -77,8 +86,38 @@ struct Barriers {
   __device__ uint64_t* q_full() const { return base; }
   __device__ uint64_t* k_full(int s) const { return base + 1 + s; }
   __device__ uint64_t* v_full(int s) const { return base + 1 + STAGES + s; }
-  __device__ uint64_t* k_empty(int s) const { return base + 1 + 2 * STAGES + s; }
-  __device__ uint64_t* v_empty(int s) const { return base + 1 + 3 * STAGES + s; }
+  __device__ uint64_t* q_empty() const { return base + 1 + 2 * STAGES; }
+  __device__ uint64_t* k_empty(int s) const { return base + 2 + 2 * STAGES + s; }
+  __device__ uint64_t* v_empty(int s) const { return base + 2 + 3 * STAGES + s; }
+};
+
+// One item of work: a query tile of one (batch row, head).
+struct Work {
+  int tile, h, b;
+};
+
+// The items of a persistent CTA (cta of ctas). Item w is tile tiles - 1 - w % tiles (the heaviest tiles of causal-like
+// masks first) of head-row w / tiles, so that the CTAs running at once share the K / V of a few heads in L2. Round r
+// hands items r ctas .. r ctas + ctas - 1 out, CTA i taking r ctas + (i + r) % ctas: rotated each round, so that a
+// CTA does not get the same tile of every head (with ctas a multiple of tiles it would, and the tiles' costs differ).
+struct WorkList {
+  int64_t total;
+  int ctas, cta, round = 0;
+  __device__ WorkList(const KernelArgs& a, int ctas_, int cta_)
+      : total(int64_t(a.tiles) * a.Hq * a.batch), ctas(ctas_), cta(cta_) {}
+  __device__ bool next(const KernelArgs& a, Work& w) {
+    for (; int64_t(round) * ctas < total; ++round) {
+      const int64_t item = int64_t(round) * ctas + (cta + round) % ctas;
+      if (item >= total) continue;
+      ++round;
+      const int64_t head_row = item / a.tiles;
+      w.tile = a.tiles - 1 - int(item % a.tiles);
+      w.h = int(head_row % a.Hq);
+      w.b = int(head_row / a.Hq);
+      return true;
+    }
+    return false;
+  }
 };
 
 // Stage and phase parity of the it-th chunk in a ring of STAGES slots.
@@ -90,18 +129,22 @@ template <int STAGES> struct Slot {
 
 // ---- producer ----
 
+// The item's Q tile (its use `q_use` of the Q buffer: from the second on, once the consumers released the previous
+// one) and its chunks, into the ring from position `it` on.
 template <int D, int STAGES>
 __device__ void produce(const KernelArgs& a, uint8_t* smem, const CUtensorMap* tq, const CUtensorMap* tk,
-                        const CUtensorMap* tv, int tile, int h, int b) {
+                        const CUtensorMap* tv, const Work& w, int q_use, int& it) {
   using L = Smem<D, STAGES>;
   const Barriers<STAGES> bar{reinterpret_cast<uint64_t*>(smem + L::kBars)};
+  const int tile = w.tile, h = w.h, b = w.b;
   const int hk = h / a.group;
+  if (q_use > 0) sm90::mbar_wait(bar.q_empty(), (q_use - 1) & 1);
   sm90::mbar_arrive_expect_tx(bar.q_full(), L::kQBytes);
   for (int p = 0; p < L::kPanels; ++p)
     sm90::tma_load_4d(smem + L::kQ + p * BM * kRowBytes, tq, bar.q_full(), p * kPanelCols, tile * BM, h, b);
   ChunkCursor c;
   c.init(a.walk, tile);
-  for (int it = 0; c.valid(); ++it, c.next(a.walk)) {
+  for (; c.valid(); ++it, c.next(a.walk)) {
     const Slot<STAGES> slot(it);
     const uint32_t reuse_parity = ((it / STAGES) - 1) & 1;  // the slot's previous use must be released
     if (it >= STAGES) sm90::mbar_wait(bar.k_empty(slot.stage), reuse_parity);
@@ -289,51 +332,46 @@ __device__ void store_rows(const KernelArgs& a, const ThreadRows& t, const float
   }
 }
 
-// The same through shared memory (TMA_OUT): this warpgroup's 64 rows of O into its own rows of the Q tile (only it
-// reads them, and its last S = Q K^T has been waited for), then one thread stores them by TMA (rows past L clipped).
-template <typename T, int D, int STAGES>
+// The same through shared memory (TMA_OUT): this warpgroup's 64 rows of O into its own rows of a staging tile, then one
+// thread stores them by TMA (rows past L clipped). Not persistent: the staging tile is the Q tile (only this warpgroup
+// reads those rows, and its last S = Q K^T has been waited for), and the store must have read it before the CTA ends.
+// Persistent: O's own tile, which the previous item's store must have read first.
+template <typename T, int D, int STAGES, bool PERSISTENT>
 __device__ void store_rows_tma(const KernelArgs& a, const ThreadRows& t, const float (&o)[D / 2], const RowState& rs,
-                               uint8_t* smem, const CUtensorMap* tout, int tile, int h, int b) {
+                               uint8_t* smem, const CUtensorMap* tout, const Work& w) {
   using L = Smem<D, STAGES>;
+  uint8_t* staging = smem + (PERSISTENT ? L::kO : L::kQ);
+  const bool leader = t.t % 128 == 0;
   float inv[2];
-  finish_rows(a, t, rs, int64_t(b) * a.Hq + h, inv);
-  stage_accumulator_rows<T, D>(sm90::smem_addr(smem + L::kQ), o, inv, t.t);
+  finish_rows(a, t, rs, int64_t(w.b) * a.Hq + w.h, inv);
+  if constexpr (PERSISTENT) {
+    if (leader) sm90::bulk_wait_read<0>();
+    sm90::named_barrier_sync(3 + t.wg, 128);  // ids 1, 2: the turns
+  }
+  stage_accumulator_rows<T, D>(sm90::smem_addr(staging), o, inv, t.t);
   sm90::fence_async_shared();
-  sm90::named_barrier_sync(3 + t.wg, 128);  // ids 1, 2: the turns
-  if (t.t % 128 == 0) {
+  sm90::named_barrier_sync(3 + t.wg, 128);
+  if (leader) {
 #pragma unroll
     for (int p = 0; p < L::kPanels; ++p)
-      sm90::tma_store_4d(tout, smem + L::kQ + p * BM * kRowBytes + t.wg * 64 * kRowBytes, p * kPanelCols,
-                         tile * BM + t.wg * 64, h, b);
+      sm90::tma_store_4d(tout, staging + p * BM * kRowBytes + t.wg * 64 * kRowBytes, p * kPanelCols,
+                         w.tile * BM + t.wg * 64, w.h, w.b);
     sm90::bulk_commit();
-    sm90::bulk_wait_read<0>();  // the shared source must stay until read
+    if constexpr (!PERSISTENT) sm90::bulk_wait_read<0>();
   }
 }
 
-// ---- the two consumer schedules ----
-
-// What both schedules start from: the barriers, this thread's rows, its warpgroup's rows of the Q tile
-// (landed), the chunk cursor.
-template <int D, int STAGES> struct ConsumerStart {
-  Barriers<STAGES> bar;
-  ThreadRows t;
-  uint32_t q_base;
-  ChunkCursor c;
-  __device__ ConsumerStart(const KernelArgs& a, uint8_t* smem, int tile, int consumer_thread)
-      : bar{reinterpret_cast<uint64_t*>(smem + Smem<D, STAGES>::kBars)}, t(a, tile, consumer_thread),
-        q_base(sm90::smem_addr(smem + Smem<D, STAGES>::kQ) + t.wg * 64 * kRowBytes) {
-    sm90::mbar_wait(bar.q_full(), 0);
-    c.init(a.walk, tile);
-  }
-};
+// ---- the consumer schedules ----
 
 template <typename T, int D, int STAGES>
-__device__ void consume_serial(const KernelArgs& a, uint8_t* smem, int tile, int h, int b, int consumer_thread) {
+__device__ void consume_serial(const KernelArgs& a, uint8_t* smem, const Work& w, int consumer_thread) {
   using L = Smem<D, STAGES>;
-  const ConsumerStart<D, STAGES> cs(a, smem, tile, consumer_thread);
-  const Barriers<STAGES>& bar = cs.bar;
-  const ThreadRows& t = cs.t;
-  ChunkCursor c = cs.c;
+  const Barriers<STAGES> bar{reinterpret_cast<uint64_t*>(smem + L::kBars)};
+  const ThreadRows t(a, w.tile, consumer_thread);
+  const uint32_t q_base = sm90::smem_addr(smem + L::kQ) + t.wg * 64 * kRowBytes;
+  sm90::mbar_wait(bar.q_full(), 0);
+  ChunkCursor c;
+  c.init(a.walk, w.tile);
   float o[D / 2] = {}, s[BN / 2], alpha[2];
   uint32_t p[BN / 16][4];
   RowState rs;
@@ -341,7 +379,7 @@ __device__ void consume_serial(const KernelArgs& a, uint8_t* smem, int tile, int
     const Slot<STAGES> slot(it);
     sm90::mbar_wait(bar.k_full(slot.stage), slot.parity);
     sm90::wgmma_fence();
-    issue_qk<T, D>(s, cs.q_base, sm90::smem_addr(smem + L::kK + slot.stage * L::kChunkBytes));
+    issue_qk<T, D>(s, q_base, sm90::smem_addr(smem + L::kK + slot.stage * L::kChunkBytes));
     sm90::wgmma_commit();
     sm90::wgmma_wait<0>();
     sm90::fence_operands(s);
@@ -358,55 +396,57 @@ __device__ void consume_serial(const KernelArgs& a, uint8_t* smem, int tile, int
     sm90::fence_operands(o);
     release(bar.v_empty(slot.stage), t.lane);
   }
-  store_rows<T, D>(a, t, o, rs, h, b);
+  store_rows<T, D>(a, t, o, rs, w.h, w.b);
 }
 
 // Turn-taking of the two consumer warpgroups for issuing MMAs (named barriers 1 and 2): a warpgroup waits
-// for its turn, issues, and hands the turn over. Warpgroup 1 hands warpgroup 0 the first turn; warpgroup 1
-// skips its last hand-over, so every barrier phase has exactly 128 arrivals and 128 waiters.
+// for its turn, issues, and hands the turn over. Per item, warpgroup 1 hands warpgroup 0 the first turn and skips
+// its last hand-over, so every barrier phase has exactly 128 arrivals and 128 waiters.
 struct Turns {
   int wg;
   __device__ void wait_mine() const { sm90::named_barrier_sync(1 + wg, kConsumerThreads); }
   __device__ void hand_over() const { sm90::named_barrier_arrive(2 - wg, kConsumerThreads); }
 };
 
-template <typename T, int D, int STAGES, bool TMA_OUT>
-__device__ void consume_pipelined(const KernelArgs& a, uint8_t* smem, const CUtensorMap* tout, int tile, int h, int b,
-                                  int consumer_thread) {
+// The pipelined schedule's walk over one item's chunks (Q use `q_use`, ring positions from `it` on): O (unnormalised)
+// and the row state. Releases the Q tile once its last S = Q K^T has been waited for.
+template <typename T, int D, int STAGES>
+__device__ void attend_pipelined(const KernelArgs& a, uint8_t* smem, const ThreadRows& t, const Work& w, int q_use,
+                                 int& it, float (&o)[D / 2], RowState& rs) {
   using L = Smem<D, STAGES>;
-  const ConsumerStart<D, STAGES> cs(a, smem, tile, consumer_thread);
-  const Barriers<STAGES>& bar = cs.bar;
-  const ThreadRows& t = cs.t;
-  ChunkCursor c = cs.c;
+  const Barriers<STAGES> bar{reinterpret_cast<uint64_t*>(smem + L::kBars)};
+  const uint32_t q_base = sm90::smem_addr(smem + L::kQ) + t.wg * 64 * kRowBytes;
   const Turns turns{t.wg};
-  float o[D / 2] = {}, s[BN / 2], alpha[2];
+  sm90::mbar_wait(bar.q_full(), q_use & 1);
+  ChunkCursor c;
+  c.init(a.walk, w.tile);
+  float s[BN / 2], alpha[2];
   uint32_t p[BN / 16][4];
-  RowState rs;
   if (c.valid()) {
     if (t.wg == 1) turns.hand_over();
     // Chunk 0: S alone.
-    sm90::mbar_wait(bar.k_full(0), 0);
+    Slot<STAGES> prev(it);
+    sm90::mbar_wait(bar.k_full(prev.stage), prev.parity);
     turns.wait_mine();
     sm90::wgmma_fence();
-    issue_qk<T, D>(s, cs.q_base, sm90::smem_addr(smem + L::kK));
+    issue_qk<T, D>(s, q_base, sm90::smem_addr(smem + L::kK + prev.stage * L::kChunkBytes));
     sm90::wgmma_commit();
     turns.hand_over();
     sm90::wgmma_wait<0>();
     sm90::fence_operands(s);
-    release(bar.k_empty(0), t.lane);
+    release(bar.k_empty(prev.stage), t.lane);
     apply_mask(s, a, c, t);
     rs.update(s, a.scale_log2, alpha);
     to_fragments<T>(s, p);
     // Chunk it: S(it) and P(it-1) V(it-1) in flight together; the softmax of S(it) runs under P V.
-    Slot<STAGES> prev(0);
-    c.next(a.walk);
-    for (int it = 1; c.valid(); ++it, c.next(a.walk)) {
+    ++it;
+    for (c.next(a.walk); c.valid(); ++it, c.next(a.walk)) {
       const Slot<STAGES> slot(it);
       sm90::mbar_wait(bar.k_full(slot.stage), slot.parity);
       sm90::mbar_wait(bar.v_full(prev.stage), prev.parity);
       turns.wait_mine();
       sm90::wgmma_fence();
-      issue_qk<T, D>(s, cs.q_base, sm90::smem_addr(smem + L::kK + slot.stage * L::kChunkBytes));
+      issue_qk<T, D>(s, q_base, sm90::smem_addr(smem + L::kK + slot.stage * L::kChunkBytes));
       sm90::wgmma_commit();
       issue_pv<T, D>(o, p, sm90::smem_addr(smem + L::kV + prev.stage * L::kChunkBytes));
       sm90::wgmma_commit();
@@ -423,6 +463,7 @@ __device__ void consume_pipelined(const KernelArgs& a, uint8_t* smem, const CUte
       to_fragments<T>(s, p);
       prev = slot;
     }
+    release(bar.q_empty(), t.lane);  // every S of the item has been waited for
     // The last chunk's P V.
     sm90::mbar_wait(bar.v_full(prev.stage), prev.parity);
     turns.wait_mine();
@@ -433,28 +474,54 @@ __device__ void consume_pipelined(const KernelArgs& a, uint8_t* smem, const CUte
     sm90::wgmma_wait<0>();
     sm90::fence_operands(o);
     release(bar.v_empty(prev.stage), t.lane);
+  } else {
+    release(bar.q_empty(), t.lane);
   }
-  if constexpr (TMA_OUT) store_rows_tma<T, D, STAGES>(a, t, o, rs, smem, tout, tile, h, b);
-  else store_rows<T, D>(a, t, o, rs, h, b);
+}
+
+template <typename T, int D, int STAGES, bool TMA_OUT>
+__device__ void consume_pipelined(const KernelArgs& a, uint8_t* smem, const CUtensorMap* tout, const Work& w,
+                                  int consumer_thread) {
+  const ThreadRows t(a, w.tile, consumer_thread);
+  float o[D / 2] = {};
+  RowState rs;
+  int it = 0;
+  attend_pipelined<T, D, STAGES>(a, smem, t, w, 0, it, o, rs);
+  if constexpr (TMA_OUT) store_rows_tma<T, D, STAGES, false>(a, t, o, rs, smem, tout, w);
+  else store_rows<T, D>(a, t, o, rs, w.h, w.b);
+}
+
+template <typename T, int D, int STAGES>
+__device__ void consume_persistent(const KernelArgs& a, uint8_t* smem, const CUtensorMap* tout, WorkList items,
+                                   int consumer_thread) {
+  int it = 0, q_use = 0;
+  for (Work w; items.next(a, w); ++q_use) {
+    const ThreadRows t(a, w.tile, consumer_thread);
+    float o[D / 2] = {};
+    RowState rs;
+    attend_pipelined<T, D, STAGES>(a, smem, t, w, q_use, it, o, rs);
+    store_rows_tma<T, D, STAGES, true>(a, t, o, rs, smem, tout, w);
+  }
+  if (consumer_thread % 128 == 0) sm90::bulk_wait<0>();  // the last stores done before the CTA (its smem) ends
 }
 
 // ---- the kernel ----
 
 // TMA_OUT (pipelined only): the epilogue through shared memory and TMA; `tout` (out, boxes of 64 rows) is read then.
-template <typename T, int D, int STAGES, bool PIPELINED, bool TMA_OUT = false>
+// PERSISTENT (pipelined, TMA_OUT): the grid is one CTA per SM (or fewer), each walking its WorkList; otherwise one CTA
+// per (query tile, head, batch row).
+template <typename T, int D, int STAGES, bool PIPELINED, bool TMA_OUT = false, bool PERSISTENT = false>
 __global__ void __launch_bounds__(Schedule<PIPELINED>::kThreads, 1)
     block_sparse_attention_fwd_kernel(const __grid_constant__ CUtensorMap tq, const __grid_constant__ CUtensorMap tk,
                                       const __grid_constant__ CUtensorMap tv, const __grid_constant__ CUtensorMap tout,
                                       const KernelArgs a) {
+  static_assert(!PERSISTENT || (PIPELINED && TMA_OUT), "the persistent form is the pipelined one with the TMA epilogue");
 #if ARK_SM90A_DEVICE
   using L = Smem<D, STAGES>;
   using Sch = Schedule<PIPELINED>;
   extern __shared__ uint8_t smem_raw[];
   // 128-byte swizzled tiles must start on 1024-byte boundaries (the descriptors assume base offset 0).
   uint8_t* smem = sm90::align_smem_1024(smem_raw);
-  // Heaviest query tiles (under causal-like masks: the last) first, so the tail of the grid is short.
-  const int tile = gridDim.x - 1 - blockIdx.x;
-  const int h = blockIdx.y, b = blockIdx.z;
   if (threadIdx.x == 0) {
     uint64_t* bars = reinterpret_cast<uint64_t*>(smem + L::kBars);
     for (int i = 0; i < L::kNumBars; ++i)  // full barriers: the producer's one arrival; empty: 8 consumer warps
@@ -462,19 +529,37 @@ __global__ void __launch_bounds__(Schedule<PIPELINED>::kThreads, 1)
     sm90::mbar_init_fence();
   }
   __syncthreads();
+  if constexpr (PERSISTENT) {  // warpgroup 0 produces, 1 and 2 consume
+    const WorkList items(a, gridDim.x, blockIdx.x);
+    if (threadIdx.x < 128) {
+      sm90::regs_release<Sch::kProducerRegs>();
+      if (threadIdx.x == 0) {
+        WorkList mine = items;
+        int it = 0, q_use = 0;
+        for (Work w; mine.next(a, w); ++q_use) produce<D, STAGES>(a, smem, &tq, &tk, &tv, w, q_use, it);
+      }
+    } else {
+      sm90::regs_claim<Sch::kConsumerRegs>();
+      consume_persistent<T, D, STAGES>(a, smem, &tout, items, threadIdx.x - 128);
+    }
+    return;
+  }
+  // Heaviest query tiles (under causal-like masks: the last) first, so the tail of the grid is short.
+  const Work w{int(gridDim.x) - 1 - int(blockIdx.x), int(blockIdx.y), int(blockIdx.z)};
+  int it = 0;
   if constexpr (PIPELINED) {  // warpgroup 0 produces, 1 and 2 consume
     if (threadIdx.x < 128) {
       sm90::regs_release<Sch::kProducerRegs>();
-      if (threadIdx.x == 0) produce<D, STAGES>(a, smem, &tq, &tk, &tv, tile, h, b);
+      if (threadIdx.x == 0) produce<D, STAGES>(a, smem, &tq, &tk, &tv, w, 0, it);
     } else {
       sm90::regs_claim<Sch::kConsumerRegs>();
-      consume_pipelined<T, D, STAGES, TMA_OUT>(a, smem, &tout, tile, h, b, threadIdx.x - 128);
+      consume_pipelined<T, D, STAGES, TMA_OUT>(a, smem, &tout, w, threadIdx.x - 128);
     }
   } else {  // warps 0-7 consume, warp 8 produces
     if (threadIdx.x >= kConsumerThreads) {
-      if (threadIdx.x == kConsumerThreads) produce<D, STAGES>(a, smem, &tq, &tk, &tv, tile, h, b);
+      if (threadIdx.x == kConsumerThreads) produce<D, STAGES>(a, smem, &tq, &tk, &tv, w, 0, it);
     } else {
-      consume_serial<T, D, STAGES>(a, smem, tile, h, b, threadIdx.x);
+      consume_serial<T, D, STAGES>(a, smem, w, threadIdx.x);
     }
   }
 #endif

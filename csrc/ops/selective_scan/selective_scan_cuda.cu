@@ -28,6 +28,7 @@
 
 #include <cstdint>
 
+#include "common/device_info.hpp"
 #include "common/device_math.cuh"
 #include "common/status.hpp"
 #include "common/tuning.hpp"
@@ -1437,12 +1438,6 @@ struct BwdPlan {
   LaunchShape shape;
   int64_t chunks;
 };
-int sm_count() {
-  int dev = 0, n = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess)
-    return 132;
-  return n;
-}
 BwdPlan pick_bwd(const ark_selective_scan_args& a) {
   const LaunchShape unchunked = pick_shape(a, true);
   const int forced = knob(Knob::SscanBwdChunks);
@@ -1451,7 +1446,7 @@ BwdPlan pick_bwd(const ark_selective_scan_args& a) {
   if (s.K == 2) s = {4, s.K * s.R / 4, kThreads};
   const int64_t blocks0 = a.batch * a.ngroups * ceil_div(a.dim / a.ngroups, kThreads / s.R);
   const int64_t nck = ceil_div(a.seqlen, kCk);
-  int64_t want = forced > 0 ? forced : ceil_div(kBwdBlocksPerSm * sm_count(), blocks0);
+  int64_t want = forced > 0 ? forced : ceil_div(kBwdBlocksPerSm * device_sm_count(), blocks0);
   const int64_t most = forced > 0 ? nck : nck / kMinChunkTiles;
   if (want > most) want = most;
   if (want > 0x7fffffffLL / blocks0) want = 0x7fffffffLL / blocks0;
