@@ -32,8 +32,11 @@ __global__ void fill_lse_neg_inf(float* lse, int64_t n) {
 // Kernel instances: schedule (serial / pipelined / pipelined with the TMA epilogue / persistent, see the .cuh) x ring
 // slots (2; 3 fits D 64 and, at 224 KB, D 128 but not beside the persistent form's O tile). Knobs bsa_fwd_schedule (1
 // serial, 2 pipelined, 3 pipelined + TMA epilogue, 4 persistent) and bsa_fwd_stages (2, 3) pick one for tuning runs.
-// Schedule 3 was the fastest of 1-3 on all four benchmark masks (H100, bench/NOTES.md session 10).
-constexpr int kDefaultSchedule = 3;
+// Default (H100, bench/NOTES.md session 10): schedule 3, the fastest of 1-3 on all four benchmark masks; schedule 4
+// where a (batch row, head) has few query tiles (VAR, 6 tiles: 0.174 vs 0.189 ms), which it lost on the long ones
+// (causal 4096: 0.633 vs 0.572; SCAM, sliding window 8192 too: its static hand-out balances heavy and light tiles
+// worse than the hardware's block scheduler, and long walks have little per-CTA overhead to save).
+constexpr int kPersistentMaxTiles = 8;
 constexpr uint32_t kMaxSharedBytes = 227 * 1024;
 
 template <typename T, int D, int STAGES, bool PIPELINED, bool TMA_OUT = false, bool PERSISTENT = false>
@@ -60,10 +63,8 @@ ark_status launch_instance(const CUtensorMap& tq, const CUtensorMap& tk, const C
 
 template <typename T, int D>
 ark_status launch(const BlockSparseAttentionFwdParams& p, cudaStream_t stream) {
-  // The TMA epilogue stores into a contiguous out from a 16-byte aligned base; the C API's out may sit anywhere, and
-  // there the default takes the register epilogue (same pipeline, ~2-4 % slower on the benchmark masks).
-  const bool out_aligned = reinterpret_cast<uintptr_t>(p.out) % 16 == 0;
-  const int schedule = knob(Knob::BsaFwdSchedule) ? knob(Knob::BsaFwdSchedule) : out_aligned ? kDefaultSchedule : 2;
+  const int64_t tiles = (p.L + BM - 1) / BM;
+  const int schedule = knob(Knob::BsaFwdSchedule) ? knob(Knob::BsaFwdSchedule) : tiles <= kPersistentMaxTiles ? 4 : 3;
   const int stages = knob(Knob::BsaFwdStages) ? knob(Knob::BsaFwdStages) : 2;
   if (schedule < 1 || schedule > 4 || (stages != 2 && stages != 3) || knob(Knob::BsaFwdCtas) < 0)
     return fail(ARK_ERROR_INVALID_ARGUMENT,
@@ -74,10 +75,7 @@ ark_status launch(const BlockSparseAttentionFwdParams& p, cudaStream_t stream) {
   ARK_TRY(sm90::make_tensor_map(&tq, "q", p.q, dt, D, p.L, p.q_heads, p.batch, p.q_strides, BM));
   ARK_TRY(sm90::make_tensor_map(&tk, "k", p.k, dt, D, p.S, p.kv_heads, p.batch, p.k_strides, BN));
   ARK_TRY(sm90::make_tensor_map(&tv, "v", p.v, dt, D, p.S, p.kv_heads, p.batch, p.v_strides, BN));
-  if (schedule >= 3) {  // out: contiguous (batch, q_heads, L, D); boxes of one warpgroup's 64 rows
-    if (reinterpret_cast<uintptr_t>(p.out) % 16 != 0)
-      return fail(ARK_ERROR_INVALID_ARGUMENT, "out: expected 16-byte alignment (the TMA epilogue), got address %p",
-                  p.out);
+  if (schedule >= 3) {  // out: contiguous (batch, q_heads, L, D), 16-byte aligned (the C API checks); boxes of 64 rows
     const int64_t out_strides[3] = {p.q_heads * p.L * D, p.L * D, D};
     ARK_TRY(sm90::make_tensor_map(&tout, "out", p.out, dt, D, p.L, p.q_heads, p.batch, out_strides, 64));
   }
@@ -85,7 +83,7 @@ ark_status launch(const BlockSparseAttentionFwdParams& p, cudaStream_t stream) {
   a.out = p.out;
   a.lse = p.lse;
   a.L = p.L;
-  a.tiles = int((p.L + BM - 1) / BM);
+  a.tiles = int(tiles);
   a.Hq = int(p.q_heads);
   a.batch = int(p.batch);
   a.group = int(p.q_heads / p.kv_heads);
