@@ -1,10 +1,10 @@
 // Device code of the Hopper (sm_90a) block_sparse_attention forward: TMA-fed warpgroup MMAs over the runs of
 // a tile layout. Host side (tensor maps, launch): block_sparse_attention_cuda.cu.
 //
-// One CTA per (query tile of 128 rows, q head, batch row). A producer loads the Q tile once and then, for
-// every 128-key chunk the tile visits, the K and the V chunk into rings of STAGES shared-memory slots (TMA,
-// 128-byte swizzle; separate full / empty mbarriers for K and V, so a K slot is refilled as soon as S = Q K^T
-// has read it). Two consumer warpgroups own 64 query rows each: S = Q K^T (wgmma, both operands in shared
+// One CTA per (query tile of 128 rows, q head, batch row) (persistent: per SM, below). A producer loads the Q
+// tile and, for every 128-key chunk the tile visits, the K and the V chunk into rings of STAGES shared-memory
+// slots (TMA, 128-byte swizzle; separate full / empty mbarriers for K and V, so a K slot is refilled as soon as
+// S = Q K^T has read it). Two consumer warpgroups own 64 query rows each: S = Q K^T (wgmma, both operands in shared
 // memory), the mask on partial chunks, online softmax in fp32 (log2 domain, scale folded into one FFMA),
 // O += P V (wgmma, P from registers as the A operand, V as the transposed B operand).
 // Two schedules (template parameter PIPELINED), the pipelined one with two epilogues (TMA_OUT: O staged in shared
@@ -17,7 +17,8 @@
 //  * persistent (pipelined, TMA epilogue): one CTA per SM walks a list of (query tile, head, batch row) items; Q has
 //    its own empty barrier and O its own staging tile, so the producer loads the next item's Q and first chunks
 //    while the consumers finish the current one, and the CTA's launch and prologue are paid once per SM, not per
-//    tile (short tiles, as VAR's 680-token sequences, spent most of their time there: bench/NOTES.md session 10).
+//    tile. Items are handed out statically: 8 % faster on VAR's 680-token sequences, 4-12 % slower on long ones,
+//    whose tiles differ more in cost than the static hand-out balances (H100, bench/NOTES.md session 10).
 // The chunks are walked from the layout's runs (masks/layout.py): a run of key tiles [start, end) becomes
 // ceil(keys / 128) chunks; chunks of FULL runs that lie wholly inside their run do no mask work; the others
 // test each element (the run's end and S, the level rule, or the bitmaps). The layout's query tile must be
