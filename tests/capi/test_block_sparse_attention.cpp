@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <random>
@@ -546,10 +547,15 @@ void test_cuda_matches_cpu() {
     return;
   }
   unsigned seed = 1000;
+  // Under a sanitizer (ARK_TEST_SANITIZER set: scripts/device_kit_run.sh), a reduced set that still runs every kernel
+  // instance: 128-key tiles only, bf16 only, and the problems with a rule, a window or bitmaps (racecheck of the full
+  // set did not finish in 45 s).
+  const bool reduced = std::getenv("ARK_TEST_SANITIZER") != nullptr;
   // Strides the CUDA forward takes (multiples of 8 elements): (B, H, N, D), (B, N, H, D), rows padded by 8.
   // Key tiles: the earlier defaults (32 at D 128, 64 at D 64) and 128, the layout the Python op now builds
   // for every kernel (one 128-key tile per chunk).
   for (const auto& [D, bk] : {std::pair<int64_t, int32_t>{128, 128}, {128, 32}, {64, 128}, {64, 64}}) {
+    if (reduced && bk != 128) continue;
     if (!ark_block_sparse_attention_cuda_supported(D, 128, bk, ARK_BFLOAT16)) {
       std::printf("CUDA forward does not run head_dim %lld at 128 x %d on this device: CUDA checks skipped\n",
                   (long long)D, bk);
@@ -613,8 +619,11 @@ void test_cuda_matches_cpu() {
       }
       const int before = g_failures;
       for (const Problem& p : problems) {
+        if (reduced && std::strcmp(p.name, "cuda causal") != 0 && std::strcmp(p.name, "cuda window") != 0 &&
+            std::strcmp(p.name, "cuda bits") != 0)
+          continue;
         check_cuda(p, ARK_BFLOAT16);
-        if (ark_block_sparse_attention_cuda_supported(D, 128, bk, ARK_FLOAT16)) check_cuda(p, ARK_FLOAT16);
+        if (!reduced && ark_block_sparse_attention_cuda_supported(D, 128, bk, ARK_FLOAT16)) check_cuda(p, ARK_FLOAT16);
       }
       std::printf("  %s\n", g_failures == before ? "ok" : "FAILED");
     }
