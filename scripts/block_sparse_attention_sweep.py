@@ -148,9 +148,8 @@ def run_case(case, peers: bool, keep: set[str] | None = None):
         finally:
             tk.config = DEFAULT_CONFIG
     # The Hopper CUDA forward's instances (with the default tiling's Triton backward).
+    # (4, 3) does not fit at D 128: the launcher refuses it, and its row reports that, as native_bench's does.
     for schedule, stages in ((1, 2), (1, 3), (2, 2), (2, 3), (3, 2), (3, 3), (4, 2), (4, 3)):
-        if schedule == 4 and stages == 3 and D == 128:  # the persistent form's O tile leaves no room for 3 slots
-            continue
         if keep is not None and f"cuda s{schedule} x{stages}" not in keep:
             continue
         try:
