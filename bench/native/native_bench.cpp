@@ -506,21 +506,35 @@ void bench_sscan(int64_t b, int64_t d, int64_t L, int64_t N, bool run_variants) 
   const double bytes = 3.0 * double(rows) * 2 + 2.0 * double(bc) * 2;
   const double exps = double(b * d * L * N);
   // reduce: the sscan_fwd_reduce knob (0 shuffles overlapped, 1 not overlapped, 2 through shared memory);
-  // paired: sscan_fwd_paired_bc (B and C in paired rows, compile-time strides).
-  struct V { int shape, threads, reduce, paired; };
-  const V variants[] = {{208, 256, 0, 0}, {208, 256, 0, 1}, {208, 256, 2, 0}, {208, 256, 2, 1}, {208, 256, 1, 0},
-                        {404, 128, 0, 0}, {404, 128, 2, 0}, {208, 128, 0, 0}, {208, 128, 2, 0}, {404, 256, 0, 0},
-                        {404, 256, 2, 0}, {208, 64, 0, 0}};
+  // paired: sscan_fwd_paired_bc (B and C in paired rows, compile-time strides); chunks: sscan_fwd_chunks
+  // (0 the launcher's choice, 1 unchunked, n time chunks). Shape 0: the launcher's choice.
+  struct V { int shape, threads, reduce, paired, chunks; };
+  const V variants[] = {{0, 0, 0, 0, 0},       {208, 256, 0, 0, 1}, {208, 256, 0, 1, 1}, {208, 256, 2, 0, 1},
+                        {208, 256, 2, 1, 1},   {208, 256, 1, 0, 1}, {404, 128, 0, 0, 1}, {404, 128, 2, 0, 1},
+                        {208, 128, 0, 0, 1},   {208, 128, 2, 0, 1}, {404, 256, 0, 0, 1}, {404, 256, 2, 0, 1},
+                        {208, 64, 0, 0, 1},    {208, 256, 0, 0, 2}, {208, 256, 0, 0, 3}, {208, 256, 0, 0, 4},
+                        {208, 256, 0, 0, 6},   {208, 256, 0, 0, 8}, {208, 128, 0, 0, 2}, {208, 128, 0, 0, 3},
+                        {208, 128, 0, 0, 4},   {208, 128, 0, 0, 6}, {404, 128, 0, 0, 2}, {404, 128, 0, 0, 4},
+                        {404, 128, 0, 0, 6}};
   for (const V& v : variants) {
     if (!run_variants) break;
     ark_tuning_set("sscan_fwd_shape", v.shape);
     ark_tuning_set("sscan_fwd_threads", v.threads);
     ark_tuning_set("sscan_fwd_reduce", v.reduce);
     ark_tuning_set("sscan_fwd_paired_bc", v.paired);
-    const std::string variant = "K" + std::to_string(v.shape / 100) + "R" + std::to_string(v.shape % 100) + " T" +
-                                std::to_string(v.threads) +
-                                (v.reduce == 1 ? " unpiped" : v.reduce == 2 ? " smem-reduce" : "") + (v.paired ? " paired-bc" : "");
-    const auto fwd = [&] { return ark_selective_scan_fwd(&a, ARK_DEVICE_CUDA, nullptr); };
+    ark_tuning_set("sscan_fwd_chunks", v.chunks);
+    const std::string variant =
+        (v.shape ? "K" + std::to_string(v.shape / 100) + "R" + std::to_string(v.shape % 100) + " T" + std::to_string(v.threads)
+                 : std::string("default")) +
+        (v.reduce == 1 ? " unpiped" : v.reduce == 2 ? " smem-reduce" : "") + (v.paired ? " paired-bc" : "") +
+        (v.chunks > 1 ? " " + std::to_string(v.chunks) + " chunks" : "");
+    size_t ws_bytes = 0;
+    if (const ark_status s = ark_selective_scan_fwd_workspace_size(&a, ARK_DEVICE_CUDA, &ws_bytes)) {
+      report_error("selective_scan", shape, variant, s);
+      continue;
+    }
+    Device ws(ws_bytes);
+    const auto fwd = [&] { return ark_selective_scan_fwd_with_workspace(&a, ws.ptr, ws_bytes, ARK_DEVICE_CUDA, nullptr); };
     Host got = out;
     if (!run_once("selective_scan", shape, variant, fwd, d_out, got)) continue;
     const double ms = time_ms(fwd);
@@ -532,6 +546,7 @@ void bench_sscan(int64_t b, int64_t d, int64_t L, int64_t N, bool run_variants) 
   ark_tuning_set("sscan_fwd_threads", 0);
   ark_tuning_set("sscan_fwd_reduce", 0);
   ark_tuning_set("sscan_fwd_paired_bc", 0);
+  ark_tuning_set("sscan_fwd_chunks", 0);
 
   // Forward (with checkpoints and last state, as autograd runs it) + backward, default shapes.
   Host g(rows, ARK_BFLOAT16, normal);
@@ -559,8 +574,14 @@ void bench_sscan(int64_t b, int64_t d, int64_t L, int64_t N, bool run_variants) 
       continue;
     }
     Device ws(ws_bytes);
+    size_t fwd_bytes = 0;
+    if (const ark_status s = ark_selective_scan_fwd_workspace_size(&a, ARK_DEVICE_CUDA, &fwd_bytes)) {
+      report_error("selective_scan", shape, bv.name, s);
+      continue;
+    }
+    Device fwd_ws(fwd_bytes);
     auto fwd_bwd = [&] {
-      const ark_status s = ark_selective_scan_fwd(&a, ARK_DEVICE_CUDA, nullptr);
+      const ark_status s = ark_selective_scan_fwd_with_workspace(&a, fwd_ws.ptr, fwd_bytes, ARK_DEVICE_CUDA, nullptr);
       return s ? s : ark_selective_scan_bwd(&a, ws.ptr, ws_bytes, ARK_DEVICE_CUDA, nullptr);
     };
     const char* variant = bv.name;

@@ -31,6 +31,7 @@ enum class Knob : int {
   BsaFwdStages,       // block_sparse_attention CUDA forward: K/V ring slots, 2 or 3
   BsaFwdCtas,         // block_sparse_attention CUDA forward, persistent: CTAs (n > 0: at most n; tests walk many
                       // items per CTA with it)
+  SscanFwdChunks,     // selective_scan forward: time chunks (1 = one chunk, the unchunked forward; needs a workspace)
   Count
 };
 

@@ -143,7 +143,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> selective_scan(
   a.last_state = last.data_ptr<float>();
   a.checkpoints = ckpt.numel() ? ckpt.data_ptr<float>() : nullptr;
   a.y_pre = y_pre.numel() ? y_pre.data_ptr() : nullptr;
-  check_status(ark_selective_scan_fwd(&a, to_ark_device(u, "u"), current_stream(u)), "arkernels::selective_scan");
+  const ark_device device = to_ark_device(u, "u");
+  size_t ws_bytes = 0;
+  check_status(ark_selective_scan_fwd_workspace_size(&a, device, &ws_bytes), "arkernels::selective_scan");
+  // From torch's caching allocator (no device allocation per call); it holds the time chunks' carries.
+  const at::Tensor ws = at::empty({int64_t((ws_bytes + 3) / 4)}, u.options().dtype(at::kFloat));
+  check_status(ark_selective_scan_fwd_with_workspace(&a, ws_bytes ? ws.data_ptr() : nullptr, ws_bytes, device,
+                                                     current_stream(u)),
+               "arkernels::selective_scan");
   return {out, last, ckpt, y_pre};
 }
 

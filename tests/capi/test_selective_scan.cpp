@@ -191,11 +191,11 @@ struct Dev {
 // (sscan_fwd_shape, sscan_fwd_threads), the backward's time chunks (sscan_bwd_chunks) and scalar
 // staging (sscan_bwd_scalar_staging; both any build), and,
 // the backward's vectorised dB/dC row sums (sscan_bwd_rowsum_vec: -1 off, 1 on beyond the default's
-// N <= 32); tuning builds only, the backward's batched staging, the forward's reduction
-// (sscan_fwd_reduce) and paired B/C rows (sscan_fwd_paired_bc).
+// N <= 32), the forward's time chunks (sscan_fwd_chunks); tuning builds only, the backward's batched
+// staging, the forward's reduction (sscan_fwd_reduce) and paired B/C rows (sscan_fwd_paired_bc).
 struct Variant {
   int fwd_shape = 0, fwd_threads = 0, bwd_batched = 0, fwd_reduce = 0, fwd_paired = 0, bwd_chunks = 0, bwd_scalar = 0,
-      bwd_rowsum = 0;
+      bwd_rowsum = 0, fwd_chunks = 0;
 };
 void set_knobs(const Variant& v) {
   ark_tuning_set("sscan_fwd_shape", v.fwd_shape);
@@ -206,6 +206,7 @@ void set_knobs(const Variant& v) {
   ark_tuning_set("sscan_bwd_chunks", v.bwd_chunks);
   ark_tuning_set("sscan_bwd_scalar_staging", v.bwd_scalar);
   ark_tuning_set("sscan_bwd_rowsum_vec", v.bwd_rowsum);
+  ark_tuning_set("sscan_fwd_chunks", v.fwd_chunks);
 }
 
 void test_cuda_matches_cpu(int64_t N, int64_t L, const Variant& v = {}, int64_t dim = 4) {
@@ -229,8 +230,13 @@ void test_cuda_matches_cpu(int64_t N, int64_t L, const Variant& v = {}, int64_t 
   a.initial_state = h0.p; a.out = out.p; a.last_state = last.p; a.checkpoints = ckpt.p; a.y_pre = y_pre.p;
   a.dout = w_out.p; a.dlast_state = w_last.p; a.du = du.p; a.ddelta = ddelta.p; a.dA = dA.p; a.dB = dB.p;
   a.dC = dC.p; a.dD = dD.p; a.ddelta_bias = dbias.p; a.dz = dz.p; a.dinitial_state = dh0.p;
-  EXPECT(ark_selective_scan_fwd(&a, ARK_DEVICE_CUDA, nullptr) == ARK_SUCCESS, "cuda forward: %s",
-         ark_last_error_message());
+  size_t fwd_bytes = 0;
+  EXPECT(ark_selective_scan_fwd_workspace_size(&a, ARK_DEVICE_CUDA, &fwd_bytes) == ARK_SUCCESS, "cuda forward workspace size");
+  EXPECT(v.fwd_chunks <= 1 || fwd_bytes > 0, "forward: %d time chunks asked for, no workspace wanted", v.fwd_chunks);
+  void* fwd_ws = nullptr;
+  if (fwd_bytes) cudaMalloc(&fwd_ws, fwd_bytes);
+  EXPECT(ark_selective_scan_fwd_with_workspace(&a, fwd_ws, fwd_bytes, ARK_DEVICE_CUDA, nullptr) == ARK_SUCCESS,
+         "cuda forward: %s", ark_last_error_message());
   size_t bytes = 0;
   EXPECT(ark_selective_scan_bwd_workspace_size(&a, ARK_DEVICE_CUDA, &bytes) == ARK_SUCCESS, "cuda workspace size");
   void* ws = nullptr;
@@ -239,6 +245,7 @@ void test_cuda_matches_cpu(int64_t N, int64_t L, const Variant& v = {}, int64_t 
          ark_last_error_message());
   EXPECT(cudaDeviceSynchronize() == cudaSuccess, "cuda kernels failed");
   cudaFree(ws);
+  cudaFree(fwd_ws);
   const struct { const char* name; const Dev* d; const std::vector<float>* want; double tol; } checks[] = {
       {"out", &out, &cpu.out, 1e-5}, {"last_state", &last, &cpu.last, 1e-5}, {"du", &du, &cpu.du, 1e-4},
       {"ddelta", &ddelta, &cpu.ddelta, 1e-4}, {"dA", &dA, &cpu.dA, 1e-4}, {"dB", &dB, &cpu.dB, 1e-4},
@@ -247,10 +254,10 @@ void test_cuda_matches_cpu(int64_t N, int64_t L, const Variant& v = {}, int64_t 
   for (const auto& c : checks) {
     const double err = rel_error(c.d->get(), *c.want);
     EXPECT(err <= c.tol,
-           "cuda %s (N=%lld L=%lld dim=%lld, forward shape %d/%d reduce %d paired %d, backward batched %d chunks %d "
-           "scalar %d rowsum %d): relative difference to the CPU path %.3g > %.0e",
+           "cuda %s (N=%lld L=%lld dim=%lld, forward shape %d/%d reduce %d paired %d chunks %d, backward batched %d "
+           "chunks %d scalar %d rowsum %d): relative difference to the CPU path %.3g > %.0e",
            c.name, (long long)N, (long long)L, (long long)dim, v.fwd_shape, v.fwd_threads, v.fwd_reduce, v.fwd_paired,
-           v.bwd_batched, v.bwd_chunks, v.bwd_scalar, v.bwd_rowsum, err, c.tol);
+           v.fwd_chunks, v.bwd_batched, v.bwd_chunks, v.bwd_scalar, v.bwd_rowsum, err, c.tol);
   }
   set_knobs({});
 }
@@ -280,6 +287,23 @@ int main() {
     Variant v;
     v.bwd_chunks = chunks;
     test_cuda_matches_cpu(16, 301, v);
+  }
+  // Forward time chunks: 2, 3 of uneven length, one per 64-step tile (L = 300: 5 tiles at N = 16,
+  // 10 at N = 5 and 256), every forward shape of N = 16, fp32 rows not 16-byte aligned (L = 301:
+  // scalar staging), and the checkpoints and last state the chunks write, which the backward reads.
+  for (int chunks : {2, 3, 5}) {
+    for (const auto& s : shapes) {
+      Variant v;
+      v.fwd_shape = s[0];
+      v.fwd_threads = s[1];
+      v.fwd_chunks = chunks;
+      test_cuda_matches_cpu(16, 300, v);
+    }
+    Variant v;
+    v.fwd_chunks = chunks;
+    test_cuda_matches_cpu(16, 301, v, 74);
+    test_cuda_matches_cpu(5, 300, v);
+    test_cuda_matches_cpu(256, 300, v, 74);
   }
   // Full and partial blocks of channels (dim 74) at every backward shape: N = 16 .. 64 run K = 2
   // unchunked and K = 4 chunked, 128 K4R32, 256 K8R32; the dB/dC row sums vectorised (the default for

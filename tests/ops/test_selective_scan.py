@@ -40,7 +40,8 @@ def _poisoned_outputs():
 
 # One case = one combination of features. Together they cover: L in {1, 7, 372, 1134, 4097},
 # N in {1, 16, 64, 128, 256}, constant / variable / grouped B and C (and mixed), z, D, softplus with
-# bias, initial state, gradient through the last state, packed sequences with lengths 0 and 1.
+# bias, initial state, gradient through the last state, packed sequences with lengths 0 and 1. The long
+# cases (L >= 1134, packed 1500) run as time chunks in the CUDA forward and backward (few channels).
 CASES = {
     "L1_N16_var": dict(batch=2, dim=5, L=1, N=16, bc=("var", "var")),
     "L7_N1_const_D": dict(batch=2, dim=3, L=7, N=1, bc=("const", "const"), D=True),
@@ -54,6 +55,10 @@ CASES = {
     "varlen_N16": dict(batch=1, dim=5, N=16, bc=("var", "var"), seqlens=[1, 37, 0, 5, 1, 70], h0=True, D=True,
                        softplus=True, bias=True, z=True),
     "varlen_N64_grouped": dict(batch=1, dim=4, N=64, bc=("grp2", "grp2"), seqlens=[33, 1, 64, 0], h0=False),
+    # Long enough for the CUDA forward and backward to split time into chunks (few channels): sequences
+    # start and end inside chunks, one spans several, one has length 0 at a chunk's edge region.
+    "varlen_long_N16": dict(batch=1, dim=3, N=16, bc=("var", "var"), seqlens=[700, 1, 0, 300, 499], h0=True,
+                            D=True, softplus=True, bias=True),
 }
 
 

@@ -66,8 +66,22 @@ typedef struct ark_selective_scan_args {
   float* dinitial_state;    /* (num_seqs, dim, N) or NULL */
 } ark_selective_scan_args;
 
-/// Forward. Writes out, and last_state / checkpoints / y_pre where not NULL.
+/// Forward. Writes out, and last_state / checkpoints / y_pre where not NULL. Runs without scratch memory,
+/// which on CUDA means one block per group of channels walking the whole sequence: where batch * dim is
+/// small, ark_selective_scan_fwd_with_workspace is faster (it splits time into chunks).
 ARK_API ark_status ark_selective_scan_fwd(const ark_selective_scan_args* args, ark_device device, void* stream);
+
+/// Bytes of scratch memory ark_selective_scan_fwd_with_workspace can use on `device` for these sizes
+/// (0 where it would not split time: then it is ark_selective_scan_fwd).
+ARK_API ark_status ark_selective_scan_fwd_workspace_size(const ark_selective_scan_args* args, ark_device device,
+                                                         size_t* bytes);
+
+/// Forward with scratch memory: `workspace` is device memory of at least
+/// ark_selective_scan_fwd_workspace_size bytes, or NULL (then it is ark_selective_scan_fwd). On CUDA,
+/// problems with few channels run as time chunks: a first kernel carries each chunk's state, the second
+/// computes the outputs. Results equal the unchunked forward's up to fp32 rounding.
+ARK_API ark_status ark_selective_scan_fwd_with_workspace(const ark_selective_scan_args* args, void* workspace,
+                                                         size_t workspace_bytes, ark_device device, void* stream);
 
 /// Bytes of scratch memory ark_selective_scan_bwd needs on `device` for these sizes.
 ARK_API ark_status ark_selective_scan_bwd_workspace_size(const ark_selective_scan_args* args, ark_device device,

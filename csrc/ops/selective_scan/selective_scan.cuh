@@ -74,7 +74,10 @@ void selective_scan_bwd_cpu(const ark_selective_scan_args& a, float* workspace);
 // Channels per block and time chunks of the CUDA backward for these sizes, on the current device
 // (sets the workspace size).
 ScanBwdLayout selective_scan_cuda_bwd_layout(const ark_selective_scan_args& a);
-ark_status selective_scan_fwd_cuda(const ark_selective_scan_args& a, void* stream);
+// Floats of scratch memory the CUDA forward uses for its time chunks (0: it runs unchunked).
+size_t selective_scan_cuda_fwd_workspace_floats(const ark_selective_scan_args& a);
+// workspace: at least that many floats, or NULL (the unchunked forward).
+ark_status selective_scan_fwd_cuda(const ark_selective_scan_args& a, float* workspace, void* stream);
 ark_status selective_scan_bwd_cuda(const ark_selective_scan_args& a, float* workspace, void* stream);
 #endif
 

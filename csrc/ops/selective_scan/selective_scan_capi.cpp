@@ -53,22 +53,52 @@ ark::ScanWorkspace workspace_for(const ark_selective_scan_args& a, ark_device de
   return ark::scan_workspace(a, l.rows_per_block, l.chunks);
 }
 
+size_t fwd_workspace_bytes(const ark_selective_scan_args& a, ark_device device) {
+#ifdef ARKERNELS_WITH_CUDA
+  if (device == ARK_DEVICE_CUDA && a.batch > 0 && a.dim > 0 && a.seqlen > 0)
+    return ark::selective_scan_cuda_fwd_workspace_floats(a) * sizeof(float);
+#endif
+  (void)a;
+  (void)device;
+  return 0;
+}
+
 }  // namespace
 
-extern "C" ark_status ark_selective_scan_fwd(const ark_selective_scan_args* args, ark_device device, void* stream) {
+extern "C" ark_status ark_selective_scan_fwd_workspace_size(const ark_selective_scan_args* args, ark_device device,
+                                                            size_t* bytes) {
+  ark::clear_error();
+  ARK_TRY(check_args(args, device, Check::sizes));
+  ARK_REQUIRE(bytes != nullptr, "bytes: expected a non-NULL pointer");
+  *bytes = fwd_workspace_bytes(*args, device);
+  return ARK_SUCCESS;
+}
+
+extern "C" ark_status ark_selective_scan_fwd_with_workspace(const ark_selective_scan_args* args, void* workspace,
+                                                            size_t workspace_bytes, ark_device device, void* stream) {
   ark::clear_error();
   ARK_TRY(check_args(args, device, Check::forward));
   if (args->batch == 0 || args->dim == 0) return ARK_SUCCESS;
+  if (workspace) {
+    const size_t need = fwd_workspace_bytes(*args, device);
+    ARK_REQUIRE(workspace_bytes >= need,
+                "workspace: expected at least %zu bytes (ark_selective_scan_fwd_workspace_size), got %zu", need,
+                workspace_bytes);
+  }
   if (device == ARK_DEVICE_CPU) {
     ark::selective_scan_fwd_cpu(*args);
     return ARK_SUCCESS;
   }
 #ifdef ARKERNELS_WITH_CUDA
-  return ark::selective_scan_fwd_cuda(*args, stream);
+  return ark::selective_scan_fwd_cuda(*args, static_cast<float*>(workspace), stream);
 #else
   (void)stream;
   return ARK_ERROR_NOT_COMPILED;
 #endif
+}
+
+extern "C" ark_status ark_selective_scan_fwd(const ark_selective_scan_args* args, ark_device device, void* stream) {
+  return ark_selective_scan_fwd_with_workspace(args, nullptr, 0, device, stream);
 }
 
 extern "C" ark_status ark_selective_scan_bwd_workspace_size(const ark_selective_scan_args* args, ark_device device,

@@ -59,6 +59,11 @@ template <typename T> __device__ __forceinline__ void st(void* p, int64_t i, flo
   static_cast<T*>(p)[i] = from_f32<T>(v);
 }
 
+// Forward time tile (a multiple of kCk): 32 steps where 64 would take more than 4 prefetched chunks
+// per thread (Shape::NV_ROWS) or too much shared memory. The host needs it too: time chunks of the
+// forward are whole tiles.
+__host__ __device__ constexpr int fwd_time_tile(int np, int r) { return (np >= 128 || r < 4) ? 32 : 64; }
+
 // Compile-time shape of a launch: K states per lane, R lanes per channel. SMEM_REDUCE (forward,
 // R a multiple of 4): the R lanes' per-step partial sums of y go to shared memory and are added when
 // the tile is written, instead of a reduce-scatter through shuffles (see the forward kernel).
@@ -67,9 +72,7 @@ template <int K_, int R_, int THREADS_ = kThreads, bool SMEM_REDUCE_ = false> st
   static constexpr bool SMEM_REDUCE = SMEM_REDUCE_;
   static_assert(!SMEM_REDUCE_ || R_ % 4 == 0, "smem reduction stores 4 steps per 16-byte store");
   static constexpr int NPP = NP + 4;                 // padded B/C row: 16-byte aligned, fewer bank conflicts
-  // Forward time tile (a multiple of kCk): 32 steps where 64 would take more than 4 prefetched
-  // chunks per thread (NV_ROWS below) or too much shared memory.
-  static constexpr int TT = (NP >= 128 || R_ < 4) ? 32 : 64;
+  static constexpr int TT = fwd_time_tile(NP, R_);
   static constexpr int TS = 32 / K_;                 // backward sub-tile held in registers
   // Forward staging through 16-byte chunks prefetched in registers: chunks per thread per tensor
   // (sized for fp32); used where that stays within a few registers.
@@ -96,6 +99,21 @@ __device__ __forceinline__ BlockPos block_pos(const ark_selective_scan_args& a, 
   const int64_t left = per_group - p.rb * rows;
   p.rows_valid = int(left < rows ? left : rows);
   return p;
+}
+
+// Time chunks of the forward (pick_fwd): blocks0 blocks per chunk, chunks of whole time tiles. The
+// carries live in the forward's workspace (fwd_workspace_floats).
+struct FwdChunks {
+  int64_t chunks = 1, blocks0 = 1;
+  float* carry_h = nullptr;  // (chunks - 1, batch, dim, N): each chunk's end state from a zero start
+  float* carry_p = nullptr;  // (chunks - 1, batch, dim, N): the product of its decays (0 past a sequence start)
+};
+struct FwdChunkSteps {
+  int64_t first, end;
+};
+__host__ __device__ inline FwdChunkSteps fwd_chunk_steps(int64_t L, int tile, int64_t chunks, int64_t chunk) {
+  const int64_t per = ceil_div(ceil_div(L, tile), chunks) * tile, first = chunk * per;
+  return {first, first + per < L ? first + per : L};
 }
 
 // 16-byte chunks line up with rows: every itype row starts 16-byte aligned.
@@ -383,7 +401,8 @@ template <class S> struct FwdSmem {
   }
 };
 
-template <typename T, class S, bool BC_VAR>
+// CARRY (the carry kernel): only what the state recurrence reads (delta, delta*u, B).
+template <typename T, class S, bool BC_VAR, bool CARRY>
 __device__ void stage_fwd(const ark_selective_scan_args& a, const BlockPos& bp, int64_t t0, FwdSmem<S>& sm) {
   for (int e = threadIdx.x; e < S::ROWS * S::TT; e += S::THREADS) {
     const int r = e / S::TT, t = e % S::TT;
@@ -399,14 +418,14 @@ __device__ void stage_fwd(const ark_selective_scan_args& a, const BlockPos& bp, 
       if (a.D) y = a.D[d] * u;
     }
     sm.dd[FwdSmem<S>::dd_index(r, t)] = make_float2(dl, du);
-    sm.y[FwdSmem<S>::y_index(r, t)] = y;
+    if constexpr (!CARRY) sm.y[FwdSmem<S>::y_index(r, t)] = y;
   }
   if constexpr (BC_VAR) {
     stage_var_bc<T, S>(a, a.B, bp, t0, S::TT, sm.B, PairedBC<S, 0>{});
     stage_var_bc<T, S>(a, a.C, bp, t0, S::TT, sm.B, PairedBC<S, 1>{});
   } else {
     if (a.B_variable) stage_var_bc<T, S>(a, a.B, bp, t0, S::TT, sm.B);
-    if (a.C_variable) stage_var_bc<T, S>(a, a.C, bp, t0, S::TT, sm.C);
+    if (!CARRY && a.C_variable) stage_var_bc<T, S>(a, a.C, bp, t0, S::TT, sm.C);
   }
 }
 
@@ -428,7 +447,8 @@ __device__ void write_fwd(const ark_selective_scan_args& a, const BlockPos& bp, 
 
 
 // Vector staging: u/delta chunks -> (delta, delta*u) and D*u; B/C chunks -> (step, state) layout.
-template <class S, bool BC_VAR>
+// CARRY: neither D*u nor C.
+template <class S, bool BC_VAR, bool CARRY>
 __device__ void store_staged(const ark_selective_scan_args& a, const BlockPos& bp, int64_t t0, FwdSmem<S>& sm,
                              const Chunks<S::NV_ROWS>& cu, const Chunks<S::NV_ROWS>& cd,
                              const Chunks<S::NV_BC>& cb, const Chunks<S::NV_BC>& cc) {
@@ -458,7 +478,7 @@ __device__ void store_staged(const ark_selective_scan_args& a, const BlockPos& b
     for (int q = 0; q < 4; ++q) {
       if (2 * q >= epc) break;
       ddv[q] = make_float4(x[2 * q], x[2 * q] * u[2 * q], x[2 * q + 1], x[2 * q + 1] * u[2 * q + 1]);
-      if (q % 2 == 0) yv[q / 2] = make_float4(Dd * u[2 * q], Dd * u[2 * q + 1], Dd * u[2 * q + 2], Dd * u[2 * q + 3]);
+      if (!CARRY && q % 2 == 0) yv[q / 2] = make_float4(Dd * u[2 * q], Dd * u[2 * q + 1], Dd * u[2 * q + 2], Dd * u[2 * q + 3]);
     }
   }
 #pragma unroll
@@ -477,7 +497,7 @@ __device__ void store_staged(const ark_selective_scan_args& a, const BlockPos& b
         sm.B[PairedBC<S, 1>{}(t, p.r)] = c[i];
       } else {
         if (a.B_variable) sm.B[t * S::NPP + p.r] = b[i];
-        if (a.C_variable) sm.C[t * S::NPP + p.r] = c[i];
+        if (!CARRY && a.C_variable) sm.C[t * S::NPP + p.r] = c[i];
       }
     }
   }
@@ -521,30 +541,52 @@ enum class FwdReduce : int {
 // (PairedBC) and strides compile-time, so every shared-memory load of the step loop has an immediate
 // offset. It cut the loop from 210 to 187 instructions but did not run faster: the loop is bound by
 // shared-memory wavefronts and latency, not issue (bench/NOTES.md, 2026-12-03).
-template <class S, bool VARLEN, bool BC_VAR,
-          FwdReduce RED = S::SMEM_REDUCE ? FwdReduce::kSmem : FwdReduce::kShufflePipelined>
+// CARRY = true: the carry kernel of a time-chunked forward (FwdChunks). Its block for chunk c < chunks - 1
+// runs the chunk's state recurrence alone (from zero; chunk 0 from initial_state) with C, y, z and every
+// output compiled out, and stores the end state and the chunk's decay product. CARRY = false with
+// chunks > 1: the block for chunk c starts from the earlier chunks' carries folded in order.
+template <class S>
+constexpr FwdReduce FwdDefaultReduce = S::SMEM_REDUCE ? FwdReduce::kSmem : FwdReduce::kShufflePipelined;
+
+template <class S, bool VARLEN, bool BC_VAR, FwdReduce RED = FwdDefaultReduce<S>, bool CARRY = false>
 __global__ void __launch_bounds__(S::THREADS, S::THREADS == 256 && S::NP <= 16 ? 2 : 1)
-    selective_scan_fwd_kernel(const ark_selective_scan_args a) {
+    selective_scan_fwd_kernel(const ark_selective_scan_args a, const FwdChunks ch) {
   constexpr int K = S::K, R = S::R, TT = S::TT;
+  static_assert(!(CARRY && BC_VAR), "the carry kernel stages B alone");
   extern __shared__ float4 smem_f4[];
   FwdSmem<S> sm(reinterpret_cast<float*>(smem_f4));
-  const BlockPos bp = block_pos(a, S::ROWS);
+  const int64_t chunk = blockIdx.x / ch.blocks0;
+  const BlockPos bp = block_pos(a, S::ROWS, blockIdx.x % ch.blocks0);
   const int row = threadIdx.x / R, lane = threadIdx.x % R, n0 = lane * K;
   const bool row_ok = row < bp.rows_valid;
   const int64_t d = bp.d_first + (row_ok ? row : 0);
   const int64_t N = a.dstate, L = a.seqlen, nck = ceil_div(L, kCk);
+  const int64_t state_row = bp.b * a.dim + d, carry_stride = a.batch * a.dim;
+  const FwdChunkSteps steps = fwd_chunk_steps(L, TT, ch.chunks, chunk);
 
   float A2[K], h[K];
 #pragma unroll
   for (int k = 0; k < K; ++k) A2[k] = (row_ok && n0 + k < N) ? a.A[d * N + n0 + k] * kLog2e : 0.f;
-  if (VARLEN) {
+  if (VARLEN || chunk > 0) {
 #pragma unroll
     for (int k = 0; k < K; ++k) h[k] = 0.f;
   } else {
-    load_state<K>(a.initial_state, bp.b * a.dim + d, N, n0, row_ok, h);
+    load_state<K>(a.initial_state, state_row, N, n0, row_ok, h);
   }
+  if constexpr (!CARRY) {
+    // h at the chunk's start: each earlier chunk maps the state at its start s to P s + H.
+    for (int64_t q = 0; q < chunk; ++q) {
+      float hq[K], pq[K];
+      load_state<K>(ch.carry_h, q * carry_stride + state_row, N, n0, row_ok, hq);
+      load_state<K>(ch.carry_p, q * carry_stride + state_row, N, n0, row_ok, pq);
+#pragma unroll
+      for (int k = 0; k < K; ++k) h[k] = fmaf(pq[k], h[k], hq[k]);
+    }
+  }
+  float delta_sum = 0.f;  // CARRY: the chunk's decay product is ex2(A2 * sum of delta)
+  bool cut = false;       // CARRY, VARLEN: a sequence starts inside the chunk (its decay product is 0)
   if (!BC_VAR && !a.B_variable) stage_const_bc<S>(a, static_cast<const float*>(a.B), bp, sm.B);
-  if (!BC_VAR && !a.C_variable) stage_const_bc<S>(a, static_cast<const float*>(a.C), bp, sm.C);
+  if (!BC_VAR && !CARRY && !a.C_variable) stage_const_bc<S>(a, static_cast<const float*>(a.C), bp, sm.C);
   // Generic path: variable B/C indexed by step, constant by channel. BC_VAR: paired rows of 2 NPP.
   const float* Bp = BC_VAR ? sm.B + PairedBC<S, 0>{}(0, n0) : a.B_variable ? sm.B + n0 : sm.B + row * S::NPP + n0;
   const float* Cp = a.C_variable ? sm.C + n0 : sm.C + row * S::NPP + n0;
@@ -559,26 +601,26 @@ __global__ void __launch_bounds__(S::THREADS, S::THREADS == 256 && S::NP <= 16 ?
     load_chunks<S::NV_ROWS, S::THREADS>(cu, a.u, row0, S::ROWS, bp.rows_valid, t, TT, L, a.dtype);
     load_chunks<S::NV_ROWS, S::THREADS>(cd, a.delta, row0, S::ROWS, bp.rows_valid, t, TT, L, a.dtype);
     if (a.B_variable) load_chunks<S::NV_BC, S::THREADS, true>(cb, a.B, bc_row0, S::NP, int(N), t, TT, L, a.dtype);
-    if (a.C_variable) load_chunks<S::NV_BC, S::THREADS, true>(cc, a.C, bc_row0, S::NP, int(N), t, TT, L, a.dtype);
+    if (!CARRY && a.C_variable) load_chunks<S::NV_BC, S::THREADS, true>(cc, a.C, bc_row0, S::NP, int(N), t, TT, L, a.dtype);
   };
-  if (vec) prefetch(0);
+  if (vec) prefetch(steps.first);
 
-  for (int64_t t0 = 0; t0 < L; t0 += TT) {
+  for (int64_t t0 = steps.first; t0 < steps.end; t0 += TT) {
     __syncthreads();
     if (vec) {
-      store_staged<S, BC_VAR>(a, bp, t0, sm, cu, cd, cb, cc);
+      store_staged<S, BC_VAR, CARRY>(a, bp, t0, sm, cu, cd, cb, cc);
     } else {
       switch (a.dtype) {
-        case ARK_FLOAT32: stage_fwd<float, S, BC_VAR>(a, bp, t0, sm); break;
-        case ARK_FLOAT16: stage_fwd<__half, S, BC_VAR>(a, bp, t0, sm); break;
-        default: stage_fwd<__nv_bfloat16, S, BC_VAR>(a, bp, t0, sm); break;
+        case ARK_FLOAT32: stage_fwd<float, S, BC_VAR, CARRY>(a, bp, t0, sm); break;
+        case ARK_FLOAT16: stage_fwd<__half, S, BC_VAR, CARRY>(a, bp, t0, sm); break;
+        default: stage_fwd<__nv_bfloat16, S, BC_VAR, CARRY>(a, bp, t0, sm); break;
       }
     }
     if (VARLEN) stage_seq_flags(a, t0, TT, sm.start, sm.end);
     __syncthreads();
     if (vec) {
-      if (t0 + TT < L) prefetch(t0 + TT);
-      if (a.z) load_chunks<S::NV_ROWS, S::THREADS>(cz, a.z, row0, S::ROWS, bp.rows_valid, t0, TT, L, a.dtype);
+      if (t0 + TT < steps.end) prefetch(t0 + TT);
+      if (!CARRY && a.z) load_chunks<S::NV_ROWS, S::THREADS>(cz, a.z, row0, S::ROWS, bp.rows_valid, t0, TT, L, a.dtype);
     }
     // Not unrolled across groups: a fully unrolled tile (stores deferred to its end) measured the
     // same speed with 234 registers instead of ~100, halving the blocks per SM (bench/NOTES.md).
@@ -590,7 +632,7 @@ __global__ void __launch_bounds__(S::THREADS, S::THREADS == 256 && S::NP <= 16 ?
     // The first group reduces zeros into the row's padding column TT (never read).
     // kSmem: each lane stores its R shares of a group with R/4 16-byte stores (~0.25 instructions per
     // step instead of ~3.5 for the shuffles, selects and adds); write_fwd* add them up after the tile.
-    constexpr bool PIPELINED = RED == FwdReduce::kShufflePipelined;
+    constexpr bool PIPELINED = !CARRY && RED == FwdReduce::kShufflePipelined;
     static_assert(S::SMEM_REDUCE == (RED == FwdReduce::kSmem), "kSmem needs the shape's shared buffer");
     constexpr int kGroupUnroll = R >= 4 ? 1 : 4 / R;
     float prev[R];
@@ -626,11 +668,20 @@ __global__ void __launch_bounds__(S::THREADS, S::THREADS == 256 && S::NP <= 16 ?
         const int t = tt + j;
         if (VARLEN) {
           const int s = sm.start[t];
-          if (s >= 0) load_state<K>(a.initial_state, s * a.dim + d, N, n0, row_ok, h);
+          if (s >= 0) {
+            load_state<K>(a.initial_state, s * a.dim + d, N, n0, row_ok, h);
+            cut = true;
+          }
         }
         const float2 dd = ddg[j];
         float bv[K], cv[K];
-        if constexpr (BC_VAR) {
+        if constexpr (CARRY) {
+          load_vec<K>(Bp + t * b_step, bv);
+#pragma unroll
+          for (int k = 0; k < K; ++k) h[k] = fmaf(ex2(dd.x * A2[k]), h[k], dd.y * bv[k]);
+          delta_sum += dd.x;
+          continue;
+        } else if constexpr (BC_VAR) {
           float bc[2 * K];
           load_vec<2 * K>(Bp + t * (2 * S::NPP), bc);
 #pragma unroll
@@ -654,7 +705,9 @@ __global__ void __launch_bounds__(S::THREADS, S::THREADS == 256 && S::NP <= 16 ?
           if (s >= 0) store_state<K>(a.last_state, s * a.dim + d, N, n0, row_ok, h);
         }
       }
-      if constexpr (RED == FwdReduce::kSmem) {
+      if constexpr (CARRY) {
+        continue;
+      } else if constexpr (RED == FwdReduce::kSmem) {
         float* dst = sm.part + (row * R + lane) * FwdSmem<S>::PART_PITCH + tt;
 #pragma unroll
         for (int q = 0; q < R / 4; ++q)
@@ -672,6 +725,7 @@ __global__ void __launch_bounds__(S::THREADS, S::THREADS == 256 && S::NP <= 16 ?
         if (c < nck) store_state<K>(a.checkpoints, (bp.b * a.dim + d) * nck + c, N, n0, row_ok, h);
       }
     }
+    if constexpr (CARRY) continue;
     if constexpr (PIPELINED) {
       reduce_scatter<R>(prev, lane);
       sm.y[FwdSmem<S>::y_index(row, prev_slot)] += prev[0];
@@ -687,9 +741,15 @@ __global__ void __launch_bounds__(S::THREADS, S::THREADS == 256 && S::NP <= 16 ?
       }
     }
   }
-  if (!VARLEN) {
-    store_state<K>(a.last_state, bp.b * a.dim + d, N, n0, row_ok, h);
-  } else if (a.last_state) {
+  if constexpr (CARRY) {
+    float prod[K];
+#pragma unroll
+    for (int k = 0; k < K; ++k) prod[k] = cut ? 0.f : ex2(delta_sum * A2[k]);
+    store_state<K>(ch.carry_h, chunk * carry_stride + state_row, N, n0, row_ok, h);
+    store_state<K>(ch.carry_p, chunk * carry_stride + state_row, N, n0, row_ok, prod);
+  } else if (!VARLEN) {
+    if (chunk == ch.chunks - 1) store_state<K>(a.last_state, state_row, N, n0, row_ok, h);
+  } else if (a.last_state && chunk == 0) {
     // Empty sequences have no step that writes their last state: it is their initial state.
     for (int64_t s = 0; s < a.num_seqs; ++s) {
       if (a.cu_seqlens[s] != a.cu_seqlens[s + 1]) continue;
@@ -1426,6 +1486,12 @@ LaunchShape pick_shape(const ark_selective_scan_args& a, bool backward) {
   return {K, R, threads};
 }
 
+// Blocks of `rows` channels (one chunk of time).
+int64_t grid_blocks(const ark_selective_scan_args& a, int64_t rows) {
+  return a.batch * a.ngroups * ceil_div(a.dim / a.ngroups, rows);
+}
+template <class S> int64_t grid_blocks(const ark_selective_scan_args& a) { return grid_blocks(a, S::ROWS); }
+
 // The backward's shape and time chunks. Chunks give the parallelism that K = 2 was for (pick_shape),
 // so a chunked backward runs K = 4, and only where pick_shape went to K = 2 for want of channels:
 // where the unchunked grid fills the GPU, the carry kernel costs more than the extra blocks gain
@@ -1444,7 +1510,7 @@ BwdPlan pick_bwd(const ark_selective_scan_args& a) {
   if (forced == 1 || (forced == 0 && unchunked.K != 2)) return {unchunked, 1};
   LaunchShape s = unchunked;
   if (s.K == 2) s = {4, s.K * s.R / 4, kThreads};
-  const int64_t blocks0 = a.batch * a.ngroups * ceil_div(a.dim / a.ngroups, kThreads / s.R);
+  const int64_t blocks0 = grid_blocks(a, kThreads / s.R);
   const int64_t nck = ceil_div(a.seqlen, kCk);
   int64_t want = forced > 0 ? forced : ceil_div(kBwdBlocksPerSm * device_sm_count(), blocks0);
   const int64_t most = forced > 0 ? nck : nck / kMinChunkTiles;
@@ -1470,22 +1536,60 @@ ark_status pick_fwd_shape(const ark_selective_scan_args& a, LaunchShape* out) {
   return ARK_SUCCESS;
 }
 
-template <class S> int64_t grid_blocks(const ark_selective_scan_args& a) {
-  return a.batch * a.ngroups * ceil_div(a.dim / a.ngroups, S::ROWS);
+
+// The forward's time chunks, for a problem whose channels leave the GPU short of warps (the small
+// headline shape, b2 d1536 n16: 768 warps against the ~2100 that 128-register blocks can keep on an
+// H100). The scan is bound by latency there, so running `chunks` stretches of time at once as separate
+// blocks pays for the carry kernel (each carried step again, without C and y). The count fills the
+// resident warps (kFwdWarpsPerSm per SM) with chunks of at least kMinChunkTiles tiles. Knob
+// sscan_fwd_chunks: 1 = unchunked, n = n chunks. No workspace: unchunked.
+constexpr int64_t kFwdWarpsPerSm = 16;
+struct FwdPlan {
+  LaunchShape shape;
+  int64_t chunks;
+};
+ark_status pick_fwd(const ark_selective_scan_args& a, bool have_workspace, FwdPlan* out) {
+  ARK_TRY(pick_fwd_shape(a, &out->shape));
+  out->chunks = 1;
+  const int forced = knob(Knob::SscanFwdChunks);
+  if (!have_workspace || forced == 1) return ARK_SUCCESS;
+  const LaunchShape& s = out->shape;
+  const int64_t ntiles = ceil_div(a.seqlen, fwd_time_tile(s.K * s.R, s.R));
+  const int64_t blocks0 = grid_blocks(a, s.threads / s.R), warps0 = blocks0 * (s.threads / 32);
+  int64_t want = forced > 0 ? forced : kFwdWarpsPerSm * device_sm_count() / warps0;
+  const int64_t most = forced > 0 ? ntiles : ntiles / kMinChunkTiles;
+  if (want > most) want = most;
+  if (want > 0x7fffffffLL / blocks0) want = 0x7fffffffLL / blocks0;
+  if (want > 1) out->chunks = ceil_div(ntiles, ceil_div(ntiles, want));  // no empty chunk
+  return ARK_SUCCESS;
 }
 
+// `chunks` time chunks (pick_fwd); their carries in `ws` (fwd_workspace_floats).
 template <class S>
-ark_status launch_fwd(const ark_selective_scan_args& a, cudaStream_t st) {
+ark_status launch_fwd(const ark_selective_scan_args& a, int64_t chunks, float* ws, cudaStream_t st) {
 #ifdef ARKERNELS_TUNING_VARIANTS
   // The shared-memory reduction, for the N = 16 shapes of 128 and 256 threads (compile time).
   if constexpr (!S::SMEM_REDUCE && S::NP == 16 && S::R % 4 == 0 && S::THREADS >= 128) {
     if (knob(Knob::SscanFwdReduce) == int(FwdReduce::kSmem))
-      return launch_fwd<Shape<S::K, S::R, S::THREADS, true>>(a, st);
+      return launch_fwd<Shape<S::K, S::R, S::THREADS, true>>(a, chunks, ws, st);
   }
 #endif
   const size_t smem = size_t(FwdSmem<S>::floats()) * sizeof(float);
-  const int64_t blocks = grid_blocks<S>(a);
+  FwdChunks ch;
+  ch.chunks = chunks;
+  ch.blocks0 = grid_blocks<S>(a);
+  const int64_t blocks = ch.blocks0 * chunks;
   if (blocks > 0x7fffffffLL) return fail(ARK_ERROR_INVALID_ARGUMENT, "batch * dim: too large for one launch");
+  if (chunks > 1) {
+    ch.carry_h = ws;
+    ch.carry_p = ws + (chunks - 1) * a.batch * a.dim * a.dstate;
+    auto carry = a.cu_seqlens ? selective_scan_fwd_kernel<S, true, false, FwdDefaultReduce<S>, true>
+                              : selective_scan_fwd_kernel<S, false, false, FwdDefaultReduce<S>, true>;
+    if (cudaFuncSetAttribute(carry, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)) != cudaSuccess)
+      return cuda_launch_status("selective_scan", "forward carry (shared memory attribute)");
+    carry<<<unsigned(ch.blocks0 * (chunks - 1)), S::THREADS, smem, st>>>(a, ch);
+    ARK_TRY(cuda_launch_status("selective_scan", "forward carry"));
+  }
   auto kernel = a.cu_seqlens ? selective_scan_fwd_kernel<S, true, false> : selective_scan_fwd_kernel<S, false, false>;
 #ifdef ARKERNELS_TUNING_VARIANTS
   // Paired B/C (BC_VAR) measured slower than the generic path once the staging stores were made
@@ -1500,7 +1604,7 @@ ark_status launch_fwd(const ark_selective_scan_args& a, cudaStream_t st) {
 #endif
   if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)) != cudaSuccess)
     return cuda_launch_status("selective_scan", "forward (shared memory attribute)");
-  kernel<<<unsigned(blocks), S::THREADS, smem, st>>>(a);
+  kernel<<<unsigned(blocks), S::THREADS, smem, st>>>(a, ch);
   return cuda_launch_status("selective_scan", "forward");
 }
 
@@ -1562,8 +1666,10 @@ ark_status launch_bwd(const ark_selective_scan_args& a, float* ws, int64_t chunk
 
 struct FwdLauncher {
   const ark_selective_scan_args& a;
+  int64_t chunks;
+  float* ws;
   cudaStream_t st;
-  template <class S> ark_status run() const { return launch_fwd<S>(a, st); }
+  template <class S> ark_status run() const { return launch_fwd<S>(a, chunks, ws, st); }
 };
 struct BwdLauncher {
   const ark_selective_scan_args& a;
@@ -1620,14 +1726,20 @@ ScanBwdLayout selective_scan_cuda_bwd_layout(const ark_selective_scan_args& a) {
   return {kThreads / p.shape.R, p.chunks};
 }
 
-ark_status selective_scan_fwd_cuda(const ark_selective_scan_args& a, void* stream) {
+size_t selective_scan_cuda_fwd_workspace_floats(const ark_selective_scan_args& a) {
+  FwdPlan p;
+  if (pick_fwd(a, true, &p) != ARK_SUCCESS || p.chunks == 1) return 0;  // a bad knob fails the launch
+  return size_t(2 * (p.chunks - 1) * a.batch * a.dim * a.dstate);
+}
+
+ark_status selective_scan_fwd_cuda(const ark_selective_scan_args& a, float* workspace, void* stream) {
   const auto st = static_cast<cudaStream_t>(stream);
-  LaunchShape s;
-  ARK_TRY(pick_fwd_shape(a, &s));
+  FwdPlan p;
+  ARK_TRY(pick_fwd(a, workspace != nullptr, &p));
 #ifdef ARKERNELS_TUNING_VARIANTS
-  return with_tuning_shape(s, FwdLauncher{a, st});
+  return with_tuning_shape(p.shape, FwdLauncher{a, p.chunks, workspace, st});
 #else
-  return with_shape(s, FwdLauncher{a, st});
+  return with_shape(p.shape, FwdLauncher{a, p.chunks, workspace, st});
 #endif
 }
 
