@@ -159,6 +159,17 @@ void test_bad_arguments() {
   const int64_t cu[3] = {0, 20, 45};
   bad = a; bad.cu_seqlens = cu; bad.num_seqs = 2; expect_invalid(bad, "cu_seqlens with batch 2");
   EXPECT(ark_selective_scan_fwd(nullptr, ARK_DEVICE_CPU, nullptr) == ARK_ERROR_INVALID_ARGUMENT, "args NULL accepted");
+  // The forward's workspace: none on the CPU; checked arguments; a workspace-taking call validates like the plain one.
+  size_t fwd_bytes = 1;
+  EXPECT(ark_selective_scan_fwd_workspace_size(&a, ARK_DEVICE_CPU, &fwd_bytes) == ARK_SUCCESS && fwd_bytes == 0,
+         "cpu forward workspace: %zu bytes", fwd_bytes);
+  EXPECT(ark_selective_scan_fwd_workspace_size(&a, ARK_DEVICE_CPU, nullptr) == ARK_ERROR_INVALID_ARGUMENT,
+         "forward workspace size into NULL accepted");
+  bad = a; bad.dstate = 257;
+  EXPECT(ark_selective_scan_fwd_workspace_size(&bad, ARK_DEVICE_CPU, &fwd_bytes) == ARK_ERROR_INVALID_ARGUMENT,
+         "forward workspace size of dstate 257 accepted");
+  EXPECT(ark_selective_scan_fwd_with_workspace(&bad, nullptr, 0, ARK_DEVICE_CPU, nullptr) == ARK_ERROR_INVALID_ARGUMENT,
+         "forward with workspace: dstate 257 accepted");
   a.dout = p.w_out.data();
   size_t bytes = 0;
   EXPECT(ark_selective_scan_bwd_workspace_size(&a, ARK_DEVICE_CPU, &bytes) == ARK_SUCCESS && bytes > 0, "workspace");
