@@ -507,15 +507,13 @@ void bench_sscan(int64_t b, int64_t d, int64_t L, int64_t N, bool run_variants) 
   const double exps = double(b * d * L * N);
   // reduce: the sscan_fwd_reduce knob (0 shuffles overlapped, 1 not overlapped, 2 through shared memory);
   // paired: sscan_fwd_paired_bc (B and C in paired rows, compile-time strides); chunks: sscan_fwd_chunks
-  // (0 the launcher's choice, 1 unchunked, n time chunks); bc32: sscan_fwd_bc32 (B and C staged as fp32
-  // instead of bf16). Shape 0: the launcher's choice.
-  struct V { int shape, threads, reduce, paired, chunks, bc32; };
-  const V variants[] = {{0, 0, 0, 0, 0, 0},     {0, 0, 0, 0, 0, 1},     {208, 256, 0, 0, 1, 0}, {208, 256, 0, 0, 1, 1},
-                        {208, 256, 0, 1, 1, 0}, {208, 256, 2, 0, 1, 0}, {208, 256, 2, 0, 1, 1}, {208, 256, 1, 0, 1, 0},
-                        {404, 128, 0, 0, 1, 0}, {404, 128, 2, 0, 1, 0}, {208, 128, 0, 0, 1, 0}, {208, 128, 2, 0, 1, 0},
-                        {404, 256, 0, 0, 1, 0}, {208, 64, 0, 0, 1, 0},  {208, 256, 0, 0, 4, 0}, {208, 256, 0, 0, 6, 0},
-                        {208, 256, 0, 0, 6, 1}, {208, 256, 0, 0, 8, 0}, {208, 256, 0, 0, 12, 0}, {208, 128, 0, 0, 4, 0},
-                        {208, 128, 0, 0, 8, 0}, {404, 128, 0, 0, 6, 0}};
+  // (0 the launcher's choice, 1 unchunked, n time chunks). Shape 0: the launcher's choice.
+  struct V { int shape, threads, reduce, paired, chunks; };
+  const V variants[] = {{0, 0, 0, 0, 0},     {208, 256, 0, 0, 1}, {208, 256, 0, 1, 1}, {208, 256, 2, 0, 1},
+                        {208, 256, 1, 0, 1}, {404, 128, 0, 0, 1}, {404, 128, 2, 0, 1}, {208, 128, 0, 0, 1},
+                        {208, 128, 2, 0, 1}, {404, 256, 0, 0, 1}, {208, 64, 0, 0, 1},  {208, 256, 0, 0, 4},
+                        {208, 256, 0, 0, 6}, {208, 256, 0, 0, 8}, {208, 256, 0, 0, 12}, {208, 128, 0, 0, 4},
+                        {208, 128, 0, 0, 8}, {404, 128, 0, 0, 6}};
   for (const V& v : variants) {
     if (!run_variants) break;
     ark_tuning_set("sscan_fwd_shape", v.shape);
@@ -523,12 +521,11 @@ void bench_sscan(int64_t b, int64_t d, int64_t L, int64_t N, bool run_variants) 
     ark_tuning_set("sscan_fwd_reduce", v.reduce);
     ark_tuning_set("sscan_fwd_paired_bc", v.paired);
     ark_tuning_set("sscan_fwd_chunks", v.chunks);
-    ark_tuning_set("sscan_fwd_bc32", v.bc32);
     const std::string variant =
         (v.shape ? "K" + std::to_string(v.shape / 100) + "R" + std::to_string(v.shape % 100) + " T" + std::to_string(v.threads)
                  : std::string("default")) +
         (v.reduce == 1 ? " unpiped" : v.reduce == 2 ? " smem-reduce" : "") + (v.paired ? " paired-bc" : "") +
-        (v.chunks > 1 ? " " + std::to_string(v.chunks) + " chunks" : "") + (v.bc32 ? " bc32" : "");
+        (v.chunks > 1 ? " " + std::to_string(v.chunks) + " chunks" : "");
     size_t ws_bytes = 0;
     if (const ark_status s = ark_selective_scan_fwd_workspace_size(&a, ARK_DEVICE_CUDA, &ws_bytes)) {
       report_error("selective_scan", shape, variant, s);
@@ -548,7 +545,6 @@ void bench_sscan(int64_t b, int64_t d, int64_t L, int64_t N, bool run_variants) 
   ark_tuning_set("sscan_fwd_reduce", 0);
   ark_tuning_set("sscan_fwd_paired_bc", 0);
   ark_tuning_set("sscan_fwd_chunks", 0);
-  ark_tuning_set("sscan_fwd_bc32", 0);
 
   // Forward (with checkpoints and last state, as autograd runs it) + backward, default shapes.
   Host g(rows, ARK_BFLOAT16, normal);

@@ -32,7 +32,6 @@ enum class Knob : int {
   BsaFwdCtas,         // block_sparse_attention CUDA forward, persistent: CTAs (n > 0: at most n; tests walk many
                       // items per CTA with it)
   SscanFwdChunks,     // selective_scan forward: time chunks (1 = one chunk, the unchunked forward; needs a workspace)
-  SscanFwdBc32,       // selective_scan forward: 1 = variable B/C of 16-bit inputs staged as fp32 (not in their own type)
   Count
 };
 

@@ -27,7 +27,6 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
-#include <type_traits>
 
 #include "common/device_info.hpp"
 #include "common/device_math.cuh"
@@ -169,15 +168,14 @@ template <class S, int WHICH> struct PairedBC {
 };
 
 // Variable B or C for steps [t0, t0 + tile), at dst[index(step, state)].
-// DST: float, or T itself (the forward's 16-bit staging: exact).
-template <typename T, class S, class Index = StepMajor<S>, typename DST = float>
+template <typename T, class S, class Index = StepMajor<S>>
 __device__ void stage_var_bc(const ark_selective_scan_args& a, const void* src, const BlockPos& bp, int64_t t0,
-                             int tile, DST* dst, Index index = {}) {
+                             int tile, float* dst, Index index = {}) {
   const int64_t base = (bp.b * a.ngroups + bp.g) * a.dstate * a.seqlen;
   for (int e = threadIdx.x; e < S::NP * tile; e += S::THREADS) {
     const int n = e / tile, t = e % tile;
     const int64_t tg = t0 + t;
-    dst[index(t, n)] = from_f32<DST>((n < a.dstate && tg < a.seqlen) ? ld<T>(src, base + n * a.seqlen + tg) : 0.f);
+    dst[index(t, n)] = (n < a.dstate && tg < a.seqlen) ? ld<T>(src, base + n * a.seqlen + tg) : 0.f;
   }
 }
 
@@ -230,36 +228,6 @@ template <int K> __device__ __forceinline__ void load_vec(const float* p, float 
       v[k] = x.x; v[k + 1] = x.y; v[k + 2] = x.z; v[k + 3] = x.w;
     }
   }
-}
-
-// K B or C values of one step staged in the inputs' own 16-bit type (exact), as fp32: K / 2 words of two
-// values, loaded as one vector (K = 2: 4 bytes; K = 4: 8; K = 8: 16).
-__device__ __forceinline__ void word_to_f32x2(uint32_t w, __nv_bfloat16, float& lo, float& hi) {
-  lo = __uint_as_float(w << 16);
-  hi = __uint_as_float(w & 0xffff0000u);
-}
-__device__ __forceinline__ void word_to_f32x2(uint32_t w, __half, float& lo, float& hi) {
-  const float2 f = __half22float2(*reinterpret_cast<const __half2*>(&w));
-  lo = f.x;
-  hi = f.y;
-}
-template <int K, typename E> __device__ __forceinline__ void load_vec(const E* p, float (&v)[K]) {
-  static_assert(K == 2 || K == 4 || K % 8 == 0, "16-bit staged B/C: 2, 4 or a multiple of 8 states per lane");
-  uint32_t w[K / 2];
-  if constexpr (K == 2) {
-    w[0] = *reinterpret_cast<const uint32_t*>(p);
-  } else if constexpr (K == 4) {
-    const uint2 x = *reinterpret_cast<const uint2*>(p);
-    w[0] = x.x; w[1] = x.y;
-  } else {
-#pragma unroll
-    for (int k = 0; k < K; k += 8) {
-      const uint4 x = *reinterpret_cast<const uint4*>(p + k);
-      w[k / 2] = x.x; w[k / 2 + 1] = x.y; w[k / 2 + 2] = x.z; w[k / 2 + 3] = x.w;
-    }
-  }
-#pragma unroll
-  for (int i = 0; i < K / 2; ++i) word_to_f32x2(w[i], E{}, v[2 * i], v[2 * i + 1]);
 }
 
 // Per-thread state loads/stores of K consecutive states of one (sequence, channel) row.
@@ -433,9 +401,8 @@ template <class S> struct FwdSmem {
   }
 };
 
-// CARRY (the carry kernel): only what the state recurrence reads (delta, delta*u, B). BCT: the staged
-// type of variable B and C (float, or T itself).
-template <typename T, class S, bool BC_VAR, bool CARRY, typename BCT>
+// CARRY (the carry kernel): only what the state recurrence reads (delta, delta*u, B).
+template <typename T, class S, bool BC_VAR, bool CARRY>
 __device__ void stage_fwd(const ark_selective_scan_args& a, const BlockPos& bp, int64_t t0, FwdSmem<S>& sm) {
   for (int e = threadIdx.x; e < S::ROWS * S::TT; e += S::THREADS) {
     const int r = e / S::TT, t = e % S::TT;
@@ -457,8 +424,8 @@ __device__ void stage_fwd(const ark_selective_scan_args& a, const BlockPos& bp, 
     stage_var_bc<T, S>(a, a.B, bp, t0, S::TT, sm.B, PairedBC<S, 0>{});
     stage_var_bc<T, S>(a, a.C, bp, t0, S::TT, sm.B, PairedBC<S, 1>{});
   } else {
-    if (a.B_variable) stage_var_bc<T, S>(a, a.B, bp, t0, S::TT, reinterpret_cast<BCT*>(sm.B));
-    if (!CARRY && a.C_variable) stage_var_bc<T, S>(a, a.C, bp, t0, S::TT, reinterpret_cast<BCT*>(sm.C));
+    if (a.B_variable) stage_var_bc<T, S>(a, a.B, bp, t0, S::TT, sm.B);
+    if (!CARRY && a.C_variable) stage_var_bc<T, S>(a, a.C, bp, t0, S::TT, sm.C);
   }
 }
 
@@ -480,8 +447,8 @@ __device__ void write_fwd(const ark_selective_scan_args& a, const BlockPos& bp, 
 
 
 // Vector staging: u/delta chunks -> (delta, delta*u) and D*u; B/C chunks -> (step, state) layout.
-// CARRY: neither D*u nor C. BCT: the staged type of variable B and C.
-template <class S, bool BC_VAR, bool CARRY, typename BCT>
+// CARRY: neither D*u nor C.
+template <class S, bool BC_VAR, bool CARRY>
 __device__ void store_staged(const ark_selective_scan_args& a, const BlockPos& bp, int64_t t0, FwdSmem<S>& sm,
                              const Chunks<S::NV_ROWS>& cu, const Chunks<S::NV_ROWS>& cd,
                              const Chunks<S::NV_BC>& cb, const Chunks<S::NV_BC>& cc) {
@@ -529,8 +496,8 @@ __device__ void store_staged(const ark_selective_scan_args& a, const BlockPos& b
         sm.B[PairedBC<S, 0>{}(t, p.r)] = b[i];
         sm.B[PairedBC<S, 1>{}(t, p.r)] = c[i];
       } else {
-        if (a.B_variable) reinterpret_cast<BCT*>(sm.B)[t * S::NPP + p.r] = from_f32<BCT>(b[i]);
-        if (!CARRY && a.C_variable) reinterpret_cast<BCT*>(sm.C)[t * S::NPP + p.r] = from_f32<BCT>(c[i]);
+        if (a.B_variable) sm.B[t * S::NPP + p.r] = b[i];
+        if (!CARRY && a.C_variable) sm.C[t * S::NPP + p.r] = c[i];
       }
     }
   }
@@ -581,17 +548,11 @@ enum class FwdReduce : int {
 template <class S>
 constexpr FwdReduce FwdDefaultReduce = S::SMEM_REDUCE ? FwdReduce::kSmem : FwdReduce::kShufflePipelined;
 
-// BCT: the staged type of B and C when both are variable: float, or the inputs' 16-bit type, which
-// halves the shared-memory bytes the step loop reads for them (the loop is bound by shared-memory
-// wavefronts, bench/NOTES.md) at the cost of one integer instruction per value to widen it.
-template <class S, bool VARLEN, bool BC_VAR, FwdReduce RED = FwdDefaultReduce<S>, bool CARRY = false,
-          typename BCT = float>
+template <class S, bool VARLEN, bool BC_VAR, FwdReduce RED = FwdDefaultReduce<S>, bool CARRY = false>
 __global__ void __launch_bounds__(S::THREADS, S::THREADS == 256 && S::NP <= 16 ? 2 : 1)
     selective_scan_fwd_kernel(const ark_selective_scan_args a, const FwdChunks ch) {
   constexpr int K = S::K, R = S::R, TT = S::TT;
-  constexpr bool kBc16 = !std::is_same_v<BCT, float>;
   static_assert(!(CARRY && BC_VAR), "the carry kernel stages B alone");
-  static_assert(!(kBc16 && BC_VAR), "paired B/C rows are fp32");
   extern __shared__ float4 smem_f4[];
   FwdSmem<S> sm(reinterpret_cast<float*>(smem_f4));
   const int64_t chunk = blockIdx.x / ch.blocks0;
@@ -627,11 +588,8 @@ __global__ void __launch_bounds__(S::THREADS, S::THREADS == 256 && S::NP <= 16 ?
   if (!BC_VAR && !a.B_variable) stage_const_bc<S>(a, static_cast<const float*>(a.B), bp, sm.B);
   if (!BC_VAR && !CARRY && !a.C_variable) stage_const_bc<S>(a, static_cast<const float*>(a.C), bp, sm.C);
   // Generic path: variable B/C indexed by step, constant by channel. BC_VAR: paired rows of 2 NPP.
-  // 16-bit staging (kBc16): B and C are both variable (the launcher's rule).
-  const BCT* Bs = reinterpret_cast<const BCT*>(sm.B);
-  const BCT* Cs = reinterpret_cast<const BCT*>(sm.C);
-  const BCT* Bp = BC_VAR ? Bs + PairedBC<S, 0>{}(0, n0) : a.B_variable ? Bs + n0 : Bs + row * S::NPP + n0;
-  const BCT* Cp = a.C_variable ? Cs + n0 : Cs + row * S::NPP + n0;
+  const float* Bp = BC_VAR ? sm.B + PairedBC<S, 0>{}(0, n0) : a.B_variable ? sm.B + n0 : sm.B + row * S::NPP + n0;
+  const float* Cp = a.C_variable ? sm.C + n0 : sm.C + row * S::NPP + n0;
   const int b_step = a.B_variable ? S::NPP : 0, c_step = a.C_variable ? S::NPP : 0;
 
   // Vector path: the next tile's chunks are loaded into registers while this tile is computed.
@@ -650,14 +608,12 @@ __global__ void __launch_bounds__(S::THREADS, S::THREADS == 256 && S::NP <= 16 ?
   for (int64_t t0 = steps.first; t0 < steps.end; t0 += TT) {
     __syncthreads();
     if (vec) {
-      store_staged<S, BC_VAR, CARRY, BCT>(a, bp, t0, sm, cu, cd, cb, cc);
-    } else if constexpr (kBc16) {
-      stage_fwd<BCT, S, BC_VAR, CARRY, BCT>(a, bp, t0, sm);
+      store_staged<S, BC_VAR, CARRY>(a, bp, t0, sm, cu, cd, cb, cc);
     } else {
       switch (a.dtype) {
-        case ARK_FLOAT32: stage_fwd<float, S, BC_VAR, CARRY, float>(a, bp, t0, sm); break;
-        case ARK_FLOAT16: stage_fwd<__half, S, BC_VAR, CARRY, float>(a, bp, t0, sm); break;
-        default: stage_fwd<__nv_bfloat16, S, BC_VAR, CARRY, float>(a, bp, t0, sm); break;
+        case ARK_FLOAT32: stage_fwd<float, S, BC_VAR, CARRY>(a, bp, t0, sm); break;
+        case ARK_FLOAT16: stage_fwd<__half, S, BC_VAR, CARRY>(a, bp, t0, sm); break;
+        default: stage_fwd<__nv_bfloat16, S, BC_VAR, CARRY>(a, bp, t0, sm); break;
       }
     }
     if (VARLEN) stage_seq_flags(a, t0, TT, sm.start, sm.end);
@@ -1587,9 +1543,9 @@ ark_status pick_fwd_shape(const ark_selective_scan_args& a, LaunchShape* out) {
 // the per-SM rate at 16 warps is only ~1.45x the rate at 8 (H100: 6.0 against 4.1 exponentials a
 // clock), so 2 chunks (192 blocks, 60 SMs with two) gained nothing; what pays is enough chunks to
 // spread the main pass over about kFwdChunkWaves waves of blocks (H100, b2 d1536 l2048, K2R8 T256,
-// unchunked 0.1450 ms: 2 chunks 0.1444, 3 0.1572, 4 0.1406, 6 0.1294, 8 0.1330; bench/NOTES.md,
-// session 11). Chunks hold at least kMinChunkTiles tiles. Knob sscan_fwd_chunks: 1 = unchunked,
-// n = n chunks. No workspace: unchunked.
+// unchunked 0.1450 ms: 2 chunks 0.1444, 3 0.1572, 4 0.1406, 6 0.1294, 8 0.1330; H200: unchunked
+// 0.1452, 6 chunks 0.1289, 8 0.1343, 12 0.1370; bench/NOTES.md, session 11). Chunks hold at least
+// kMinChunkTiles tiles. Knob sscan_fwd_chunks: 1 = unchunked, n = n chunks. No workspace: unchunked.
 constexpr int64_t kFwdWarpsPerSm = 16, kFwdChunkWaves = 2;
 struct FwdPlan {
   LaunchShape shape;
@@ -1613,43 +1569,7 @@ ark_status pick_fwd(const ark_selective_scan_args& a, bool have_workspace, FwdPl
   return ARK_SUCCESS;
 }
 
-// The forward's launches (the carry kernel first where time is chunked) with variable B and C staged as BCT.
-template <class S, typename BCT>
-ark_status launch_fwd_staged(const ark_selective_scan_args& a, const FwdChunks& ch, cudaStream_t st) {
-  const size_t smem = size_t(FwdSmem<S>::floats()) * sizeof(float);
-  if (ch.chunks > 1) {
-    auto carry = a.cu_seqlens ? selective_scan_fwd_kernel<S, true, false, FwdDefaultReduce<S>, true, BCT>
-                              : selective_scan_fwd_kernel<S, false, false, FwdDefaultReduce<S>, true, BCT>;
-    if (cudaFuncSetAttribute(carry, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)) != cudaSuccess)
-      return cuda_launch_status("selective_scan", "forward carry (shared memory attribute)");
-    carry<<<unsigned(ch.blocks0 * (ch.chunks - 1)), S::THREADS, smem, st>>>(a, ch);
-    ARK_TRY(cuda_launch_status("selective_scan", "forward carry"));
-  }
-  auto kernel = a.cu_seqlens ? selective_scan_fwd_kernel<S, true, false, FwdDefaultReduce<S>, false, BCT>
-                             : selective_scan_fwd_kernel<S, false, false, FwdDefaultReduce<S>, false, BCT>;
-#ifdef ARKERNELS_TUNING_VARIANTS
-  // Paired B/C (BC_VAR) measured slower than the generic path once the staging stores were made
-  // conflict-free (H200, bench/NOTES.md): tuning builds only, fp32 staging.
-  if constexpr (std::is_same_v<BCT, float>) {
-    const bool bc_var = knob(Knob::SscanFwdPairedBc) && a.B_variable && a.C_variable;
-    if (bc_var) kernel = a.cu_seqlens ? selective_scan_fwd_kernel<S, true, true> : selective_scan_fwd_kernel<S, false, true>;
-    if constexpr (!S::SMEM_REDUCE) {
-      if (knob(Knob::SscanFwdReduce) == int(FwdReduce::kShuffle) && !a.cu_seqlens)
-        kernel = bc_var ? selective_scan_fwd_kernel<S, false, true, FwdReduce::kShuffle>
-                        : selective_scan_fwd_kernel<S, false, false, FwdReduce::kShuffle>;
-    }
-  }
-#endif
-  if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)) != cudaSuccess)
-    return cuda_launch_status("selective_scan", "forward (shared memory attribute)");
-  kernel<<<unsigned(ch.blocks0 * ch.chunks), S::THREADS, smem, st>>>(a, ch);
-  return cuda_launch_status("selective_scan", "forward");
-}
-
-// `chunks` time chunks (pick_fwd); their carries in `ws` (fwd_workspace_floats). Variable B and C of
-// 16-bit inputs are staged in their own type (exact), for K <= 4 (K = 8 rows would need a pitch of 8
-// values for 16-byte loads); knob sscan_fwd_bc32 = 1 stages them as fp32 (tuning builds: also the
-// paired and unpipelined variants, which are fp32 only).
+// `chunks` time chunks (pick_fwd); their carries in `ws` (fwd_workspace_floats).
 template <class S>
 ark_status launch_fwd(const ark_selective_scan_args& a, int64_t chunks, float* ws, cudaStream_t st) {
 #ifdef ARKERNELS_TUNING_VARIANTS
@@ -1658,25 +1578,39 @@ ark_status launch_fwd(const ark_selective_scan_args& a, int64_t chunks, float* w
     if (knob(Knob::SscanFwdReduce) == int(FwdReduce::kSmem))
       return launch_fwd<Shape<S::K, S::R, S::THREADS, true>>(a, chunks, ws, st);
   }
-  const bool fp32_variant = knob(Knob::SscanFwdPairedBc) || knob(Knob::SscanFwdReduce) == int(FwdReduce::kShuffle);
-#else
-  const bool fp32_variant = false;
 #endif
+  const size_t smem = size_t(FwdSmem<S>::floats()) * sizeof(float);
   FwdChunks ch;
   ch.chunks = chunks;
   ch.blocks0 = grid_blocks<S>(a);
-  if (ch.blocks0 * chunks > 0x7fffffffLL) return fail(ARK_ERROR_INVALID_ARGUMENT, "batch * dim: too large for one launch");
+  const int64_t blocks = ch.blocks0 * chunks;
+  if (blocks > 0x7fffffffLL) return fail(ARK_ERROR_INVALID_ARGUMENT, "batch * dim: too large for one launch");
   if (chunks > 1) {
     ch.carry_h = ws;
     ch.carry_p = ws + (chunks - 1) * a.batch * a.dim * a.dstate;
+    auto carry = a.cu_seqlens ? selective_scan_fwd_kernel<S, true, false, FwdDefaultReduce<S>, true>
+                              : selective_scan_fwd_kernel<S, false, false, FwdDefaultReduce<S>, true>;
+    if (cudaFuncSetAttribute(carry, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)) != cudaSuccess)
+      return cuda_launch_status("selective_scan", "forward carry (shared memory attribute)");
+    carry<<<unsigned(ch.blocks0 * (chunks - 1)), S::THREADS, smem, st>>>(a, ch);
+    ARK_TRY(cuda_launch_status("selective_scan", "forward carry"));
   }
-  if constexpr (S::K <= 4) {
-    if (a.B_variable && a.C_variable && knob(Knob::SscanFwdBc32) != 1 && !fp32_variant) {
-      if (a.dtype == ARK_BFLOAT16) return launch_fwd_staged<S, __nv_bfloat16>(a, ch, st);
-      if (a.dtype == ARK_FLOAT16) return launch_fwd_staged<S, __half>(a, ch, st);
-    }
+  auto kernel = a.cu_seqlens ? selective_scan_fwd_kernel<S, true, false> : selective_scan_fwd_kernel<S, false, false>;
+#ifdef ARKERNELS_TUNING_VARIANTS
+  // Paired B/C (BC_VAR) measured slower than the generic path once the staging stores were made
+  // conflict-free (H200, bench/NOTES.md): tuning builds only.
+  const bool bc_var = knob(Knob::SscanFwdPairedBc) && a.B_variable && a.C_variable;
+  if (bc_var) kernel = a.cu_seqlens ? selective_scan_fwd_kernel<S, true, true> : selective_scan_fwd_kernel<S, false, true>;
+  if constexpr (!S::SMEM_REDUCE) {
+    if (knob(Knob::SscanFwdReduce) == int(FwdReduce::kShuffle) && !a.cu_seqlens)
+      kernel = bc_var ? selective_scan_fwd_kernel<S, false, true, FwdReduce::kShuffle>
+                      : selective_scan_fwd_kernel<S, false, false, FwdReduce::kShuffle>;
   }
-  return launch_fwd_staged<S, float>(a, ch, st);
+#endif
+  if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)) != cudaSuccess)
+    return cuda_launch_status("selective_scan", "forward (shared memory attribute)");
+  kernel<<<unsigned(blocks), S::THREADS, smem, st>>>(a, ch);
+  return cuda_launch_status("selective_scan", "forward");
 }
 
 template <class S>
