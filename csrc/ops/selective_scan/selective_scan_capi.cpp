@@ -63,15 +63,25 @@ size_t fwd_workspace_bytes(const ark_selective_scan_args& a, ark_device device) 
   return 0;
 }
 
+size_t bwd_workspace_bytes(const ark_selective_scan_args& a, ark_device device) {
+  return workspace_for(a, device).floats * sizeof(float);
+}
+
+// The two workspace-size queries: the sizes validated, then bytes_for(args, device).
+ark_status query_workspace(const ark_selective_scan_args* args, ark_device device, size_t* bytes,
+                           size_t (*bytes_for)(const ark_selective_scan_args&, ark_device)) {
+  ark::clear_error();
+  ARK_TRY(check_args(args, device, Check::sizes));
+  ARK_REQUIRE(bytes != nullptr, "bytes: expected a non-NULL pointer");
+  *bytes = bytes_for(*args, device);
+  return ARK_SUCCESS;
+}
+
 }  // namespace
 
 extern "C" ark_status ark_selective_scan_fwd_workspace_size(const ark_selective_scan_args* args, ark_device device,
                                                             size_t* bytes) {
-  ark::clear_error();
-  ARK_TRY(check_args(args, device, Check::sizes));
-  ARK_REQUIRE(bytes != nullptr, "bytes: expected a non-NULL pointer");
-  *bytes = fwd_workspace_bytes(*args, device);
-  return ARK_SUCCESS;
+  return query_workspace(args, device, bytes, fwd_workspace_bytes);
 }
 
 extern "C" ark_status ark_selective_scan_fwd_with_workspace(const ark_selective_scan_args* args, void* workspace,
@@ -103,11 +113,7 @@ extern "C" ark_status ark_selective_scan_fwd(const ark_selective_scan_args* args
 
 extern "C" ark_status ark_selective_scan_bwd_workspace_size(const ark_selective_scan_args* args, ark_device device,
                                                             size_t* bytes) {
-  ark::clear_error();
-  ARK_TRY(check_args(args, device, Check::sizes));
-  ARK_REQUIRE(bytes != nullptr, "bytes: expected a non-NULL pointer");
-  *bytes = workspace_for(*args, device).floats * sizeof(float);
-  return ARK_SUCCESS;
+  return query_workspace(args, device, bytes, bwd_workspace_bytes);
 }
 
 extern "C" ark_status ark_selective_scan_bwd(const ark_selective_scan_args* args, void* workspace,
@@ -115,7 +121,7 @@ extern "C" ark_status ark_selective_scan_bwd(const ark_selective_scan_args* args
   ark::clear_error();
   ARK_TRY(check_args(args, device, Check::backward));
   if (args->batch == 0 || args->dim == 0) return ARK_SUCCESS;
-  const size_t need = workspace_for(*args, device).floats * sizeof(float);
+  const size_t need = bwd_workspace_bytes(*args, device);
   ARK_REQUIRE(workspace_bytes >= need && (need == 0 || workspace),
               "workspace: expected at least %zu bytes (ark_selective_scan_bwd_workspace_size), got %zu at %p", need,
               workspace_bytes, workspace);
