@@ -301,14 +301,17 @@ __device__ __forceinline__ uint4 pack(const float (&x)[8], ark_dtype dt) {
 // Chunk k of this thread in a (rows x tile) tile: tile row r, chunk j of the row. Consecutive threads
 // take consecutive chunks of a row (coalesced loads), or, ROW_MINOR, the same chunk of consecutive
 // rows (B/C: their stores into the step-major layout then hit distinct banks; B/C traffic is small).
+// chunks_per_row is a power of two (tiles of 32 or 64 steps, chunks of 4 or 8), so the row and chunk
+// come from a shift and a mask: the forward knows its dtype only at run time, and there the division
+// cost ~50 instructions per tile and warp (ncu source counters, bench/NOTES.md session 11).
 template <int THREADS, bool ROW_MINOR = false> struct ChunkPos {
   int r, j;
   bool in_tile;
   __device__ ChunkPos(int k, int rows, int chunks_per_row) {
-    const int e = threadIdx.x + k * THREADS;
-    in_tile = e < rows * chunks_per_row;
-    r = ROW_MINOR ? e % rows : e / chunks_per_row;
-    j = ROW_MINOR ? e / rows : e % chunks_per_row;
+    const int e = threadIdx.x + k * THREADS, shift = __ffs(chunks_per_row) - 1;
+    in_tile = e < (rows << shift);
+    r = ROW_MINOR ? e % rows : e >> shift;
+    j = ROW_MINOR ? e / rows : e & (chunks_per_row - 1);
   }
 };
 
