@@ -220,6 +220,32 @@ void set_knobs(const Variant& v) {
   ark_tuning_set("sscan_fwd_chunks", v.fwd_chunks);
 }
 
+// The CUDA forward's time-chunk plan, through the workspace it asks for: 2 (chunks - 1) batch dim N floats.
+// Needs no device (the plan reads the SM count, 132 when there is none; these cases do not depend on it
+// beyond "at least 16"). N = 16 runs 64-step tiles: L = 300 is 5 tiles.
+void test_fwd_chunk_plan() {
+  struct Case { int64_t L; int knob; int64_t chunks; } cases[] = {
+      {300, 1, 1},     // knob 1: unchunked
+      {300, 3, 3},     // 5 tiles in 3 chunks of 2, 2, 1
+      {300, 4, 3},     // 4 asked for: chunks of 2 tiles leave 3 (never an empty chunk)
+      {300, 10, 5},    // at most one chunk per tile
+      {300, 0, 1},     // default: chunks need 4 tiles each, 5 tiles make one
+      {4096, 0, 16}};  // default, one block of channels: 64 tiles in 16 chunks of 4
+  for (const Case& c : cases) {
+    Problem p(3, 16, c.L, 4);
+    Outputs o;
+    ark_selective_scan_args a = args_for(p, o);
+    ark_tuning_set("sscan_fwd_chunks", c.knob);
+    size_t bytes = 1;
+    EXPECT(ark_selective_scan_fwd_workspace_size(&a, ARK_DEVICE_CUDA, &bytes) == ARK_SUCCESS, "fwd workspace size: %s",
+           ark_last_error_message());
+    const size_t want = size_t(2 * (c.chunks - 1) * p.batch * p.dim * p.N) * sizeof(float);
+    EXPECT(bytes == want, "L %lld, knob %d: forward workspace %zu bytes, expected %zu (%lld chunks)", (long long)c.L,
+           c.knob, bytes, want, (long long)c.chunks);
+  }
+  ark_tuning_set("sscan_fwd_chunks", 0);
+}
+
 void test_cuda_matches_cpu(int64_t N, int64_t L, const Variant& v = {}, int64_t dim = 4) {
   int count = 0;
   if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0) {
@@ -280,6 +306,7 @@ int main() {
   test_cpu_matches_definition();
   test_bad_arguments();
 #ifdef ARKERNELS_TEST_CUDA
+  test_fwd_chunk_plan();
   test_cuda_matches_cpu(5, 45);
   // N = 16 (Mamba-1): every forward launch shape a default build compiles for it.
   const int shapes[][2] = {{0, 0}, {404, 128}, {404, 256}, {208, 128}, {208, 256}};
