@@ -230,7 +230,7 @@ void test_fwd_chunk_plan() {
       {300, 4, 3},     // 4 asked for: chunks of 2 tiles leave 3 (never an empty chunk)
       {300, 10, 5},    // at most one chunk per tile
       {300, 0, 1},     // default: chunks need 4 tiles each, 5 tiles make one
-      {4096, 0, 16}};  // default, one block of channels: 64 tiles in 16 chunks of 4
+      {4096, 0, 16}};  // default, 4 blocks (2 rows x 2 groups) of 2 channels: 64 tiles in 16 chunks of 4
   for (const Case& c : cases) {
     Problem p(3, 16, c.L, 4);
     Outputs o;
