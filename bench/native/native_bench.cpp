@@ -268,16 +268,20 @@ void bench_ssu(bool mamba2) {
   a.z = d_z.ptr; a.dt_bias = d_bias.ptr; a.out = d_out.ptr;
   const double bytes = double(2 * rows * N * 4 + 3 * rows * xs + 2 * b * N * xs + (mamba2 ? b * H : rows) * xs +
                               (mamba2 ? H * 12 : P * 4 * (N + 2)));
-  // (ssu_kernel, rows, prefetch): the default (head-tile kernel), the per-row kernel's variants, the
-  // head-tile kernel's rows per lane group.
-  const int variants[][3] = {{0, 0, 0}, {1, 1, 0}, {1, 2, 0}, {1, 1, 1}, {2, 1, 0}, {2, 2, 0}, {2, 4, 0}};
+  // (ssu_kernel, rows, prefetch, lean): the default (head-tile kernel), the per-row kernel's variants,
+  // the head-tile kernel's rows per lane group, with and without its lean form (-1: 64-bit offsets and
+  // run-time parameter dtypes).
+  const int variants[][4] = {{0, 0, 0, 0}, {0, 0, 0, -1}, {1, 1, 0, 0}, {1, 2, 0, 0}, {1, 1, 1, 0},
+                             {2, 1, 0, 0}, {2, 2, 0, 0}, {2, 4, 0, 0}, {2, 4, 0, -1}};
   for (const auto& v : variants) {
     ark_tuning_set("ssu_kernel", v[0]);
     ark_tuning_set("ssu_rows", v[1]);
     ark_tuning_set("ssu_prefetch", v[2]);
-    const std::string variant = v[0] == 0 ? std::string("default")
-                                          : std::string(v[0] == 1 ? "rows=" : "tile rows=") + std::to_string(v[1]) +
-                                                (v[2] ? " prefetch" : "");
+    ark_tuning_set("ssu_lean", v[3]);
+    const std::string variant = (v[0] == 0 ? std::string("default")
+                                           : std::string(v[0] == 1 ? "rows=" : "tile rows=") + std::to_string(v[1]) +
+                                                 (v[2] ? " prefetch" : "")) +
+                                (v[3] < 0 ? " lean off" : "");
     d_state.upload(state);
     const auto call = [&] { return ark_selective_state_update(&a, ARK_DEVICE_CUDA, nullptr); };
     Host got_state = state, got_out = out;
@@ -287,13 +291,14 @@ void bench_ssu(bool mamba2) {
     // Timed calls keep advancing the state in place (bounded: exp(dt A) < 1).
     const double ms = time_ms(call);
     report("selective_state_update", shape, variant, "step", ms, bytes, err, mamba2 ? 1e-2 : 1e-5);
-    if (v[0] == 0)
+    if (v[0] == 0 && v[3] == 0)
       report("selective_state_update", shape, "default clean-L2", "step", time_ms(call, true), bytes, err,
              mamba2 ? 1e-2 : 1e-5);
   }
   ark_tuning_set("ssu_kernel", 0);
   ark_tuning_set("ssu_rows", 0);
   ark_tuning_set("ssu_prefetch", 0);
+  ark_tuning_set("ssu_lean", 0);
 }
 
 // ------------------------------------------------------------------ causal_conv1d

@@ -299,13 +299,15 @@ void test_cuda_matches_definition() {
     return;
   }
   unsigned seed = 100;
-  // (ssu_kernel, rows per lane group, token prefetch): the default (head-tile kernel where it applies)
-  // and the per-row kernel; in tuning builds every variant of both.
+  // (ssu_kernel, rows per lane group, token prefetch, lean): the default (head-tile kernel where it
+  // applies, in its lean form where the state is fp32: every problem here has fp32 parameters and
+  // small offsets), the head-tile kernel without the lean form, and the per-row kernel; in tuning
+  // builds every variant.
 #ifdef ARKERNELS_TUNING_VARIANTS
-  const int variants[][3] = {{0, 0, 0}, {1, 1, 0}, {1, 2, 0}, {1, 4, 0}, {1, 1, 1}, {1, 2, 1},
-                             {2, 1, 0}, {2, 2, 0}, {2, 4, 0}};
+  const int variants[][4] = {{0, 0, 0, 0}, {0, 0, 0, -1}, {1, 1, 0, 0}, {1, 2, 0, 0}, {1, 4, 0, 0}, {1, 1, 1, 0},
+                             {1, 2, 1, 0}, {2, 1, 0, 0}, {2, 2, 0, 0}, {2, 4, 0, 0}, {2, 1, 0, -1}, {2, 4, 0, -1}};
 #else
-  const int variants[][3] = {{0, 0, 0}, {1, 0, 0}};
+  const int variants[][4] = {{0, 0, 0, 0}, {0, 0, 0, -1}, {1, 0, 0, 0}};
 #endif
   for (const auto& v : variants)
   for (const Shape& s : kShapes)
@@ -313,6 +315,7 @@ void test_cuda_matches_definition() {
       ark_tuning_set("ssu_kernel", v[0]);
       ark_tuning_set("ssu_rows", v[1]);
       ark_tuning_set("ssu_prefetch", v[2]);
+      ark_tuning_set("ssu_lean", v[3]);
       const Problem p = make_problem(s.b, s.k, s.H, s.P, s.N, s.G, s.a_broadcast, s.extras, s.indices, seed++, s.head_params);
       Buffers h = host_buffers(p, dtype);
       std::vector<char> idx_bytes(p.idx.size() * 4);
@@ -328,13 +331,14 @@ void test_cuda_matches_definition() {
       out.to_host(h.out);
       inter.to_host(h.inter);
       char what[96];
-      std::snprintf(what, sizeof(what), "cuda %s (ssu_kernel %d, rows %d, prefetch %d)",
-                    dtype == ARK_FLOAT32 ? "fp32" : "bf16", v[0], v[1], v[2]);
+      std::snprintf(what, sizeof(what), "cuda %s (ssu_kernel %d, rows %d, prefetch %d, lean %d)",
+                    dtype == ARK_FLOAT32 ? "fp32" : "bf16", v[0], v[1], v[2], v[3]);
       check_result(what, p, h, st, dtype == ARK_FLOAT32 ? 1e-5 : 1e-2);
     }
   ark_tuning_set("ssu_kernel", 0);
   ark_tuning_set("ssu_rows", 0);
   ark_tuning_set("ssu_prefetch", 0);
+  ark_tuning_set("ssu_lean", 0);
 }
 #endif
 

@@ -24,6 +24,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <type_traits>
 
 #include "common/device_math.cuh"
 #include "common/status.hpp"
@@ -404,15 +405,46 @@ __global__ void __launch_bounds__(kThreads, ROWS == 1 ? kMinBlocksVec : (ROWS ==
 // z is read with them, not after the reduction.
 constexpr int kTileWarps = kThreads / 32;
 
+// n / d for 0 <= n < 2^31 and a divisor d >= 1 fixed for the launch: a multiply-high, an add and a
+// shift (Granlund and Montgomery's round-up multiplier, with 2^shift >= d; the add cannot carry out
+// of 32 bits for n < 2^31) instead of the ~30-instruction sequence of a run-time 32-bit division.
+struct DivU31 {
+  uint32_t mul = 1;
+  int shift = 0;
+  static DivU31 of(uint32_t d) {
+    DivU31 r;
+    if (d == 0) return r;  // no channels: nothing is divided
+    while ((uint64_t(1) << r.shift) < d) ++r.shift;
+    r.mul = uint32_t(((uint64_t(1) << 32) * ((uint64_t(1) << r.shift) - d)) / d + 1);
+    return r;
+  }
+  __device__ __forceinline__ int operator()(int n) const {
+    return int((__umulhi(uint32_t(n), mul) + uint32_t(n)) >> shift);
+  }
+};
+struct TileDivisors {
+  DivU31 head_dim, channels_per_group;
+};
+
 __host__ __device__ constexpr int tile_rows_per_block(int log2_lanes, int rpt) {
   return kTileWarps * (32 >> log2_lanes) * rpt;
 }
 
-template <typename S, typename X, int RPT, bool A_CONST, bool PER_HEAD>
+//
+// LEAN (host: lean_layout): every element offset the kernel forms fits in 31 bits and A, D, dt_bias
+// are fp32, so offsets are 32-bit products and the parameters plain float loads. The Mamba-1 step
+// was issue-bound (ncu: 75% of cycles issuing, DRAM 23%), and 227 of its 1016 SASS instructions
+// were the IMADs of 64-bit offsets, next to a three-way dtype branch around every parameter load.
+template <typename S, typename X, int RPT, bool A_CONST, bool PER_HEAD, bool LEAN = false>
 __global__ void __launch_bounds__(kThreads, kMinBlocksVec)
-    selective_state_update_tile_kernel(const SsuParams p, int log2_lanes) {
+    selective_state_update_tile_kernel(const SsuParams p, int log2_lanes, const TileDivisors div) {
   static_assert(!PER_HEAD || A_CONST, "PER_HEAD needs A constant along N");
   constexpr int V = kVec;
+  using Off = std::conditional_t<LEAN, int32_t, int64_t>;
+  const auto param = [](const void* base, Off off, ark_dtype dtype) {
+    if constexpr (LEAN) return __ldg(static_cast<const float*>(base) + off);
+    else return load_param(base, off, dtype);
+  };
   const ark_selective_state_update_args& a = p.a;
   const int lanes = 1 << log2_lanes;
   const int lane = int(threadIdx.x) & (lanes - 1);
@@ -425,17 +457,17 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksVec)
   // every row of the grid exists and a block reads one B/C group.
   const int P = int(a.head_dim);
   const int c0 = int(blockIdx.x) * tile_rows_per_block(log2_lanes, RPT);
-  const int h0 = c0 / P;  // PER_HEAD: the block's head
+  const int h0 = div.head_dim(c0);  // PER_HEAD: the block's head
   int hrow[RPT], prow[RPT];
 #pragma unroll
   for (int i = 0; i < RPT; ++i) {
     const int c = c0 + (i * kTileWarps + warp) * rows_per_warp + group;
-    hrow[i] = PER_HEAD ? h0 : c / P;
+    hrow[i] = PER_HEAD ? h0 : div.head_dim(c);
     prow[i] = c - hrow[i] * P;
   }
   const int K = int(a.tokens);
   const auto tok = [&](const int64_t* s, int i, int t) {  // offset of (b, t, h, p) in a (b, k, H, P) tensor
-    return b * s[0] + int64_t(t) * s[1] + int64_t(hrow[i]) * s[2] + int64_t(prow[i]) * s[3];
+    return Off(b) * Off(s[0]) + Off(t) * Off(s[1]) + Off(hrow[i]) * Off(s[2]) + Off(prow[i]) * Off(s[3]);
   };
 
   const int64_t srow = state_row_of(a, b);
@@ -450,10 +482,10 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksVec)
   }
   const int n0 = lane * V;
   const auto state_row = [&](int i) {
-    return static_cast<S*>(a.state) + srow * a.state_strides[0] + int64_t(hrow[i]) * a.state_strides[1] +
-           int64_t(prow[i]) * a.state_strides[2] + n0;
+    return static_cast<S*>(a.state) + Off(srow) * Off(a.state_strides[0]) + Off(hrow[i]) * Off(a.state_strides[1]) +
+           Off(prow[i]) * Off(a.state_strides[2]) + n0;
   };
-  const auto hp = [&](const int64_t* s, int i) { return int64_t(hrow[i]) * s[0] + int64_t(prow[i]) * s[1]; };
+  const auto hp = [&](const int64_t* s, int i) { return Off(hrow[i]) * Off(s[0]) + Off(prow[i]) * Off(s[1]); };
 
   // Every state row (and A row) of the thread first; the token's inputs follow before any use.
   float s[RPT][V];
@@ -463,19 +495,20 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksVec)
   float A[A_CONST ? 1 : RPT][V], a_row[NP], d[NP], bias[NP];
 #pragma unroll
   for (int i = 0; i < NP; ++i) {
-    const int64_t a_off = int64_t(hrow[i]) * a.A_strides[0] + int64_t(prow[i]) * a.A_strides[1];
+    const Off a_off = Off(hrow[i]) * Off(a.A_strides[0]) + Off(prow[i]) * Off(a.A_strides[1]);
     if constexpr (A_CONST) {
-      a_row[i] = load_param(a.A, a_off, a.A_dtype);
+      a_row[i] = param(a.A, a_off, a.A_dtype);
     } else {
       a_row[i] = 0.f;
-      load_A_vec<V>(a, a_off + n0, A[i]);
+      if constexpr (LEAN) load_vec<float, V, true>(static_cast<const float*>(a.A) + a_off + n0, A[i]);
+      else load_A_vec<V>(a, a_off + n0, A[i]);
     }
-    d[i] = a.D ? load_param(a.D, hp(a.D_strides, i), a.D_dtype) : 0.f;
-    bias[i] = a.dt_bias ? load_param(a.dt_bias, hp(a.dt_bias_strides, i), a.dt_bias_dtype) : 0.f;
+    d[i] = a.D ? param(a.D, hp(a.D_strides, i), a.D_dtype) : 0.f;
+    bias[i] = a.dt_bias ? param(a.dt_bias, hp(a.dt_bias_strides, i), a.dt_bias_dtype) : 0.f;
   }
-  const int64_t g = c0 / p.channels_per_group;
-  const X* B0 = static_cast<const X*>(a.B) + b * a.B_strides[0] + g * a.B_strides[2] + n0;
-  const X* C0 = static_cast<const X*>(a.C) + b * a.C_strides[0] + g * a.C_strides[2] + n0;
+  const Off g = div.channels_per_group(c0);
+  const X* B0 = static_cast<const X*>(a.B) + Off(b) * Off(a.B_strides[0]) + g * Off(a.B_strides[2]) + n0;
+  const X* C0 = static_cast<const X*>(a.C) + Off(b) * Off(a.C_strides[0]) + g * Off(a.C_strides[2]) + n0;
   const X* xp = static_cast<const X*>(a.x);
   const X* dtp = static_cast<const X*>(a.dt);
   const X* zp = static_cast<const X*>(a.z);
@@ -484,8 +517,8 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksVec)
 #pragma unroll 1
   for (int t = 0; t < K; ++t) {
     float Bv[V], Cv[V], xv[RPT], zv[RPT], dtv[NP];
-    load_vec<X, V, true>(B0 + int64_t(t) * a.B_strides[1], Bv);
-    load_vec<X, V, true>(C0 + int64_t(t) * a.C_strides[1], Cv);
+    load_vec<X, V, true>(B0 + Off(t) * Off(a.B_strides[1]), Bv);
+    load_vec<X, V, true>(C0 + Off(t) * Off(a.C_strides[1]), Cv);
 #pragma unroll
     for (int i = 0; i < RPT; ++i) {
       xv[i] = ld(xp + tok(a.x_strides, i, t));
@@ -512,8 +545,8 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksVec)
         part[i] = fmaf(s[i][k], Cv[k], part[i]);
       }
       if (a.intermediate_states)
-        store_vec<S, V>(static_cast<S*>(a.intermediate_states) + b * is[0] + int64_t(t) * is[1] +
-                            int64_t(hrow[i]) * is[2] + int64_t(prow[i]) * is[3] + n0,
+        store_vec<S, V>(static_cast<S*>(a.intermediate_states) + Off(b) * Off(is[0]) + Off(t) * Off(is[1]) +
+                            Off(hrow[i]) * Off(is[2]) + Off(prow[i]) * Off(is[3]) + n0,
                         s[i]);
     }
     // The RPT row sums over each lane group, their shuffles interleaved (independent chains).
@@ -545,6 +578,41 @@ bool rows_aligned(const void* base, const int64_t* sizes, const int64_t* strides
 }
 
 int dtype_bytes(ark_dtype d) { return d == ARK_FLOAT32 ? 4 : 2; }
+
+// Whether every element offset of a tensor of these sizes and strides lies in [0, 2^31): no negative
+// stride where the extent is above 1, and the offset of the last element (every index at its largest)
+// below 2^31. Each product the kernel forms is then below it too.
+bool offsets_fit_31(const int64_t* sizes, const int64_t* strides, int rank) {
+  constexpr int64_t kLimit = (int64_t(1) << 31) - 1;
+  int64_t largest = 0;
+  for (int i = 0; i < rank; ++i) {
+    if (sizes[i] <= 1) continue;
+    if (strides[i] < 0) return false;
+    if (strides[i] > 0 && sizes[i] - 1 > (kLimit - largest) / strides[i]) return false;
+    largest += (sizes[i] - 1) * strides[i];
+  }
+  return true;
+}
+
+// Whether the head-tile kernel may take its LEAN form: an fp32 state (the only LEAN instances), fp32
+// A, D and dt_bias, and every tensor's offsets within 31 bits.
+bool lean_layout(const SsuParams& p) {
+  const ark_selective_state_update_args& a = p.a;
+  if (p.a.state_dtype != ARK_FLOAT32 || knob(Knob::SsuLean) < 0 || a.A_dtype != ARK_FLOAT32 ||
+      (a.D && a.D_dtype != ARK_FLOAT32) || (a.dt_bias && a.dt_bias_dtype != ARK_FLOAT32))
+    return false;
+  const int64_t tok[4] = {a.batch, a.tokens, a.heads, a.head_dim};
+  const int64_t st[4] = {a.state_batch, a.heads, a.head_dim, a.dstate};
+  const int64_t bc[4] = {a.batch, a.tokens, a.groups, a.dstate};
+  const int64_t hpn[3] = {a.heads, a.head_dim, a.dstate}, hp[2] = {a.heads, a.head_dim};
+  const int64_t inter[5] = {a.batch, a.tokens, a.heads, a.head_dim, a.dstate};
+  return offsets_fit_31(st, a.state_strides, 4) && offsets_fit_31(tok, a.x_strides, 4) &&
+         offsets_fit_31(tok, a.dt_strides, 4) && offsets_fit_31(tok, a.out_strides, 4) &&
+         (!a.z || offsets_fit_31(tok, a.z_strides, 4)) && offsets_fit_31(bc, a.B_strides, 4) &&
+         offsets_fit_31(bc, a.C_strides, 4) && offsets_fit_31(hpn, a.A_strides, 3) &&
+         (!a.D || offsets_fit_31(hp, a.D_strides, 2)) && (!a.dt_bias || offsets_fit_31(hp, a.dt_bias_strides, 2)) &&
+         (!a.intermediate_states || offsets_fit_31(inter, a.intermediate_states_strides, 5));
+}
 
 // Whether the VEC kernel applies (see LaneIO): N a multiple of V and every row read or written along N
 // contiguous and aligned for V-element accesses.
@@ -608,18 +676,28 @@ ark_status launch_rows(const SsuParams& p, int log2_lanes, dim3 grid, cudaStream
 
 // PER_HEAD_ONLY: only the PER_HEAD kernel of this RPT is compiled (default builds pick 4 rows only
 // there; with per-row parameters 4 rows spill registers).
-template <typename S, typename X, int RPT, bool PER_HEAD_ONLY = false>
-ark_status launch_tile_rpt(const SsuParams& p, int log2_lanes, dim3 grid, bool per_head, cudaStream_t stream) {
-  grid.x = unsigned(p.a.heads * p.a.head_dim / tile_rows_per_block(log2_lanes, RPT));
+template <typename S, typename X, int RPT, bool PER_HEAD_ONLY, bool LEAN>
+ark_status launch_tile_instance(const SsuParams& p, int log2_lanes, dim3 grid, bool per_head, cudaStream_t stream) {
+  // Both below 2^31 (launch_tile).
+  const TileDivisors div{DivU31::of(uint32_t(p.a.head_dim)), DivU31::of(uint32_t(p.channels_per_group))};
   if (per_head)
-    selective_state_update_tile_kernel<S, X, RPT, true, true><<<grid, kThreads, 0, stream>>>(p, log2_lanes);
+    selective_state_update_tile_kernel<S, X, RPT, true, true, LEAN><<<grid, kThreads, 0, stream>>>(p, log2_lanes, div);
   else if constexpr (PER_HEAD_ONLY)
     return fail(ARK_ERROR_INVALID_ARGUMENT, "tuning knob ssu_rows: %d rows without PER_HEAD are not compiled", RPT);
   else if (p.a_const_n)
-    selective_state_update_tile_kernel<S, X, RPT, true, false><<<grid, kThreads, 0, stream>>>(p, log2_lanes);
+    selective_state_update_tile_kernel<S, X, RPT, true, false, LEAN><<<grid, kThreads, 0, stream>>>(p, log2_lanes, div);
   else
-    selective_state_update_tile_kernel<S, X, RPT, false, false><<<grid, kThreads, 0, stream>>>(p, log2_lanes);
-  return cuda_launch_status("selective_state_update", "head-tile kernel");
+    selective_state_update_tile_kernel<S, X, RPT, false, false, LEAN><<<grid, kThreads, 0, stream>>>(p, log2_lanes, div);
+  return cuda_launch_status("selective_state_update", LEAN ? "head-tile kernel (lean)" : "head-tile kernel");
+}
+
+template <typename S, typename X, int RPT, bool PER_HEAD_ONLY = false>
+ark_status launch_tile_rpt(const SsuParams& p, int log2_lanes, dim3 grid, bool per_head, cudaStream_t stream) {
+  grid.x = unsigned(p.a.heads * p.a.head_dim / tile_rows_per_block(log2_lanes, RPT));
+  if constexpr (std::is_same_v<S, float>) {
+    if (lean_layout(p)) return launch_tile_instance<S, X, RPT, PER_HEAD_ONLY, true>(p, log2_lanes, grid, per_head, stream);
+  }
+  return launch_tile_instance<S, X, RPT, PER_HEAD_ONLY, false>(p, log2_lanes, grid, per_head, stream);
 }
 
 // The head-tile kernel where it applies (true; *status set), else false: N = lanes * V exactly,
