@@ -299,6 +299,15 @@ void bench_ssu(bool mamba2) {
   ark_tuning_set("ssu_rows", 0);
   ark_tuning_set("ssu_prefetch", 0);
   ark_tuning_set("ssu_lean", 0);
+  // The ceiling at this size: a device-to-device copy of the state alone (read and written), timed as the
+  // kernel is; its "% copy" column is against the 1 GiB copy, as every row's.
+  Device d_copy(state);
+  const size_t state_bytes = size_t(rows * N * 4);
+  const double copy_ms = time_ms([&] {
+    return cudaMemcpyAsync(d_copy.ptr, d_state.ptr, state_bytes, cudaMemcpyDeviceToDevice) == cudaSuccess ? ARK_SUCCESS
+                                                                                                         : ARK_ERROR_CUDA;
+  });
+  report("selective_state_update", shape, "state-size memcpy", "copy", copy_ms, double(2 * state_bytes), 0.0, 0.0);
 }
 
 // ------------------------------------------------------------------ causal_conv1d
