@@ -272,7 +272,7 @@ void bench_ssu(bool mamba2) {
   // the head-tile kernel's rows per lane group, with and without its lean form (-1: 64-bit offsets and
   // run-time parameter dtypes).
   const int variants[][4] = {{0, 0, 0, 0}, {0, 0, 0, -1}, {1, 1, 0, 0}, {1, 2, 0, 0}, {1, 1, 1, 0},
-                             {2, 1, 0, 0}, {2, 2, 0, 0}, {2, 4, 0, 0}, {2, 4, 0, -1}};
+                             {2, 1, 0, 0}, {2, 2, 0, 0}, {2, 4, 0, 0}, {2, 1, 0, -1}, {2, 2, 0, -1}, {2, 4, 0, -1}};
   for (const auto& v : variants) {
     ark_tuning_set("ssu_kernel", v[0]);
     ark_tuning_set("ssu_rows", v[1]);
@@ -521,16 +521,13 @@ void bench_sscan(int64_t b, int64_t d, int64_t L, int64_t N, bool run_variants) 
   const double exps = double(b * d * L * N);
   // reduce: the sscan_fwd_reduce knob (0 shuffles overlapped, 1 not overlapped, 2 through shared memory);
   // paired: sscan_fwd_paired_bc (B and C in paired rows, compile-time strides); chunks: sscan_fwd_chunks
-  // (0 the launcher's choice, 1 unchunked, n time chunks); channels: sscan_fwd_channels (per lane).
-  // Shape 0: the launcher's choice.
-  struct V { int shape, threads, reduce, paired, chunks, channels = 0; };
+  // (0 the launcher's choice, 1 unchunked, n time chunks). Shape 0: the launcher's choice.
+  struct V { int shape, threads, reduce, paired, chunks; };
   const V variants[] = {{0, 0, 0, 0, 0},     {208, 256, 0, 0, 1}, {208, 256, 0, 1, 1}, {208, 256, 2, 0, 1},
                         {208, 256, 1, 0, 1}, {404, 128, 0, 0, 1}, {404, 128, 2, 0, 1}, {208, 128, 0, 0, 1},
                         {208, 128, 2, 0, 1}, {404, 256, 0, 0, 1}, {208, 64, 0, 0, 1},  {208, 256, 0, 0, 4},
                         {208, 256, 0, 0, 6}, {208, 256, 0, 0, 8}, {208, 256, 0, 0, 12}, {208, 128, 0, 0, 4},
-                        {208, 128, 0, 0, 8}, {404, 128, 0, 0, 6},
-                        {208, 128, 0, 0, 1, 2}, {208, 128, 0, 0, 0, 2}, {208, 128, 1, 0, 1, 2},
-                        {208, 256, 0, 0, 1, 2}, {208, 128, 0, 0, 4, 2}, {208, 128, 0, 0, 8, 2}};
+                        {208, 128, 0, 0, 8}, {404, 128, 0, 0, 6}};
   for (const V& v : variants) {
     if (!run_variants) break;
     ark_tuning_set("sscan_fwd_shape", v.shape);
@@ -538,13 +535,11 @@ void bench_sscan(int64_t b, int64_t d, int64_t L, int64_t N, bool run_variants) 
     ark_tuning_set("sscan_fwd_reduce", v.reduce);
     ark_tuning_set("sscan_fwd_paired_bc", v.paired);
     ark_tuning_set("sscan_fwd_chunks", v.chunks);
-    ark_tuning_set("sscan_fwd_channels", v.channels);
     const std::string variant =
         (v.shape ? "K" + std::to_string(v.shape / 100) + "R" + std::to_string(v.shape % 100) + " T" + std::to_string(v.threads)
                  : std::string("default")) +
         (v.reduce == 1 ? " unpiped" : v.reduce == 2 ? " smem-reduce" : "") + (v.paired ? " paired-bc" : "") +
-        (v.chunks > 1 ? " " + std::to_string(v.chunks) + " chunks" : "") +
-        (v.channels == 2 ? std::string(v.chunks == 0 ? " M2 default chunks" : " M2") : "");
+        (v.chunks > 1 ? " " + std::to_string(v.chunks) + " chunks" : "");
     size_t ws_bytes = 0;
     if (const ark_status s = ark_selective_scan_fwd_workspace_size(&a, ARK_DEVICE_CUDA, &ws_bytes)) {
       report_error("selective_scan", shape, variant, s);
@@ -564,7 +559,6 @@ void bench_sscan(int64_t b, int64_t d, int64_t L, int64_t N, bool run_variants) 
   ark_tuning_set("sscan_fwd_reduce", 0);
   ark_tuning_set("sscan_fwd_paired_bc", 0);
   ark_tuning_set("sscan_fwd_chunks", 0);
-  ark_tuning_set("sscan_fwd_channels", 0);
 
   // Forward (with checkpoints and last state, as autograd runs it) + backward, default shapes.
   Host g(rows, ARK_BFLOAT16, normal);
@@ -578,13 +572,10 @@ void bench_sscan(int64_t b, int64_t d, int64_t L, int64_t N, bool run_variants) 
   // staging (sscan_bwd_scalar_staging), and (tuning builds) the batched staging and the vectorised
   // dB/dC row sums (sscan_bwd_rowsum_vec). The workspace is sized per variant (its size follows the
   // launch shape).
-  // "fwd M2": the forward with two channels per lane (sscan_fwd_channels = 2), the default backward.
-  const struct { const char* name; int chunks, batched, scalar, rowsum, fwd_channels; } bwd_variants[] = {
-      {"default", 0, 0, 0, 0, 0}, {"bwd unchunked", 1, 0, 0, 0, 0}, {"bwd 5 chunks", 5, 0, 0, 0, 0},
-      {"bwd scalar staging", 0, 0, 1, 0, 0}, {"bwd batched staging", 0, 1, 0, 0, 0}, {"bwd rowsum off", 0, 0, 0, -1, 0},
-      {"fwd M2", 0, 0, 0, 0, 2}};
+  const struct { const char* name; int chunks, batched, scalar, rowsum; } bwd_variants[] = {
+      {"default", 0, 0, 0, 0}, {"bwd unchunked", 1, 0, 0, 0}, {"bwd 5 chunks", 5, 0, 0, 0},
+      {"bwd scalar staging", 0, 0, 1, 0}, {"bwd batched staging", 0, 1, 0, 0}, {"bwd rowsum off", 0, 0, 0, -1}};
   for (const auto& bv : bwd_variants) {
-    ark_tuning_set("sscan_fwd_channels", bv.fwd_channels);
     ark_tuning_set("sscan_bwd_chunks", bv.chunks);
     ark_tuning_set("sscan_bwd_batched_staging", bv.batched);
     ark_tuning_set("sscan_bwd_scalar_staging", bv.scalar);
@@ -619,7 +610,6 @@ void bench_sscan(int64_t b, int64_t d, int64_t L, int64_t N, bool run_variants) 
   ark_tuning_set("sscan_bwd_batched_staging", 0);
   ark_tuning_set("sscan_bwd_scalar_staging", 0);
   ark_tuning_set("sscan_bwd_rowsum_vec", 0);
-  ark_tuning_set("sscan_fwd_channels", 0);
 }
 
 // ------------------------------------------------------------------ block_sparse_attention

@@ -11,7 +11,7 @@ constexpr const char* kNames[int(Knob::Count)] = {"ssu_rows", "ssu_prefetch", "c
                                                   "sscan_fwd_reduce", "sscan_fwd_paired_bc", "sscan_bwd_chunks",
                                                   "sscan_bwd_scalar_staging", "ssu_kernel", "conv1d_fwd_persistent",
                                                   "conv1d_fwd_vec_halo", "sscan_bwd_rowsum_vec", "bsa_fwd_schedule",
-                                                  "bsa_fwd_stages", "bsa_fwd_ctas", "sscan_fwd_chunks", "sscan_fwd_channels", "ssu_lean"};
+                                                  "bsa_fwd_stages", "bsa_fwd_ctas", "sscan_fwd_chunks", "ssu_lean"};
 }  // namespace
 
 int knob(Knob k) { return g_knobs[int(k)]; }

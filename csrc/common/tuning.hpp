@@ -32,7 +32,6 @@ enum class Knob : int {
   BsaFwdCtas,         // block_sparse_attention CUDA forward, persistent: CTAs (n > 0: at most n; tests walk many
                       // items per CTA with it)
   SscanFwdChunks,     // selective_scan forward: time chunks (1 = one chunk, the unchunked forward; needs a workspace)
-  SscanFwdChannels,   // selective_scan forward: channels per lane, 1 or 2 (2: B and C both variable only)
   SsuLean,            // selective_state_update head-tile kernel: -1 = never the 32-bit-offset, fp32-parameter variant
   Count
 };

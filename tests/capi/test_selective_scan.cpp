@@ -204,10 +204,9 @@ struct Dev {
 // the backward's vectorised dB/dC row sums (sscan_bwd_rowsum_vec: -1 off, 1 on beyond the default's
 // N <= 32), the forward's time chunks (sscan_fwd_chunks); tuning builds only, the backward's batched
 // staging, the forward's reduction (sscan_fwd_reduce) and paired B/C rows (sscan_fwd_paired_bc).
-// fwd_channels: the forward's channels per lane (sscan_fwd_channels; 2 exists for N = 16 only).
 struct Variant {
   int fwd_shape = 0, fwd_threads = 0, bwd_batched = 0, fwd_reduce = 0, fwd_paired = 0, bwd_chunks = 0, bwd_scalar = 0,
-      bwd_rowsum = 0, fwd_chunks = 0, fwd_channels = 0;
+      bwd_rowsum = 0, fwd_chunks = 0;
 };
 void set_knobs(const Variant& v) {
   ark_tuning_set("sscan_fwd_shape", v.fwd_shape);
@@ -219,7 +218,6 @@ void set_knobs(const Variant& v) {
   ark_tuning_set("sscan_bwd_scalar_staging", v.bwd_scalar);
   ark_tuning_set("sscan_bwd_rowsum_vec", v.bwd_rowsum);
   ark_tuning_set("sscan_fwd_chunks", v.fwd_chunks);
-  ark_tuning_set("sscan_fwd_channels", v.fwd_channels);
 }
 
 // The CUDA forward's time-chunk plan, through the workspace it asks for: 2 (chunks - 1) batch dim N floats.
@@ -293,10 +291,10 @@ void test_cuda_matches_cpu(int64_t N, int64_t L, const Variant& v = {}, int64_t 
   for (const auto& c : checks) {
     const double err = rel_error(c.d->get(), *c.want);
     EXPECT(err <= c.tol,
-           "cuda %s (N=%lld L=%lld dim=%lld, forward shape %d/%d reduce %d paired %d chunks %d channels %d, backward "
-           "batched %d chunks %d scalar %d rowsum %d): relative difference to the CPU path %.3g > %.0e",
+           "cuda %s (N=%lld L=%lld dim=%lld, forward shape %d/%d reduce %d paired %d chunks %d, backward batched %d "
+           "chunks %d scalar %d rowsum %d): relative difference to the CPU path %.3g > %.0e",
            c.name, (long long)N, (long long)L, (long long)dim, v.fwd_shape, v.fwd_threads, v.fwd_reduce, v.fwd_paired,
-           v.fwd_chunks, v.fwd_channels, v.bwd_batched, v.bwd_chunks, v.bwd_scalar, v.bwd_rowsum, err, c.tol);
+           v.fwd_chunks, v.bwd_batched, v.bwd_chunks, v.bwd_scalar, v.bwd_rowsum, err, c.tol);
   }
   set_knobs({});
 }
@@ -345,22 +343,6 @@ int main() {
     test_cuda_matches_cpu(5, 300, v);
     test_cuda_matches_cpu(256, 300, v, 74);
   }
-  // Two channels per lane (N = 16; 32 channels a block of 128 threads): one partial block (dim 4) and
-  // three, the last with 10 channels (dim 74: lanes whose second channel is outside); unchunked and
-  // 2, 3, 5 time chunks; L = 301 (scalar staging); N = 5 (the knob falls back to one channel).
-  for (int chunks : {1, 2, 3, 5}) {
-    Variant v;
-    v.fwd_channels = 2;
-    v.fwd_chunks = chunks;
-    test_cuda_matches_cpu(16, 300, v);
-    test_cuda_matches_cpu(16, 300, v, 74);
-    test_cuda_matches_cpu(16, 301, v, 74);
-  }
-  {
-    Variant v;
-    v.fwd_channels = 2;
-    test_cuda_matches_cpu(5, 45, v);
-  }
   // Full and partial blocks of channels (dim 74) at every backward shape: N = 16 .. 64 run K = 2
   // unchunked and K = 4 chunked, 128 K4R32, 256 K8R32; the dB/dC row sums vectorised (the default for
   // N <= 32) and not (sscan_bwd_rowsum_vec = -1).
@@ -382,19 +364,6 @@ int main() {
   test_cuda_matches_cpu(16, 45, {208, 256, 0, 2});  // one partial tile
   for (const auto& s : shapes) test_cuda_matches_cpu(16, 300, {s[0], s[1], 0, 0, 1});  // paired B/C (BC_VAR)
   test_cuda_matches_cpu(16, 300, {208, 256, 0, 2, 1});
-  {  // two channels per lane: 256 threads, and the reduction not overlapped (reduce 1)
-    Variant v;
-    v.fwd_channels = 2;
-    v.fwd_shape = 208;
-    v.fwd_threads = 256;
-    test_cuda_matches_cpu(16, 300, v, 74);
-    v.fwd_chunks = 3;
-    test_cuda_matches_cpu(16, 300, v, 74);
-    v = Variant{};
-    v.fwd_channels = 2;
-    v.fwd_reduce = 1;
-    test_cuda_matches_cpu(16, 300, v, 74);
-  }
   // Vectorised dB/dC row sums (sscan_bwd_rowsum_vec): every shape of its preconditions (N = 16 ..
   // 128; N = 5 and 256 check that the launcher keeps write_bwd_bc there), unchunked (K = 2 up to
   // N = 64) and chunked (K = 4), 16-byte and scalar staging, one and several blocks of channels;

@@ -67,14 +67,10 @@ __host__ __device__ constexpr int fwd_time_tile(int np, int r) { return (np >= 1
 // Compile-time shape of a launch: K states per lane, R lanes per channel. SMEM_REDUCE (forward,
 // R a multiple of 4): the R lanes' per-step partial sums of y go to shared memory and are added when
 // the tile is written, instead of a reduce-scatter through shuffles (see the forward kernel).
-// M (forward only): channels per lane. Lane group g of the block owns tile rows g, g + LANE_ROWS, ...
-// (ROWS = M * LANE_ROWS), and each B / C value a lane loads from shared memory serves its M channels.
-template <int K_, int R_, int THREADS_ = kThreads, bool SMEM_REDUCE_ = false, int M_ = 1> struct Shape {
-  static constexpr int K = K_, R = R_, THREADS = THREADS_, M = M_, LANE_ROWS = THREADS_ / R_,
-                       ROWS = M_ * LANE_ROWS, NP = K_ * R_;
+template <int K_, int R_, int THREADS_ = kThreads, bool SMEM_REDUCE_ = false> struct Shape {
+  static constexpr int K = K_, R = R_, THREADS = THREADS_, ROWS = THREADS_ / R_, NP = K_ * R_;
   static constexpr bool SMEM_REDUCE = SMEM_REDUCE_;
   static_assert(!SMEM_REDUCE_ || R_ % 4 == 0, "smem reduction stores 4 steps per 16-byte store");
-  static_assert(M_ == 1 || !SMEM_REDUCE_, "several channels per lane reduce through shuffles");
   static constexpr int NPP = NP + 4;                 // padded B/C row: 16-byte aligned, fewer bank conflicts
   static constexpr int TT = fwd_time_tile(NP, R_);
   static constexpr int TS = 32 / K_;                 // backward sub-tile held in registers
@@ -558,64 +554,45 @@ constexpr FwdReduce FwdDefaultReduce = S::SMEM_REDUCE ? FwdReduce::kSmem : FwdRe
 template <class S, bool VARLEN, bool BC_VAR, FwdReduce RED = FwdDefaultReduce<S>, bool CARRY = false>
 __global__ void __launch_bounds__(S::THREADS, S::THREADS == 256 && S::NP <= 16 ? 2 : 1)
     selective_scan_fwd_kernel(const ark_selective_scan_args a, const FwdChunks ch) {
-  constexpr int K = S::K, R = S::R, TT = S::TT, M = S::M;
+  constexpr int K = S::K, R = S::R, TT = S::TT;
   static_assert(!(CARRY && BC_VAR), "the carry kernel stages B alone");
-  // M > 1: the launcher (pick_fwd_shape) keeps constant B or C to one channel per lane, whose staged
-  // rows are per channel.
-  static_assert(M == 1 || !BC_VAR, "several channels per lane read the step-major B / C layout");
   extern __shared__ float4 smem_f4[];
   FwdSmem<S> sm(reinterpret_cast<float*>(smem_f4));
   const int64_t chunk = blockIdx.x / ch.blocks0;
   const BlockPos bp = block_pos(a, S::ROWS, blockIdx.x % ch.blocks0);
-  const int lane = threadIdx.x % R, n0 = lane * K;
-  int row[M];
-  bool row_ok[M];
-  int64_t d[M], state_row[M];  // channel, and (batch row, channel) index of the state tensors
-#pragma unroll
-  for (int m = 0; m < M; ++m) {
-    row[m] = int(threadIdx.x) / R + m * S::LANE_ROWS;
-    row_ok[m] = row[m] < bp.rows_valid;
-    d[m] = bp.d_first + (row_ok[m] ? row[m] : 0);
-    state_row[m] = bp.b * a.dim + d[m];
-  }
+  const int row = threadIdx.x / R, lane = threadIdx.x % R, n0 = lane * K;
+  const bool row_ok = row < bp.rows_valid;
+  const int64_t d = bp.d_first + (row_ok ? row : 0);
   const int64_t N = a.dstate, L = a.seqlen, nck = ceil_div(L, kCk);
-  const int64_t carry_stride = a.batch * a.dim;
+  const int64_t state_row = bp.b * a.dim + d, carry_stride = a.batch * a.dim;
   const FwdChunkSteps steps = fwd_chunk_steps(L, TT, ch.chunks, chunk);
 
-  float A2[M][K], h[M][K];
+  float A2[K], h[K];
 #pragma unroll
-  for (int m = 0; m < M; ++m) {
+  for (int k = 0; k < K; ++k) A2[k] = (row_ok && n0 + k < N) ? a.A[d * N + n0 + k] * kLog2e : 0.f;
+  if (VARLEN || chunk > 0) {
 #pragma unroll
-    for (int k = 0; k < K; ++k) A2[m][k] = (row_ok[m] && n0 + k < N) ? a.A[d[m] * N + n0 + k] * kLog2e : 0.f;
-    if (VARLEN || chunk > 0) {
-#pragma unroll
-      for (int k = 0; k < K; ++k) h[m][k] = 0.f;
-    } else {
-      load_state<K>(a.initial_state, state_row[m], N, n0, row_ok[m], h[m]);
-    }
+    for (int k = 0; k < K; ++k) h[k] = 0.f;
+  } else {
+    load_state<K>(a.initial_state, state_row, N, n0, row_ok, h);
   }
   if constexpr (!CARRY) {
     // h at the chunk's start: each earlier chunk maps the state at its start s to P s + H.
     for (int64_t q = 0; q < chunk; ++q) {
+      float hq[K], pq[K];
+      load_state<K>(ch.carry_h, q * carry_stride + state_row, N, n0, row_ok, hq);
+      load_state<K>(ch.carry_p, q * carry_stride + state_row, N, n0, row_ok, pq);
 #pragma unroll
-      for (int m = 0; m < M; ++m) {
-        float hq[K], pq[K];
-        load_state<K>(ch.carry_h, q * carry_stride + state_row[m], N, n0, row_ok[m], hq);
-        load_state<K>(ch.carry_p, q * carry_stride + state_row[m], N, n0, row_ok[m], pq);
-#pragma unroll
-        for (int k = 0; k < K; ++k) h[m][k] = fmaf(pq[k], h[m][k], hq[k]);
-      }
+      for (int k = 0; k < K; ++k) h[k] = fmaf(pq[k], h[k], hq[k]);
     }
   }
-  float delta_sum[M];  // CARRY: the chunk's decay product is ex2(A2 * sum of delta)
-#pragma unroll
-  for (int m = 0; m < M; ++m) delta_sum[m] = 0.f;
-  bool cut = false;  // CARRY, VARLEN: a sequence starts inside the chunk (its decay product is 0)
+  float delta_sum = 0.f;  // CARRY: the chunk's decay product is ex2(A2 * sum of delta)
+  bool cut = false;       // CARRY, VARLEN: a sequence starts inside the chunk (its decay product is 0)
   if (!BC_VAR && !a.B_variable) stage_const_bc<S>(a, static_cast<const float*>(a.B), bp, sm.B);
   if (!BC_VAR && !CARRY && !a.C_variable) stage_const_bc<S>(a, static_cast<const float*>(a.C), bp, sm.C);
   // Generic path: variable B/C indexed by step, constant by channel. BC_VAR: paired rows of 2 NPP.
-  const float* Bp = BC_VAR ? sm.B + PairedBC<S, 0>{}(0, n0) : a.B_variable ? sm.B + n0 : sm.B + row[0] * S::NPP + n0;
-  const float* Cp = a.C_variable ? sm.C + n0 : sm.C + row[0] * S::NPP + n0;
+  const float* Bp = BC_VAR ? sm.B + PairedBC<S, 0>{}(0, n0) : a.B_variable ? sm.B + n0 : sm.B + row * S::NPP + n0;
+  const float* Cp = a.C_variable ? sm.C + n0 : sm.C + row * S::NPP + n0;
   const int b_step = a.B_variable ? S::NPP : 0, c_step = a.C_variable ? S::NPP : 0;
 
   // Vector path: the next tile's chunks are loaded into registers while this tile is computed.
@@ -661,40 +638,32 @@ __global__ void __launch_bounds__(S::THREADS, S::THREADS == 256 && S::NP <= 16 ?
     constexpr bool PIPELINED = !CARRY && RED == FwdReduce::kShufflePipelined;
     static_assert(S::SMEM_REDUCE == (RED == FwdReduce::kSmem), "kSmem needs the shape's shared buffer");
     constexpr int kGroupUnroll = R >= 4 ? 1 : 4 / R;
-    float prev[M][R];
+    float prev[R];
 #pragma unroll
-    for (int m = 0; m < M; ++m)
-#pragma unroll
-      for (int j = 0; j < R; ++j) prev[m][j] = 0.f;
+    for (int j = 0; j < R; ++j) prev[j] = 0.f;
     int prev_slot = TT;  // y column that prev[] belongs to (TT: the padding column)
 #pragma unroll kGroupUnroll
     for (int tt = 0; tt < TT; tt += R) {
       if constexpr (PIPELINED) {
-#pragma unroll
-        for (int m = 0; m < M; ++m) {
-          reduce_scatter<R>(prev[m], lane);
-          sm.y[FwdSmem<S>::y_index(row[m], prev_slot)] += prev[m][0];
-        }
+        reduce_scatter<R>(prev, lane);
+        sm.y[FwdSmem<S>::y_index(row, prev_slot)] += prev[0];
       }
-      float acc[M][R];
+      float acc[R];
       // The group's (delta, delta*u): two steps per 16-byte load where R is even (tt is then even).
       // Step tt + j sits at dd_index(row, tt) + j + 2 (j / 8): tt is a multiple of R, and R divides 8
       // or is a multiple of it, so the gaps between tt and tt + j are those between 0 and j.
-      float2 ddg[M][R];
+      const float2* ddp = sm.dd + FwdSmem<S>::dd_index(row, tt);
+      float2 ddg[R];
 #pragma unroll
-      for (int m = 0; m < M; ++m) {
-        const float2* ddp = sm.dd + FwdSmem<S>::dd_index(row[m], tt);
-#pragma unroll
-        for (int j = 0; j < R; ++j) {
-          if constexpr (R % 2 == 0) {
-            if (j % 2 == 0) {
-              const float4 x = *reinterpret_cast<const float4*>(ddp + j + 2 * (j >> 3));
-              ddg[m][j] = make_float2(x.x, x.y);
-              ddg[m][j + 1] = make_float2(x.z, x.w);
-            }
-          } else {
-            ddg[m][j] = ddp[j];
+      for (int j = 0; j < R; ++j) {
+        if constexpr (R % 2 == 0) {
+          if (j % 2 == 0) {
+            const float4 x = *reinterpret_cast<const float4*>(ddp + j + 2 * (j >> 3));
+            ddg[j] = make_float2(x.x, x.y);
+            ddg[j + 1] = make_float2(x.z, x.w);
           }
+        } else {
+          ddg[j] = ddp[j];
         }
       }
 #pragma unroll
@@ -703,20 +672,18 @@ __global__ void __launch_bounds__(S::THREADS, S::THREADS == 256 && S::NP <= 16 ?
         if (VARLEN) {
           const int s = sm.start[t];
           if (s >= 0) {
-#pragma unroll
-            for (int m = 0; m < M; ++m) load_state<K>(a.initial_state, s * a.dim + d[m], N, n0, row_ok[m], h[m]);
+            load_state<K>(a.initial_state, s * a.dim + d, N, n0, row_ok, h);
             cut = true;
           }
         }
+        const float2 dd = ddg[j];
         float bv[K], cv[K];
         if constexpr (CARRY) {
           load_vec<K>(Bp + t * b_step, bv);
 #pragma unroll
-          for (int m = 0; m < M; ++m) {
-#pragma unroll
-            for (int k = 0; k < K; ++k) h[m][k] = fmaf(ex2(ddg[m][j].x * A2[m][k]), h[m][k], ddg[m][j].y * bv[k]);
-            delta_sum[m] += ddg[m][j].x;
-          }
+          for (int k = 0; k < K; ++k) h[k] = fmaf(ex2(dd.x * A2[k]), h[k], dd.y * bv[k]);
+          delta_sum += dd.x;
+          continue;
         } else if constexpr (BC_VAR) {
           float bc[2 * K];
           load_vec<2 * K>(Bp + t * (2 * S::NPP), bc);
@@ -729,62 +696,42 @@ __global__ void __launch_bounds__(S::THREADS, S::THREADS == 256 && S::NP <= 16 ?
           load_vec<K>(Bp + t * b_step, bv);
           load_vec<K>(Cp + t * c_step, cv);
         }
-        if constexpr (!CARRY) {
+        float sum = 0.f;
 #pragma unroll
-          for (int m = 0; m < M; ++m) {
-            float sum = 0.f;
-#pragma unroll
-            for (int k = 0; k < K; ++k) {
-              h[m][k] = fmaf(ex2(ddg[m][j].x * A2[m][k]), h[m][k], ddg[m][j].y * bv[k]);
-              sum = fmaf(cv[k], h[m][k], sum);
-            }
-            acc[m][j] = sum;
-          }
-          if (VARLEN) {
-            const int s = sm.end[t];
-            if (s >= 0) {
-#pragma unroll
-              for (int m = 0; m < M; ++m) store_state<K>(a.last_state, s * a.dim + d[m], N, n0, row_ok[m], h[m]);
-            }
-          }
+        for (int k = 0; k < K; ++k) {
+          h[k] = fmaf(ex2(dd.x * A2[k]), h[k], dd.y * bv[k]);
+          sum = fmaf(cv[k], h[k], sum);
+        }
+        acc[j] = sum;
+        if (VARLEN) {
+          const int s = sm.end[t];
+          if (s >= 0) store_state<K>(a.last_state, s * a.dim + d, N, n0, row_ok, h);
         }
       }
       if constexpr (CARRY) {
         continue;
       } else if constexpr (RED == FwdReduce::kSmem) {
-        float* dst = sm.part + (row[0] * R + lane) * FwdSmem<S>::PART_PITCH + tt;
+        float* dst = sm.part + (row * R + lane) * FwdSmem<S>::PART_PITCH + tt;
 #pragma unroll
         for (int q = 0; q < R / 4; ++q)
-          *reinterpret_cast<float4*>(dst + 4 * q) =
-              make_float4(acc[0][4 * q], acc[0][4 * q + 1], acc[0][4 * q + 2], acc[0][4 * q + 3]);
+          *reinterpret_cast<float4*>(dst + 4 * q) = make_float4(acc[4 * q], acc[4 * q + 1], acc[4 * q + 2], acc[4 * q + 3]);
       } else if constexpr (PIPELINED) {
 #pragma unroll
-        for (int m = 0; m < M; ++m)
-#pragma unroll
-          for (int j = 0; j < R; ++j) prev[m][j] = acc[m][j];
+        for (int j = 0; j < R; ++j) prev[j] = acc[j];
         prev_slot = tt + lane;
       } else {
-#pragma unroll
-        for (int m = 0; m < M; ++m) {
-          reduce_scatter<R>(acc[m], lane);
-          sm.y[FwdSmem<S>::y_index(row[m], tt + lane)] += acc[m][0];
-        }
+        reduce_scatter<R>(acc, lane);
+        sm.y[FwdSmem<S>::y_index(row, tt + lane)] += acc[0];
       }
       if (a.checkpoints && (tt + R) % kCk == 0) {
         const int64_t c = (t0 + tt + R) / kCk - 1;
-        if (c < nck) {
-#pragma unroll
-          for (int m = 0; m < M; ++m) store_state<K>(a.checkpoints, state_row[m] * nck + c, N, n0, row_ok[m], h[m]);
-        }
+        if (c < nck) store_state<K>(a.checkpoints, (bp.b * a.dim + d) * nck + c, N, n0, row_ok, h);
       }
     }
     if constexpr (CARRY) continue;
     if constexpr (PIPELINED) {
-#pragma unroll
-      for (int m = 0; m < M; ++m) {
-        reduce_scatter<R>(prev[m], lane);
-        sm.y[FwdSmem<S>::y_index(row[m], prev_slot)] += prev[m][0];
-      }
+      reduce_scatter<R>(prev, lane);
+      sm.y[FwdSmem<S>::y_index(row, prev_slot)] += prev[0];
     }
     __syncthreads();
     if (vec) {
@@ -797,23 +744,20 @@ __global__ void __launch_bounds__(S::THREADS, S::THREADS == 256 && S::NP <= 16 ?
       }
     }
   }
+  if constexpr (CARRY) {
+    float prod[K];
 #pragma unroll
-  for (int m = 0; m < M; ++m) {
-    if constexpr (CARRY) {
-      float prod[K];
-#pragma unroll
-      for (int k = 0; k < K; ++k) prod[k] = cut ? 0.f : ex2(delta_sum[m] * A2[m][k]);
-      store_state<K>(ch.carry_h, chunk * carry_stride + state_row[m], N, n0, row_ok[m], h[m]);
-      store_state<K>(ch.carry_p, chunk * carry_stride + state_row[m], N, n0, row_ok[m], prod);
-    } else if (!VARLEN) {
-      if (chunk == ch.chunks - 1) store_state<K>(a.last_state, state_row[m], N, n0, row_ok[m], h[m]);
-    } else if (a.last_state && chunk == 0) {
-      // Empty sequences have no step that writes their last state: it is their initial state.
-      for (int64_t s = 0; s < a.num_seqs; ++s) {
-        if (a.cu_seqlens[s] != a.cu_seqlens[s + 1]) continue;
-        load_state<K>(a.initial_state, s * a.dim + d[m], N, n0, row_ok[m], h[m]);
-        store_state<K>(a.last_state, s * a.dim + d[m], N, n0, row_ok[m], h[m]);
-      }
+    for (int k = 0; k < K; ++k) prod[k] = cut ? 0.f : ex2(delta_sum * A2[k]);
+    store_state<K>(ch.carry_h, chunk * carry_stride + state_row, N, n0, row_ok, h);
+    store_state<K>(ch.carry_p, chunk * carry_stride + state_row, N, n0, row_ok, prod);
+  } else if (!VARLEN) {
+    if (chunk == ch.chunks - 1) store_state<K>(a.last_state, state_row, N, n0, row_ok, h);
+  } else if (a.last_state && chunk == 0) {
+    // Empty sequences have no step that writes their last state: it is their initial state.
+    for (int64_t s = 0; s < a.num_seqs; ++s) {
+      if (a.cu_seqlens[s] != a.cu_seqlens[s + 1]) continue;
+      load_state<K>(a.initial_state, s * a.dim + d, N, n0, row_ok, h);
+      store_state<K>(a.last_state, s * a.dim + d, N, n0, row_ok, h);
     }
   }
 }
@@ -1524,7 +1468,6 @@ ark_status sum_middle(const float* part, void* out, ark_dtype dtype, int64_t O, 
 // threads (its workspace layout follows its rows per block).
 struct LaunchShape {
   int K, R, threads;
-  int channels = 1;  // forward: channels per lane (Shape::M)
 };
 LaunchShape pick_shape(const ark_selective_scan_args& a, bool backward) {
   const int64_t N = a.dstate;
@@ -1593,17 +1536,6 @@ ark_status pick_fwd_shape(const ark_selective_scan_args& a, LaunchShape* out) {
     out->R = R;
   }
   if (const int t = knob(Knob::SscanFwdThreads)) out->threads = t;
-  // Channels per lane (knob sscan_fwd_channels: 1 or 2). Two exist for K2R8 (N = 16) where B and C are
-  // both variable (the staged rows of a constant B / C are per channel), at 128 threads unless the
-  // threads knob asks for 256 (tuning builds); elsewhere one, whatever the knob.
-  if (const int m = knob(Knob::SscanFwdChannels)) {
-    if (m != 1 && m != 2)
-      return fail(ARK_ERROR_INVALID_ARGUMENT, "tuning knob sscan_fwd_channels: expected 1 or 2, got %d", m);
-    if (m == 2 && out->K == 2 && out->R == 8 && a.B_variable && a.C_variable) {
-      out->channels = 2;
-      if (!knob(Knob::SscanFwdThreads)) out->threads = 128;
-    }
-  }
   return ARK_SUCCESS;
 }
 
@@ -1617,10 +1549,7 @@ ark_status pick_fwd_shape(const ark_selective_scan_args& a, LaunchShape* out) {
 // unchunked 0.1450 ms: 2 chunks 0.1444, 3 0.1572, 4 0.1406, 6 0.1294, 8 0.1330; H200: unchunked
 // 0.1452, 6 chunks 0.1289, 8 0.1343, 12 0.1370; bench/NOTES.md, session 11). Chunks hold at least
 // kMinChunkTiles tiles. Knob sscan_fwd_chunks: 1 = unchunked, n = n chunks. No workspace: unchunked.
-constexpr int64_t kFwdChunkWaves = 2;
-// Resident warps per SM the chunk rule counts on: 16 for the 128-register one-channel shapes; two
-// channels per lane take more registers (ptxas: up to 255 at 128 threads), so 2 blocks of 4 warps.
-int64_t fwd_warps_per_sm(const LaunchShape& s) { return s.channels == 1 ? 16 : 8; }
+constexpr int64_t kFwdWarpsPerSm = 16, kFwdChunkWaves = 2;
 struct FwdPlan {
   LaunchShape shape;
   int64_t chunks;
@@ -1632,8 +1561,8 @@ ark_status pick_fwd(const ark_selective_scan_args& a, bool have_workspace, FwdPl
   if (!have_workspace || forced == 1) return ARK_SUCCESS;
   const LaunchShape& s = out->shape;
   const int64_t ntiles = ceil_div(a.seqlen, fwd_time_tile(s.K * s.R, s.R));
-  const int64_t blocks0 = grid_blocks(a, s.channels * s.threads / s.R);
-  const int64_t slots = device_sm_count() * (fwd_warps_per_sm(s) * 32 / s.threads);
+  const int64_t blocks0 = grid_blocks(a, s.threads / s.R);
+  const int64_t slots = device_sm_count() * (kFwdWarpsPerSm * 32 / s.threads);
   if (forced == 0 && 2 * blocks0 > slots) return ARK_SUCCESS;
   int64_t want = forced > 0 ? forced : ceil_div(kFwdChunkWaves * slots, blocks0);
   const int64_t most = forced > 0 ? ntiles : ntiles / kMinChunkTiles;
@@ -1648,7 +1577,7 @@ template <class S>
 ark_status launch_fwd(const ark_selective_scan_args& a, int64_t chunks, float* ws, cudaStream_t st) {
 #ifdef ARKERNELS_TUNING_VARIANTS
   // The shared-memory reduction, for the N = 16 shapes of 128 and 256 threads (compile time).
-  if constexpr (!S::SMEM_REDUCE && S::M == 1 && S::NP == 16 && S::R % 4 == 0 && S::THREADS >= 128) {
+  if constexpr (!S::SMEM_REDUCE && S::NP == 16 && S::R % 4 == 0 && S::THREADS >= 128) {
     if (knob(Knob::SscanFwdReduce) == int(FwdReduce::kSmem))
       return launch_fwd<Shape<S::K, S::R, S::THREADS, true>>(a, chunks, ws, st);
   }
@@ -1673,17 +1602,12 @@ ark_status launch_fwd(const ark_selective_scan_args& a, int64_t chunks, float* w
 #ifdef ARKERNELS_TUNING_VARIANTS
   // Paired B/C (BC_VAR) measured slower than the generic path once the staging stores were made
   // conflict-free (H200, bench/NOTES.md): tuning builds only.
-  const bool bc_var = S::M == 1 && knob(Knob::SscanFwdPairedBc) && a.B_variable && a.C_variable;
-  if constexpr (S::M == 1) {
-    if (bc_var) kernel = a.cu_seqlens ? selective_scan_fwd_kernel<S, true, true> : selective_scan_fwd_kernel<S, false, true>;
-  }
+  const bool bc_var = knob(Knob::SscanFwdPairedBc) && a.B_variable && a.C_variable;
+  if (bc_var) kernel = a.cu_seqlens ? selective_scan_fwd_kernel<S, true, true> : selective_scan_fwd_kernel<S, false, true>;
   if constexpr (!S::SMEM_REDUCE) {
-    if (knob(Knob::SscanFwdReduce) == int(FwdReduce::kShuffle) && !a.cu_seqlens) {
-      kernel = selective_scan_fwd_kernel<S, false, false, FwdReduce::kShuffle>;
-      if constexpr (S::M == 1) {
-        if (bc_var) kernel = selective_scan_fwd_kernel<S, false, true, FwdReduce::kShuffle>;
-      }
-    }
+    if (knob(Knob::SscanFwdReduce) == int(FwdReduce::kShuffle) && !a.cu_seqlens)
+      kernel = bc_var ? selective_scan_fwd_kernel<S, false, true, FwdReduce::kShuffle>
+                      : selective_scan_fwd_kernel<S, false, false, FwdReduce::kShuffle>;
   }
 #endif
   if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)) != cudaSuccess)
@@ -1766,14 +1690,6 @@ struct BwdLauncher {
 
 // Calls f.run<Shape<K, R, threads>>() for shape `s` (backward: 128 threads only).
 template <class F> ark_status with_shape(const LaunchShape& s, const F& f) {
-  if (s.channels == 2) {  // forward only (pick_fwd_shape)
-    if (s.K * 100 + s.R == 208 && s.threads == 128) return f.template run<Shape<2, 8, 128, false, 2>>();
-#ifdef ARKERNELS_TUNING_VARIANTS
-    if (s.K * 100 + s.R == 208 && s.threads == 256) return f.template run<Shape<2, 8, 256, false, 2>>();
-#endif
-    return fail(ARK_ERROR_INVALID_ARGUMENT, "selective_scan: no two-channel forward compiled for K=%d R=%d threads=%d",
-                s.K, s.R, s.threads);
-  }
   if (s.threads == 256) {
     switch (s.K * 100 + s.R) {
       case 404: return f.template run<Shape<4, 4, 256>>();
@@ -1803,7 +1719,7 @@ template <class F> ark_status with_shape(const LaunchShape& s, const F& f) {
 #ifdef ARKERNELS_TUNING_VARIANTS
 // Forward-only shapes for tuning sweeps (bench/native/), compiled only into tuning builds.
 template <class F> ark_status with_tuning_shape(const LaunchShape& s, const F& f) {
-  switch (s.channels == 1 ? s.threads * 10000 + s.K * 100 + s.R : 0) {
+  switch (s.threads * 10000 + s.K * 100 + s.R) {
     case 64 * 10000 + 404: return f.template run<Shape<4, 4, 64>>();
     case 64 * 10000 + 208: return f.template run<Shape<2, 8, 64>>();
     default: return with_shape(s, f);
