@@ -430,11 +430,12 @@ __host__ __device__ constexpr int tile_rows_per_block(int log2_lanes, int rpt) {
   return kTileWarps * (32 >> log2_lanes) * rpt;
 }
 
-//
 // LEAN (host: lean_layout): every element offset the kernel forms fits in 31 bits and A, D, dt_bias
-// are fp32, so offsets are 32-bit products and the parameters plain float loads. The Mamba-1 step
-// was issue-bound (ncu: 75% of cycles issuing, DRAM 23%), and 227 of its 1016 SASS instructions
-// were the IMADs of 64-bit offsets, next to a three-way dtype branch around every parameter load.
+// are fp32, so offsets are 32-bit products and the parameters plain float loads, where the general
+// form spends ~200 of its ~1000 SASS instructions on 64-bit offset IMADs and puts a three-way dtype
+// branch around every parameter load (ncu of 12-04 had the Mamba-1 step issuing on 75% of cycles).
+// Measured on the H100 (bench/NOTES.md, session 12): -21% at 4 rows per lane group, no change at
+// the default 2 rows (so that form is not bound by its instruction count), -1% on Mamba-2.
 template <typename S, typename X, int RPT, bool A_CONST, bool PER_HEAD, bool LEAN = false>
 __global__ void __launch_bounds__(kThreads, kMinBlocksVec)
     selective_state_update_tile_kernel(const SsuParams p, int log2_lanes, const TileDivisors div) {
