@@ -519,16 +519,18 @@ void bench_sscan(int64_t b, int64_t d, int64_t L, int64_t N, bool run_variants) 
   a.D = static_cast<const float*>(d_D.ptr); a.out = d_out.ptr;
   const double bytes = 3.0 * double(rows) * 2 + 2.0 * double(bc) * 2;
   const double exps = double(b * d * L * N);
-  // reduce: the sscan_fwd_reduce knob (0 shuffles overlapped, 1 not overlapped, 2 through shared memory);
-  // paired: sscan_fwd_paired_bc (B and C in paired rows, compile-time strides); chunks: sscan_fwd_chunks
-  // (0 the launcher's choice, 1 unchunked, n time chunks). Shape 0: the launcher's choice; the default is timed
-  // first and last (its spread between the two rows is the noise floor of the others).
+  // reduce: the sscan_fwd_reduce knob (0 the launcher's choice, -1 shuffles overlapped, 1 not overlapped, 2 through
+  // shared memory); paired: sscan_fwd_paired_bc (0 the launcher's choice, -1 generic rows, 1 B and C in paired rows
+  // with compile-time strides); chunks: sscan_fwd_chunks (0 the launcher's choice, 1 unchunked, n time chunks).
+  // Shape 0: the launcher's choice; the default is timed first and last (its spread between the two rows is the
+  // noise floor of the others). "generic piped" is the default before session 13.
   struct V { int shape, threads, reduce, paired, chunks; };
-  const V variants[] = {{0, 0, 0, 0, 0},     {208, 256, 0, 0, 1}, {208, 256, 0, 1, 1}, {208, 256, 2, 0, 1},
-                        {208, 256, 1, 0, 1}, {404, 128, 0, 0, 1}, {404, 128, 2, 0, 1}, {208, 128, 0, 0, 1},
-                        {208, 128, 2, 0, 1}, {404, 256, 0, 0, 1}, {208, 64, 0, 0, 1},  {208, 256, 0, 0, 4},
-                        {208, 256, 0, 0, 6}, {208, 256, 0, 0, 8}, {208, 256, 0, 0, 12}, {208, 128, 0, 0, 4},
-                        {208, 128, 0, 0, 8}, {404, 128, 0, 0, 6},  {208, 256, 1, 1, 1}, {0, 0, 0, 0, 0}};
+  const V variants[] = {{0, 0, 0, 0, 0},       {208, 256, -1, -1, 1}, {208, 256, -1, 1, 1}, {208, 256, 2, -1, 1},
+                        {208, 256, 1, -1, 1},  {208, 256, 0, 0, 1},   {404, 128, 0, 0, 1},  {404, 128, -1, -1, 1},
+                        {404, 128, 2, -1, 1},  {208, 128, 0, 0, 1},   {208, 128, 2, -1, 1}, {404, 256, 0, 0, 1},
+                        {208, 64, 0, 0, 1},    {208, 256, 0, 0, 4},   {208, 256, 0, 0, 6},  {208, 256, 0, 0, 8},
+                        {208, 256, 0, 0, 12},  {208, 256, -1, -1, 6}, {208, 128, 0, 0, 4},  {404, 128, 0, 0, 6},
+                        {0, 0, -1, -1, 0},     {0, 0, 0, 0, 0}};
   for (const V& v : variants) {
     if (!run_variants) break;
     ark_tuning_set("sscan_fwd_shape", v.shape);
@@ -539,7 +541,8 @@ void bench_sscan(int64_t b, int64_t d, int64_t L, int64_t N, bool run_variants) 
     const std::string variant =
         (v.shape ? "K" + std::to_string(v.shape / 100) + "R" + std::to_string(v.shape % 100) + " T" + std::to_string(v.threads)
                  : std::string("default")) +
-        (v.reduce == 1 ? " unpiped" : v.reduce == 2 ? " smem-reduce" : "") + (v.paired ? " paired-bc" : "") +
+        (v.reduce == -1 ? " piped" : v.reduce == 1 ? " unpiped" : v.reduce == 2 ? " smem-reduce" : "") +
+        (v.paired == -1 ? " generic" : v.paired == 1 ? " paired-bc" : "") +
         (v.chunks > 1 ? " " + std::to_string(v.chunks) + " chunks" : "");
     size_t ws_bytes = 0;
     if (const ark_status s = ark_selective_scan_fwd_workspace_size(&a, ARK_DEVICE_CUDA, &ws_bytes)) {

@@ -202,8 +202,9 @@ struct Dev {
 // (sscan_fwd_shape, sscan_fwd_threads), the backward's time chunks (sscan_bwd_chunks) and scalar
 // staging (sscan_bwd_scalar_staging; both any build), and,
 // the backward's vectorised dB/dC row sums (sscan_bwd_rowsum_vec: -1 off, 1 on beyond the default's
-// N <= 32), the forward's time chunks (sscan_fwd_chunks); tuning builds only, the backward's batched
-// staging, the forward's reduction (sscan_fwd_reduce) and paired B/C rows (sscan_fwd_paired_bc).
+// N <= 32), the forward's time chunks (sscan_fwd_chunks), its generic path (sscan_fwd_paired_bc = -1);
+// tuning builds only, the backward's batched staging, the forward's reduction (sscan_fwd_reduce: -1
+// overlapped, 1 not, 2 shared memory) and paired B/C rows where the default does not pair them (1).
 struct Variant {
   int fwd_shape = 0, fwd_threads = 0, bwd_batched = 0, fwd_reduce = 0, fwd_paired = 0, bwd_chunks = 0, bwd_scalar = 0,
       bwd_rowsum = 0, fwd_chunks = 0;
@@ -311,6 +312,9 @@ int main() {
   // N = 16 (Mamba-1): every forward launch shape a default build compiles for it.
   const int shapes[][2] = {{0, 0}, {404, 128}, {404, 256}, {208, 128}, {208, 256}};
   for (const auto& s : shapes) test_cuda_matches_cpu(16, 300, {s[0], s[1]});
+  // The generic forward (sscan_fwd_paired_bc = -1) with its overlapped reduce-scatter, where the default
+  // runs paired B/C rows: the path of constant B or C and packed sequences, on variable B and C.
+  for (const auto& s : shapes) test_cuda_matches_cpu(16, 300, {s[0], s[1], 0, -1, -1});
   // Backward time chunks (L = 300: 10 tiles): unchunked, 2 (the default here), 3 uneven, one per tile.
   // With the 16-byte staging (L = 300 fp32: aligned rows), the scalar one, and rows that are not
   // 16-byte aligned (L = 301: the scalar staging whatever the knob).
@@ -359,10 +363,11 @@ int main() {
 #ifdef ARKERNELS_TUNING_VARIANTS
   test_cuda_matches_cpu(5, 45, {0, 0, 1});
   test_cuda_matches_cpu(16, 300, {0, 0, 1});
-  for (const auto& s : shapes) test_cuda_matches_cpu(16, 300, {s[0], s[1], 0, 1});  // shuffles not overlapped
+  for (const auto& s : shapes) test_cuda_matches_cpu(16, 300, {s[0], s[1], 0, 1, -1});  // generic, not overlapped
   for (const auto& s : shapes) test_cuda_matches_cpu(16, 300, {s[0], s[1], 0, 2});  // shared-memory reduction
   test_cuda_matches_cpu(16, 45, {208, 256, 0, 2});  // one partial tile
-  for (const auto& s : shapes) test_cuda_matches_cpu(16, 300, {s[0], s[1], 0, 0, 1});  // paired B/C (BC_VAR)
+  for (const auto& s : shapes) test_cuda_matches_cpu(16, 300, {s[0], s[1], 0, -1, 1});  // paired, overlapped
+  test_cuda_matches_cpu(64, 300, {0, 0, 0, 0, 1}, 74);  // paired B/C where the default does not pair (N > 16)
   test_cuda_matches_cpu(16, 300, {208, 256, 0, 2, 1});
   // Vectorised dB/dC row sums (sscan_bwd_rowsum_vec): every shape of its preconditions (N = 16 ..
   // 128; N = 5 and 256 check that the launcher keeps write_bwd_bc there), unchunked (K = 2 up to

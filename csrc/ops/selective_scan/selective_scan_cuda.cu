@@ -540,16 +540,21 @@ enum class FwdReduce : int {
 // 256-thread shapes of N <= 16 are held to 128 registers (2 blocks per SM): the compiler's own choice
 // for the default K2R8 shape crept from 128 to 174 with the 16-byte staging stores, which halves the
 // warps; at 128 it spills 16 bytes outside the step loop. (N = 32 would spill 128+ bytes: not held.)
-// BC_VAR (tuning builds, knob sscan_fwd_paired_bc): B and C both variable, their staged layout
-// (PairedBC) and strides compile-time, so every shared-memory load of the step loop has an immediate
-// offset. It cut the loop from 210 to 187 instructions but did not run faster: the loop is bound by
-// shared-memory wavefronts and latency, not issue (bench/NOTES.md, 2026-12-03).
+// BC_VAR: B and C both variable, their staged layout (PairedBC) and strides compile-time, so every
+// shared-memory load of the step loop has an immediate offset (loop 210 -> 187 SASS instructions).
+// Alone, or with the overlapped reduce-scatter, it ran no faster; with the reduce-scatter not
+// overlapped (kShuffle) it is 3-4% faster than either alone (kFwdPairedDefault, bench/NOTES.md).
 // CARRY = true: the carry kernel of a time-chunked forward (FwdChunks). Its block for chunk c < chunks - 1
 // runs the chunk's state recurrence alone (from zero; chunk 0 from initial_state) with C, y, z and every
 // output compiled out, and stores the end state and the chunk's decay product. CARRY = false with
 // chunks > 1: the block for chunk c starts from the earlier chunks' carries folded in order.
 template <class S>
 constexpr FwdReduce FwdDefaultReduce = S::SMEM_REDUCE ? FwdReduce::kSmem : FwdReduce::kShufflePipelined;
+// Paired B/C rows with the reduce-scatter not overlapped, the default forward for N <= 16 with B and C
+// both variable and no packed sequences: b4 d2048 l4096 bf16 0.3588 ms against 0.3742 / 0.3738 for the
+// generic path with the overlapped reduce-scatter timed first and last in the same run (H200, 12-06);
+// the H100 run of 12-06 had paired -3.4% and not overlapped -2.6% each alone (bench/NOTES.md, session 13).
+template <class S> constexpr bool kFwdPairedDefault = S::NP == 16 && !S::SMEM_REDUCE;
 
 template <class S, bool VARLEN, bool BC_VAR, FwdReduce RED = FwdDefaultReduce<S>, bool CARRY = false>
 __global__ void __launch_bounds__(S::THREADS, S::THREADS == 256 && S::NP <= 16 ? 2 : 1)
@@ -1599,13 +1604,21 @@ ark_status launch_fwd(const ark_selective_scan_args& a, int64_t chunks, float* w
     ARK_TRY(cuda_launch_status("selective_scan", "forward carry"));
   }
   auto kernel = a.cu_seqlens ? selective_scan_fwd_kernel<S, true, false> : selective_scan_fwd_kernel<S, false, false>;
+  // Knobs: sscan_fwd_paired_bc -1 = the generic path, 1 = paired rows (tuning builds), 0 = paired where
+  // kFwdPairedDefault allows; sscan_fwd_reduce -1 = shuffles overlapped, 1 = not overlapped, 2 = shared
+  // memory (all three tuning builds), 0 = not overlapped with paired rows, overlapped otherwise.
+  const int paired_knob = knob(Knob::SscanFwdPairedBc), reduce_knob = knob(Knob::SscanFwdReduce);
+  const bool both_var = a.B_variable && a.C_variable;
+  if constexpr (kFwdPairedDefault<S>) {
+    if (paired_knob == 0 && reduce_knob == 0 && both_var && !a.cu_seqlens)
+      kernel = selective_scan_fwd_kernel<S, false, true, FwdReduce::kShuffle>;
+  }
 #ifdef ARKERNELS_TUNING_VARIANTS
-  // Paired B/C (BC_VAR) measured slower than the generic path once the staging stores were made
-  // conflict-free (H200, bench/NOTES.md): tuning builds only.
-  const bool bc_var = knob(Knob::SscanFwdPairedBc) && a.B_variable && a.C_variable;
+  const bool bc_var = both_var && (paired_knob == 1 || (paired_knob == 0 && kFwdPairedDefault<S> && !a.cu_seqlens));
   if (bc_var) kernel = a.cu_seqlens ? selective_scan_fwd_kernel<S, true, true> : selective_scan_fwd_kernel<S, false, true>;
   if constexpr (!S::SMEM_REDUCE) {
-    if (knob(Knob::SscanFwdReduce) == int(FwdReduce::kShuffle) && !a.cu_seqlens)
+    const bool unpiped = reduce_knob == 1 || (reduce_knob == 0 && bc_var);
+    if (unpiped && !a.cu_seqlens)
       kernel = bc_var ? selective_scan_fwd_kernel<S, false, true, FwdReduce::kShuffle>
                       : selective_scan_fwd_kernel<S, false, false, FwdReduce::kShuffle>;
   }

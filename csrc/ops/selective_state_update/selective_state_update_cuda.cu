@@ -692,20 +692,25 @@ ark_status launch_tile_instance(const SsuParams& p, int log2_lanes, dim3 grid, b
   return cuda_launch_status("selective_state_update", LEAN ? "head-tile kernel (lean)" : "head-tile kernel");
 }
 
-template <typename S, typename X, int RPT, bool PER_HEAD_ONLY = false>
+// LEAN_ONLY: the caller has checked lean_layout (fp32 state); the 64-bit form is not compiled.
+template <typename S, typename X, int RPT, bool PER_HEAD_ONLY = false, bool LEAN_ONLY = false>
 ark_status launch_tile_rpt(const SsuParams& p, int log2_lanes, dim3 grid, bool per_head, cudaStream_t stream) {
   grid.x = unsigned(p.a.heads * p.a.head_dim / tile_rows_per_block(log2_lanes, RPT));
   if constexpr (std::is_same_v<S, float>) {
-    if (lean_layout(p)) return launch_tile_instance<S, X, RPT, PER_HEAD_ONLY, true>(p, log2_lanes, grid, per_head, stream);
+    if (LEAN_ONLY || lean_layout(p))
+      return launch_tile_instance<S, X, RPT, PER_HEAD_ONLY, true>(p, log2_lanes, grid, per_head, stream);
   }
-  return launch_tile_instance<S, X, RPT, PER_HEAD_ONLY, false>(p, log2_lanes, grid, per_head, stream);
+  if constexpr (!LEAN_ONLY) return launch_tile_instance<S, X, RPT, PER_HEAD_ONLY, false>(p, log2_lanes, grid, per_head, stream);
+  return fail(ARK_ERROR_INVALID_ARGUMENT, "selective_state_update: the lean head-tile form needs an fp32 state");
 }
 
 // The head-tile kernel where it applies (true; *status set), else false: N = lanes * V exactly,
 // fewer than 2^31 channels, and a block's rows (rows_per_block) within one B/C group. Rows per lane
 // group: 4 where the block shares its head's parameters (PER_HEAD: few registers per row), else 2
-// (A, dt, D, dt_bias per row); the knob ssu_rows overrides (tuning builds: 1, 2, 4; 8 measured 52% of
-// copy against 74% for 4 at Mamba-2 on the H200, 2026-12-04).
+// (A, dt, D, dt_bias per row), or 1 for the lean form with per-row parameters (Mamba-1): twice the
+// warps, and 5-8% faster than 2 rows at (64, 4096, 16) on the H100 and the H200 (bench/NOTES.md,
+// sessions 12 and 13; without the lean form 1 row was slower). The knob ssu_rows overrides (tuning
+// builds: 1, 2, 4; 8 measured 52% of copy against 74% for 4 at Mamba-2 on the H200, 2026-12-04).
 template <typename S, typename X>
 bool launch_tile(const SsuParams& p, int log2_lanes, dim3 grid, cudaStream_t stream, ark_status* status) {
   const ark_selective_state_update_args& a = p.a;
@@ -713,10 +718,13 @@ bool launch_tile(const SsuParams& p, int log2_lanes, dim3 grid, cudaStream_t str
   const auto over_p = [&](int64_t stride) { return a.head_dim == 1 || stride == 0; };
   const bool head_params = p.a_const_n && over_p(a.A_strides[1]) && over_p(a.dt_strides[3]) &&
                            (!a.D || over_p(a.D_strides[1])) && (!a.dt_bias || over_p(a.dt_bias_strides[1]));
-  // 4 rows where that keeps the block inside one head, else 2.
+  // 4 rows where that keeps the block inside one head, else 2, or 1 (lean, per-row parameters).
   const auto rows_per_block = [&](int rpt) { return int64_t(tile_rows_per_block(log2_lanes, rpt)); };
   int rpt = knob(Knob::SsuRows);
-  if (rpt == 0) rpt = head_params && a.head_dim % rows_per_block(4) == 0 && p.channels_per_group % rows_per_block(4) == 0 ? 4 : 2;
+  if (rpt == 0) {
+    if (head_params && a.head_dim % rows_per_block(4) == 0 && p.channels_per_group % rows_per_block(4) == 0) rpt = 4;
+    else rpt = !head_params && std::is_same_v<S, float> && lean_layout(p) ? 1 : 2;
+  }
   const int64_t rpb = rows_per_block(rpt);
   if (p.channels_per_group % rpb != 0) return false;
   const bool per_head = head_params && a.head_dim % rpb == 0;
@@ -727,6 +735,14 @@ bool launch_tile(const SsuParams& p, int log2_lanes, dim3 grid, cudaStream_t str
     case 1: *status = launch_tile_rpt<S, X, 1>(p, log2_lanes, grid, per_head, stream); return true;
 #else
     case 4: *status = launch_tile_rpt<S, X, 4, true>(p, log2_lanes, grid, per_head, stream); return true;
+    case 1:  // the default's 1 row: lean form only
+      if constexpr (std::is_same_v<S, float>) {
+        if (lean_layout(p)) {
+          *status = launch_tile_rpt<S, X, 1, false, true>(p, log2_lanes, grid, per_head, stream);
+          return true;
+        }
+      }
+      break;
 #endif
   }
   *status = fail(ARK_ERROR_INVALID_ARGUMENT, "tuning knob ssu_rows: %d is not compiled into this build", rpt);
