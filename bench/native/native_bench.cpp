@@ -530,7 +530,7 @@ void bench_sscan(int64_t b, int64_t d, int64_t L, int64_t N, bool run_variants) 
                         {404, 128, 2, -1, 1},  {208, 128, 0, 0, 1},   {208, 128, 2, -1, 1}, {404, 256, 0, 0, 1},
                         {208, 64, 0, 0, 1},    {208, 256, 0, 0, 4},   {208, 256, 0, 0, 6},  {208, 256, 0, 0, 8},
                         {208, 256, 0, 0, 12},  {208, 256, -1, -1, 6}, {208, 128, 0, 0, 4},  {404, 128, 0, 0, 6},
-                        {0, 0, -1, -1, 0},     {0, 0, 0, 0, 0}};
+                        {0, 0, -1, -1, 0},     {0, 0, 0, 2, 0},       {208, 256, 0, 2, 6},  {0, 0, 0, 0, 0}};
   for (const V& v : variants) {
     if (!run_variants) break;
     ark_tuning_set("sscan_fwd_shape", v.shape);
@@ -542,7 +542,7 @@ void bench_sscan(int64_t b, int64_t d, int64_t L, int64_t N, bool run_variants) 
         (v.shape ? "K" + std::to_string(v.shape / 100) + "R" + std::to_string(v.shape % 100) + " T" + std::to_string(v.threads)
                  : std::string("default")) +
         (v.reduce == -1 ? " piped" : v.reduce == 1 ? " unpiped" : v.reduce == 2 ? " smem-reduce" : "") +
-        (v.paired == -1 ? " generic" : v.paired == 1 ? " paired-bc" : "") +
+        (v.paired == -1 ? " generic" : v.paired == 1 ? " paired-bc" : v.paired == 2 ? " static-dtype" : "") +
         (v.chunks > 1 ? " " + std::to_string(v.chunks) + " chunks" : "");
     size_t ws_bytes = 0;
     if (const ark_status s = ark_selective_scan_fwd_workspace_size(&a, ARK_DEVICE_CUDA, &ws_bytes)) {

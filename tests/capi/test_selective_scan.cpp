@@ -204,7 +204,8 @@ struct Dev {
 // the backward's vectorised dB/dC row sums (sscan_bwd_rowsum_vec: -1 off, 1 on beyond the default's
 // N <= 32), the forward's time chunks (sscan_fwd_chunks), its generic path (sscan_fwd_paired_bc = -1);
 // tuning builds only, the backward's batched staging, the forward's reduction (sscan_fwd_reduce: -1
-// overlapped, 1 not, 2 shared memory) and paired B/C rows where the default does not pair them (1).
+// overlapped, 1 not, 2 shared memory) and paired B/C rows where the default does not pair them (1) or
+// with the element type at compile time (2).
 struct Variant {
   int fwd_shape = 0, fwd_threads = 0, bwd_batched = 0, fwd_reduce = 0, fwd_paired = 0, bwd_chunks = 0, bwd_scalar = 0,
       bwd_rowsum = 0, fwd_chunks = 0;
@@ -368,6 +369,16 @@ int main() {
   test_cuda_matches_cpu(16, 45, {208, 256, 0, 2});  // one partial tile
   for (const auto& s : shapes) test_cuda_matches_cpu(16, 300, {s[0], s[1], 0, -1, 1});  // paired, overlapped
   test_cuda_matches_cpu(64, 300, {0, 0, 0, 0, 1}, 74);  // paired B/C where the default does not pair (N > 16)
+  // The paired default with the element type at compile time (sscan_fwd_paired_bc = 2): every shape, a
+  // partial block of channels and a partial last tile, chunked.
+  for (const auto& s : shapes) test_cuda_matches_cpu(16, 300, {s[0], s[1], 0, 0, 2});
+  test_cuda_matches_cpu(16, 301, {0, 0, 0, 0, 2}, 74);
+  {
+    Variant v;
+    v.fwd_paired = 2;
+    v.fwd_chunks = 3;
+    test_cuda_matches_cpu(16, 300, v, 74);
+  }
   test_cuda_matches_cpu(16, 300, {208, 256, 0, 2, 1});
   // Vectorised dB/dC row sums (sscan_bwd_rowsum_vec): every shape of its preconditions (N = 16 ..
   // 128; N = 5 and 256 check that the launcher keeps write_bwd_bc there), unchunked (K = 2 up to

@@ -451,18 +451,19 @@ __device__ void write_fwd(const ark_selective_scan_args& a, const BlockPos& bp, 
 
 // Vector staging: u/delta chunks -> (delta, delta*u) and D*u; B/C chunks -> (step, state) layout.
 // CARRY: neither D*u nor C.
+// dt: a.dtype, or the same as a compile-time constant (the kernel's FDT), which folds every chunk position.
 template <class S, bool BC_VAR, bool CARRY>
-__device__ void store_staged(const ark_selective_scan_args& a, const BlockPos& bp, int64_t t0, FwdSmem<S>& sm,
-                             const Chunks<S::NV_ROWS>& cu, const Chunks<S::NV_ROWS>& cd,
+__device__ void store_staged(const ark_selective_scan_args& a, ark_dtype dt, const BlockPos& bp, int64_t t0,
+                             FwdSmem<S>& sm, const Chunks<S::NV_ROWS>& cu, const Chunks<S::NV_ROWS>& cd,
                              const Chunks<S::NV_BC>& cb, const Chunks<S::NV_BC>& cc) {
-  const int epc = chunk_elems(a.dtype), cpr = S::TT / epc;
+  const int epc = chunk_elems(dt), cpr = S::TT / epc;
 #pragma unroll
   for (int k = 0; k < S::NV_ROWS; ++k) {
     const ChunkPos<S::THREADS> p(k, S::ROWS, cpr);
     if (!p.in_tile) continue;
     float u[8], dl[8];
-    unpack(cu.v[k], a.dtype, u);
-    unpack(cd.v[k], a.dtype, dl);
+    unpack(cu.v[k], dt, u);
+    unpack(cd.v[k], dt, dl);
     const bool row_ok = p.r < bp.rows_valid;
     const int64_t d = bp.d_first + (row_ok ? p.r : 0);
     const float bias = a.delta_bias ? a.delta_bias[d] : 0.f, Dd = a.D ? a.D[d] : 0.f;
@@ -489,8 +490,8 @@ __device__ void store_staged(const ark_selective_scan_args& a, const BlockPos& b
     const ChunkPos<S::THREADS, true> p(k, S::NP, cpr);
     if (!p.in_tile) continue;
     float b[8], c[8];
-    unpack(cb.v[k], a.dtype, b);
-    unpack(cc.v[k], a.dtype, c);
+    unpack(cb.v[k], dt, b);
+    unpack(cc.v[k], dt, c);
 #pragma unroll
     for (int i = 0; i < 8; ++i) {
       if (i >= epc) break;
@@ -507,9 +508,9 @@ __device__ void store_staged(const ark_selective_scan_args& a, const BlockPos& b
 }
 
 template <class S>
-__device__ void write_fwd_vec(const ark_selective_scan_args& a, const BlockPos& bp, int64_t t0, const FwdSmem<S>& sm,
-                              const Chunks<S::NV_ROWS>& cz) {
-  const int epc = chunk_elems(a.dtype), cpr = S::TT / epc, esize = a.dtype == ARK_FLOAT32 ? 4 : 2;
+__device__ void write_fwd_vec(const ark_selective_scan_args& a, ark_dtype dt, const BlockPos& bp, int64_t t0,
+                              const FwdSmem<S>& sm, const Chunks<S::NV_ROWS>& cz) {
+  const int epc = chunk_elems(dt), cpr = S::TT / epc, esize = dt == ARK_FLOAT32 ? 4 : 2;
 #pragma unroll
   for (int k = 0; k < S::NV_ROWS; ++k) {
     const ChunkPos<S::THREADS> p(k, S::ROWS, cpr);
@@ -519,14 +520,14 @@ __device__ void write_fwd_vec(const ark_selective_scan_args& a, const BlockPos& 
     sm.y_chunk(p.r, p.j * epc, epc, y);
     const int64_t byte = ((bp.b * a.dim + bp.d_first + p.r) * a.seqlen + t) * esize;
     if (a.z) {
-      if (a.y_pre) *reinterpret_cast<uint4*>(static_cast<char*>(a.y_pre) + byte) = pack(y, a.dtype);
+      if (a.y_pre) *reinterpret_cast<uint4*>(static_cast<char*>(a.y_pre) + byte) = pack(y, dt);
       float z[8];
-      unpack(cz.v[k], a.dtype, z);
+      unpack(cz.v[k], dt, z);
 #pragma unroll
       for (int i = 0; i < 8; ++i)
         if (i < epc) y[i] *= silu_f32(z[i]);
     }
-    *reinterpret_cast<uint4*>(static_cast<char*>(a.out) + byte) = pack(y, a.dtype);
+    *reinterpret_cast<uint4*>(static_cast<char*>(a.out) + byte) = pack(y, dt);
   }
 }
 
@@ -555,11 +556,17 @@ constexpr FwdReduce FwdDefaultReduce = S::SMEM_REDUCE ? FwdReduce::kSmem : FwdRe
 // generic path with the overlapped reduce-scatter timed first and last in the same run (H200, 12-06);
 // the H100 run of 12-06 had paired -3.4% and not overlapped -2.6% each alone (bench/NOTES.md, session 13).
 template <class S> constexpr bool kFwdPairedDefault = S::NP == 16 && !S::SMEM_REDUCE;
+// FDT (the forward's last template argument): the element type of u, delta, B, C, z and out at compile
+// time, or kFwdRuntimeDtype (read from the arguments). At compile time every chunk position, element
+// count and dtype branch of the per-tile code folds (tuning builds: knob sscan_fwd_paired_bc = 2).
+constexpr int kFwdRuntimeDtype = -1;
 
-template <class S, bool VARLEN, bool BC_VAR, FwdReduce RED = FwdDefaultReduce<S>, bool CARRY = false>
+template <class S, bool VARLEN, bool BC_VAR, FwdReduce RED = FwdDefaultReduce<S>, bool CARRY = false,
+          int FDT = kFwdRuntimeDtype>
 __global__ void __launch_bounds__(S::THREADS, S::THREADS == 256 && S::NP <= 16 ? 2 : 1)
     selective_scan_fwd_kernel(const ark_selective_scan_args a, const FwdChunks ch) {
   constexpr int K = S::K, R = S::R, TT = S::TT;
+  const ark_dtype dt = FDT == kFwdRuntimeDtype ? a.dtype : ark_dtype(FDT);
   static_assert(!(CARRY && BC_VAR), "the carry kernel stages B alone");
   extern __shared__ float4 smem_f4[];
   FwdSmem<S> sm(reinterpret_cast<float*>(smem_f4));
@@ -606,19 +613,19 @@ __global__ void __launch_bounds__(S::THREADS, S::THREADS == 256 && S::NP <= 16 ?
   Chunks<S::NV_BC> cb, cc;
   const int64_t row0 = bp.b * a.dim + bp.d_first, bc_row0 = (bp.b * a.ngroups + bp.g) * N;
   auto prefetch = [&](int64_t t) {
-    load_chunks<S::NV_ROWS, S::THREADS>(cu, a.u, row0, S::ROWS, bp.rows_valid, t, TT, L, a.dtype);
-    load_chunks<S::NV_ROWS, S::THREADS>(cd, a.delta, row0, S::ROWS, bp.rows_valid, t, TT, L, a.dtype);
-    if (a.B_variable) load_chunks<S::NV_BC, S::THREADS, true>(cb, a.B, bc_row0, S::NP, int(N), t, TT, L, a.dtype);
-    if (!CARRY && a.C_variable) load_chunks<S::NV_BC, S::THREADS, true>(cc, a.C, bc_row0, S::NP, int(N), t, TT, L, a.dtype);
+    load_chunks<S::NV_ROWS, S::THREADS>(cu, a.u, row0, S::ROWS, bp.rows_valid, t, TT, L, dt);
+    load_chunks<S::NV_ROWS, S::THREADS>(cd, a.delta, row0, S::ROWS, bp.rows_valid, t, TT, L, dt);
+    if (a.B_variable) load_chunks<S::NV_BC, S::THREADS, true>(cb, a.B, bc_row0, S::NP, int(N), t, TT, L, dt);
+    if (!CARRY && a.C_variable) load_chunks<S::NV_BC, S::THREADS, true>(cc, a.C, bc_row0, S::NP, int(N), t, TT, L, dt);
   };
   if (vec) prefetch(steps.first);
 
   for (int64_t t0 = steps.first; t0 < steps.end; t0 += TT) {
     __syncthreads();
     if (vec) {
-      store_staged<S, BC_VAR, CARRY>(a, bp, t0, sm, cu, cd, cb, cc);
+      store_staged<S, BC_VAR, CARRY>(a, dt, bp, t0, sm, cu, cd, cb, cc);
     } else {
-      switch (a.dtype) {
+      switch (dt) {
         case ARK_FLOAT32: stage_fwd<float, S, BC_VAR, CARRY>(a, bp, t0, sm); break;
         case ARK_FLOAT16: stage_fwd<__half, S, BC_VAR, CARRY>(a, bp, t0, sm); break;
         default: stage_fwd<__nv_bfloat16, S, BC_VAR, CARRY>(a, bp, t0, sm); break;
@@ -628,7 +635,7 @@ __global__ void __launch_bounds__(S::THREADS, S::THREADS == 256 && S::NP <= 16 ?
     __syncthreads();
     if (vec) {
       if (t0 + TT < steps.end) prefetch(t0 + TT);
-      if (!CARRY && a.z) load_chunks<S::NV_ROWS, S::THREADS>(cz, a.z, row0, S::ROWS, bp.rows_valid, t0, TT, L, a.dtype);
+      if (!CARRY && a.z) load_chunks<S::NV_ROWS, S::THREADS>(cz, a.z, row0, S::ROWS, bp.rows_valid, t0, TT, L, dt);
     }
     // Not unrolled across groups: a fully unrolled tile (stores deferred to its end) measured the
     // same speed with 234 registers instead of ~100, halving the blocks per SM (bench/NOTES.md).
@@ -740,9 +747,9 @@ __global__ void __launch_bounds__(S::THREADS, S::THREADS == 256 && S::NP <= 16 ?
     }
     __syncthreads();
     if (vec) {
-      write_fwd_vec<S>(a, bp, t0, sm, cz);
+      write_fwd_vec<S>(a, dt, bp, t0, sm, cz);
     } else {
-      switch (a.dtype) {
+      switch (dt) {
         case ARK_FLOAT32: write_fwd<float, S>(a, bp, t0, sm); break;
         case ARK_FLOAT16: write_fwd<__half, S>(a, bp, t0, sm); break;
         default: write_fwd<__nv_bfloat16, S>(a, bp, t0, sm); break;
@@ -1604,9 +1611,10 @@ ark_status launch_fwd(const ark_selective_scan_args& a, int64_t chunks, float* w
     ARK_TRY(cuda_launch_status("selective_scan", "forward carry"));
   }
   auto kernel = a.cu_seqlens ? selective_scan_fwd_kernel<S, true, false> : selective_scan_fwd_kernel<S, false, false>;
-  // Knobs: sscan_fwd_paired_bc -1 = the generic path, 1 = paired rows (tuning builds), 0 = paired where
-  // kFwdPairedDefault allows; sscan_fwd_reduce -1 = shuffles overlapped, 1 = not overlapped, 2 = shared
-  // memory (all three tuning builds), 0 = not overlapped with paired rows, overlapped otherwise.
+  // Knobs: sscan_fwd_paired_bc -1 = the generic path, 1 = paired rows (tuning builds), 2 = the paired
+  // default with the element type at compile time (tuning builds), 0 = paired where kFwdPairedDefault
+  // allows; sscan_fwd_reduce -1 = shuffles overlapped, 1 = not overlapped, 2 = shared memory (all three
+  // tuning builds), 0 = not overlapped with paired rows, overlapped otherwise.
   const int paired_knob = knob(Knob::SscanFwdPairedBc), reduce_knob = knob(Knob::SscanFwdReduce);
   const bool both_var = a.B_variable && a.C_variable;
   if constexpr (kFwdPairedDefault<S>) {
@@ -1621,6 +1629,15 @@ ark_status launch_fwd(const ark_selective_scan_args& a, int64_t chunks, float* w
     if (unpiped && !a.cu_seqlens)
       kernel = bc_var ? selective_scan_fwd_kernel<S, false, true, FwdReduce::kShuffle>
                       : selective_scan_fwd_kernel<S, false, false, FwdReduce::kShuffle>;
+  }
+  // sscan_fwd_paired_bc = 2: the paired default with the element type at compile time (FDT).
+  if constexpr (kFwdPairedDefault<S>) {
+    if (paired_knob == 2 && reduce_knob == 0 && both_var && !a.cu_seqlens) {
+      constexpr FwdReduce kR = FwdReduce::kShuffle;
+      kernel = a.dtype == ARK_FLOAT32   ? selective_scan_fwd_kernel<S, false, true, kR, false, ARK_FLOAT32>
+               : a.dtype == ARK_FLOAT16 ? selective_scan_fwd_kernel<S, false, true, kR, false, ARK_FLOAT16>
+                                        : selective_scan_fwd_kernel<S, false, true, kR, false, ARK_BFLOAT16>;
+    }
   }
 #endif
   if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)) != cudaSuccess)
