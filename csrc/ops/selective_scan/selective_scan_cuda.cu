@@ -544,18 +544,22 @@ enum class FwdReduce : int {
 // BC_VAR: B and C both variable, their staged layout (PairedBC) and strides compile-time, so every
 // shared-memory load of the step loop has an immediate offset (loop 210 -> 187 SASS instructions).
 // Alone, or with the overlapped reduce-scatter, it ran no faster; with the reduce-scatter not
-// overlapped (kShuffle) it is 3-4% faster than either alone (kFwdPairedDefault, bench/NOTES.md).
+// overlapped (kShuffle) it was 3-4% faster than either alone (kFwdPairedDefault, bench/NOTES.md).
 // CARRY = true: the carry kernel of a time-chunked forward (FwdChunks). Its block for chunk c < chunks - 1
 // runs the chunk's state recurrence alone (from zero; chunk 0 from initial_state) with C, y, z and every
 // output compiled out, and stores the end state and the chunk's decay product. CARRY = false with
 // chunks > 1: the block for chunk c starts from the earlier chunks' carries folded in order.
 template <class S>
 constexpr FwdReduce FwdDefaultReduce = S::SMEM_REDUCE ? FwdReduce::kSmem : FwdReduce::kShufflePipelined;
-// Paired B/C rows with the reduce-scatter not overlapped, the default forward for N <= 16 with B and C
-// both variable and no packed sequences: b4 d2048 l4096 bf16 0.3588 ms against 0.3742 / 0.3738 for the
-// generic path with the overlapped reduce-scatter timed first and last in the same run (H200, 12-06);
-// the H100 run of 12-06 had paired -3.4% and not overlapped -2.6% each alone (bench/NOTES.md, session 13).
+// Paired B/C rows with the reduce-scatter not overlapped, for N <= 16 with B and C both variable and no
+// packed sequences (kFwdPairedDefault: where it applies): b4 d2048 l4096 bf16 0.3588 ms against 0.3742 /
+// 0.3738 for the generic path with the overlapped reduce-scatter timed first and last in the same run
+// (H200, 12-06); the H100 run of 12-06 had paired -3.4% and not overlapped -2.6% each alone (bench/NOTES.md,
+// session 13). kFwdPairedByDefault: not the default until the combination has run the GPU pytest and the
+// C test of every shape and time-chunk count (only one unchunked shape of it ran on a GPU so far); until
+// then tuning builds run it with sscan_fwd_paired_bc = 1 and sscan_fwd_reduce = 1.
 template <class S> constexpr bool kFwdPairedDefault = S::NP == 16 && !S::SMEM_REDUCE;
+constexpr bool kFwdPairedByDefault = false;
 // FDT (the forward's last template argument): the element type of u, delta, B, C, z and out at compile
 // time, or kFwdRuntimeDtype (read from the arguments). At compile time every chunk position, element
 // count and dtype branch of the per-tile code folds (tuning builds: knob sscan_fwd_paired_bc = 2).
@@ -1611,18 +1615,19 @@ ark_status launch_fwd(const ark_selective_scan_args& a, int64_t chunks, float* w
     ARK_TRY(cuda_launch_status("selective_scan", "forward carry"));
   }
   auto kernel = a.cu_seqlens ? selective_scan_fwd_kernel<S, true, false> : selective_scan_fwd_kernel<S, false, false>;
-  // Knobs: sscan_fwd_paired_bc -1 = the generic path, 1 = paired rows (tuning builds), 2 = the paired
-  // default with the element type at compile time (tuning builds), 0 = paired where kFwdPairedDefault
-  // allows; sscan_fwd_reduce -1 = shuffles overlapped, 1 = not overlapped, 2 = shared memory (all three
-  // tuning builds), 0 = not overlapped with paired rows, overlapped otherwise.
+  // Knobs: sscan_fwd_paired_bc -1 = the generic path, 1 = paired rows (tuning builds), 2 = paired rows
+  // with the element type at compile time (tuning builds), 0 = paired where kFwdPairedDefault allows if
+  // kFwdPairedByDefault; sscan_fwd_reduce -1 = shuffles overlapped, 1 = not overlapped, 2 = shared memory
+  // (all three tuning builds), 0 = not overlapped with paired rows, overlapped otherwise.
   const int paired_knob = knob(Knob::SscanFwdPairedBc), reduce_knob = knob(Knob::SscanFwdReduce);
   const bool both_var = a.B_variable && a.C_variable;
-  if constexpr (kFwdPairedDefault<S>) {
+  if constexpr (kFwdPairedByDefault && kFwdPairedDefault<S>) {
     if (paired_knob == 0 && reduce_knob == 0 && both_var && !a.cu_seqlens)
       kernel = selective_scan_fwd_kernel<S, false, true, FwdReduce::kShuffle>;
   }
 #ifdef ARKERNELS_TUNING_VARIANTS
-  const bool bc_var = both_var && (paired_knob == 1 || (paired_knob == 0 && kFwdPairedDefault<S> && !a.cu_seqlens));
+  const bool bc_var =
+      both_var && (paired_knob == 1 || (paired_knob == 0 && kFwdPairedByDefault && kFwdPairedDefault<S> && !a.cu_seqlens));
   if (bc_var) kernel = a.cu_seqlens ? selective_scan_fwd_kernel<S, true, true> : selective_scan_fwd_kernel<S, false, true>;
   if constexpr (!S::SMEM_REDUCE) {
     const bool unpiped = reduce_knob == 1 || (reduce_knob == 0 && bc_var);
@@ -1630,7 +1635,7 @@ ark_status launch_fwd(const ark_selective_scan_args& a, int64_t chunks, float* w
       kernel = bc_var ? selective_scan_fwd_kernel<S, false, true, FwdReduce::kShuffle>
                       : selective_scan_fwd_kernel<S, false, false, FwdReduce::kShuffle>;
   }
-  // sscan_fwd_paired_bc = 2: the paired default with the element type at compile time (FDT).
+  // sscan_fwd_paired_bc = 2: the paired + not overlapped candidate with the element type at compile time (FDT).
   if constexpr (kFwdPairedDefault<S>) {
     if (paired_knob == 2 && reduce_knob == 0 && both_var && !a.cu_seqlens) {
       constexpr FwdReduce kR = FwdReduce::kShuffle;
