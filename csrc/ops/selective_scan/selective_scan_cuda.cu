@@ -449,13 +449,23 @@ __device__ void write_fwd(const ark_selective_scan_args& a, const BlockPos& bp, 
 }
 
 
+// FDT (the forward's last template argument): the element type of u, delta, B, C, z and out at compile
+// time, or kFwdRuntimeDtype (read from the arguments, as before FDT existed: the same SASS). At compile
+// time every chunk position, element count and dtype branch of the per-tile code folds (tuning builds:
+// knob sscan_fwd_paired_bc = 2).
+constexpr int kFwdRuntimeDtype = -1;
+template <int FDT> __device__ __forceinline__ ark_dtype fwd_dtype(const ark_selective_scan_args& a) {
+  if constexpr (FDT == kFwdRuntimeDtype) return a.dtype;
+  else return ark_dtype(FDT);
+}
+
 // Vector staging: u/delta chunks -> (delta, delta*u) and D*u; B/C chunks -> (step, state) layout.
 // CARRY: neither D*u nor C.
-// dt: a.dtype, or the same as a compile-time constant (the kernel's FDT), which folds every chunk position.
-template <class S, bool BC_VAR, bool CARRY>
-__device__ void store_staged(const ark_selective_scan_args& a, ark_dtype dt, const BlockPos& bp, int64_t t0,
-                             FwdSmem<S>& sm, const Chunks<S::NV_ROWS>& cu, const Chunks<S::NV_ROWS>& cd,
+template <class S, bool BC_VAR, bool CARRY, int FDT>
+__device__ void store_staged(const ark_selective_scan_args& a, const BlockPos& bp, int64_t t0, FwdSmem<S>& sm,
+                             const Chunks<S::NV_ROWS>& cu, const Chunks<S::NV_ROWS>& cd,
                              const Chunks<S::NV_BC>& cb, const Chunks<S::NV_BC>& cc) {
+  const ark_dtype dt = fwd_dtype<FDT>(a);
   const int epc = chunk_elems(dt), cpr = S::TT / epc;
 #pragma unroll
   for (int k = 0; k < S::NV_ROWS; ++k) {
@@ -507,9 +517,10 @@ __device__ void store_staged(const ark_selective_scan_args& a, ark_dtype dt, con
   }
 }
 
-template <class S>
-__device__ void write_fwd_vec(const ark_selective_scan_args& a, ark_dtype dt, const BlockPos& bp, int64_t t0,
-                              const FwdSmem<S>& sm, const Chunks<S::NV_ROWS>& cz) {
+template <class S, int FDT>
+__device__ void write_fwd_vec(const ark_selective_scan_args& a, const BlockPos& bp, int64_t t0, const FwdSmem<S>& sm,
+                              const Chunks<S::NV_ROWS>& cz) {
+  const ark_dtype dt = fwd_dtype<FDT>(a);
   const int epc = chunk_elems(dt), cpr = S::TT / epc, esize = dt == ARK_FLOAT32 ? 4 : 2;
 #pragma unroll
   for (int k = 0; k < S::NV_ROWS; ++k) {
@@ -560,17 +571,12 @@ constexpr FwdReduce FwdDefaultReduce = S::SMEM_REDUCE ? FwdReduce::kSmem : FwdRe
 // then tuning builds run it with sscan_fwd_paired_bc = 1 and sscan_fwd_reduce = 1.
 template <class S> constexpr bool kFwdPairedDefault = S::NP == 16 && !S::SMEM_REDUCE;
 constexpr bool kFwdPairedByDefault = false;
-// FDT (the forward's last template argument): the element type of u, delta, B, C, z and out at compile
-// time, or kFwdRuntimeDtype (read from the arguments). At compile time every chunk position, element
-// count and dtype branch of the per-tile code folds (tuning builds: knob sscan_fwd_paired_bc = 2).
-constexpr int kFwdRuntimeDtype = -1;
 
 template <class S, bool VARLEN, bool BC_VAR, FwdReduce RED = FwdDefaultReduce<S>, bool CARRY = false,
           int FDT = kFwdRuntimeDtype>
 __global__ void __launch_bounds__(S::THREADS, S::THREADS == 256 && S::NP <= 16 ? 2 : 1)
     selective_scan_fwd_kernel(const ark_selective_scan_args a, const FwdChunks ch) {
   constexpr int K = S::K, R = S::R, TT = S::TT;
-  const ark_dtype dt = FDT == kFwdRuntimeDtype ? a.dtype : ark_dtype(FDT);
   static_assert(!(CARRY && BC_VAR), "the carry kernel stages B alone");
   extern __shared__ float4 smem_f4[];
   FwdSmem<S> sm(reinterpret_cast<float*>(smem_f4));
@@ -617,19 +623,19 @@ __global__ void __launch_bounds__(S::THREADS, S::THREADS == 256 && S::NP <= 16 ?
   Chunks<S::NV_BC> cb, cc;
   const int64_t row0 = bp.b * a.dim + bp.d_first, bc_row0 = (bp.b * a.ngroups + bp.g) * N;
   auto prefetch = [&](int64_t t) {
-    load_chunks<S::NV_ROWS, S::THREADS>(cu, a.u, row0, S::ROWS, bp.rows_valid, t, TT, L, dt);
-    load_chunks<S::NV_ROWS, S::THREADS>(cd, a.delta, row0, S::ROWS, bp.rows_valid, t, TT, L, dt);
-    if (a.B_variable) load_chunks<S::NV_BC, S::THREADS, true>(cb, a.B, bc_row0, S::NP, int(N), t, TT, L, dt);
-    if (!CARRY && a.C_variable) load_chunks<S::NV_BC, S::THREADS, true>(cc, a.C, bc_row0, S::NP, int(N), t, TT, L, dt);
+    load_chunks<S::NV_ROWS, S::THREADS>(cu, a.u, row0, S::ROWS, bp.rows_valid, t, TT, L, fwd_dtype<FDT>(a));
+    load_chunks<S::NV_ROWS, S::THREADS>(cd, a.delta, row0, S::ROWS, bp.rows_valid, t, TT, L, fwd_dtype<FDT>(a));
+    if (a.B_variable) load_chunks<S::NV_BC, S::THREADS, true>(cb, a.B, bc_row0, S::NP, int(N), t, TT, L, fwd_dtype<FDT>(a));
+    if (!CARRY && a.C_variable) load_chunks<S::NV_BC, S::THREADS, true>(cc, a.C, bc_row0, S::NP, int(N), t, TT, L, fwd_dtype<FDT>(a));
   };
   if (vec) prefetch(steps.first);
 
   for (int64_t t0 = steps.first; t0 < steps.end; t0 += TT) {
     __syncthreads();
     if (vec) {
-      store_staged<S, BC_VAR, CARRY>(a, dt, bp, t0, sm, cu, cd, cb, cc);
+      store_staged<S, BC_VAR, CARRY, FDT>(a, bp, t0, sm, cu, cd, cb, cc);
     } else {
-      switch (dt) {
+      switch (fwd_dtype<FDT>(a)) {
         case ARK_FLOAT32: stage_fwd<float, S, BC_VAR, CARRY>(a, bp, t0, sm); break;
         case ARK_FLOAT16: stage_fwd<__half, S, BC_VAR, CARRY>(a, bp, t0, sm); break;
         default: stage_fwd<__nv_bfloat16, S, BC_VAR, CARRY>(a, bp, t0, sm); break;
@@ -639,7 +645,7 @@ __global__ void __launch_bounds__(S::THREADS, S::THREADS == 256 && S::NP <= 16 ?
     __syncthreads();
     if (vec) {
       if (t0 + TT < steps.end) prefetch(t0 + TT);
-      if (!CARRY && a.z) load_chunks<S::NV_ROWS, S::THREADS>(cz, a.z, row0, S::ROWS, bp.rows_valid, t0, TT, L, dt);
+      if (!CARRY && a.z) load_chunks<S::NV_ROWS, S::THREADS>(cz, a.z, row0, S::ROWS, bp.rows_valid, t0, TT, L, fwd_dtype<FDT>(a));
     }
     // Not unrolled across groups: a fully unrolled tile (stores deferred to its end) measured the
     // same speed with 234 registers instead of ~100, halving the blocks per SM (bench/NOTES.md).
@@ -751,9 +757,9 @@ __global__ void __launch_bounds__(S::THREADS, S::THREADS == 256 && S::NP <= 16 ?
     }
     __syncthreads();
     if (vec) {
-      write_fwd_vec<S>(a, dt, bp, t0, sm, cz);
+      write_fwd_vec<S, FDT>(a, bp, t0, sm, cz);
     } else {
-      switch (dt) {
+      switch (fwd_dtype<FDT>(a)) {
         case ARK_FLOAT32: write_fwd<float, S>(a, bp, t0, sm); break;
         case ARK_FLOAT16: write_fwd<__half, S>(a, bp, t0, sm); break;
         default: write_fwd<__nv_bfloat16, S>(a, bp, t0, sm); break;
@@ -1621,13 +1627,12 @@ ark_status launch_fwd(const ark_selective_scan_args& a, int64_t chunks, float* w
   // (all three tuning builds), 0 = not overlapped with paired rows, overlapped otherwise.
   const int paired_knob = knob(Knob::SscanFwdPairedBc), reduce_knob = knob(Knob::SscanFwdReduce);
   const bool both_var = a.B_variable && a.C_variable;
+  const bool paired_default = kFwdPairedByDefault && kFwdPairedDefault<S> && paired_knob == 0 && both_var && !a.cu_seqlens;
   if constexpr (kFwdPairedByDefault && kFwdPairedDefault<S>) {
-    if (paired_knob == 0 && reduce_knob == 0 && both_var && !a.cu_seqlens)
-      kernel = selective_scan_fwd_kernel<S, false, true, FwdReduce::kShuffle>;
+    if (paired_default && reduce_knob == 0) kernel = selective_scan_fwd_kernel<S, false, true, FwdReduce::kShuffle>;
   }
 #ifdef ARKERNELS_TUNING_VARIANTS
-  const bool bc_var =
-      both_var && (paired_knob == 1 || (paired_knob == 0 && kFwdPairedByDefault && kFwdPairedDefault<S> && !a.cu_seqlens));
+  const bool bc_var = paired_default || (paired_knob == 1 && both_var);
   if (bc_var) kernel = a.cu_seqlens ? selective_scan_fwd_kernel<S, true, true> : selective_scan_fwd_kernel<S, false, true>;
   if constexpr (!S::SMEM_REDUCE) {
     const bool unpiped = reduce_knob == 1 || (reduce_knob == 0 && bc_var);

@@ -692,13 +692,13 @@ ark_status launch_tile_instance(const SsuParams& p, int log2_lanes, dim3 grid, b
   return cuda_launch_status("selective_state_update", LEAN ? "head-tile kernel (lean)" : "head-tile kernel");
 }
 
-// LEAN_ONLY: the caller has checked lean_layout (fp32 state); the 64-bit form is not compiled.
+// lean: lean_layout(p), computed once by the caller. LEAN_ONLY: the 64-bit form is not compiled.
 template <typename S, typename X, int RPT, bool PER_HEAD_ONLY = false, bool LEAN_ONLY = false>
-ark_status launch_tile_rpt(const SsuParams& p, int log2_lanes, dim3 grid, bool per_head, cudaStream_t stream) {
+ark_status launch_tile_rpt(const SsuParams& p, int log2_lanes, dim3 grid, bool per_head, bool lean,
+                           cudaStream_t stream) {
   grid.x = unsigned(p.a.heads * p.a.head_dim / tile_rows_per_block(log2_lanes, RPT));
   if constexpr (std::is_same_v<S, float>) {
-    if (LEAN_ONLY || lean_layout(p))
-      return launch_tile_instance<S, X, RPT, PER_HEAD_ONLY, true>(p, log2_lanes, grid, per_head, stream);
+    if (lean) return launch_tile_instance<S, X, RPT, PER_HEAD_ONLY, true>(p, log2_lanes, grid, per_head, stream);
   }
   if constexpr (!LEAN_ONLY) return launch_tile_instance<S, X, RPT, PER_HEAD_ONLY, false>(p, log2_lanes, grid, per_head, stream);
   return fail(ARK_ERROR_INVALID_ARGUMENT, "selective_state_update: the lean head-tile form needs an fp32 state");
@@ -720,29 +720,26 @@ bool launch_tile(const SsuParams& p, int log2_lanes, dim3 grid, cudaStream_t str
                            (!a.D || over_p(a.D_strides[1])) && (!a.dt_bias || over_p(a.dt_bias_strides[1]));
   // 4 rows where that keeps the block inside one head, else 2, or 1 (lean, per-row parameters).
   const auto rows_per_block = [&](int rpt) { return int64_t(tile_rows_per_block(log2_lanes, rpt)); };
+  const bool lean = std::is_same_v<S, float> && lean_layout(p);
   int rpt = knob(Knob::SsuRows);
   if (rpt == 0) {
     if (head_params && a.head_dim % rows_per_block(4) == 0 && p.channels_per_group % rows_per_block(4) == 0) rpt = 4;
-    else rpt = !head_params && std::is_same_v<S, float> && lean_layout(p) ? 1 : 2;
+    else rpt = !head_params && lean ? 1 : 2;
   }
   const int64_t rpb = rows_per_block(rpt);
   if (p.channels_per_group % rpb != 0) return false;
   const bool per_head = head_params && a.head_dim % rpb == 0;
   switch (rpt) {
-    case 2: *status = launch_tile_rpt<S, X, 2>(p, log2_lanes, grid, per_head, stream); return true;
+    case 2: *status = launch_tile_rpt<S, X, 2>(p, log2_lanes, grid, per_head, lean, stream); return true;
 #ifdef ARKERNELS_TUNING_VARIANTS
-    case 4: *status = launch_tile_rpt<S, X, 4>(p, log2_lanes, grid, per_head, stream); return true;
-    case 1: *status = launch_tile_rpt<S, X, 1>(p, log2_lanes, grid, per_head, stream); return true;
+    case 4: *status = launch_tile_rpt<S, X, 4>(p, log2_lanes, grid, per_head, lean, stream); return true;
+    case 1: *status = launch_tile_rpt<S, X, 1>(p, log2_lanes, grid, per_head, lean, stream); return true;
 #else
-    case 4: *status = launch_tile_rpt<S, X, 4, true>(p, log2_lanes, grid, per_head, stream); return true;
+    case 4: *status = launch_tile_rpt<S, X, 4, true>(p, log2_lanes, grid, per_head, lean, stream); return true;
     case 1:  // the default's 1 row: lean form only
-      if constexpr (std::is_same_v<S, float>) {
-        if (lean_layout(p)) {
-          *status = launch_tile_rpt<S, X, 1, false, true>(p, log2_lanes, grid, per_head, stream);
-          return true;
-        }
-      }
-      break;
+      if (!lean) break;
+      *status = launch_tile_rpt<S, X, 1, false, true>(p, log2_lanes, grid, per_head, lean, stream);
+      return true;
 #endif
   }
   *status = fail(ARK_ERROR_INVALID_ARGUMENT, "tuning knob ssu_rows: %d is not compiled into this build", rpt);
