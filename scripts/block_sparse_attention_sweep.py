@@ -25,34 +25,10 @@ import torch
 from arkernels.triton_kernels import block_sparse_attention as tk
 from bench.ops import bench_block_sparse_attention as bench
 from bench.timing import time_ms
+from tuning_knobs import set_knob  # scripts/ is this script's own directory on the path
 
 dev = torch.device(os.environ.get("SWEEP_DEVICE", "cuda"))
 DEFAULT_CONFIG = tk.config
-
-
-_tuning = []
-
-
-def _tuning_set(name: str, value: int) -> None:
-    """libarkernels' process-wide launch knobs (csrc/common/tuning.hpp), through the already loaded library."""
-    if not _tuning:
-        import ctypes
-        import glob
-
-        import arkernels
-
-        here = os.path.dirname(arkernels.__file__)
-        for cand in ["libarkernels.so", *glob.glob(os.path.join(here, "lib", "libarkernels.so*")),
-                     *glob.glob(os.path.join(here, "libarkernels.so*"))]:
-            try:
-                _tuning.append(ctypes.CDLL(cand).ark_tuning_set)
-                break
-            except OSError:
-                continue
-        else:
-            raise RuntimeError("libarkernels not found for ark_tuning_set")
-    if not _tuning[0](name.encode(), int(value)):
-        raise ValueError(f"unknown knob {name}")
 
 
 # Candidate shapes per kernel at D <= 128 (warps, stages); D 256 keeps its default. All on the default layout
@@ -153,12 +129,12 @@ def run_case(case, peers: bool, keep: set[str] | None = None):
         if keep is not None and f"cuda s{schedule} x{stages}" not in keep:
             continue
         try:
-            _tuning_set("bsa_fwd_schedule", schedule)
-            _tuning_set("bsa_fwd_stages", stages)
+            set_knob("bsa_fwd_schedule", schedule)
+            set_knob("bsa_fwd_stages", stages)
             _time_variant(label, f"cuda s{schedule} x{stages}", "arkernels-cuda", case, sets, oracle)
         finally:
-            _tuning_set("bsa_fwd_schedule", 0)
-            _tuning_set("bsa_fwd_stages", 0)
+            set_knob("bsa_fwd_schedule", 0)
+            set_knob("bsa_fwd_stages", 0)
     # The backward settings (ops.block_sparse_attention.CUDA_BACKWARD; the default rows take the module's default,
     # "fused"): the Triton backward ("triton"), the Hopper kernel with the Triton dQ ("dkdv") and with dQ in the same
     # kernel ("fused"), behind the CUDA forward ("cuda ...") and behind the Triton forward ("triton fwd, cuda ...");

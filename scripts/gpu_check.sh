@@ -6,6 +6,7 @@
 #   logs.tgz      every log of the run
 #   bench.tgz     the report (bench/*.md, .json, .png)
 # Usage: scripts/gpu_check.sh [stages...]   stages: build test capi sanitize (= sanitize-capi + sanitize-pytest)
+#   test-knobs (the test stage again with $TEST_KNOBS set: scripts/tuning_knobs.py; BENCH_KNOBS: the same for bench)
 #   sweep bench (default: all but sweep), mamba-src (mamba-ssm's sources on PYTHONPATH, unbuilt: its Triton
 #   ops only), ssdsweep (scripts/ssd_chunk_scan_sweep.py $SSD_SWEEP_ARGS), ssutime (scripts/ssu_timing.py),
 #   kit (runs the carried device kit), lmprof (profile of a Mamba LM
@@ -80,6 +81,15 @@ for stage in $stages; do
       timeout -s INT -k 30 ${TEST_TIMEOUT:-420} "$py" -m pytest ${TEST_PATHS:-tests} ${TEST_K:+-k "$TEST_K"} ${TEST_ARGS:-} -q -ra -p no:cacheprovider --durations=10 >"$LOG/pytest.log" 2>&1
       note "pytest: rc=$? :: $(tail -1 "$LOG/pytest.log")"
       grep -E '^(FAILED|ERROR)' "$LOG/pytest.log" | head -20 | tee -a "$summary" ;;
+    test-knobs)
+      # The same tests on the carried tuning build with launch knobs set (TEST_KNOBS, e.g.
+      # "sscan_fwd_paired_bc=1,sscan_fwd_reduce=0"): a candidate kernel through the whole torch suite
+      # before it becomes a default (scripts/tuning_knobs.py); TEST_KNOBS_PATHS narrows the files.
+      ARK_TUNING_KNOBS="${TEST_KNOBS:?test-knobs needs TEST_KNOBS}" PYTHONPATH=scripts${PYTHONPATH:+:$PYTHONPATH} \
+        timeout -s INT -k 30 ${TEST_TIMEOUT:-420} "$py" -m pytest ${TEST_KNOBS_PATHS:-${TEST_PATHS:-tests}} ${TEST_K:+-k "$TEST_K"} ${TEST_ARGS:-} \
+        -p tuning_knobs -q -ra -p no:cacheprovider --durations=10 >"$LOG/pytest_knobs.log" 2>&1
+      note "pytest with knobs $TEST_KNOBS: rc=$? :: $(tail -1 "$LOG/pytest_knobs.log")"
+      grep -E '^(FAILED|ERROR)' "$LOG/pytest_knobs.log" | head -20 | tee -a "$summary" ;;
     capi)
       { cmake -S . -B build/capi -G Ninja -DARKERNELS_BUILD_TORCH=OFF -DARKERNELS_CUDA_ARCHS="$ARKERNELS_CUDA_ARCHS" && cmake --build build/capi \
           && (cd build/capi && ctest --output-on-failure); } >"$LOG/capi.log" 2>&1
@@ -124,8 +134,10 @@ for stage in $stages; do
       # A peer built by an earlier call on this machine: its extension and sources first on the path
       # (mamba-src's unbuilt copy would shadow them and the scan peers would not import).
       [ -d /tmp/mamba_peer/src ] && export PYTHONPATH=/tmp/mamba_peer:$(ls -d /tmp/mamba_peer/src/mamba_ssm-* | head -1):$PYTHONPATH
-      timeout ${BENCH_TIMEOUT:-540} "$py" -m bench.report --out "$OUT/bench" ${BENCH_ARGS:-} >"$LOG/bench.log" 2>&1
-      note "bench: rc=$?"
+      # BENCH_KNOBS: the report with launch knobs set (a candidate default through the carried tuning build).
+      report=(-m bench.report); [ -n "${BENCH_KNOBS:-}" ] && report=(scripts/tuning_knobs.py bench.report)
+      ARK_TUNING_KNOBS="${BENCH_KNOBS:-}" timeout ${BENCH_TIMEOUT:-540} "$py" "${report[@]}" --out "$OUT/bench" ${BENCH_ARGS:-} >"$LOG/bench.log" 2>&1
+      note "bench: rc=$? ${BENCH_KNOBS:+(knobs $BENCH_KNOBS: $(grep -m1 'tuning knobs' "$LOG/bench.log"))}"
       md=$(ls "$OUT"/bench/*.md 2>/dev/null | head -1)
       [ -n "$md" ] && cat "$md" >>"$summary" || tail -30 "$LOG/bench.log" | tee -a "$summary"
       # The device returns at most 8 files: the report's .md, .json and plots travel as one archive.
