@@ -365,9 +365,17 @@ int main() {
   test_cuda_matches_cpu(16, 45, {208, 256, 0, 2});  // one partial tile
   for (const auto& s : shapes) test_cuda_matches_cpu(16, 300, {s[0], s[1], 0, -1, 1});  // paired, overlapped
   test_cuda_matches_cpu(64, 300, {0, 0, 0, -1, 1}, 74);  // paired B/C at N > 16
-  // The candidate default, paired rows with the reduce-scatter not overlapped (sscan_fwd_paired_bc = 1,
-  // sscan_fwd_reduce = 1), and the same compiled for the element type (sscan_fwd_paired_bc = 2): every
-  // N = 16 shape, a partial block of channels with a partial last tile, and time chunks.
+  // Paired rows with the reduce-scatter not overlapped and the element type read at run time
+  // (sscan_fwd_paired_bc = 1, sscan_fwd_reduce = 1), and the same compiled for the element type
+  // (sscan_fwd_paired_bc = 2: the default's instance): every N = 16 shape, a partial block of channels
+  // with a partial last tile, and time chunks. The generic path, overlapped (the default before session
+  // 14), at every N = 16 shape, unchunked and in 3 chunks.
+  for (const auto& s : shapes) {
+    test_cuda_matches_cpu(16, 300, {s[0], s[1], 0, -1, -1});
+    Variant v{s[0], s[1], 0, -1, -1};
+    v.fwd_chunks = 3;
+    test_cuda_matches_cpu(16, 300, v, 74);
+  }
   for (int paired : {1, 2}) {
     for (const auto& s : shapes) test_cuda_matches_cpu(16, 300, {s[0], s[1], 0, paired == 1 ? 1 : 0, paired});
     test_cuda_matches_cpu(16, 301, {0, 0, 0, paired == 1 ? 1 : 0, paired}, 74);

@@ -561,15 +561,13 @@ enum class FwdReduce : int {
 // chunks > 1: the block for chunk c starts from the earlier chunks' carries folded in order.
 template <class S>
 constexpr FwdReduce FwdDefaultReduce = S::SMEM_REDUCE ? FwdReduce::kSmem : FwdReduce::kShufflePipelined;
-// Paired B/C rows with the reduce-scatter not overlapped, for N <= 16 with B and C both variable and no
-// packed sequences (kFwdPairedDefault: where it applies): b4 d2048 l4096 bf16 0.3588 ms against 0.3742 /
-// 0.3738 for the generic path with the overlapped reduce-scatter timed first and last in the same run
-// (H200, 12-06); the H100 run of 12-06 had paired -3.4% and not overlapped -2.6% each alone (bench/NOTES.md,
-// session 13). kFwdPairedByDefault: not the default until the combination has run the GPU pytest and the
-// C test of every shape and time-chunk count (only one unchunked shape of it ran on a GPU so far); until
-// then tuning builds run it with sscan_fwd_paired_bc = 1 and sscan_fwd_reduce = 1.
+// The default forward for N <= 16 with B and C both variable and no packed sequences (kFwdPairedDefault:
+// where it applies): paired B/C rows, the reduce-scatter not overlapped, and the element type fixed at
+// compile time (FDT, one instance per element type). H100, 12-06, b4 d2048 l4096 bf16, same run: 0.3374 ms
+// against 0.3783 / 0.3786 for the generic path timed first and last, 0.3598 for the same form with the
+// element type read at run time; b2 d1536 l2048 (6 chunks) 0.1143 against 0.1235 (bench/NOTES.md, session
+// 14). Elsewhere the generic path (run-time element type, overlapped reduce-scatter).
 template <class S> constexpr bool kFwdPairedDefault = S::NP == 16 && !S::SMEM_REDUCE;
-constexpr bool kFwdPairedByDefault = false;
 
 template <class S, bool VARLEN, bool BC_VAR, FwdReduce RED = FwdDefaultReduce<S>, bool CARRY = false,
           int FDT = kFwdRuntimeDtype>
@@ -1620,33 +1618,30 @@ ark_status launch_fwd(const ark_selective_scan_args& a, int64_t chunks, float* w
     ARK_TRY(cuda_launch_status("selective_scan", "forward carry"));
   }
   auto kernel = a.cu_seqlens ? selective_scan_fwd_kernel<S, true, false> : selective_scan_fwd_kernel<S, false, false>;
-  // Knobs: sscan_fwd_paired_bc -1 = the generic path, 1 = paired rows (tuning builds), 2 = paired rows
-  // with the element type at compile time (tuning builds), 0 = paired where kFwdPairedDefault allows if
-  // kFwdPairedByDefault; sscan_fwd_reduce -1 = shuffles overlapped, 1 = not overlapped, 2 = shared memory
-  // (all three tuning builds), 0 = not overlapped with paired rows, overlapped otherwise.
+  // Knobs: sscan_fwd_paired_bc 0 = the default (above), -1 = the generic path, 1 = paired rows with the
+  // element type read at run time (tuning builds), 2 = paired rows with it at compile time (the default's
+  // instance, also where the reduce knob asks for the overlapped reduce-scatter: then paired + overlapped,
+  // run-time type); sscan_fwd_reduce 0 = the default, -1 = shuffles overlapped, 1 = not overlapped,
+  // 2 = shared memory (tuning builds).
   const int paired_knob = knob(Knob::SscanFwdPairedBc), reduce_knob = knob(Knob::SscanFwdReduce);
   const bool both_var = a.B_variable && a.C_variable;
-  const bool paired_default = kFwdPairedByDefault && kFwdPairedDefault<S> && paired_knob == 0 && both_var && !a.cu_seqlens;
-  if constexpr (kFwdPairedByDefault && kFwdPairedDefault<S>) {
-    if (paired_default && reduce_knob == 0) kernel = selective_scan_fwd_kernel<S, false, true, FwdReduce::kShuffle>;
-  }
-#ifdef ARKERNELS_TUNING_VARIANTS
-  const bool bc_var = paired_default || (paired_knob == 1 && both_var);
-  if (bc_var) kernel = a.cu_seqlens ? selective_scan_fwd_kernel<S, true, true> : selective_scan_fwd_kernel<S, false, true>;
-  if constexpr (!S::SMEM_REDUCE) {
-    const bool unpiped = reduce_knob == 1 || (reduce_knob == 0 && bc_var);
-    if (unpiped && !a.cu_seqlens)
-      kernel = bc_var ? selective_scan_fwd_kernel<S, false, true, FwdReduce::kShuffle>
-                      : selective_scan_fwd_kernel<S, false, false, FwdReduce::kShuffle>;
-  }
-  // sscan_fwd_paired_bc = 2: the paired + not overlapped candidate with the element type at compile time (FDT).
   if constexpr (kFwdPairedDefault<S>) {
-    if (paired_knob == 2 && reduce_knob == 0 && both_var && !a.cu_seqlens) {
+    if (both_var && !a.cu_seqlens && (paired_knob == 0 || paired_knob == 2) && reduce_knob == 0) {
       constexpr FwdReduce kR = FwdReduce::kShuffle;
       kernel = a.dtype == ARK_FLOAT32   ? selective_scan_fwd_kernel<S, false, true, kR, false, ARK_FLOAT32>
                : a.dtype == ARK_FLOAT16 ? selective_scan_fwd_kernel<S, false, true, kR, false, ARK_FLOAT16>
                                         : selective_scan_fwd_kernel<S, false, true, kR, false, ARK_BFLOAT16>;
     }
+  }
+#ifdef ARKERNELS_TUNING_VARIANTS
+  // The run-time-type forms: paired rows (knob 1, or 2 with a reduce knob), overlapped or not.
+  const bool bc_var = both_var && (paired_knob == 1 || (paired_knob == 2 && reduce_knob != 0));
+  if (bc_var) kernel = a.cu_seqlens ? selective_scan_fwd_kernel<S, true, true> : selective_scan_fwd_kernel<S, false, true>;
+  if constexpr (!S::SMEM_REDUCE) {
+    const bool unpiped = reduce_knob == 1 || (reduce_knob == 0 && paired_knob == 1);
+    if (unpiped && !a.cu_seqlens)
+      kernel = bc_var ? selective_scan_fwd_kernel<S, false, true, FwdReduce::kShuffle>
+                      : selective_scan_fwd_kernel<S, false, false, FwdReduce::kShuffle>;
   }
 #endif
   if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)) != cudaSuccess)
