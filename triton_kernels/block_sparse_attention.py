@@ -128,7 +128,8 @@ def _visible(rows, cols, L, S, p_bits_tile, b_ql, b_qd, b_qg, p_klev, p_kdoc, p_
         b_kl = tl.load(p_klev + cols, mask=cols < S, other=0)
         ok = (b_kl[None, :] <= b_ql[:, None])
         if HAS_WINDOW:
-            ok = ok & (b_ql[:, None] - b_kl[None, :] < window)
+            # int64: q_level - k_level of two int32 levels can overflow int32 (4e9 apart, tested).
+            ok = ok & (b_ql[:, None].to(tl.int64) - b_kl[None, :].to(tl.int64) < window)
         if HAS_GROUP:
             b_kg = tl.load(p_kgrp + cols, mask=cols < S, other=0)
             ok = ok | (b_qg[:, None] == b_kg[None, :])
@@ -442,7 +443,7 @@ def _bwd_dkdv_step(dk, dv, b_k, b_v, t, p_q_bh, p_do_bh, p_lse_bh, p_delta_bh, s
         kl = _along_keys(b_kl, KEY_MAJOR)
         ok = kl <= ql
         if HAS_WINDOW:
-            ok = ok & (ql - kl < window)
+            ok = ok & (ql.to(tl.int64) - kl.to(tl.int64) < window)  # int64: see _visible
         if HAS_GROUP:
             ok = ok | (_along_queries(tl.load(p_qgrp + rows, mask=m_r, other=0), KEY_MAJOR) ==
                        _along_keys(b_kg, KEY_MAJOR))

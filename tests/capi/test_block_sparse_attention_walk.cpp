@@ -81,8 +81,36 @@ void check_walk(const char* name, const MaskDef& m, int32_t bk, Partial how) {
          (long long)outside, (long long)chunks);
 }
 
+// Levels ~4e9 apart, where q_level - k_level overflows int32: every third key far below all queries (never
+// inside the window), the others a window shifted by 5.
+Rule far_levels_rule(int64_t L, int64_t S, int32_t window) {
+  Rule r;
+  const int32_t base = 2000000000;
+  for (int64_t i = 0; i < L; ++i) r.q_level.push_back(base + int32_t(i));
+  for (int64_t j = 0; j < S; ++j) r.k_level.push_back(j % 3 == 0 ? -base + int32_t(j) : base + int32_t(j) - 5);
+  r.window = window;
+  return r;
+}
+
+// Causal inside documents of the given lengths (the general rule path: documents, no groups).
+Rule documents_causal_rule(const std::vector<int64_t>& lengths) {
+  Rule r;
+  int64_t n = 0;
+  for (size_t d = 0; d < lengths.size(); ++d)
+    for (int64_t t = 0; t < lengths[d]; ++t, ++n) {
+      r.q_level.push_back(int32_t(n));
+      r.q_doc.push_back(int32_t(d));
+    }
+  r.k_level = r.q_level;
+  r.k_doc = r.q_doc;
+  return r;
+}
+
 void test_walks() {
   std::vector<std::pair<const char*, MaskDef>> masks;
+  masks.emplace_back("far levels, window 60", rule_mask(300, 300, far_levels_rule(300, 300, 60)));
+  masks.emplace_back("far levels, no window", rule_mask(300, 300, far_levels_rule(300, 300, -1)));
+  masks.emplace_back("documents 100 1 150 49", rule_mask(300, 300, documents_causal_rule({100, 1, 150, 49})));
   masks.emplace_back("causal 300", rule_mask(300, 300, causal_rule(300, 300)));
   masks.emplace_back("causal L 200 S 333", rule_mask(200, 333, causal_rule(200, 333)));
   masks.emplace_back("window 150", rule_mask(700, 700, causal_rule(700, 700, 150)));

@@ -82,6 +82,14 @@ def make_mask(name: str, L: int, S: int, rng):
         dense = torch.rand(L, S, generator=rng) < 0.35
         dense[L // 2] = False  # an empty row
         return M.from_dense(dense)
+    if name == "far_levels_window":
+        # Levels ~4e9 apart, where q_level - k_level overflows int32: every third key sits far below all queries
+        # (never visible by the window); the rest form a sliding window of L // 4 shifted by 5.
+        base = 2_000_000_000
+        q_level = base + torch.arange(L, dtype=torch.int32)
+        j = torch.arange(S, dtype=torch.int32)
+        k_level = torch.where(j % 3 == 0, -base + j, base + j - 5)
+        return M.from_level_rule(M.LevelRule(q_level, k_level, window=max(2, L // 4)))
     if name == "all":
         return M.from_dense(torch.ones(L, S, dtype=torch.bool))
     if name == "none":
@@ -221,6 +229,7 @@ CPU_CASES = {
     "from_dense": ("from_dense", 1, 2, 2, 200, 150, 48, FP32),
     "l1": ("all", 2, 8, 2, 1, 500, 256, FP32),
     "empty_mask": ("none", 1, 2, 1, 50, 70, 16, FP32),
+    "far_levels_window": ("far_levels_window", 1, 2, 1, 200, 200, 32, FP32),
 }
 
 
@@ -334,6 +343,7 @@ NATIVE_CPU_CASES = {
     "empty_mask": ("none", 1, 2, 1, 50, 70, 16, FP32, (128, 64)),
     "d256_odd_d": ("causal", 1, 2, 1, 70, 70, 256, FP32, (128, 128)),
     "d7": ("sliding_window", 2, 2, 2, 45, 45, 7, BF16, (32, 16)),
+    "far_levels_window": ("far_levels_window", 1, 2, 1, 200, 200, 32, FP32, (128, 64)),
 }
 
 
@@ -710,6 +720,7 @@ GPU_CASES = {
     "tree_prefix_bf16": ("tree", 2, 8, 2, 64, 1064, 128, BF16),
     "from_dense_fp16": ("from_dense", 1, 4, 4, 333, 517, 64, FP16),
     "decode_l1_bf16": ("all", 4, 8, 2, 1, 2048, 128, BF16),
+    "far_levels_window_bf16": ("far_levels_window", 1, 4, 2, 700, 700, 64, BF16),
 }
 
 
@@ -817,6 +828,8 @@ CUDA_CASES = {
     "decode_l1_d128_bf16_gqa": ("all", 4, 8, 2, 1, 2048, 128, BF16),
     "decode_l1_d64_fp16": ("all", 2, 4, 1, 1, 300, 64, FP16),
     "empty_mask_d64_bf16": ("none", 1, 2, 1, 130, 70, 64, BF16),
+    "far_levels_window_d64_bf16": ("far_levels_window", 1, 4, 2, 700, 700, 64, BF16),
+    "far_levels_window_d128_fp16": ("far_levels_window", 1, 2, 1, 333, 333, 128, FP16),
 }
 
 

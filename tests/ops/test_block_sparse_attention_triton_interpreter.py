@@ -55,6 +55,7 @@ CASES = {
     "empty_mask": ("none", 1, 2, 1, 40, 30, 16, FP32),
     "d128": ("causal", 1, 2, 1, 40, 40, 128, FP32),
     "d256_bf16": ("sliding_window", 1, 2, 1, 40, 40, 256, BF16),
+    "far_levels_window": ("far_levels_window", 1, 2, 1, 90, 90, 16, FP32),
 }
 
 

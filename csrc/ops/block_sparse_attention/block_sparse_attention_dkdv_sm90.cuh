@@ -28,6 +28,7 @@
 #pragma once
 
 #include <climits>
+#include <cstdint>
 
 #include "ops/block_sparse_attention/block_sparse_attention_sm90.cuh"
 
@@ -242,11 +243,12 @@ struct NoTest {  // FULL (kind 0): every pair; rows past L have lse2 = +inf, key
 };
 struct RuleTest {  // kind 1: the level / document / group rule, query values from the slot
   const int32_t* sti;  // the slot's staged values (int view)
-  int window;          // INT_MAX without a window
+  int64_t window;      // INT64_MAX without a window
   bool has_doc, has_group;
   __device__ bool operator()(int col, const KeyRule& k, int) const {
     const int ql = sti[2 * QS + col], qd = sti[3 * QS + col], qg = sti[4 * QS + col];
-    const bool level_ok = k.level <= ql && ql - k.level < window;
+    // int64: q_level - k_level of two int32 levels can overflow int32.
+    const bool level_ok = k.level <= ql && int64_t(ql) - k.level < window;
     const bool group_ok = has_group && qg == k.group;
     return (!has_doc || qd == k.doc) && (level_ok || group_ok);
   }
@@ -407,7 +409,7 @@ __device__ void consume(const DkdvArgs& a, uint8_t* smem, int key_tile, int hk, 
         probabilities(s, dp, st, NoTest{}, kr, a.scale_log2, t, row0);
       } else if (c.kind == 1) {
         const ark_block_mask& m = a.mask;
-        const RuleTest rule{reinterpret_cast<const int32_t*>(st), m.window < 0 ? INT_MAX : m.window,
+        const RuleTest rule{reinterpret_cast<const int32_t*>(st), m.window < 0 ? INT64_MAX : int64_t(m.window),
                             m.k_doc != nullptr, m.k_group != nullptr};
         probabilities(s, dp, st, rule, kr, a.scale_log2, t, row0);
       } else {
