@@ -1,0 +1,52 @@
+"""Where a block_sparse_attention call of the benchmark (bench/ops/bench_block_sparse_attention.py) spends its
+time, per provider: wall time of one synchronised call, the host time to issue it (no sync), and the torch
+profiler's CUDA kernels of one call. A call whose issue time is near its wall time is host-bound: its
+benchmark time measures Python and launches, not kernels.
+Usage (GPU machine): python scripts/profile_attention_step.py [case] [fwd|fwd+bwd] [provider ...]
+(case: var, scam, causal, sliding_window; providers default: arkernels-cuda flex)"""
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root: bench/
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from bench.ops import bench_block_sparse_attention as bench
+
+name = sys.argv[1] if len(sys.argv) > 1 else "var"
+mode = sys.argv[2] if len(sys.argv) > 2 else "fwd+bwd"
+providers = sys.argv[3:] or ["arkernels-cuda", "flex"]
+dev = torch.device("cuda")
+case = next(c for c in bench.cases(dev, quick=False) if c.params["name"] == name and c.mode == mode)
+x = bench._make_inputs(case)
+
+
+def median_ms(fn, n=20, sync=True):
+    times = []
+    for _ in range(n):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        if sync:
+            torch.cuda.synchronize()
+        times.append((time.perf_counter() - t0) * 1e3)
+    torch.cuda.synchronize()
+    return sorted(times)[n // 2]
+
+
+for provider in providers:
+    call = bench._call(bench._provider_fn(provider, case), x)
+    for _ in range(5):
+        call()
+    wall, issue = median_ms(call), median_ms(call, sync=False)
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        call()
+        torch.cuda.synchronize()
+    events = [e for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA]
+    total = sum(e.self_device_time_total for e in events) / 1e3
+    print(f"== {name} {mode} {case.shape} {provider}: wall {wall:.3f} ms a call (synchronised), host issue "
+          f"{issue:.3f} ms, kernels {total:.3f} ms in {sum(e.count for e in events)} launches", flush=True)
+    for e in sorted(events, key=lambda e: -e.self_device_time_total)[:12]:
+        print(f"{e.self_device_time_total / 1e3:9.3f} ms {e.count:4d}x  {e.key[:140]}", flush=True)
