@@ -3,8 +3,11 @@ time, per provider: wall time of one synchronised call, the host time to issue i
 profiler's CUDA kernels of one call. A call whose issue time is near its wall time is host-bound: its
 benchmark time measures Python and launches, not kernels.
 Usage (GPU machine): python scripts/profile_attention_step.py [case] [fwd|fwd+bwd] [provider ...]
-(case: var, scam, causal, sliding_window; providers default: arkernels-cuda flex)"""
+(case: var, scam, causal, sliding_window; providers default: arkernels-cuda flex). HOST_PROFILE=n: also the
+Python functions with the most own time over n unsynchronised calls (cProfile), to find a host-bound call's cost."""
+import cProfile
 import os
+import pstats
 import sys
 import time
 
@@ -50,3 +53,15 @@ for provider in providers:
           f"{issue:.3f} ms, kernels {total:.3f} ms in {sum(e.count for e in events)} launches", flush=True)
     for e in sorted(events, key=lambda e: -e.self_device_time_total)[:12]:
         print(f"{e.self_device_time_total / 1e3:9.3f} ms {e.count:4d}x  {e.key[:140]}", flush=True)
+    n_host = int(os.environ.get("HOST_PROFILE", "0"))
+    if n_host:
+        prof_host = cProfile.Profile()
+        prof_host.enable()
+        for _ in range(n_host):
+            call()
+        prof_host.disable()
+        torch.cuda.synchronize()
+        print(f"-- host functions over {n_host} calls (own time, then cumulative)", flush=True)
+        stats = pstats.Stats(prof_host, stream=sys.stdout)
+        stats.sort_stats("tottime").print_stats(25)
+        stats.sort_stats("cumulative").print_stats(25)
