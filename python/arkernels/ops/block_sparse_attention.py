@@ -308,22 +308,9 @@ def _gpu_backward_op(*args):
     that kernel runs the case."""
     mode = _cuda_backward_mode()
     q, block_q, block_k = args[2], args[-3], args[-2]  # (grad_out, grad_lse, q, ..., window, block_q, block_k, scale)
-    if mode == "triton" or not (q.is_cuda and _dkdv_cuda_runs(q.shape[-1], block_q, block_k, q.dtype, q.device)):
-        mode = "triton"
-    if _traced(q):  # the triton_op, whose kernels the compiler (or make_fx, opcheck) sees
+    if mode != "triton" and q.is_cuda and _dkdv_cuda_runs(q.shape[-1], block_q, block_k, q.dtype, q.device):
         return torch.ops.arkernels._block_sparse_attention_triton_backward(*args, mode)
-    # Eager: the op's body itself. The custom-op dispatch around it (argument defaults, the alias check of every
-    # tensor's storage) cost ~0.6 ms of host time a call on the GPU machine, more than the VAR backward's kernels
-    # (bench/NOTES.md session 14); this runs inside autograd's backward already, so nothing else is skipped.
-    return _triton_backward(*args, mode)
-
-
-def _traced(t: torch.Tensor) -> bool:
-    """Whether this call is being traced (torch.compile, make_fx, fake or functional tensors, a dispatch mode)
-    rather than run eagerly on real tensors."""
-    from torch.utils._python_dispatch import _get_current_dispatch_mode
-
-    return torch.compiler.is_compiling() or type(t) is not torch.Tensor or _get_current_dispatch_mode() is not None
+    return torch.ops.arkernels._block_sparse_attention_triton_backward(*args)
 
 
 def _cuda_backward_mode():
@@ -541,14 +528,6 @@ if _backends.triton_available():
             scale: float, kernel: str = "triton") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The Triton backward; kernel "dkdv" / "fused" (CUDA_BACKWARD) replaces its dK / dV kernel (and, fused,
         its dQ kernel) by the Hopper kernel (DKDV_OP)."""
-        return _triton_backward(grad_out, grad_lse, q, k, v, out, lse, q_run_ptr, q_runs, k_run_ptr, k_runs,
-                                tile_bits, k_tile_bits, q_level, k_level, q_doc, k_doc, q_group, k_group, window,
-                                block_q, block_k, scale, kernel)
-
-    def _triton_backward(grad_out, grad_lse, q, k, v, out, lse, q_run_ptr, q_runs, k_run_ptr, k_runs, tile_bits,
-                         k_tile_bits, q_level, k_level, q_doc, k_doc, q_group, k_group, window, block_q, block_k,
-                         scale, kernel):
-        """The body of _block_sparse_attention_triton_backward (eager backwards call it directly)."""
         layout = (q_run_ptr, q_runs, k_run_ptr, k_runs, tile_bits, k_tile_bits, q_level, k_level, q_doc, k_doc,
                   q_group, k_group, window, block_q, block_k)
         lay = _tk.LayoutArgs(*layout)
