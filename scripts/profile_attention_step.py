@@ -4,7 +4,10 @@ profiler's CUDA kernels of one call. A call whose issue time is near its wall ti
 benchmark time measures Python and launches, not kernels.
 Usage (GPU machine): python scripts/profile_attention_step.py [case] [fwd|fwd+bwd] [provider ...]
 (case: var, scam, causal, sliding_window; providers default: arkernels-cuda flex). HOST_PROFILE=n: also the
-Python functions with the most own time over n unsynchronised calls (cProfile), to find a host-bound call's cost."""
+Python functions with the most own time over n unsynchronised calls (cProfile), to find a host-bound call's cost.
+CPU_PROFILE=1: the torch profiler's CPU events of one call by self time (aten ops and CUDA runtime calls: a
+cudaStreamSynchronize or cudaMemcpy there is a hidden sync; session 14's cProfile did not show where ~1 ms went).
+"""
 import cProfile
 import os
 import pstats
@@ -53,6 +56,14 @@ for provider in providers:
           f"{issue:.3f} ms, kernels {total:.3f} ms in {sum(e.count for e in events)} launches", flush=True)
     for e in sorted(events, key=lambda e: -e.self_device_time_total)[:12]:
         print(f"{e.self_device_time_total / 1e3:9.3f} ms {e.count:4d}x  {e.key[:140]}", flush=True)
+    if os.environ.get("CPU_PROFILE") == "1":
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof_cpu:
+            call()
+            torch.cuda.synchronize()
+        cpu = [e for e in prof_cpu.key_averages() if e.device_type == torch.autograd.DeviceType.CPU]
+        print(f"-- CPU events of one call, by self time (total {sum(e.self_cpu_time_total for e in cpu) / 1e3:.3f} ms)")
+        for e in sorted(cpu, key=lambda e: -e.self_cpu_time_total)[:25]:
+            print(f"{e.self_cpu_time_total / 1e3:9.3f} ms {e.count:4d}x  {e.key[:120]}", flush=True)
     n_host = int(os.environ.get("HOST_PROFILE", "0"))
     if n_host:
         prof_host = cProfile.Profile()
