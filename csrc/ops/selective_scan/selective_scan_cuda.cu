@@ -1619,10 +1619,9 @@ ark_status launch_fwd(const ark_selective_scan_args& a, int64_t chunks, float* w
   }
   auto kernel = a.cu_seqlens ? selective_scan_fwd_kernel<S, true, false> : selective_scan_fwd_kernel<S, false, false>;
   // Knobs: sscan_fwd_paired_bc 0 = the default (above), -1 = the generic path, 1 = paired rows with the
-  // element type read at run time (tuning builds), 2 = paired rows with it at compile time (the default's
-  // instance, also where the reduce knob asks for the overlapped reduce-scatter: then paired + overlapped,
-  // run-time type); sscan_fwd_reduce 0 = the default, -1 = shuffles overlapped, 1 = not overlapped,
-  // 2 = shared memory (tuning builds).
+  // element type read at run time (tuning builds), 2 = the default's instance (with sscan_fwd_reduce set:
+  // paired rows with the run-time element type and that reduction); sscan_fwd_reduce 0 = the default,
+  // -1 = shuffles overlapped, 1 = not overlapped, 2 = shared memory (tuning builds).
   const int paired_knob = knob(Knob::SscanFwdPairedBc), reduce_knob = knob(Knob::SscanFwdReduce);
   const bool both_var = a.B_variable && a.C_variable;
   if constexpr (kFwdPairedDefault<S>) {
