@@ -3,12 +3,14 @@ time, per provider: wall time of one synchronised call, the host time to issue i
 profiler's CUDA kernels of one call. A call whose issue time is near its wall time is host-bound: its
 benchmark time measures Python and launches, not kernels.
 Usage (GPU machine): python scripts/profile_attention_step.py [case] [fwd|fwd+bwd] [provider ...]
-(case: var, scam, causal, sliding_window; providers default: arkernels-cuda flex). HOST_PROFILE=n: also the
+(case: var, scam, causal, sliding_window; providers default: arkernels-cuda flex; "arkernels-cuda+direct": with
+ops.block_sparse_attention.DIRECT_EAGER_BACKWARD on). HOST_PROFILE=n: also the
 Python functions with the most own time over n unsynchronised calls (cProfile), to find a host-bound call's cost.
 CPU_PROFILE=1: the torch profiler's CPU events of one call by self time (aten ops and CUDA runtime calls: a
 cudaStreamSynchronize or cudaMemcpy there is a hidden sync; session 14's cProfile did not show where ~1 ms went).
 """
 import cProfile
+import importlib
 import os
 import pstats
 import sys
@@ -42,8 +44,12 @@ def median_ms(fn, n=20, sync=True):
     return sorted(times)[n // 2]
 
 
+bsa_ops = importlib.import_module("arkernels.ops.block_sparse_attention")  # the module, not the function
 for provider in providers:
-    call = bench._call(bench._provider_fn(provider, case), x)
+    # "+direct": the same provider with ops.block_sparse_attention.DIRECT_EAGER_BACKWARD on (A / B in one run).
+    base, _, flag = provider.partition("+")
+    bsa_ops.DIRECT_EAGER_BACKWARD = flag == "direct"
+    call = bench._call(bench._provider_fn(base, case), x)
     for _ in range(5):
         call()
     wall, issue = median_ms(call), median_ms(call, sync=False)

@@ -200,3 +200,32 @@ def test_triton_interpreted_empty(L, S):
 
 def test_layout_at_another_tiling_raises_interpreted():
     check_layout_at_another_tiling_raises("cpu")
+
+
+def test_direct_eager_backward_matches_the_op(monkeypatch, rng):
+    """DIRECT_EAGER_BACKWARD (the op's body called directly in eager backwards) gives the gradients of the op path
+    bit for bit, and takes the direct path (not the op) when on."""
+    import importlib
+    import sys
+
+    bsa_ops = importlib.import_module("arkernels.ops.block_sparse_attention")  # the module, not the function
+    mask = make_mask("scam", 96, 96, rng)
+    q, k, v = (torch.randn(1, 2, 96, 16, generator=rng) for _ in range(3))
+    g = torch.randn(1, 2, 96, 16, generator=rng)
+    callers = []  # who called the body: the op's registered function, or _gpu_backward_op directly
+    body = bsa_ops._triton_backward
+
+    def spy(*args):
+        callers.append(sys._getframe(1).f_code.co_name)
+        return body(*args)
+
+    monkeypatch.setattr(bsa_ops, "_triton_backward", spy)
+    grads = []
+    for direct in (False, True):
+        monkeypatch.setattr(bsa_ops, "DIRECT_EAGER_BACKWARD", direct)
+        leaves = [t.clone().requires_grad_(True) for t in (q, k, v)]
+        out = arkernels.block_sparse_attention(*leaves, mask, backend="triton")
+        grads.append(torch.autograd.grad(out, leaves, g))
+        assert callers[-1] == ("_gpu_backward_op" if direct else "_block_sparse_attention_triton_backward")
+    for a, b in zip(*grads):
+        assert torch.equal(a, b)

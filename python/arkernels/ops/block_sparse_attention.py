@@ -45,6 +45,12 @@ DKDV_OP = "block_sparse_attention_bwd_dkdv"  # the C++ op of the Hopper dK / dV 
 # ("cuda dkdv", "cuda fused") set it.
 CUDA_BACKWARD = "fused"
 CUDA_BACKWARDS = ("triton", "dkdv", "fused")
+# Eager backwards on real tensors call the Triton backward op's body directly, with wrap_triton's direct launches,
+# instead of going through the custom op. Off until it is timed against the op in one run: VAR fwd+bwd is host-bound
+# (1.29 ms of host time a call for 0.41 ms of kernels, H100) and cProfile put ~0.5 ms in the op's dispatch, but the
+# first try (without wrap_triton's switch, so its launches took the slow HOP dispatch) gained nothing (bench/NOTES.md,
+# session 14). scripts/profile_attention_step.py times both (provider "arkernels-cuda+direct").
+DIRECT_EAGER_BACKWARD = False
 
 
 def block_sparse_attention(q, k, v, mask, scale=None, return_lse=False, backend="auto"):
@@ -308,9 +314,22 @@ def _gpu_backward_op(*args):
     that kernel runs the case."""
     mode = _cuda_backward_mode()
     q, block_q, block_k = args[2], args[-3], args[-2]  # (grad_out, grad_lse, q, ..., window, block_q, block_k, scale)
-    if mode != "triton" and q.is_cuda and _dkdv_cuda_runs(q.shape[-1], block_q, block_k, q.dtype, q.device):
-        return torch.ops.arkernels._block_sparse_attention_triton_backward(*args, mode)
-    return torch.ops.arkernels._block_sparse_attention_triton_backward(*args)
+    if mode != "triton" and not (q.is_cuda and _dkdv_cuda_runs(q.shape[-1], block_q, block_k, q.dtype, q.device)):
+        mode = "triton"
+    if DIRECT_EAGER_BACKWARD and not _traced(q):
+        from torch._library.triton import set_wrap_triton_enabled
+
+        with set_wrap_triton_enabled(False):  # as the triton_op's own backend does: launch, no HOP dispatch
+            return _triton_backward(*args, mode)
+    return torch.ops.arkernels._block_sparse_attention_triton_backward(*args, mode)
+
+
+def _traced(t: torch.Tensor) -> bool:
+    """Whether this call is being traced (torch.compile, make_fx, fake or functional tensors, a dispatch mode)
+    rather than run eagerly on real tensors."""
+    from torch.utils._python_dispatch import _get_current_dispatch_mode
+
+    return torch.compiler.is_compiling() or type(t) is not torch.Tensor or _get_current_dispatch_mode() is not None
 
 
 def _cuda_backward_mode():
@@ -528,6 +547,14 @@ if _backends.triton_available():
             scale: float, kernel: str = "triton") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The Triton backward; kernel "dkdv" / "fused" (CUDA_BACKWARD) replaces its dK / dV kernel (and, fused,
         its dQ kernel) by the Hopper kernel (DKDV_OP)."""
+        return _triton_backward(grad_out, grad_lse, q, k, v, out, lse, q_run_ptr, q_runs, k_run_ptr, k_runs,
+                                tile_bits, k_tile_bits, q_level, k_level, q_doc, k_doc, q_group, k_group, window,
+                                block_q, block_k, scale, kernel)
+
+    def _triton_backward(grad_out, grad_lse, q, k, v, out, lse, q_run_ptr, q_runs, k_run_ptr, k_runs, tile_bits,
+                         k_tile_bits, q_level, k_level, q_doc, k_doc, q_group, k_group, window, block_q, block_k,
+                         scale, kernel):
+        """The body of _block_sparse_attention_triton_backward (DIRECT_EAGER_BACKWARD calls it directly)."""
         layout = (q_run_ptr, q_runs, k_run_ptr, k_runs, tile_bits, k_tile_bits, q_level, k_level, q_doc, k_doc,
                   q_group, k_group, window, block_q, block_k)
         lay = _tk.LayoutArgs(*layout)
