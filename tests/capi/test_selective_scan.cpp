@@ -202,9 +202,10 @@ struct Dev {
 // (sscan_fwd_shape, sscan_fwd_threads), the backward's time chunks (sscan_bwd_chunks) and scalar
 // staging (sscan_bwd_scalar_staging; both any build), and,
 // the backward's vectorised dB/dC row sums (sscan_bwd_rowsum_vec: -1 off, 1 on beyond the default's
-// N <= 32), the forward's time chunks (sscan_fwd_chunks); tuning builds only, the backward's batched
-// staging, the forward's reduction (sscan_fwd_reduce: -1 overlapped, 1 not, 2 shared memory) and paired
-// B/C rows (sscan_fwd_paired_bc: 1, or 2 with the element type at compile time).
+// N <= 32), the forward's time chunks (sscan_fwd_chunks), its generic path (sscan_fwd_paired_bc = -1);
+// tuning builds only, the backward's batched staging, the forward's reduction (sscan_fwd_reduce: -1
+// overlapped, 1 not, 2 shared memory) and paired B/C rows (sscan_fwd_paired_bc: 1, or 2 = the default's
+// instance).
 struct Variant {
   int fwd_shape = 0, fwd_threads = 0, bwd_batched = 0, fwd_reduce = 0, fwd_paired = 0, bwd_chunks = 0, bwd_scalar = 0,
       bwd_rowsum = 0, fwd_chunks = 0;
@@ -312,6 +313,15 @@ int main() {
   // N = 16 (Mamba-1): every forward launch shape a default build compiles for it.
   const int shapes[][2] = {{0, 0}, {404, 128}, {404, 256}, {208, 128}, {208, 256}};
   for (const auto& s : shapes) test_cuda_matches_cpu(16, 300, {s[0], s[1]});
+  // The generic forward (sscan_fwd_paired_bc = -1, any build) with its overlapped reduce-scatter, where the
+  // default runs paired B/C rows: the path of constant B or C and packed sequences, on variable B and C, at
+  // every N = 16 shape, unchunked and in 3 time chunks.
+  for (const auto& s : shapes) {
+    test_cuda_matches_cpu(16, 300, {s[0], s[1], 0, -1, -1});
+    Variant v{s[0], s[1], 0, -1, -1};
+    v.fwd_chunks = 3;
+    test_cuda_matches_cpu(16, 300, v, 74);
+  }
   // Backward time chunks (L = 300: 10 tiles): unchunked, 2 (the default here), 3 uneven, one per tile.
   // With the 16-byte staging (L = 300 fp32: aligned rows), the scalar one, and rows that are not
   // 16-byte aligned (L = 301: the scalar staging whatever the knob).
@@ -368,14 +378,7 @@ int main() {
   // Paired rows with the reduce-scatter not overlapped and the element type read at run time
   // (sscan_fwd_paired_bc = 1, sscan_fwd_reduce = 1), and the same compiled for the element type
   // (sscan_fwd_paired_bc = 2: the default's instance): every N = 16 shape, a partial block of channels
-  // with a partial last tile, and time chunks. The generic path, overlapped (the default before session
-  // 14), at every N = 16 shape, unchunked and in 3 chunks.
-  for (const auto& s : shapes) {
-    test_cuda_matches_cpu(16, 300, {s[0], s[1], 0, -1, -1});
-    Variant v{s[0], s[1], 0, -1, -1};
-    v.fwd_chunks = 3;
-    test_cuda_matches_cpu(16, 300, v, 74);
-  }
+  // with a partial last tile, and time chunks.
   for (int paired : {1, 2}) {
     for (const auto& s : shapes) test_cuda_matches_cpu(16, 300, {s[0], s[1], 0, paired == 1 ? 1 : 0, paired});
     test_cuda_matches_cpu(16, 301, {0, 0, 0, paired == 1 ? 1 : 0, paired}, 74);

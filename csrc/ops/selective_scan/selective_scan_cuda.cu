@@ -451,7 +451,7 @@ __device__ void write_fwd(const ark_selective_scan_args& a, const BlockPos& bp, 
 
 // FDT (the forward's last template argument): the element type of u, delta, B, C, z and out at compile
 // time, or kFwdRuntimeDtype (read from the arguments). At compile time every chunk position, element
-// count and dtype branch of the per-tile code folds (tuning builds: knob sscan_fwd_paired_bc = 2).
+// count and dtype branch of the per-tile code folds (the default forward's instances: kFwdPairedDefault).
 constexpr int kFwdRuntimeDtype = -1;
 template <int FDT> __device__ __forceinline__ ark_dtype fwd_dtype(const ark_selective_scan_args& a) {
   if constexpr (FDT == kFwdRuntimeDtype) return a.dtype;
